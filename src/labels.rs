@@ -1,0 +1,204 @@
+//! The label stage's seam: what the queue runtime knows about a packet
+//! ([`QueueMeta`]), what the decision needs ([`Labels`]), and the
+//! [`Resolver`] trait that turns one into the other.
+//!
+//! The decision code only sees [`Labels`]; how they were found (NFQA
+//! attributes, sock_diag, /proc, CIPSO) lives behind [`Resolver`].
+
+use crate::context::SecurityContext;
+use crate::packet::PacketInfo;
+use std::fmt;
+use std::sync::Arc;
+
+/// The netfilter hook a packet was queued from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    /// From the kernel's `NF_INET_*` hook number.
+    pub fn from_nf(n: u8) -> Option<Hook> {
+        Some(match n {
+            0 => Hook::Prerouting,
+            1 => Hook::Input,
+            2 => Hook::Forward,
+            3 => Hook::Output,
+            4 => Hook::Postrouting,
+            _ => return None,
+        })
+    }
+
+    /// The SELinux `packet` class permission this hook corresponds to.
+    pub fn permission(self) -> &'static str {
+        match self {
+            Hook::Prerouting | Hook::Input => "recv",
+            Hook::Output => "send",
+            Hook::Forward => "forward_in",
+            Hook::Postrouting => "forward_out",
+        }
+    }
+
+    /// Whether packets at this hook were generated locally.
+    pub fn is_local_out(self) -> bool {
+        matches!(self, Hook::Output | Hook::Postrouting)
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        })
+    }
+}
+
+/// Per-packet metadata the kernel attached to the queued packet.
+#[derive(Clone, Debug, Default)]
+pub struct QueueMeta {
+    /// NF_INET hook number (see [`Hook::from_nf`]).
+    pub hook: u8,
+    /// NFQA_UID / NFQA_GID: the owner of the sending socket (OUTPUT).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// NFQA_SECCTX: the packet's secmark label, as the kernel wrote it.
+    pub secctx: Option<String>,
+    /// Input and output interface indexes (0 when none).
+    pub indev: u32,
+    pub outdev: u32,
+    /// Packet mark.
+    pub mark: u32,
+}
+
+/// Why a label is what it is; carried into audit records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Read from the owning socket (`security.selinux` of `/proc/PID/fd/N`).
+    Socket,
+    /// Read from the owning process (`/proc/PID/attr/current`).
+    Process,
+    /// The kernel's secmark (NFQA_SECCTX).
+    Secmark,
+    /// A CIPSO/CALIPSO option in the packet.
+    PeerOption,
+    /// A static address label from the policy.
+    Static,
+    /// No label could be found; the reason is a short token such as
+    /// `no_socket`, `kernel_socket`, `process_gone`, `selinux_disabled`,
+    /// `other_lsm`, `not_resolved`.
+    Unlabeled(&'static str),
+}
+
+impl Origin {
+    pub fn token(&self) -> &'static str {
+        match self {
+            Origin::Socket => "socket",
+            Origin::Process => "process",
+            Origin::Secmark => "secmark",
+            Origin::PeerOption => "peer_option",
+            Origin::Static => "static",
+            Origin::Unlabeled(r) => r,
+        }
+    }
+}
+
+/// A label and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Label {
+    pub context: SecurityContext,
+    pub origin: Origin,
+}
+
+impl Label {
+    /// The documented placeholder for "no label": `system_u:object_r:unlabeled_t:s0`.
+    pub fn unlabeled(reason: &'static str) -> Label {
+        Label {
+            context: SecurityContext::unlabeled(),
+            origin: Origin::Unlabeled(reason),
+        }
+    }
+
+    pub fn is_unlabeled(&self) -> bool {
+        matches!(self.origin, Origin::Unlabeled(_))
+    }
+}
+
+/// The local process behind a socket, for audit records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub exe: Arc<str>,
+}
+
+/// Everything the decision needs to know about who talks to whom.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    /// Context of the local socket that sent the packet (or of the remote
+    /// peer, from static/peer labels, for input from elsewhere).
+    pub source: Label,
+    /// Context of the local socket the packet goes to.
+    pub dest: Label,
+    /// The packet's secmark (NFQA_SECCTX), if any.
+    pub secmark: Option<SecurityContext>,
+    /// Peer label from CIPSO/CALIPSO or a static address label.
+    pub peer: Option<Label>,
+    /// Owner of the sending socket.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Process that owns the source socket.
+    pub source_process: Option<ProcessInfo>,
+    /// Process that owns the destination socket.
+    pub dest_process: Option<ProcessInfo>,
+}
+
+impl Labels {
+    /// Labels with nothing resolved.
+    pub fn unresolved(reason: &'static str) -> Labels {
+        Labels {
+            source: Label::unlabeled(reason),
+            dest: Label::unlabeled(reason),
+            secmark: None,
+            peer: None,
+            uid: None,
+            gid: None,
+            source_process: None,
+            dest_process: None,
+        }
+    }
+}
+
+/// Turns a queued packet into [`Labels`]. Implementations must not panic on
+/// any input and must always return labels (unlabeled with a reason when
+/// nothing better is known).
+pub trait Resolver: Send + Sync {
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels;
+}
+
+/// Parse NFQA_SECCTX into a context; `None` when absent or unparsable.
+pub fn secmark_context(meta: &QueueMeta) -> Option<SecurityContext> {
+    meta.secctx.as_deref().and_then(|s| s.parse().ok())
+}
+
+/// The resolver that uses only what NFQUEUE itself reports: secmark and
+/// uid/gid. Socket contexts are left unlabeled (`not_resolved`).
+#[derive(Default)]
+pub struct KernelMetaResolver;
+
+impl Resolver for KernelMetaResolver {
+    fn resolve(&self, _pkt: &PacketInfo, meta: &QueueMeta, _payload: &[u8]) -> Labels {
+        let mut l = Labels::unresolved("not_resolved");
+        l.secmark = secmark_context(meta);
+        l.uid = meta.uid;
+        l.gid = meta.gid;
+        l
+    }
+}

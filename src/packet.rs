@@ -1,0 +1,439 @@
+//! Parsing of queued packet bytes (IPv4/IPv6, extension headers, TCP/UDP/ICMP/ICMPv6/SCTP)
+//! into the flat facts the policy matches on.
+//!
+//! Packet bytes are untrusted: every offset is checked, nothing here panics,
+//! and a packet that cannot be parsed becomes a [`PacketError`].
+
+use pnet_packet::ip::IpNextHeaderProtocols as P;
+use pnet_packet::ipv4::Ipv4Packet;
+use pnet_packet::ipv6::Ipv6Packet;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+
+/// Transport protocol of a packet, as the policy names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    Sctp,
+    /// Any other IP protocol number.
+    Other(u8),
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Icmpv6 => 58,
+            Proto::Sctp => 132,
+            Proto::Other(n) => n,
+        }
+    }
+
+    /// From an IP protocol number.
+    pub fn from_number(n: u8) -> Proto {
+        match n {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            1 => Proto::Icmp,
+            58 => Proto::Icmpv6,
+            132 => Proto::Sctp,
+            n => Proto::Other(n),
+        }
+    }
+
+    /// Whether the protocol carries 16-bit ports.
+    pub fn has_ports(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp | Proto::Sctp)
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proto::Tcp => f.write_str("tcp"),
+            Proto::Udp => f.write_str("udp"),
+            Proto::Icmp => f.write_str("icmp"),
+            Proto::Icmpv6 => f.write_str("icmpv6"),
+            Proto::Sctp => f.write_str("sctp"),
+            Proto::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Where a peer-label option sits in the packet bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelOption {
+    /// IPv4 options area (may hold CIPSO, option type 134).
+    Ipv4Options(Range<usize>),
+    /// IPv6 hop-by-hop options header data (may hold CALIPSO, option type 7).
+    Ipv6HopByHop(Range<usize>),
+}
+
+/// Facts about one packet that rules match on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketInfo {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: Proto,
+    /// Source port (TCP/UDP/SCTP), absent for other protocols and non-first fragments.
+    pub sport: Option<u16>,
+    /// Destination port; for ICMP/ICMPv6 not set.
+    pub dport: Option<u16>,
+    /// ICMP/ICMPv6 type and code.
+    pub icmp: Option<(u8, u8)>,
+    /// TCP SYN without ACK: the first packet of a connection.
+    pub tcp_syn: bool,
+    /// Where peer-label options are, if the packet has an options area.
+    pub label_option: Option<LabelOption>,
+}
+
+/// Why a packet could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PacketError {
+    #[error("empty packet")]
+    Empty,
+    #[error("unknown IP version {0}")]
+    Version(u8),
+    #[error("truncated {0} header")]
+    Truncated(&'static str),
+    #[error("bad IPv4 header length {0}")]
+    Ihl(u8),
+    #[error("IPv6 extension header chain too long")]
+    ExtensionChain,
+}
+
+impl PacketError {
+    /// A short machine-friendly reason for audit records and counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PacketError::Empty => "empty",
+            PacketError::Version(_) => "ip_version",
+            PacketError::Truncated(_) => "truncated",
+            PacketError::Ihl(_) => "ipv4_ihl",
+            PacketError::ExtensionChain => "ipv6_ext_chain",
+        }
+    }
+}
+
+/// Parse one packet as delivered by NFQUEUE (starting at the IP header).
+pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
+    let first = *buf.first().ok_or(PacketError::Empty)?;
+    match first >> 4 {
+        4 => parse_v4(buf),
+        6 => parse_v6(buf),
+        v => Err(PacketError::Version(v)),
+    }
+}
+
+fn parse_v4(buf: &[u8]) -> Result<PacketInfo, PacketError> {
+    let ip = Ipv4Packet::new(buf).ok_or(PacketError::Truncated("ipv4"))?;
+    let ihl = ip.get_header_length();
+    let hlen = usize::from(ihl) * 4;
+    if ihl < 5 {
+        return Err(PacketError::Ihl(ihl));
+    }
+    if hlen > buf.len() {
+        return Err(PacketError::Truncated("ipv4"));
+    }
+    let label_option = (hlen > 20).then_some(LabelOption::Ipv4Options(20..hlen));
+    let proto = Proto::from_number(ip.get_next_level_protocol().0);
+    let first_fragment = ip.get_fragment_offset() == 0;
+    let l4 = buf.get(hlen..).unwrap_or_default();
+    let mut info = PacketInfo {
+        src: IpAddr::V4(ip.get_source()),
+        dst: IpAddr::V4(ip.get_destination()),
+        proto,
+        sport: None,
+        dport: None,
+        icmp: None,
+        tcp_syn: false,
+        label_option,
+    };
+    if first_fragment {
+        parse_transport(&mut info, l4)?;
+    }
+    Ok(info)
+}
+
+fn parse_v6(buf: &[u8]) -> Result<PacketInfo, PacketError> {
+    let ip = Ipv6Packet::new(buf).ok_or(PacketError::Truncated("ipv6"))?;
+    let mut next = ip.get_next_header();
+    let mut off = 40usize;
+    let mut label_option = None;
+    let mut first_fragment = true;
+    // Walk the extension header chain; bounded so a crafted chain cannot loop long.
+    for _ in 0..16 {
+        let hdr = buf.get(off..).unwrap_or_default();
+        match next {
+            P::Hopopt | P::Ipv6Route | P::Ipv6Opts => {
+                let (nh, len) = match (hdr.first(), hdr.get(1)) {
+                    (Some(nh), Some(len)) => (*nh, (usize::from(*len) + 1) * 8),
+                    _ => return Err(PacketError::Truncated("ipv6 extension")),
+                };
+                if hdr.len() < len {
+                    return Err(PacketError::Truncated("ipv6 extension"));
+                }
+                if next == P::Hopopt && off == 40 {
+                    label_option = Some(LabelOption::Ipv6HopByHop(off + 2..off + len));
+                }
+                next = pnet_packet::ip::IpNextHeaderProtocol(nh);
+                off += len;
+            }
+            P::Ipv6Frag => {
+                if hdr.len() < 8 {
+                    return Err(PacketError::Truncated("ipv6 fragment"));
+                }
+                let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                first_fragment = frag_off == 0;
+                next = pnet_packet::ip::IpNextHeaderProtocol(hdr[0]);
+                off += 8;
+            }
+            P::Ah => {
+                let (nh, len) = match (hdr.first(), hdr.get(1)) {
+                    (Some(nh), Some(len)) => (*nh, (usize::from(*len) + 2) * 4),
+                    _ => return Err(PacketError::Truncated("ipv6 AH")),
+                };
+                if hdr.len() < len {
+                    return Err(PacketError::Truncated("ipv6 AH"));
+                }
+                next = pnet_packet::ip::IpNextHeaderProtocol(nh);
+                off += len;
+            }
+            _ => {
+                let mut info = PacketInfo {
+                    src: IpAddr::V6(ip.get_source()),
+                    dst: IpAddr::V6(ip.get_destination()),
+                    proto: Proto::from_number(next.0),
+                    sport: None,
+                    dport: None,
+                    icmp: None,
+                    tcp_syn: false,
+                    label_option,
+                };
+                if first_fragment {
+                    parse_transport(&mut info, hdr)?;
+                }
+                return Ok(info);
+            }
+        }
+    }
+    Err(PacketError::ExtensionChain)
+}
+
+fn parse_transport(info: &mut PacketInfo, l4: &[u8]) -> Result<(), PacketError> {
+    use pnet_packet::tcp::TcpPacket;
+    use pnet_packet::udp::UdpPacket;
+    match info.proto {
+        Proto::Tcp => {
+            let tcp = TcpPacket::new(l4).ok_or(PacketError::Truncated("tcp"))?;
+            info.sport = Some(tcp.get_source());
+            info.dport = Some(tcp.get_destination());
+            let flags = tcp.get_flags();
+            info.tcp_syn = flags & pnet_packet::tcp::TcpFlags::SYN != 0
+                && flags & pnet_packet::tcp::TcpFlags::ACK == 0;
+        }
+        Proto::Udp => {
+            let udp = UdpPacket::new(l4).ok_or(PacketError::Truncated("udp"))?;
+            info.sport = Some(udp.get_source());
+            info.dport = Some(udp.get_destination());
+        }
+        Proto::Sctp => {
+            // SCTP common header: source port, destination port, tag, checksum.
+            let p = l4.get(..12).ok_or(PacketError::Truncated("sctp"))?;
+            info.sport = Some(u16::from_be_bytes([p[0], p[1]]));
+            info.dport = Some(u16::from_be_bytes([p[2], p[3]]));
+        }
+        Proto::Icmp | Proto::Icmpv6 => {
+            let p = l4.get(..4).ok_or(PacketError::Truncated("icmp"))?;
+            info.icmp = Some((p[0], p[1]));
+        }
+        Proto::Other(_) => {}
+    }
+    Ok(())
+}
+
+/// Test and benchmark helpers that build well-formed packets.
+pub mod build {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// An IPv4 header (with `options`, padded to 4 bytes) followed by `l4`.
+    pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], l4: &[u8]) -> Vec<u8> {
+        let mut opts = options.to_vec();
+        while opts.len() % 4 != 0 {
+            opts.push(0);
+        }
+        let hlen = 20 + opts.len();
+        let total = hlen + l4.len();
+        let mut v = vec![0u8; 20];
+        v[0] = 0x40 | (hlen / 4) as u8;
+        v[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        v[8] = 64;
+        v[9] = proto;
+        v[12..16].copy_from_slice(&src.octets());
+        v[16..20].copy_from_slice(&dst.octets());
+        v.extend_from_slice(&opts);
+        v.extend_from_slice(l4);
+        v
+    }
+
+    /// An IPv6 header followed by `ext` (already chained) and `l4`.
+    pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 40];
+        v[0] = 0x60;
+        v[4..6].copy_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        v[6] = next;
+        v[7] = 64;
+        v[8..24].copy_from_slice(&src.octets());
+        v[24..40].copy_from_slice(&dst.octets());
+        v.extend_from_slice(ext);
+        v.extend_from_slice(l4);
+        v
+    }
+
+    /// A 20-byte TCP header with the given flags.
+    pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut v = vec![0u8; 20];
+        v[0..2].copy_from_slice(&sport.to_be_bytes());
+        v[2..4].copy_from_slice(&dport.to_be_bytes());
+        v[12] = 5 << 4;
+        v[13] = flags;
+        v
+    }
+
+    /// An 8-byte UDP header plus `payload`.
+    pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 8];
+        v[0..2].copy_from_slice(&sport.to_be_bytes());
+        v[2..4].copy_from_slice(&dport.to_be_bytes());
+        v[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::*;
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    #[test]
+    fn tcp_syn_v4() {
+        let p = ipv4(LO, LO, 6, &[], &tcp(43210, 5432, 0x02));
+        let i = parse(&p).unwrap();
+        assert_eq!(i.proto, Proto::Tcp);
+        assert_eq!((i.sport, i.dport), (Some(43210), Some(5432)));
+        assert!(i.tcp_syn);
+        assert_eq!(i.label_option, None);
+        let ack = parse(&ipv4(LO, LO, 6, &[], &tcp(1, 2, 0x12))).unwrap();
+        assert!(!ack.tcp_syn);
+    }
+
+    #[test]
+    fn udp_v4_with_cipso_option_records_its_place() {
+        let cipso = [0x86, 0x0b, 0, 0, 0, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80];
+        let p = ipv4(LO, LO, 17, &cipso, &udp(1000, 53, b"hi"));
+        let i = parse(&p).unwrap();
+        assert_eq!(i.dport, Some(53));
+        let Some(LabelOption::Ipv4Options(r)) = i.label_option else {
+            panic!("no options")
+        };
+        assert_eq!(&p[r][..11], &cipso);
+    }
+
+    #[test]
+    fn icmp_and_sctp() {
+        let i = parse(&ipv4(LO, LO, 1, &[], &[8, 0, 0, 0, 0, 1, 0, 1])).unwrap();
+        assert_eq!(
+            (i.proto, i.icmp, i.dport),
+            (Proto::Icmp, Some((8, 0)), None)
+        );
+        let mut sctp = vec![0u8; 12];
+        sctp[0..2].copy_from_slice(&7000u16.to_be_bytes());
+        sctp[2..4].copy_from_slice(&7001u16.to_be_bytes());
+        let i = parse(&ipv4(LO, LO, 132, &[], &sctp)).unwrap();
+        assert_eq!(
+            (i.proto, i.sport, i.dport),
+            (Proto::Sctp, Some(7000), Some(7001))
+        );
+    }
+
+    #[test]
+    fn ipv6_walks_extension_headers() {
+        let l6 = Ipv6Addr::LOCALHOST;
+        // Hop-by-hop (8 bytes: next=60, len 0, PadN) -> DestOpts (8 bytes, next=6) -> TCP.
+        let mut ext = vec![60, 0, 1, 4, 0, 0, 0, 0];
+        ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        let p = ipv6(l6, l6, 0, &ext, &tcp(5555, 22, 0x02));
+        let i = parse(&p).unwrap();
+        assert_eq!((i.proto, i.dport), (Proto::Tcp, Some(22)));
+        assert_eq!(i.label_option, Some(LabelOption::Ipv6HopByHop(42..48)));
+        let icmp6 = parse(&ipv6(l6, l6, 58, &[], &[128, 0, 0, 0])).unwrap();
+        assert_eq!((icmp6.proto, icmp6.icmp), (Proto::Icmpv6, Some((128, 0))));
+    }
+
+    #[test]
+    fn non_first_fragments_have_no_ports() {
+        let l6 = Ipv6Addr::LOCALHOST;
+        let frag = [17, 0, 0x00, 0x08, 0, 0, 0, 1]; // offset 1 (8 bytes), next UDP
+        let i = parse(&ipv6(l6, l6, 44, &frag, &[1, 2, 3])).unwrap();
+        assert_eq!((i.proto, i.sport), (Proto::Udp, None));
+    }
+
+    #[test]
+    fn malformed_packets_are_errors() {
+        assert_eq!(parse(&[]), Err(PacketError::Empty));
+        assert_eq!(parse(&[0x50; 30]), Err(PacketError::Version(5)));
+        assert_eq!(parse(&[0x45; 10]), Err(PacketError::Truncated("ipv4")));
+        let mut p = ipv4(LO, LO, 6, &[], &tcp(1, 2, 2));
+        p[0] = 0x43;
+        assert_eq!(parse(&p), Err(PacketError::Ihl(3)));
+        p[0] = 0x4f; // claims 60 bytes of header in a 40-byte packet
+        assert_eq!(parse(&p), Err(PacketError::Truncated("ipv4")));
+        let short = ipv4(LO, LO, 6, &[], &[0; 10]);
+        assert_eq!(parse(&short), Err(PacketError::Truncated("tcp")));
+        let l6 = Ipv6Addr::LOCALHOST;
+        let lying = ipv6(l6, l6, 0, &[6, 200, 0, 0], &[]);
+        assert_eq!(parse(&lying), Err(PacketError::Truncated("ipv6 extension")));
+        // A chain of 20 destination-options headers.
+        let mut ext = Vec::new();
+        for _ in 0..20 {
+            ext.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        assert_eq!(
+            parse(&ipv6(l6, l6, 60, &ext, &[])),
+            Err(PacketError::ExtensionChain)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mangled_ipv4(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 20..120), ihl in 0u8..16, proto in proptest::sample::select(vec![1u8, 6, 17, 58, 132, 0, 43])) {
+            bytes[0] = 0x40 | ihl;
+            bytes[9] = proto;
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mangled_ipv6(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 40..160), nh in proptest::sample::select(vec![0u8, 43, 44, 51, 60, 6, 17, 58])) {
+            bytes[0] = 0x60;
+            bytes[6] = nh;
+            let _ = parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The matchers a compiled rule is made of: context patterns, MLS level
+//! conditions, port sets, id sets and address sets.
+
+use crate::context::{is_identifier, SecurityContext};
+use crate::mls::{Level, Range};
+use ipnet::IpNet;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// One field of a context pattern: anything, or exactly this name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    Any,
+    Exact(Box<str>),
+}
+
+impl Field {
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Field::Any => true,
+            Field::Exact(e) => &**e == s,
+        }
+    }
+}
+
+/// The type part of a context pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypePattern {
+    Any,
+    One(Box<str>),
+    /// A named set (`@web`), resolved at compile time.
+    Set {
+        name: Box<str>,
+        types: Arc<HashSet<Box<str>>>,
+    },
+}
+
+impl TypePattern {
+    pub fn matches(&self, t: &str) -> bool {
+        match self {
+            TypePattern::Any => true,
+            TypePattern::One(x) => &**x == t,
+            TypePattern::Set { types, .. } => types.contains(t),
+        }
+    }
+
+    /// The concrete types this pattern names, if it names any (for the index).
+    pub fn named_types(&self) -> Option<Vec<&str>> {
+        match self {
+            TypePattern::Any => None,
+            TypePattern::One(t) => Some(vec![t]),
+            TypePattern::Set { types, .. } => Some(types.iter().map(|t| &**t).collect()),
+        }
+    }
+}
+
+/// A condition on an MLS level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LevelCond {
+    /// `>= L`: the level dominates L.
+    Dominates(Level),
+    /// `<= L`: the level is dominated by L.
+    DominatedBy(Level),
+    /// `= L`: equal to L.
+    Equal(Level),
+    /// `lo-hi` (or a bare level): the whole range lies within.
+    Within(Range),
+}
+
+impl LevelCond {
+    /// Parses `>= s1:c0`, `<= s2`, `= s0`, `s0-s1:c0.c3` or `s1`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let parse_level = |l: &str| l.trim().parse::<Level>().map_err(|e| e.to_string());
+        if let Some(rest) = s.strip_prefix(">=") {
+            Ok(LevelCond::Dominates(parse_level(rest)?))
+        } else if let Some(rest) = s.strip_prefix("<=") {
+            Ok(LevelCond::DominatedBy(parse_level(rest)?))
+        } else if let Some(rest) = s.strip_prefix('=') {
+            Ok(LevelCond::Equal(parse_level(rest)?))
+        } else {
+            s.parse::<Range>()
+                .map(LevelCond::Within)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Whether a context's range satisfies the condition. The low (effective)
+    /// level is compared for `>=`, `<=` and `=`; `Within` needs the whole range.
+    pub fn matches(&self, r: &Range) -> bool {
+        match self {
+            LevelCond::Dominates(l) => r.low().dominates(l),
+            LevelCond::DominatedBy(l) => l.dominates(r.low()),
+            LevelCond::Equal(l) => r.low() == l,
+            LevelCond::Within(w) => w.contains_range(r),
+        }
+    }
+}
+
+impl fmt::Display for LevelCond {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LevelCond::Dominates(l) => write!(f, ">= {l}"),
+            LevelCond::DominatedBy(l) => write!(f, "<= {l}"),
+            LevelCond::Equal(l) => write!(f, "= {l}"),
+            LevelCond::Within(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// A pattern over security contexts: `httpd_t`, `@web`, `*`, or
+/// `user:role:type[:level]` with `*` for any field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextPattern {
+    pub user: Field,
+    pub role: Field,
+    pub type_: TypePattern,
+    pub level: Option<LevelCond>,
+    text: Box<str>,
+}
+
+impl ContextPattern {
+    /// Parse a pattern; `sets` resolves `@name` references.
+    pub fn parse(
+        s: &str,
+        sets: &dyn Fn(&str) -> Option<Arc<HashSet<Box<str>>>>,
+    ) -> Result<Self, String> {
+        let type_of = |t: &str| -> Result<TypePattern, String> {
+            if t == "*" {
+                Ok(TypePattern::Any)
+            } else if let Some(name) = t.strip_prefix('@') {
+                let types = sets(name).ok_or_else(|| format!("unknown type set @{name}"))?;
+                Ok(TypePattern::Set {
+                    name: name.into(),
+                    types,
+                })
+            } else if is_identifier(t) {
+                Ok(TypePattern::One(t.into()))
+            } else {
+                Err(format!("bad type name {t:?}"))
+            }
+        };
+        let field = |f: &str| -> Result<Field, String> {
+            if f == "*" {
+                Ok(Field::Any)
+            } else if is_identifier(f) {
+                Ok(Field::Exact(f.into()))
+            } else {
+                Err(format!("bad context field {f:?}"))
+            }
+        };
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty context pattern".into());
+        }
+        let parts: Vec<&str> = s.splitn(4, ':').collect();
+        let (user, role, type_, level) = match parts.as_slice() {
+            [t] => (Field::Any, Field::Any, type_of(t)?, None),
+            [u, r, t] => (field(u)?, field(r)?, type_of(t)?, None),
+            [u, r, t, l] => {
+                let level = if *l == "*" {
+                    None
+                } else {
+                    Some(LevelCond::parse(l)?)
+                };
+                (field(u)?, field(r)?, type_of(t)?, level)
+            }
+            _ => {
+                return Err(format!(
+                    "context pattern {s:?} must be a type, @set, or user:role:type[:level]"
+                ))
+            }
+        };
+        Ok(ContextPattern {
+            user,
+            role,
+            type_,
+            level,
+            text: s.into(),
+        })
+    }
+
+    pub fn matches(&self, c: &SecurityContext) -> bool {
+        self.type_.matches(c.type_())
+            && self.user.matches(c.user())
+            && self.role.matches(c.role())
+            && match (&self.level, c.range()) {
+                (None, _) => true,
+                (Some(cond), Some(r)) => cond.matches(r),
+                (Some(_), None) => false,
+            }
+    }
+}
+
+impl fmt::Display for ContextPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A set of ports: single ports and inclusive ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet(Vec<(u16, u16)>);
+
+impl PortSet {
+    /// Parse `5432`, `"5000-5100"` or a list item of either.
+    pub fn parse_item(s: &str) -> Result<(u16, u16), String> {
+        let port = |p: &str| -> Result<u16, String> {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("bad port {p:?} (expected 0-65535)"))
+        };
+        match s.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (port(a)?, port(b)?);
+                if a > b {
+                    return Err(format!("port range {s:?} runs backwards"));
+                }
+                Ok((a, b))
+            }
+            None => {
+                let p = port(s)?;
+                Ok((p, p))
+            }
+        }
+    }
+
+    /// Build from items; refuses an empty list.
+    pub fn new(items: Vec<(u16, u16)>) -> Result<Self, String> {
+        if items.is_empty() {
+            return Err("empty port list".into());
+        }
+        Ok(PortSet(items))
+    }
+
+    pub fn contains(&self, p: u16) -> bool {
+        self.0.iter().any(|(a, b)| (*a..=*b).contains(&p))
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (a, b)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if a == b {
+                write!(f, "{a}")?;
+            } else {
+                write!(f, "{a}-{b}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A set of numeric ids (uids or gids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdSet(pub Vec<u32>);
+
+impl IdSet {
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.contains(&id)
+    }
+}
+
+/// A set of networks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSet(pub Vec<IpNet>);
+
+impl NetSet {
+    pub fn contains(&self, a: &IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_sets(_: &str) -> Option<Arc<HashSet<Box<str>>>> {
+        None
+    }
+    fn ctx(s: &str) -> SecurityContext {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn type_only_and_full_patterns() {
+        let p = ContextPattern::parse("httpd_t", &no_sets).unwrap();
+        assert!(p.matches(&ctx("system_u:system_r:httpd_t:s0")));
+        assert!(!p.matches(&ctx("system_u:system_r:httpd_sys_t:s0")));
+        let p = ContextPattern::parse("system_u:*:postgresql_t:s0", &no_sets).unwrap();
+        assert!(p.matches(&ctx("system_u:system_r:postgresql_t:s0")));
+        assert!(!p.matches(&ctx("staff_u:system_r:postgresql_t:s0")));
+        assert!(!p.matches(&ctx("system_u:system_r:postgresql_t:s1")));
+        let any = ContextPattern::parse("*", &no_sets).unwrap();
+        assert!(any.matches(&ctx("a:b:c")));
+    }
+
+    #[test]
+    fn sets_and_levels() {
+        let web: Arc<HashSet<Box<str>>> = Arc::new(["httpd_t".into(), "nginx_t".into()].into());
+        let sets = move |n: &str| (n == "web").then(|| web.clone());
+        let p = ContextPattern::parse("@web", &sets).unwrap();
+        assert!(p.matches(&ctx("u:r:nginx_t:s0")));
+        assert!(!p.matches(&ctx("u:r:sshd_t:s0")));
+        assert!(ContextPattern::parse("@nope", &sets).is_err());
+        let p = ContextPattern::parse("*:*:*:>= s1:c0", &sets).unwrap();
+        assert!(p.matches(&ctx("u:r:t:s1:c0,c1")));
+        assert!(!p.matches(&ctx("u:r:t:s0")));
+        assert!(
+            !p.matches(&ctx("u:r:t")),
+            "no level cannot satisfy a level condition"
+        );
+        let p = ContextPattern::parse("*:*:*:s0-s1:c0.c3", &sets).unwrap();
+        assert!(p.matches(&ctx("u:r:t:s0-s1:c2")));
+        assert!(!p.matches(&ctx("u:r:t:s0-s2")));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for s in [
+            "",
+            "a:b",
+            "a b",
+            "u:r:t:s99999",
+            "u:r:t:>= x",
+            "u:r:bad type",
+        ] {
+            assert!(ContextPattern::parse(s, &no_sets).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn level_conditions() {
+        let r = |s: &str| s.parse::<Range>().unwrap();
+        assert!(LevelCond::parse(">= s1:c0").unwrap().matches(&r("s1:c0")));
+        assert!(!LevelCond::parse(">= s1:c0").unwrap().matches(&r("s0")));
+        assert!(LevelCond::parse("<= s1").unwrap().matches(&r("s0")));
+        assert!(!LevelCond::parse("<= s1").unwrap().matches(&r("s1:c0")));
+        assert!(LevelCond::parse("= s0").unwrap().matches(&r("s0-s3")));
+        assert!(LevelCond::parse(">=").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        let s = PortSet::new(vec![
+            PortSet::parse_item("80").unwrap(),
+            PortSet::parse_item("8000-8080").unwrap(),
+        ])
+        .unwrap();
+        assert!(s.contains(80) && s.contains(8000) && s.contains(8080));
+        assert!(!s.contains(81) && !s.contains(8081));
+        assert_eq!(s.to_string(), "80,8000-8080");
+        for bad in ["65536", "-1", "x", "10-5", ""] {
+            assert!(PortSet::parse_item(bad).is_err(), "{bad:?}");
+        }
+        assert!(PortSet::new(vec![]).is_err());
+    }
+}

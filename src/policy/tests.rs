@@ -1,0 +1,271 @@
+use super::*;
+use crate::labels::{Label, Labels, Origin};
+use crate::packet::build;
+use std::net::Ipv4Addr;
+
+fn labels(src: &str, dst: &str) -> Labels {
+    let mut l = Labels::unresolved("test");
+    l.source = Label {
+        context: src.parse().unwrap(),
+        origin: Origin::Socket,
+    };
+    l.dest = Label {
+        context: dst.parse().unwrap(),
+        origin: Origin::Socket,
+    };
+    l
+}
+
+fn tcp_to(dport: u16) -> PacketInfo {
+    let lo = Ipv4Addr::LOCALHOST;
+    crate::packet::parse(&build::ipv4(
+        lo,
+        lo,
+        6,
+        &[],
+        &build::tcp(40000, dport, 0x02),
+    ))
+    .unwrap()
+}
+
+fn decide(p: &Policy, hook: Hook, pkt: &PacketInfo, l: &Labels) -> Decision {
+    let none = || None;
+    let f = Facts {
+        hook,
+        pkt,
+        labels: l,
+        iif: &none,
+        oif: &none,
+    };
+    p.decide(&f, p.mode)
+}
+
+const ARTICLE: &str = r#"
+default = "drop"
+[sets]
+web = ["httpd_t", "nginx_t"]
+
+[[rule]]
+name = "web-to-db"
+hook = "output"
+source = "@web"
+dest = "postgresql_t"
+proto = "tcp"
+dport = 5432
+verdict = "accept"
+
+[[rule]]
+name = "web-elsewhere"
+source = "@web"
+proto = "tcp"
+dport = [80, "8000-8080"]
+verdict = "accept"
+audit = true
+
+[[rule]]
+name = "no-db"
+dest = "postgresql_t"
+verdict = "drop"
+"#;
+
+#[test]
+fn first_match_wins_and_default_applies() {
+    let p = Policy::from_toml(ARTICLE, "t.toml").unwrap();
+    let web_db = labels(
+        "system_u:system_r:httpd_t:s0",
+        "system_u:system_r:postgresql_t:s0",
+    );
+    let d = decide(&p, Hook::Output, &tcp_to(5432), &web_db);
+    assert_eq!(
+        (d.verdict, p.rule_name(d.rule), d.audit),
+        (Verdict::Accept, "web-to-db", false)
+    );
+    // Same labels on input: rule 1 is output-only, rule 2 needs port 80, rule 3 drops.
+    let d = decide(&p, Hook::Input, &tcp_to(5432), &web_db);
+    assert_eq!(
+        (d.verdict, p.rule_name(d.rule), d.audit),
+        (Verdict::Drop, "no-db", true)
+    );
+    let intruder = labels(
+        "system_u:system_r:intruder_t:s0",
+        "system_u:system_r:postgresql_t:s0",
+    );
+    let d = decide(&p, Hook::Output, &tcp_to(5432), &intruder);
+    assert_eq!(p.rule_name(d.rule), "no-db");
+    let d = decide(
+        &p,
+        Hook::Output,
+        &tcp_to(8080),
+        &labels("u:r:nginx_t:s0", "u:r:x_t:s0"),
+    );
+    assert_eq!(
+        (d.verdict, p.rule_name(d.rule), d.audit),
+        (Verdict::Accept, "web-elsewhere", true)
+    );
+    let d = decide(
+        &p,
+        Hook::Output,
+        &tcp_to(22),
+        &labels("u:r:sshd_t:s0", "u:r:x_t:s0"),
+    );
+    assert_eq!((d.verdict, d.rule, d.audit), (Verdict::Drop, None, true));
+    assert_eq!(p.rules[0].hits.load(Ordering::Relaxed), 1);
+    assert_eq!(p.rules[2].hits.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn permissive_global_domain_and_rule() {
+    let text = format!("mode = \"permissive\"\n{ARTICLE}");
+    let p = Policy::from_toml(&text, "t").unwrap();
+    let l = labels("u:r:intruder_t:s0", "u:r:postgresql_t:s0");
+    let d = decide(&p, Hook::Output, &tcp_to(5432), &l);
+    assert_eq!(
+        (d.verdict, d.table_verdict, d.permissive),
+        (Verdict::Accept, Verdict::Drop, true)
+    );
+
+    let text = format!("permissive_domains = [\"intruder_t\"]\n{ARTICLE}");
+    let p = Policy::from_toml(&text, "t").unwrap();
+    assert!(decide(&p, Hook::Output, &tcp_to(5432), &l).permissive);
+    let other = labels("u:r:other_t:s0", "u:r:postgresql_t:s0");
+    let d = decide(&p, Hook::Output, &tcp_to(5432), &other);
+    assert_eq!((d.verdict, d.permissive), (Verdict::Drop, false));
+
+    let text = ARTICLE.replace(
+        "verdict = \"drop\"",
+        "verdict = \"drop\"\npermissive = true",
+    );
+    let p = Policy::from_toml(&text, "t").unwrap();
+    let d = decide(&p, Hook::Output, &tcp_to(5432), &other);
+    assert_eq!(
+        (d.verdict, d.permissive, p.rule_name(d.rule)),
+        (Verdict::Accept, true, "no-db")
+    );
+    // The default verdict is not covered by a rule's permissive flag.
+    let d = decide(&p, Hook::Output, &tcp_to(22), &labels("u:r:a_t", "u:r:b_t"));
+    assert_eq!((d.verdict, d.permissive), (Verdict::Drop, false));
+}
+
+#[test]
+fn uid_cidr_secmark_and_levels() {
+    let text = r#"
+default = "accept"
+[[rule]]
+name = "uid-db"
+uid = [0, "root"]
+proto = "tcp"
+dport = 5432
+daddr = "127.0.0.0/8"
+verdict = "accept"
+[[rule]]
+name = "secmark"
+secmark = "postgresql_packet_t"
+verdict = "drop"
+[[rule]]
+name = "mls"
+source_level = ">= s1:c0"
+mls = "source_dominates_dest"
+verdict = "drop"
+"#;
+    let p = Policy::from_toml(text, "t").unwrap();
+    let mut l = labels("u:r:a_t:s0", "u:r:b_t:s0");
+    l.uid = Some(0);
+    assert_eq!(
+        p.rule_name(decide(&p, Hook::Output, &tcp_to(5432), &l).rule),
+        "uid-db"
+    );
+    l.uid = Some(1000);
+    assert_eq!(decide(&p, Hook::Output, &tcp_to(5432), &l).rule, None);
+    l.secmark = Some("system_u:object_r:postgresql_packet_t:s0".parse().unwrap());
+    assert_eq!(
+        p.rule_name(decide(&p, Hook::Output, &tcp_to(5432), &l).rule),
+        "secmark"
+    );
+    let l = labels("u:r:a_t:s1:c0,c1", "u:r:b_t:s1:c0");
+    assert_eq!(
+        p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &l).rule),
+        "mls"
+    );
+    let l = labels("u:r:a_t:s1:c0", "u:r:b_t:s1:c1");
+    assert_eq!(
+        decide(&p, Hook::Output, &tcp_to(1), &l).rule,
+        None,
+        "incomparable levels"
+    );
+}
+
+#[test]
+fn index_keeps_first_match_order_across_buckets() {
+    // A wildcard rule before a typed rule must still win.
+    let text = r#"
+[[rule]]
+name = "wild"
+proto = "tcp"
+dport = 1
+verdict = "drop"
+[[rule]]
+name = "typed"
+source = "httpd_t"
+verdict = "accept"
+[[rule]]
+name = "by-dest"
+dest = "postgresql_t"
+verdict = "accept"
+"#;
+    let p = Policy::from_toml(text, "t").unwrap();
+    let l = labels("u:r:httpd_t:s0", "u:r:postgresql_t:s0");
+    assert_eq!(
+        p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &l).rule),
+        "wild"
+    );
+    assert_eq!(
+        p.rule_name(decide(&p, Hook::Output, &tcp_to(2), &l).rule),
+        "typed"
+    );
+    let l = labels("u:r:other_t:s0", "u:r:postgresql_t:s0");
+    assert_eq!(
+        p.rule_name(decide(&p, Hook::Output, &tcp_to(2), &l).rule),
+        "by-dest"
+    );
+    assert_eq!(
+        p.candidates(&labels("u:r:zzz_t", "u:r:yyy_t"))
+            .collect::<Vec<_>>(),
+        vec![0]
+    );
+}
+
+#[test]
+fn errors_name_line_and_column() {
+    let cases: &[(&str, &str)] = &[
+        ("mode = \"strict\"\n", "t:1:8:"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nbogus = 1\n", "t:4:1:"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nsource = \"a:b\"\n", "t:4:10: context pattern"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nproto = \"tcp\"\ndport = 70000\n", "t:5:9: bad port"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\ndport = 80\n", "t:4:9: sport/dport need proto"),
+        ("[sets]\nweb = []\n", "t:2:7: type set @web is empty"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nsource = \"@nope\"\n", "unknown type set @nope"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nuid = \"no-such-user-xyz\"\n", "t:4:7: unknown user"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\n[[rule]]\nname = \"a\"\nverdict = \"drop\"\n", "t:5:8: duplicate rule name"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\ndaddr = \"10.0.0.300/8\"\n", "t:4:9: bad address"),
+        ("[[rule]]\nname = \"a\"\n", "missing field `verdict`"),
+        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nsource_level = \">= s1:c9999\"\n", "t:4:16: bad category"),
+    ];
+    for (text, want) in cases {
+        let e = Policy::from_toml(text, "t").unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn example_policies_compile() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example policies found");
+}
