@@ -400,6 +400,7 @@ impl Policy {
         parse::compile(text, origin)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         mode: Mode,
         default: Verdict,

@@ -336,24 +336,25 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
         nets.map(|n| Some(NetSet(n)))
             .map_err(|m| cx.err(p.span(), m))
     };
-    let proto =
-        match &r.proto {
-            None => None,
-            Some(p) => match p.get_ref().as_str() {
-                "any" => None,
-                "tcp" => Some(Proto::Tcp),
-                "udp" => Some(Proto::Udp),
-                "icmp" => Some(Proto::Icmp),
-                "icmpv6" => Some(Proto::Icmpv6),
-                "sctp" => Some(Proto::Sctp),
-                other => return Err(cx.err(
+    let proto = match &r.proto {
+        None => None,
+        Some(p) => match p.get_ref().as_str() {
+            "any" => None,
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            "icmp" => Some(Proto::Icmp),
+            "icmpv6" => Some(Proto::Icmpv6),
+            "sctp" => Some(Proto::Sctp),
+            other => {
+                return Err(cx.err(
                     p.span(),
                     format!(
                         "unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let sport = ports(&r.sport)?;
     let dport = ports(&r.dport)?;
     if (sport.is_some() || dport.is_some()) && !proto.is_some_and(|p| p.has_ports()) {

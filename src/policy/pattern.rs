@@ -9,6 +9,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// A named type set as the compiler resolves it.
+pub type TypeSet = Arc<HashSet<Box<str>>>;
+
 /// One field of a context pattern: anything, or exactly this name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Field {
@@ -123,10 +126,7 @@ pub struct ContextPattern {
 
 impl ContextPattern {
     /// Parse a pattern; `sets` resolves `@name` references.
-    pub fn parse(
-        s: &str,
-        sets: &dyn Fn(&str) -> Option<Arc<HashSet<Box<str>>>>,
-    ) -> Result<Self, String> {
+    pub fn parse(s: &str, sets: &dyn Fn(&str) -> Option<TypeSet>) -> Result<Self, String> {
         let type_of = |t: &str| -> Result<TypePattern, String> {
             if t == "*" {
                 Ok(TypePattern::Any)

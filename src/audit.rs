@@ -1,0 +1,504 @@
+//! Audit records of decisions (USER_AVC text or JSON lines), written by one
+//! writer thread fed through a bounded channel, with counted rate limiting.
+//!
+//! The packet path only builds a [`Record`] and hands it over; formatting and
+//! I/O happen on the writer thread. Nothing is dropped silently: records the
+//! rate limit holds back are counted as suppressed, records that do not fit
+//! the channel or fail to write are counted as lost, and both are logged.
+
+use crate::context::SecurityContext;
+use crate::counters::Counters;
+use crate::labels::{Hook, Label, ProcessInfo};
+use crate::packet::PacketInfo;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Output format of audit records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `type=USER_AVC msg=audit(...)` lines, read by ausearch and audit2allow.
+    Avc,
+    /// One JSON object per line with the same fields.
+    Json,
+}
+
+/// Whether the record is for a denial or an audited grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Denied,
+    Granted,
+}
+
+/// One decision to record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub time: SystemTime,
+    pub outcome: Outcome,
+    pub hook: Hook,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub proto: Option<u8>,
+    /// Interface index (input interface on input/forward, output interface otherwise).
+    pub ifindex: u32,
+    pub source: Label,
+    pub dest: Label,
+    pub secmark: Option<SecurityContext>,
+    pub peer: Option<Label>,
+    pub uid: Option<u32>,
+    pub process: Option<ProcessInfo>,
+    pub rule: String,
+    pub permissive: bool,
+    /// Why a packet could not be parsed, for malformed packets.
+    pub malformed: Option<&'static str>,
+}
+
+impl Record {
+    /// Address and port facts from a parsed packet.
+    pub fn set_packet(&mut self, p: &PacketInfo) {
+        self.src = Some(p.src);
+        self.dst = Some(p.dst);
+        self.sport = p.sport;
+        self.dport = p.dport;
+        self.proto = Some(p.proto.number());
+    }
+}
+
+/// Static facts about the writer put in every record.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub pid: u32,
+    pub subj: String,
+    pub exe: String,
+}
+
+impl Identity {
+    /// labelgate's own pid, SELinux context (or `unconfined` when SELinux is
+    /// off) and executable path.
+    pub fn current() -> Identity {
+        let subj = std::fs::read_to_string("/proc/self/attr/current")
+            .ok()
+            .map(|s| s.trim_end_matches(['\0', '\n']).to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unconfined".to_string());
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "labelgate".to_string());
+        Identity {
+            pid: std::process::id(),
+            subj,
+            exe,
+        }
+    }
+}
+
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\'' || c.is_control() {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn proto_name(n: u8) -> String {
+    crate::packet::Proto::from_number(n).to_string()
+}
+
+/// Render a record as a USER_AVC line. `serial` is the audit serial number,
+/// `netif` the interface name.
+pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
+    let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut s = String::with_capacity(512);
+    let _ = write!(
+        s,
+        "type=USER_AVC msg=audit({}.{:03}:{}): pid={} uid=0 auid=4294967295 ses=4294967295 subj={} msg='avc:  {}  {{ {} }} for ",
+        t.as_secs(),
+        t.subsec_millis(),
+        serial,
+        id.pid,
+        id.subj,
+        match r.outcome {
+            Outcome::Denied => "denied",
+            Outcome::Granted => "granted",
+        },
+        r.hook.permission(),
+    );
+    if let Some(p) = &r.process {
+        let _ = write!(
+            s,
+            " pid={} comm=\"{}\" path=\"{}\"",
+            p.pid,
+            quote_safe(&p.comm),
+            quote_safe(&p.exe)
+        );
+    }
+    // `saddr` would be read by ausearch -i as a hex sockaddr, and `proto` as a
+    // number; see docs/AUDIT.md for why these names and forms were chosen.
+    if let Some(a) = r.src {
+        let _ = write!(s, " src_addr={a}");
+    }
+    if let Some(p) = r.sport {
+        let _ = write!(s, " src={p}");
+    }
+    if let Some(a) = r.dst {
+        let _ = write!(s, " dst_addr={a}");
+    }
+    if let Some(p) = r.dport {
+        let _ = write!(s, " dest={p}");
+    }
+    if let Some(n) = netif {
+        let _ = write!(s, " netif={}", quote_safe(n));
+    }
+    if let Some(p) = r.proto {
+        let _ = write!(s, " proto={p}");
+    }
+    if let Some(u) = r.uid {
+        let _ = write!(s, " ouid={u}");
+    }
+    if let Some(m) = &r.secmark {
+        let _ = write!(s, " secmark={m}");
+    }
+    if let Some(p) = &r.peer {
+        let _ = write!(s, " peer={} peer_label={}", p.context, p.origin.token());
+    }
+    if let Some(m) = r.malformed {
+        let _ = write!(s, " malformed={m}");
+    }
+    let _ = write!(
+        s,
+        " slabel={} tlabel={} scontext={} tcontext={} tclass=packet permissive={} rule={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?'",
+        r.source.origin.token(),
+        r.dest.origin.token(),
+        r.source.context,
+        r.dest.context,
+        u8::from(r.permissive),
+        quote_safe(&r.rule),
+        quote_safe(&id.exe),
+    );
+    s
+}
+
+/// Render a record as one JSON object.
+pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
+    let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let v = serde_json::json!({
+        "time": format!("{}.{:03}", t.as_secs(), t.subsec_millis()),
+        "serial": serial,
+        "pid": id.pid,
+        "subj": id.subj,
+        "outcome": match r.outcome { Outcome::Denied => "denied", Outcome::Granted => "granted" },
+        "perm": r.hook.permission(),
+        "hook": r.hook.to_string(),
+        "process": r.process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
+        "saddr": r.src.map(|a| a.to_string()),
+        "src": r.sport,
+        "daddr": r.dst.map(|a| a.to_string()),
+        "dest": r.dport,
+        "netif": netif,
+        "proto": r.proto.map(proto_name),
+        "uid": r.uid,
+        "secmark": r.secmark.as_ref().map(|c| c.to_string()),
+        "peer": r.peer.as_ref().map(|p| p.context.to_string()),
+        "peer_label": r.peer.as_ref().map(|p| p.origin.token()),
+        "malformed": r.malformed,
+        "slabel": r.source.origin.token(),
+        "tlabel": r.dest.origin.token(),
+        "scontext": r.source.context.to_string(),
+        "tcontext": r.dest.context.to_string(),
+        "tclass": "packet",
+        "permissive": u8::from(r.permissive),
+        "rule": r.rule,
+        "exe": id.exe,
+    });
+    v.to_string()
+}
+
+/// Where records go.
+pub enum Target {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+/// Writer settings.
+pub struct Config {
+    pub target: Target,
+    pub format: Format,
+    /// Records per second; 0 means unlimited.
+    pub rate: u32,
+    /// Capacity of the channel between the packet path and the writer.
+    pub capacity: usize,
+}
+
+/// The packet path's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: Option<Sender<Record>>,
+    counters: Arc<Counters>,
+}
+
+impl AuditSink {
+    /// A sink that records nothing (no `--audit`).
+    pub fn disabled(counters: Arc<Counters>) -> Self {
+        AuditSink { tx: None, counters }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Hand a record to the writer; a full channel counts the record as lost.
+    pub fn submit(&self, r: Record) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(r) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    Counters::bump(&self.counters.audit_lost)
+                }
+            }
+        }
+    }
+}
+
+/// A running writer thread; dropping every [`AuditSink`] and calling
+/// [`Writer::finish`] flushes and joins it.
+pub struct Writer {
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Open the target and start the writer thread.
+    pub fn start(cfg: Config, counters: Arc<Counters>) -> std::io::Result<(AuditSink, Writer)> {
+        let out: Box<dyn Write + Send> = match &cfg.target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(cfg.capacity.max(1));
+        let c = counters.clone();
+        let id = Identity::current();
+        let handle = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || write_loop(rx, out, cfg, id, c))?;
+        Ok((
+            AuditSink {
+                tx: Some(tx),
+                counters,
+            },
+            Writer { handle },
+        ))
+    }
+
+    /// Wait for the writer to drain (all senders must be dropped first).
+    pub fn finish(self) {
+        let _ = self.handle.join();
+    }
+}
+
+fn write_loop(
+    rx: Receiver<Record>,
+    out: Box<dyn Write + Send>,
+    cfg: Config,
+    id: Identity,
+    c: Arc<Counters>,
+) {
+    let mut out = std::io::BufWriter::new(out);
+    let mut serial: u64 = 0;
+    let mut names = crate::sys::IfNames::default();
+    let mut window = Instant::now();
+    let mut in_window: u32 = 0;
+    let mut suppressed_in_window: u64 = 0;
+    let mut lost_reported = 0u64;
+    loop {
+        let r = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        if window.elapsed() >= Duration::from_secs(1) {
+            if suppressed_in_window > 0 {
+                log::warn!("audit rate limit: suppressed {suppressed_in_window} records in the last second");
+            }
+            let lost = Counters::get(&c.audit_lost);
+            if lost > lost_reported {
+                log::warn!(
+                    "audit: {} records lost (writer behind or write failed)",
+                    lost - lost_reported
+                );
+                lost_reported = lost;
+            }
+            window = Instant::now();
+            in_window = 0;
+            suppressed_in_window = 0;
+        }
+        let Some(r) = r else {
+            let _ = out.flush();
+            continue;
+        };
+        if cfg.rate > 0 && in_window >= cfg.rate {
+            suppressed_in_window += 1;
+            Counters::bump(&c.audit_suppressed);
+            continue;
+        }
+        in_window += 1;
+        serial += 1;
+        let netif = names.name(r.ifindex);
+        let line = match cfg.format {
+            Format::Avc => format_avc(&r, &id, serial, netif.as_deref()),
+            Format::Json => format_json(&r, &id, serial, netif.as_deref()),
+        };
+        match writeln!(out, "{line}") {
+            Ok(()) => Counters::bump(&c.audit_written),
+            Err(e) => {
+                Counters::bump(&c.audit_lost);
+                log::error!("audit write failed: {e}");
+            }
+        }
+        if rx.is_empty() {
+            if let Err(e) = out.flush() {
+                log::error!("audit flush failed: {e}");
+            }
+        }
+    }
+    if let Err(e) = out.flush() {
+        log::error!("audit flush failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Origin;
+
+    fn record() -> Record {
+        Record {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_100_000_123),
+            outcome: Outcome::Denied,
+            hook: Hook::Output,
+            src: Some("127.0.0.1".parse().unwrap()),
+            dst: Some("127.0.0.1".parse().unwrap()),
+            sport: Some(43210),
+            dport: Some(5432),
+            proto: Some(6),
+            ifindex: 0,
+            source: Label {
+                context: "system_u:system_r:httpd_t:s0".parse().unwrap(),
+                origin: Origin::Socket,
+            },
+            dest: Label {
+                context: "system_u:system_r:postgresql_t:s0".parse().unwrap(),
+                origin: Origin::Socket,
+            },
+            secmark: None,
+            peer: None,
+            uid: Some(48),
+            process: Some(ProcessInfo {
+                pid: 1234,
+                comm: "psql".into(),
+                exe: "/usr/bin/psql".into(),
+            }),
+            rule: "db-port-others".into(),
+            permissive: true,
+            malformed: None,
+        }
+    }
+
+    fn id() -> Identity {
+        Identity {
+            pid: 99,
+            subj: "unconfined".into(),
+            exe: "/usr/sbin/labelgate".into(),
+        }
+    }
+
+    #[test]
+    fn avc_line_has_the_fields_audit_tools_read() {
+        let line = format_avc(&record(), &id(), 42, Some("lo"));
+        assert_eq!(
+            line,
+            "type=USER_AVC msg=audit(1764100000.123:42): pid=99 uid=0 auid=4294967295 ses=4294967295 subj=unconfined \
+             msg='avc:  denied  { send } for  pid=1234 comm=\"psql\" path=\"/usr/bin/psql\" src_addr=127.0.0.1 src=43210 \
+             dst_addr=127.0.0.1 dest=5432 netif=lo proto=6 ouid=48 slabel=socket tlabel=socket \
+             scontext=system_u:system_r:httpd_t:s0 tcontext=system_u:system_r:postgresql_t:s0 tclass=packet \
+             permissive=1 rule=db-port-others exe=\"/usr/sbin/labelgate\" sauid=0 hostname=? addr=? terminal=?'"
+        );
+    }
+
+    #[test]
+    fn hostile_strings_cannot_break_the_record() {
+        let mut r = record();
+        r.process = Some(ProcessInfo {
+            pid: 1,
+            comm: "a' b\"\n".into(),
+            exe: "/x'y".into(),
+        });
+        let line = format_avc(&r, &id(), 1, Some("e'th0"));
+        assert_eq!(line.matches('\'').count(), 2, "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn json_carries_the_same_fields() {
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&record(), &id(), 7, Some("lo"))).unwrap();
+        assert_eq!(v["outcome"], "denied");
+        assert_eq!(v["perm"], "send");
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["saddr"], "127.0.0.1");
+        assert_eq!(v["dest"], 5432);
+        assert_eq!(v["scontext"], "system_u:system_r:httpd_t:s0");
+        assert_eq!(v["permissive"], 1);
+        assert_eq!(v["process"]["comm"], "psql");
+        assert_eq!(v["serial"], 7);
+    }
+
+    #[test]
+    fn writer_counts_suppressed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let c = Arc::new(Counters::default());
+        let cfg = Config {
+            target: Target::File(path.clone()),
+            format: Format::Avc,
+            rate: 5,
+            capacity: 1000,
+        };
+        let (sink, w) = Writer::start(cfg, c.clone()).unwrap();
+        for _ in 0..20 {
+            sink.submit(record());
+        }
+        drop(sink);
+        w.finish();
+        let text = std::fs::read_to_string(path).unwrap();
+        let written = text.lines().count() as u64;
+        assert_eq!(written, Counters::get(&c.audit_written));
+        assert_eq!(written + Counters::get(&c.audit_suppressed), 20);
+        assert!((5..20).contains(&written), "rate limit applied: {written}");
+    }
+
+    #[test]
+    fn full_channel_counts_lost_records() {
+        let c = Arc::new(Counters::default());
+        let (tx, _rx) = crossbeam_channel::bounded(2);
+        let sink = AuditSink {
+            tx: Some(tx),
+            counters: c.clone(),
+        };
+        for _ in 0..5 {
+            sink.submit(record());
+        }
+        assert_eq!(Counters::get(&c.audit_lost), 3);
+    }
+}

@@ -1,0 +1,120 @@
+//! Command-line interface (clap derive): the raw flags, before validation.
+
+use crate::audit::Format;
+use crate::policy::Mode;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Filter network packets by SELinux security context (NFQUEUE).
+#[derive(Parser, Debug)]
+#[command(name = "labelgate", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug, trace (RUST_LOG also works).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read packets from NFQUEUE and give each an accept or drop verdict.
+    Run(RunArgs),
+    /// Parse and compile a policy file, print a summary; non-zero exit on error.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+/// What the kernel does with packets the queue cannot take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fail {
+    /// Accept them (availability first).
+    Open,
+    /// Drop them (enforcement first).
+    Closed,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The policy file (TOML), see docs/POLICY.md.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// One queue number.
+    #[arg(long, conflicts_with = "queues")]
+    pub queue: Option<u16>,
+    /// A range of queue numbers N-M (for --queue-balance / --queue-cpu-fanout); one thread each.
+    #[arg(long)]
+    pub queues: Option<String>,
+    /// Resolver worker threads for slow label lookups (0: resolve on the queue thread).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Override the policy file's mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Write audit records to FILE, or - for standard output.
+    #[arg(long, value_name = "FILE|-")]
+    pub audit: Option<String>,
+    /// Format of audit records.
+    #[arg(long, value_enum, default_value = "avc")]
+    pub audit_format: Format,
+    /// Maximum audit records per second (0: unlimited); the excess is counted and reported.
+    #[arg(long, default_value_t = 0)]
+    pub audit_rate: u32,
+    /// Bytes of each packet copied from the kernel (headers suffice).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65535))]
+    pub copy_range: u32,
+    /// Kernel queue length.
+    #[arg(long, default_value_t = 8192)]
+    pub queue_maxlen: u32,
+    /// Socket receive buffer in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub rcvbuf: usize,
+    /// Behaviour when the queue is full or labelgate stops: default closed when enforcing, open when permissive.
+    #[arg(long, value_enum)]
+    pub fail: Option<Fail>,
+}
+
+/// Parse `N` or `N-M` into a list of queue numbers.
+pub fn parse_queues(s: &str) -> Result<Vec<u16>, String> {
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("bad queue number {x:?}"))
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let n = num(s)?;
+            (n, n)
+        }
+    };
+    if a > b {
+        return Err(format!("queue range {s:?} runs backwards"));
+    }
+    if b - a >= 64 {
+        return Err(format!("queue range {s:?} has more than 64 queues"));
+    }
+    Ok((a..=b).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_ranges() {
+        assert_eq!(parse_queues("3").unwrap(), vec![3]);
+        assert_eq!(parse_queues("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert!(parse_queues("3-1").is_err());
+        assert!(parse_queues("x").is_err());
+        assert!(parse_queues("0-100").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,230 @@
+//! Queue threads: one per NFQUEUE number, each reading its socket, deciding
+//! through the [`Engine`] and answering every packet exactly once.
+//!
+//! Shutdown: when the stop flag is set a thread sets its queue's maximum
+//! length to 0 (the kernel then applies the queue's fail-open/fail-closed
+//! behaviour to new packets instead of queueing them), answers every packet
+//! already queued, and only then unbinds.
+
+use crate::counters::Counters;
+use crate::engine::{Engine, Scratch};
+use crate::labels::QueueMeta;
+use crate::policy::Verdict;
+use crate::sys::nfqueue::{self, QueueParams, QueueSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How the queues are set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub queues: Vec<u16>,
+    /// Bytes of each packet copied to user space (headers are enough).
+    pub copy_range: u32,
+    /// Kernel queue length before fail-open/fail-closed applies.
+    pub max_len: u32,
+    /// Socket receive buffer in bytes.
+    pub rcvbuf: usize,
+    /// Accept (true) or drop (false) packets the queue cannot take.
+    pub fail_open: bool,
+    /// Packets read per wake-up before verdicts are sent.
+    pub batch: usize,
+}
+
+/// Why the queues could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot bind NFQUEUE {queue}: {source}{hint}")]
+    Bind {
+        queue: u16,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot start queue thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Running queue threads.
+pub struct Runtime {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Bind every queue (failing early with a clear error), then start one
+    /// thread per queue.
+    pub fn start(
+        cfg: &RuntimeConfig,
+        engine: Arc<Engine>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Runtime, RuntimeError> {
+        let mut flags = nfqueue::F_UID_GID | nfqueue::F_SECCTX | nfqueue::F_GSO;
+        if cfg.fail_open {
+            flags |= nfqueue::F_FAIL_OPEN;
+        }
+        let params = QueueParams {
+            copy_range: cfg.copy_range,
+            max_len: cfg.max_len,
+            flags,
+        };
+        let mut sockets = Vec::new();
+        for &q in &cfg.queues {
+            let sock = QueueSocket::bind(q, &params).map_err(|source| {
+                let hint = match source.raw_os_error() {
+                    Some(libc::EPERM) => " (labelgate needs CAP_NET_ADMIN: run it as root)",
+                    Some(libc::EBUSY) => " (another process is bound to this queue)",
+                    _ => "",
+                };
+                RuntimeError::Bind {
+                    queue: q,
+                    source,
+                    hint,
+                }
+            })?;
+            match crate::sys::set_rcvbuf(sock.fd(), cfg.rcvbuf) {
+                Ok(got) => log::debug!("queue {q}: receive buffer {got} bytes"),
+                Err(e) => log::warn!("queue {q}: cannot set receive buffer: {e}"),
+            }
+            sockets.push(sock);
+        }
+        let mut threads = Vec::new();
+        for sock in sockets {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            let batch = cfg.batch.max(1);
+            let t = std::thread::Builder::new()
+                .name(format!("queue-{}", sock.queue()))
+                .spawn(move || queue_loop(sock, &engine, &stop, batch))
+                .map_err(RuntimeError::Thread)?;
+            threads.push(t);
+        }
+        log::info!(
+            "bound NFQUEUE {:?} (copy range {}, fail-{})",
+            cfg.queues,
+            cfg.copy_range,
+            if cfg.fail_open { "open" } else { "closed" }
+        );
+        Ok(Runtime { threads })
+    }
+
+    /// Wait for every queue thread to finish its shutdown.
+    pub fn join(self) {
+        for t in self.threads {
+            if t.join().is_err() {
+                log::error!("a queue thread panicked");
+            }
+        }
+    }
+}
+
+/// Read what is waiting (up to `batch`), decide, and send the verdicts,
+/// grouping runs of equal verdicts into batch verdicts. Returns how many
+/// packets were handled.
+fn service(
+    sock: &mut QueueSocket,
+    engine: &Engine,
+    scratch: &mut Scratch,
+    batch: usize,
+    out: &mut Vec<(u32, Verdict)>,
+) -> std::io::Result<usize> {
+    let c = &engine.counters;
+    out.clear();
+    let n = sock.recv(
+        batch,
+        |p| {
+            let meta = QueueMeta {
+                hook: p.hook,
+                uid: p.uid,
+                gid: p.gid,
+                secctx: p.secctx.map(str::to_string),
+                indev: p.indev,
+                outdev: p.outdev,
+                mark: p.mark,
+            };
+            out.push((p.id, engine.handle(p.payload, &meta, scratch)));
+        },
+        |e| {
+            // A message without a packet id cannot be answered; the kernel
+            // keeps that packet until the queue is unbound. Count it loudly.
+            Counters::bump(&c.recv_errors);
+            log::error!("unreadable queue message: {e}");
+        },
+    )?;
+    send_verdicts(sock, out, c);
+    Ok(n)
+}
+
+fn to_kernel(v: Verdict) -> nfqueue::Verdict {
+    match v {
+        Verdict::Accept => nfqueue::Verdict::Accept,
+        Verdict::Drop => nfqueue::Verdict::Drop,
+    }
+}
+
+/// Send verdicts in order. A run of equal verdicts becomes one batch verdict
+/// (it covers every id up to the last of the run, and every earlier id was
+/// answered before the run started).
+fn send_verdicts(sock: &mut QueueSocket, verdicts: &[(u32, Verdict)], c: &Counters) {
+    let mut i = 0;
+    while let Some(&(first_id, v)) = verdicts.get(i) {
+        let mut j = i + 1;
+        while verdicts.get(j).is_some_and(|&(_, w)| w == v) {
+            j += 1;
+        }
+        let (last_id, _) = verdicts.get(j - 1).copied().unwrap_or((first_id, v));
+        let res = if j - i == 1 {
+            sock.verdict(first_id, to_kernel(v), None, None)
+        } else {
+            sock.verdict_batch(last_id, to_kernel(v), None)
+        };
+        if let Err(e) = res {
+            for _ in i..j {
+                Counters::bump(&c.verdict_errors);
+            }
+            log::error!("verdict for packets {first_id}..={last_id} failed: {e}");
+        }
+        i = j;
+    }
+}
+
+fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: usize) {
+    let q = sock.queue();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::with_capacity(batch);
+    while !stop.load(Ordering::Relaxed) {
+        match crate::sys::poll_readable(sock.fd(), 100) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                log::error!("queue {q}: poll failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        }
+        if let Err(e) = service(&mut sock, engine, &mut scratch, batch, &mut out) {
+            Counters::bump(&engine.counters.recv_errors);
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                log::warn!("queue {q}: socket receive buffer overran; the kernel counted the packets it could not deliver (see /proc/net/netfilter/nfnetlink_queue)");
+            } else {
+                log::error!("queue {q}: receive failed: {e}");
+            }
+        }
+    }
+    // Stop taking new packets, then answer everything already queued.
+    if let Err(e) = sock.set_max_len(0) {
+        log::error!("queue {q}: cannot close the queue to new packets: {e}");
+    }
+    loop {
+        match service(&mut sock, engine, &mut scratch, batch, &mut out) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("queue {q}: receive failed during shutdown: {e}");
+                break;
+            }
+        }
+    }
+    if let Err(e) = sock.unbind() {
+        log::error!("queue {q}: unbind failed: {e}");
+    }
+    log::info!("queue {q}: stopped");
+}
