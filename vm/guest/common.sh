@@ -137,6 +137,47 @@ lg_stop() {
 # lg_policy_check FILE: `labelgate check` must accept the scenario's policy.
 lg_policy_check() { "$LG_BIN" check "$1" >"$LG_WORK/$SCENARIO-check.log" 2>&1; }
 
+# lg_require: fail the scenario at once when there is no labelgate binary.
+lg_require() {
+  [ -x "${LG_BIN:-}" ] && return 0
+  fail labelgate-binary "no labelgate binary given to the VM run"
+  scenario_end || true
+  exit 1
+}
+
+# queue_out/queue_in PORT[,PORT...]: divert client->server TCP on lo to queue 0.
+queue_out() { iptables -A OUTPUT -o lo -p tcp -m multiport --dports "$1" -j NFQUEUE --queue-num 0; }
+queue_in() { iptables -A INPUT -i lo -p tcp -m multiport --dports "$1" -j NFQUEUE --queue-num 0; }
+
+# avc_lines FILE OUTCOME PERM SCTX TCTX: the audit lines of FILE recording
+# OUTCOME (denied|granted) { PERM } from SCTX to TCTX.
+avc_lines() {
+  grep -E "avc: +$2 +\{ $3 \}" "$1" 2>/dev/null \
+    | grep -F "scontext=$4 " | grep -F "tcontext=$5 " || true
+}
+
+# check_avc NAME FILE OUTCOME PERM SCTX TCTX [REGEX]: such a line exists (and
+# matches REGEX, e.g. "dest=5432 .*permissive=0").
+check_avc() {
+  local n="$1" f="$2" lines; shift 2
+  lines="$(avc_lines "$f" "$1" "$2" "$3" "$4" | grep -E -- "${5:-.}" || true)"
+  if [ -n "$lines" ]; then pass "$n"
+  else fail "$n" "no '$1 { $2 }' line $3 -> $4 matching /${5:-.}/ in $f"; fi
+}
+check_no_avc() {
+  local n="$1" f="$2" lines; shift 2
+  lines="$(avc_lines "$f" "$1" "$2" "$3" "$4" | grep -E -- "${5:-.}" || true)"
+  if [ -z "$lines" ]; then pass "$n"
+  else fail "$n" "unexpected: $(head -n1 <<<"$lines")"; fi
+}
+
+# write_policy NAME <<TOML: store a policy for this scenario, echo its path.
+write_policy() {
+  local f="$LG_WORK/$SCENARIO-$1.toml"
+  cat >"$f"
+  echo "$f"
+}
+
 # --------------------------------------------------------------- asserts ---
 SCENARIO_FAILS=0
 scenario_begin() {

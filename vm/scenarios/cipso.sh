@@ -1,0 +1,47 @@
+#!/bin/bash
+# (6) CIPSO: NetLabel labels loopback IPv4 with CIPSO (DOI 16, pass-through);
+# an INPUT rule `peer_level = ">= s1:c0"` admits a client at s1:c0 and
+# refuses one at s0.
+set -euo pipefail
+. "$(dirname "$0")/../guest/common.sh"
+scenario_begin cipso
+lg_require
+
+netlabelctl cipsov4 add pass doi:16 tags:1
+netlabelctl map del default
+netlabelctl map add default address:0.0.0.0/0 protocol:unlbl
+netlabelctl map add default address:127.0.0.1 protocol:cipsov4,16
+log "netlabel map: $(netlabelctl -p map list | tr '\n' ' ')"
+
+AUDIT="$LG_WORK/cipso-audit.log"
+POL="$(write_policy policy <<'TOML'
+mode = "enforcing"
+default = "drop"
+[[rule]]
+name = "cleared-in"
+hook = "input"
+proto = "tcp"
+dport = 5432
+peer_level = ">= s1:c0"
+verdict = "accept"
+TOML
+)"
+check policy-check lg_policy_check "$POL"
+# The server's range covers both clients' levels.
+tcp_echo_server "system_u:system_r:postgresql_t:s0-s1:c0.c3" 5432
+CLIENT_HI="system_u:system_r:httpd_t:s1:c0"
+CLIENT_LO="system_u:system_r:httpd_t:s0"
+check baseline-hi tcp_try "$CLIENT_HI" 5432
+check baseline-lo tcp_try "$CLIENT_LO" 5432
+
+queue_in 5432
+lg_start "$POL" "$AUDIT"
+check cleared-client-admitted tcp_try "$CLIENT_HI" 5432
+check_not s0-client-refused tcp_try "$CLIENT_LO" 5432
+lg_stop || fail labelgate-exit "non-zero exit on SIGTERM"
+
+check_grep avc-s0-denied "$AUDIT" "denied +\{ recv \}.*dest=5432 .*scontext=$CLIENT_LO .*rule=default"
+check_grep avc-peer-label "$AUDIT" "denied +\{ recv \}.*peer=system_u:object_r:netlabel_peer_t:s0[ ']"
+check_no_grep avc-no-hi-denial "$AUDIT" "scontext=$CLIENT_HI "
+
+scenario_end
