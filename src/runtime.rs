@@ -186,10 +186,56 @@ fn send_verdicts(sock: &mut QueueSocket, verdicts: &[(u32, Verdict)], c: &Counte
     }
 }
 
+/// One queue's line of `/proc/net/netfilter/nfnetlink_queue`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelQueueStats {
+    pub queue: u16,
+    pub portid: u32,
+    pub waiting: u64,
+    pub queue_dropped: u64,
+    pub user_dropped: u64,
+    pub id_sequence: u64,
+}
+
+impl KernelQueueStats {
+    /// Parse the file's text and pick `queue`'s line.
+    pub fn parse(text: &str, queue: u16) -> Option<KernelQueueStats> {
+        text.lines().find_map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?;
+            let (&q, &portid, &waiting, &dropped, &user, &seq) = (
+                v.first()?,
+                v.get(1)?,
+                v.get(2)?,
+                v.get(5)?,
+                v.get(6)?,
+                v.get(7)?,
+            );
+            (q == u64::from(queue)).then_some(KernelQueueStats {
+                queue,
+                portid: u32::try_from(portid).ok()?,
+                waiting,
+                queue_dropped: dropped,
+                user_dropped: user,
+                id_sequence: seq,
+            })
+        })
+    }
+
+    /// Read the current figures for `queue` (in this network namespace).
+    pub fn read(queue: u16) -> Option<KernelQueueStats> {
+        let text = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").ok()?;
+        Self::parse(&text, queue)
+    }
+}
+
 fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: usize) {
     let q = sock.queue();
     let mut scratch = Scratch::default();
     let mut out = Vec::with_capacity(batch);
+    let mut handled: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         match crate::sys::poll_readable(sock.fd(), 100) {
             Ok(false) => continue,
@@ -200,12 +246,15 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: 
                 continue;
             }
         }
-        if let Err(e) = service(&mut sock, engine, &mut scratch, batch, &mut out) {
-            Counters::bump(&engine.counters.recv_errors);
-            if e.raw_os_error() == Some(libc::ENOBUFS) {
-                log::warn!("queue {q}: socket receive buffer overran; the kernel counted the packets it could not deliver (see /proc/net/netfilter/nfnetlink_queue)");
-            } else {
-                log::error!("queue {q}: receive failed: {e}");
+        match service(&mut sock, engine, &mut scratch, batch, &mut out) {
+            Ok(n) => handled += n as u64,
+            Err(e) => {
+                Counters::bump(&engine.counters.recv_errors);
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    log::warn!("queue {q}: socket receive buffer overran; the kernel counted the packets it could not deliver (see /proc/net/netfilter/nfnetlink_queue)");
+                } else {
+                    log::error!("queue {q}: receive failed: {e}");
+                }
             }
         }
     }
@@ -216,15 +265,52 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: 
     loop {
         match service(&mut sock, engine, &mut scratch, batch, &mut out) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => handled += n as u64,
             Err(e) => {
                 log::error!("queue {q}: receive failed during shutdown: {e}");
                 break;
             }
         }
     }
+    // Every packet the kernel queued has now been answered: its id sequence
+    // should equal the packets this thread handled.
+    match KernelQueueStats::read(q) {
+        Some(k) => log::info!(
+            "queue {q}: kernel id_sequence={} queue_dropped={} user_dropped={} waiting={}; labelgate answered {handled}",
+            k.id_sequence,
+            k.queue_dropped,
+            k.user_dropped,
+            k.waiting
+        ),
+        None => log::warn!("queue {q}: kernel queue statistics unavailable; labelgate answered {handled}"),
+    }
     if let Err(e) = sock.unbind() {
         log::error!("queue {q}: unbind failed: {e}");
     }
     log::info!("queue {q}: stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_queue_lines() {
+        let text =
+            "    0  17589     0 2   256     0     0       10  1\n    3  42 5 2 128 7 8 99 1\n";
+        let k = KernelQueueStats::parse(text, 3).unwrap();
+        assert_eq!(
+            (
+                k.portid,
+                k.waiting,
+                k.queue_dropped,
+                k.user_dropped,
+                k.id_sequence
+            ),
+            (42, 5, 7, 8, 99)
+        );
+        assert_eq!(KernelQueueStats::parse(text, 0).unwrap().id_sequence, 10);
+        assert_eq!(KernelQueueStats::parse(text, 1), None);
+        assert_eq!(KernelQueueStats::parse("garbage 1 2\n", 0), None);
+    }
 }

@@ -1,0 +1,287 @@
+//! Shared helpers for the root-only integration tests: network namespaces,
+//! a running labelgate, and traffic probes. Everything stays on loopback
+//! inside a namespace the test made, and every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/probe.py");
+pub const LABELGATE: &str = env!("CARGO_BIN_EXE_labelgate");
+
+/// Whether root-only tests can run here. Outside CI a missing prerequisite
+/// skips with a clear line; under CI (CI=true) it fails the test instead.
+pub fn can_run() -> bool {
+    let mut missing = Vec::new();
+    if !nix_is_root() {
+        missing.push("root");
+    }
+    for tool in ["ip", "iptables", "ip6tables", "python3", "setpriv"] {
+        if which(tool).is_none() {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "SKIP: this test needs {} (run as root with iptables installed)",
+        missing.join(", ")
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}; CI must provide it");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .chain(
+            ["/usr/sbin", "/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool)),
+        )
+        .find(|p| p.is_file())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace with loopback up, deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = format!(
+            "lgt-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            name,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Run a shell snippet inside the namespace; panics if it fails.
+    pub fn sh(&self, script: &str) -> String {
+        let out = run_ok(self.cmd("sh").args(["-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run the probe as `uid` (None: root); returns its exit status success.
+    pub fn probe_as(&self, uid: Option<u32>, args: &[&str]) -> bool {
+        let mut c = match uid {
+            Some(u) => {
+                let mut c = self.cmd("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    &format!("--regid={u}"),
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    PROBE,
+                ]);
+                c
+            }
+            None => {
+                let mut c = self.cmd("/usr/bin/python3");
+                c.arg(PROBE);
+                c
+            }
+        };
+        c.args(args);
+        let out = c.output().expect("run probe");
+        out.status.success()
+    }
+
+    /// Start a background helper (the probe) and wait for its "ready" line.
+    pub fn spawn_probe(&self, args: &[&str]) -> Child {
+        let mut c = self.cmd("/usr/bin/python3");
+        c.arg(PROBE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("spawn probe");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("probe ready line");
+        assert_eq!(line.trim(), "ready", "probe did not start");
+        child
+    }
+
+    /// The namespace's nfnetlink_queue line for `queue`, as numbers.
+    pub fn queue_stats(&self, queue: u16) -> Option<Vec<u64>> {
+        let text = self.sh("cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null || true");
+        text.lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|x| x.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .find(|v| v.first() == Some(&u64::from(queue)))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A labelgate daemon running inside a namespace.
+pub struct Daemon {
+    child: Option<Child>,
+    pub audit: PathBuf,
+    pub stderr: PathBuf,
+    pub queue: u16,
+}
+
+impl Daemon {
+    /// Write `policy` to a file and start `labelgate run` on `queue` with extra args.
+    pub fn start(ns: &Netns, policy: &str, queue: u16, extra: &[&str]) -> Daemon {
+        let pfile = ns.dir.path().join(format!("policy-{queue}.toml"));
+        std::fs::write(&pfile, policy).expect("write policy");
+        let audit = ns.dir.path().join(format!("audit-{queue}.log"));
+        let stderr = ns.dir.path().join(format!("stderr-{queue}.log"));
+        let err = std::fs::File::create(&stderr).expect("stderr file");
+        let child = ns
+            .cmd(LABELGATE)
+            .args(["run", "--policy"])
+            .arg(&pfile)
+            .args(["--queue", &queue.to_string(), "--audit"])
+            .arg(&audit)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn labelgate");
+        let d = Daemon {
+            child: Some(child),
+            audit,
+            stderr,
+            queue,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns.queue_stats(queue).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "labelgate did not bind queue {queue}: {}",
+                d.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        run_ok(Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]));
+    }
+
+    /// SIGTERM and wait (bounded) for exit; returns the stderr text.
+    pub fn stop(mut self) -> String {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "labelgate exited with {status}: {}",
+                    self.stderr_text()
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "labelgate did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stderr_text()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Audit lines written so far.
+    pub fn audit_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of counter `name` in a `labelgate counters:` line.
+pub fn counter(stderr: &str, name: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("labelgate counters:"))
+        .unwrap_or_else(|| panic!("no counters in: {stderr}"));
+    line.split_whitespace()
+        .find_map(|kv| {
+            kv.strip_prefix(&format!("{name}="))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in {line}"))
+}
