@@ -244,7 +244,7 @@ fn shutdown_under_load_answers_every_queued_packet() {
     }
     let ns = Netns::new();
     let count = ns.dir.path().join("count");
-    let mut sink = ns.spawn_probe(&[
+    let sink = ns.spawn_probe(&[
         "udp-sink",
         "127.0.0.1",
         "9999",
@@ -281,7 +281,7 @@ fn shutdown_under_load_answers_every_queued_packet() {
         .trim()
         .parse()
         .unwrap();
-    sink.wait().unwrap();
+    sink.wait();
     let received: u64 = std::fs::read_to_string(&count)
         .unwrap()
         .trim()

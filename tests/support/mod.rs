@@ -125,7 +125,7 @@ impl Netns {
     }
 
     /// Start a background helper (the probe) and wait for its "ready" line.
-    pub fn spawn_probe(&self, args: &[&str]) -> Child {
+    pub fn spawn_probe(&self, args: &[&str]) -> Bg {
         let mut c = self.cmd("/usr/bin/python3");
         c.arg(PROBE)
             .args(args)
@@ -138,7 +138,7 @@ impl Netns {
             .read_line(&mut line)
             .expect("probe ready line");
         assert_eq!(line.trim(), "ready", "probe did not start");
-        child
+        Bg(Some(child))
     }
 
     /// The namespace's nfnetlink_queue line for `queue`, as numbers.
@@ -159,6 +159,25 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A background process that is killed and reaped when dropped.
+pub struct Bg(Option<Child>);
+
+impl Bg {
+    /// Wait for the process to exit by itself.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.0.take().expect("child").wait().expect("wait")
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
