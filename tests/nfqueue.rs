@@ -293,7 +293,7 @@ fn shutdown_under_load_answers_every_queued_packet() {
         .find(|l| l.contains("kernel id_sequence="))
         .unwrap_or_else(|| panic!("{err}"));
     let field = |k: &str| -> u64 {
-        line.split(|c: char| c == ' ' || c == ';')
+        line.split([' ', ';'])
             .find_map(|kv| {
                 kv.strip_prefix(&format!("{k}="))
                     .and_then(|v| v.parse().ok())
