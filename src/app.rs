@@ -20,6 +20,14 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check { file } => check(&file),
+        Command::Rules(args) => rules(args),
+        Command::Explain(args) => explain(args),
+        Command::Audit2rules { files } => {
+            read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e)))
+        }
+        Command::WouldBreak { files } => {
+            read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e)))
+        }
     };
     match result {
         Ok(()) => 0,
@@ -84,8 +92,124 @@ pub fn summary(p: &Policy) -> String {
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let p = Policy::load(file)?;
     print!("{}", summary(&p));
-    println!("{}: OK", file.display());
+    let findings = crate::lint::lint(&p);
+    for f in &findings {
+        println!("{}:{}: warning: {}", file.display(), f.line, f.message);
+    }
+    match crate::lint::unknown_types(&p) {
+        None => {
+            println!("SELinux is not active here: types were not checked against a loaded policy")
+        }
+        Some(unknown) if unknown.is_empty() => {
+            println!("all types are known to the loaded SELinux policy")
+        }
+        Some(unknown) => {
+            for t in unknown {
+                println!(
+                    "{}: warning: type {t} is not known to the loaded SELinux policy",
+                    file.display()
+                );
+            }
+        }
+    }
+    println!("{}: OK ({} warning(s))", file.display(), findings.len());
     Ok(())
+}
+
+fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
+    use crate::rules::{self as r, RuleSpec};
+    if args.remove {
+        r::remove(args.backend)?;
+        println!("labelgate rules removed");
+        return Ok(());
+    }
+    let p = Policy::load(&args.policy)?;
+    let queues = cli::parse_queues(&args.queues)
+        .map_err(anyhow::Error::msg)
+        .context("--queues")?;
+    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, !args.no_bypass);
+    spec.new_only = !args.all_packets;
+    if args.install {
+        r::install(args.backend, &spec)?;
+        println!("labelgate rules installed");
+    } else {
+        match args.backend {
+            r::Backend::Iptables => print!("{}", r::iptables_install(&spec)),
+            r::Backend::Nft => print!("{}", r::nft_install(&spec)),
+        }
+    }
+    Ok(())
+}
+
+fn context_arg(s: &str) -> anyhow::Result<crate::context::SecurityContext> {
+    let full = if s.contains(':') {
+        s.to_string()
+    } else {
+        format!("system_u:system_r:{s}:s0")
+    };
+    full.parse().with_context(|| format!("bad context {s:?}"))
+}
+
+fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
+    use crate::labels::Hook;
+    use crate::packet::Proto;
+    let p = Policy::load(&a.policy)?;
+    let hook = match a.hook.as_str() {
+        "input" => Hook::Input,
+        "output" => Hook::Output,
+        "forward" => Hook::Forward,
+        other => bail!("--hook {other:?}: expected input, output or forward"),
+    };
+    let proto = match a.proto.as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        "icmp" => Proto::Icmp,
+        "icmpv6" => Proto::Icmpv6,
+        "sctp" => Proto::Sctp,
+        other => bail!("--proto {other:?}: expected tcp, udp, icmp, icmpv6 or sctp"),
+    };
+    let q = crate::explain::Question {
+        hook,
+        source: context_arg(&a.source)?,
+        dest: context_arg(&a.dest)?,
+        secmark: a.secmark.as_deref().map(context_arg).transpose()?,
+        peer: a.peer.as_deref().map(context_arg).transpose()?,
+        uid: a.uid,
+        gid: a.gid,
+        proto,
+        sport: a.sport,
+        dport: a.dport,
+        saddr: a.saddr,
+        daddr: a.daddr,
+        iif: a.iif,
+        oif: a.oif,
+    };
+    print!(
+        "{}",
+        crate::explain::explain(&p, &q, a.mode.unwrap_or(p.mode))
+    );
+    Ok(())
+}
+
+fn read_audit(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<crate::auditlog::Entry>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if files.is_empty() {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+    } else {
+        for f in files {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            text.push('\n');
+        }
+    }
+    let (entries, skipped) = crate::auditlog::parse_text(&text);
+    if skipped > 0 {
+        eprintln!("labelgate: skipped {skipped} line(s) that are not labelgate audit records");
+    }
+    Ok(entries)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -153,6 +277,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rcvbuf: args.rcvbuf,
         fail_open,
         batch: 64,
+        flow: args.flow,
     };
     let runtime = Runtime::start(&cfg, engine.clone(), stop.clone())?;
     log::info!(

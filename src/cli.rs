@@ -20,11 +20,97 @@ pub struct Cli {
 pub enum Command {
     /// Read packets from NFQUEUE and give each an accept or drop verdict.
     Run(RunArgs),
-    /// Parse and compile a policy file, print a summary; non-zero exit on error.
+    /// Parse and compile a policy file, print a summary and lint findings; non-zero exit on error.
     Check {
         /// The policy file (TOML).
         file: PathBuf,
     },
+    /// Print (or install, or remove) the iptables/nftables rules that queue packets to labelgate.
+    Rules(RulesArgs),
+    /// Decide a hypothetical packet and show why, rule by rule.
+    Explain(ExplainArgs),
+    /// Propose policy rules from labelgate's audit records (files or standard input).
+    Audit2rules {
+        /// Audit files (USER_AVC or JSON lines); none: standard input.
+        files: Vec<PathBuf>,
+    },
+    /// Summarise what switching to enforcing would block, from permissive audit records.
+    WouldBreak {
+        /// Audit files (USER_AVC or JSON lines); none: standard input.
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    /// The policy file: the hooks its rules name decide which chains are queued.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Firewall to generate for.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub backend: crate::rules::Backend,
+    /// Queue number N or range N-M (a range spreads flows with --queue-cpu-fanout).
+    #[arg(long, default_value = "0")]
+    pub queues: String,
+    /// Flow mode: queue new connections only and let the connection mark decide the rest in the kernel.
+    #[arg(long)]
+    pub flow: bool,
+    /// Queue every packet, not only the first of each connection (full packet-level auditing).
+    #[arg(long, conflicts_with = "flow")]
+    pub all_packets: bool,
+    /// Drop packets while labelgate is not running (default: let them pass).
+    #[arg(long)]
+    pub no_bypass: bool,
+    /// Apply the rules atomically (replacing labelgate's previous rules).
+    #[arg(long, conflicts_with = "remove")]
+    pub install: bool,
+    /// Remove labelgate's rules, leaving every other rule alone.
+    #[arg(long)]
+    pub remove: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The policy file.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Source context (a full context, or a type alone for system_u:system_r:TYPE:s0).
+    #[arg(long)]
+    pub source: String,
+    /// Destination context (same forms as --source).
+    #[arg(long)]
+    pub dest: String,
+    /// Hook: input, output or forward.
+    #[arg(long, default_value = "output")]
+    pub hook: String,
+    /// Protocol: tcp, udp, icmp, icmpv6, sctp.
+    #[arg(long, default_value = "tcp")]
+    pub proto: String,
+    #[arg(long)]
+    pub sport: Option<u16>,
+    #[arg(long)]
+    pub dport: Option<u16>,
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub gid: Option<u32>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub saddr: std::net::IpAddr,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub daddr: std::net::IpAddr,
+    /// The packet's secmark context.
+    #[arg(long)]
+    pub secmark: Option<String>,
+    /// The peer label context.
+    #[arg(long)]
+    pub peer: Option<String>,
+    #[arg(long)]
+    pub iif: Option<String>,
+    #[arg(long)]
+    pub oif: Option<String>,
+    /// Override the policy file's mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
 }
 
 /// What the kernel does with packets the queue cannot take.
@@ -74,6 +160,9 @@ pub struct RunArgs {
     /// Behaviour when the queue is full or labelgate stops: default closed when enforcing, open when permissive.
     #[arg(long, value_enum)]
     pub fail: Option<Fail>,
+    /// Flow mode: mark each decided connection (use with `labelgate rules --flow`).
+    #[arg(long)]
+    pub flow: bool,
 }
 
 /// Parse `N` or `N-M` into a list of queue numbers.

@@ -8,14 +8,18 @@
 
 pub mod app;
 pub mod audit;
+pub mod auditlog;
 pub mod cli;
 pub mod context;
 pub mod counters;
 pub mod engine;
+pub mod explain;
 pub mod labels;
+pub mod lint;
 pub mod mls;
 pub mod packet;
 pub mod policy;
+pub mod rules;
 pub mod runtime;
 pub mod sys;
 

@@ -29,6 +29,9 @@ pub struct RuntimeConfig {
     pub fail_open: bool,
     /// Packets read per wake-up before verdicts are sent.
     pub batch: usize,
+    /// Flow mode: each verdict also marks the connection (see `rules`), so
+    /// the kernel decides the rest of the flow; verdicts are sent singly.
+    pub flow: bool,
 }
 
 /// Why the queues could not be started.
@@ -90,10 +93,13 @@ impl Runtime {
         for sock in sockets {
             let engine = engine.clone();
             let stop = stop.clone();
-            let batch = cfg.batch.max(1);
+            let opts = LoopOpts {
+                batch: cfg.batch.max(1),
+                flow: cfg.flow,
+            };
             let t = std::thread::Builder::new()
                 .name(format!("queue-{}", sock.queue()))
-                .spawn(move || queue_loop(sock, &engine, &stop, batch))
+                .spawn(move || queue_loop(sock, &engine, &stop, opts))
                 .map_err(RuntimeError::Thread)?;
             threads.push(t);
         }
@@ -116,20 +122,26 @@ impl Runtime {
     }
 }
 
+#[derive(Clone, Copy)]
+struct LoopOpts {
+    batch: usize,
+    flow: bool,
+}
+
 /// Read what is waiting (up to `batch`), decide, and send the verdicts,
-/// grouping runs of equal verdicts into batch verdicts. Returns how many
-/// packets were handled.
+/// grouping runs of equal verdicts into batch verdicts (flow mode: one
+/// marking verdict each). Returns how many packets were handled.
 fn service(
     sock: &mut QueueSocket,
     engine: &Engine,
     scratch: &mut Scratch,
-    batch: usize,
+    opts: LoopOpts,
     out: &mut Vec<(u32, Verdict)>,
 ) -> std::io::Result<usize> {
     let c = &engine.counters;
     out.clear();
     let n = sock.recv(
-        batch,
+        opts.batch,
         |p| {
             let meta = QueueMeta {
                 hook: p.hook,
@@ -149,7 +161,11 @@ fn service(
             log::error!("unreadable queue message: {e}");
         },
     )?;
-    send_verdicts(sock, out, c);
+    if opts.flow {
+        send_flow_verdicts(sock, out, c);
+    } else {
+        send_verdicts(sock, out, c);
+    }
     Ok(n)
 }
 
@@ -231,10 +247,25 @@ impl KernelQueueStats {
     }
 }
 
-fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: usize) {
+/// Flow mode: one verdict per packet, each marking its connection.
+fn send_flow_verdicts(sock: &mut QueueSocket, verdicts: &[(u32, Verdict)], c: &Counters) {
+    use crate::rules::{FLOW_MARK_ACCEPT, FLOW_MARK_DROP, FLOW_MARK_MASK};
+    for &(id, v) in verdicts {
+        let mark = match v {
+            Verdict::Accept => FLOW_MARK_ACCEPT,
+            Verdict::Drop => FLOW_MARK_DROP,
+        };
+        if let Err(e) = sock.verdict(id, to_kernel(v), None, Some((mark, FLOW_MARK_MASK))) {
+            Counters::bump(&c.verdict_errors);
+            log::error!("verdict for packet {id} failed: {e}");
+        }
+    }
+}
+
+fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, opts: LoopOpts) {
     let q = sock.queue();
     let mut scratch = Scratch::default();
-    let mut out = Vec::with_capacity(batch);
+    let mut out = Vec::with_capacity(opts.batch);
     let mut handled: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         match crate::sys::poll_readable(sock.fd(), 100) {
@@ -246,7 +277,7 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: 
                 continue;
             }
         }
-        match service(&mut sock, engine, &mut scratch, batch, &mut out) {
+        match service(&mut sock, engine, &mut scratch, opts, &mut out) {
             Ok(n) => handled += n as u64,
             Err(e) => {
                 Counters::bump(&engine.counters.recv_errors);
@@ -263,7 +294,7 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, batch: 
         log::error!("queue {q}: cannot close the queue to new packets: {e}");
     }
     loop {
-        match service(&mut sock, engine, &mut scratch, batch, &mut out) {
+        match service(&mut sock, engine, &mut scratch, opts, &mut out) {
             Ok(0) => break,
             Ok(n) => handled += n as u64,
             Err(e) => {

@@ -182,6 +182,21 @@ impl ContextPattern {
         })
     }
 
+    /// Whether every context this pattern matches is matched by `self` too
+    /// (conservative: may say no for some patterns that do cover).
+    pub fn covers(&self, other: &ContextPattern) -> bool {
+        let field = |a: &Field, b: &Field| matches!(a, Field::Any) || a == b;
+        let types = match (&self.type_, other.type_.named_types()) {
+            (TypePattern::Any, _) => true,
+            (_, None) => false,
+            (a, Some(names)) => names.iter().all(|t| a.matches(t)),
+        };
+        types
+            && field(&self.user, &other.user)
+            && field(&self.role, &other.role)
+            && (self.level.is_none() || self.level == other.level)
+    }
+
     pub fn matches(&self, c: &SecurityContext) -> bool {
         self.type_.matches(c.type_())
             && self.user.matches(c.user())
@@ -238,6 +253,15 @@ impl PortSet {
     pub fn contains(&self, p: u16) -> bool {
         self.0.iter().any(|(a, b)| (*a..=*b).contains(&p))
     }
+
+    /// Whether every port of `other` is in `self` (each of its ranges lies
+    /// within one of ours).
+    pub fn covers(&self, other: &PortSet) -> bool {
+        other
+            .0
+            .iter()
+            .all(|(lo, hi)| self.0.iter().any(|(a, b)| a <= lo && hi <= b))
+    }
 }
 
 impl fmt::Display for PortSet {
@@ -264,6 +288,10 @@ impl IdSet {
     pub fn contains(&self, id: u32) -> bool {
         self.0.contains(&id)
     }
+
+    pub fn covers(&self, other: &IdSet) -> bool {
+        other.0.iter().all(|i| self.contains(*i))
+    }
 }
 
 /// A set of networks.
@@ -273,6 +301,10 @@ pub struct NetSet(pub Vec<IpNet>);
 impl NetSet {
     pub fn contains(&self, a: &IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(a))
+    }
+
+    pub fn covers(&self, other: &NetSet) -> bool {
+        other.0.iter().all(|o| self.0.iter().any(|n| n.contains(o)))
     }
 }
 

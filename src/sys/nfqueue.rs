@@ -49,6 +49,7 @@ const NFQA_UID: u16 = 16;
 const NFQA_GID: u16 = 17;
 const NFQA_SECCTX: u16 = 18;
 const CTA_MARK: u16 = 8;
+const CTA_MARK_MASK: u16 = 21;
 const NLA_F_NESTED: u16 = 1 << 15;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -449,7 +450,7 @@ impl QueueSocket {
         id: u32,
         v: Verdict,
         mark: Option<u32>,
-        connmark: Option<u32>,
+        connmark: Option<(u32, u32)>,
     ) -> io::Result<()> {
         self.verdict_msg(NFQNL_MSG_VERDICT, id, v, mark, connmark)
     }
@@ -465,7 +466,7 @@ impl QueueSocket {
         id: u32,
         v: Verdict,
         mark: Option<u32>,
-        connmark: Option<u32>,
+        connmark: Option<(u32, u32)>,
     ) -> io::Result<()> {
         self.tx.start(ty, libc::NLM_F_REQUEST as u16, 0, self.queue);
         let mut hdr = [0u8; 8];
@@ -475,9 +476,10 @@ impl QueueSocket {
         if let Some(m) = mark {
             self.tx.attr(NFQA_MARK, &m.to_be_bytes());
         }
-        if let Some(cm) = connmark {
+        if let Some((value, mask)) = connmark {
             let at = self.tx.nested_start(NFQA_CT);
-            self.tx.attr(CTA_MARK, &cm.to_be_bytes());
+            self.tx.attr(CTA_MARK, &value.to_be_bytes());
+            self.tx.attr(CTA_MARK_MASK, &mask.to_be_bytes());
             self.tx.nested_end(at);
         }
         self.send()
