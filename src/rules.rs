@@ -10,12 +10,12 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-/// Connection mark bits used by flow mode.
+/// Packet/connection mark bits reserved for flow mode. Drops are not
+/// remembered: a dropped first packet never confirms its connection, so a
+/// retry is decided afresh.
 pub const FLOW_MARK_MASK: u32 = 0x0060_0000;
-/// Connmark of a flow labelgate accepted.
+/// Mark of a flow labelgate accepted.
 pub const FLOW_MARK_ACCEPT: u32 = 0x0020_0000;
-/// Connmark of a flow labelgate dropped.
-pub const FLOW_MARK_DROP: u32 = 0x0040_0000;
 
 /// Which firewall to generate for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -135,14 +135,19 @@ pub fn iptables_install(spec: &RuleSpec) -> String {
     let target = spec.iptables_target();
     for (_, chain, _) in spec.hooks() {
         if spec.flow {
+            let (acc, mask) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK);
+            // An accepted connection bypasses the queue.
             let _ = writeln!(
                 s,
-                "-A {chain} -m connmark --mark {FLOW_MARK_ACCEPT:#x}/{FLOW_MARK_MASK:#x} -j RETURN"
+                "-A {chain} -m connmark --mark {acc:#x}/{mask:#x} -j RETURN"
             );
+            // A packet labelgate accepted comes back (NF_REPEAT) with the
+            // accept bit in its mark: remember it on the connection.
             let _ = writeln!(
                 s,
-                "-A {chain} -m connmark --mark {FLOW_MARK_DROP:#x}/{FLOW_MARK_MASK:#x} -j DROP"
+                "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j CONNMARK --save-mark --nfmask {mask:#x} --ctmask {mask:#x}"
             );
+            let _ = writeln!(s, "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j RETURN");
             let _ = writeln!(s, "-A {chain} -m conntrack --ctstate NEW,RELATED {target}");
         } else if spec.new_only {
             let _ = writeln!(s, "-A {chain} -m conntrack --ctstate NEW {target}");
@@ -165,13 +170,11 @@ pub fn nft_install(spec: &RuleSpec) -> String {
         let chain = chain.to_lowercase();
         let _ = writeln!(s, "  chain {chain} {{\n    type filter hook {hook} priority security + 10; policy accept;");
         if spec.flow {
+            let (acc, mask, keep) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK, !FLOW_MARK_MASK);
+            let _ = writeln!(s, "    ct mark and {mask:#x} == {acc:#x} return");
             let _ = writeln!(
                 s,
-                "    ct mark and {FLOW_MARK_MASK:#x} == {FLOW_MARK_ACCEPT:#x} return"
-            );
-            let _ = writeln!(
-                s,
-                "    ct mark and {FLOW_MARK_MASK:#x} == {FLOW_MARK_DROP:#x} drop"
+                "    meta mark and {mask:#x} == {acc:#x} ct mark set ct mark and {keep:#x} or {acc:#x} return"
             );
             let _ = writeln!(s, "    ct state new,related {queue}");
         } else if spec.new_only {
@@ -315,7 +318,7 @@ mod tests {
         assert!(!t.contains("FORWARD"));
         let t = iptables_install(&spec(vec![2, 3], true));
         assert!(t.contains("-A LABELGATE_OUT -m connmark --mark 0x200000/0x600000 -j RETURN\n"));
-        assert!(t.contains("-A LABELGATE_OUT -m connmark --mark 0x400000/0x600000 -j DROP\n"));
+        assert!(t.contains("-A LABELGATE_OUT -m mark --mark 0x200000/0x600000 -j CONNMARK --save-mark --nfmask 0x600000 --ctmask 0x600000\n"));
         assert!(t.contains("--ctstate NEW,RELATED -j NFQUEUE --queue-balance 2:3 --queue-cpu-fanout --queue-bypass\n"));
     }
 
@@ -326,6 +329,7 @@ mod tests {
         assert!(t.contains("table inet labelgate {}\ndelete table inet labelgate\n"));
         assert!(t.contains("type filter hook output priority security + 10; policy accept;"));
         assert!(t.contains("ct state new,related queue flags fanout,bypass to 0-1\n"));
+        assert!(t.contains("meta mark and 0x600000 == 0x200000 ct mark set ct mark and 0xff9fffff or 0x200000 return\n"));
         let t = nft_install(&RuleSpec {
             bypass: false,
             ..spec(vec![4], false)

@@ -122,6 +122,15 @@ impl Runtime {
     }
 }
 
+/// A decided packet waiting for its verdict to be sent.
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    id: u32,
+    verdict: Verdict,
+    /// The packet's mark when it was queued.
+    mark: u32,
+}
+
 #[derive(Clone, Copy)]
 struct LoopOpts {
     batch: usize,
@@ -136,7 +145,7 @@ fn service(
     engine: &Engine,
     scratch: &mut Scratch,
     opts: LoopOpts,
-    out: &mut Vec<(u32, Verdict)>,
+    out: &mut Vec<Answer>,
 ) -> std::io::Result<usize> {
     let c = &engine.counters;
     out.clear();
@@ -152,7 +161,12 @@ fn service(
                 outdev: p.outdev,
                 mark: p.mark,
             };
-            out.push((p.id, engine.handle(p.payload, &meta, scratch)));
+            let verdict = engine.handle(p.payload, &meta, scratch);
+            out.push(Answer {
+                id: p.id,
+                verdict,
+                mark: p.mark,
+            });
         },
         |e| {
             // A message without a packet id cannot be answered; the kernel
@@ -179,14 +193,19 @@ fn to_kernel(v: Verdict) -> nfqueue::Verdict {
 /// Send verdicts in order. A run of equal verdicts becomes one batch verdict
 /// (it covers every id up to the last of the run, and every earlier id was
 /// answered before the run started).
-fn send_verdicts(sock: &mut QueueSocket, verdicts: &[(u32, Verdict)], c: &Counters) {
+fn send_verdicts(sock: &mut QueueSocket, answers: &[Answer], c: &Counters) {
     let mut i = 0;
-    while let Some(&(first_id, v)) = verdicts.get(i) {
+    while let Some(&Answer {
+        id: first_id,
+        verdict: v,
+        ..
+    }) = answers.get(i)
+    {
         let mut j = i + 1;
-        while verdicts.get(j).is_some_and(|&(_, w)| w == v) {
+        while answers.get(j).is_some_and(|a| a.verdict == v) {
             j += 1;
         }
-        let (last_id, _) = verdicts.get(j - 1).copied().unwrap_or((first_id, v));
+        let last_id = answers.get(j - 1).map_or(first_id, |a| a.id);
         let res = if j - i == 1 {
             sock.verdict(first_id, to_kernel(v), None, None)
         } else {
@@ -247,17 +266,24 @@ impl KernelQueueStats {
     }
 }
 
-/// Flow mode: one verdict per packet, each marking its connection.
-fn send_flow_verdicts(sock: &mut QueueSocket, verdicts: &[(u32, Verdict)], c: &Counters) {
-    use crate::rules::{FLOW_MARK_ACCEPT, FLOW_MARK_DROP, FLOW_MARK_MASK};
-    for &(id, v) in verdicts {
-        let mark = match v {
-            Verdict::Accept => FLOW_MARK_ACCEPT,
-            Verdict::Drop => FLOW_MARK_DROP,
+/// Flow mode (the repeat-mark technique): an accepted packet goes back
+/// through its hook (NF_REPEAT) carrying the accept bit in its mark; the
+/// rules from `labelgate rules --flow` copy that bit to the connection mark
+/// and let the packet pass, so the rest of the connection never reaches the
+/// queue. A dropped packet is simply dropped.
+fn send_flow_verdicts(sock: &mut QueueSocket, answers: &[Answer], c: &Counters) {
+    use crate::rules::{FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
+    for a in answers {
+        let res = match a.verdict {
+            Verdict::Accept => {
+                let mark = (a.mark & !FLOW_MARK_MASK) | FLOW_MARK_ACCEPT;
+                sock.verdict(a.id, nfqueue::Verdict::Repeat, Some(mark), None)
+            }
+            Verdict::Drop => sock.verdict(a.id, nfqueue::Verdict::Drop, None, None),
         };
-        if let Err(e) = sock.verdict(id, to_kernel(v), None, Some((mark, FLOW_MARK_MASK))) {
+        if let Err(e) = res {
             Counters::bump(&c.verdict_errors);
-            log::error!("verdict for packet {id} failed: {e}");
+            log::error!("verdict for packet {} failed: {e}", a.id);
         }
     }
 }

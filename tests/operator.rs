@@ -1,0 +1,226 @@
+//! Operator workflow against the real kernel: queue rules installed and
+//! removed in a network namespace, flow mode's connmark fast path, and the
+//! permissive-to-enforcing tools on a real audit file. Root only.
+
+mod support;
+use std::process::Command;
+use support::*;
+
+const UID_POLICY: &str = r#"
+default = "drop"
+[[rule]]
+name = "uid1001-db"
+hook = "output"
+uid = 1001
+proto = "tcp"
+dport = 5432
+verdict = "accept"
+"#;
+
+fn labelgate(ns: &Netns, args: &[&str]) -> std::process::Output {
+    ns.cmd(LABELGATE)
+        .args(args)
+        .output()
+        .expect("run labelgate")
+}
+
+fn write_policy(ns: &Netns, text: &str) -> String {
+    let p = ns.dir.path().join("policy.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn rules_install_and_remove_leave_other_rules_alone() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let policy = write_policy(&ns, UID_POLICY);
+    ns.sh("iptables -t security -A OUTPUT -p udp --dport 7 -j ACCEPT; iptables -A INPUT -p tcp --dport 22 -j ACCEPT");
+    ns.sh("ip6tables -t security -A OUTPUT -p udp --dport 7 -j ACCEPT");
+    let before4 = ns.sh("iptables-save | grep -v '^#' | grep -v LABELGATE");
+
+    let out = labelgate(
+        &ns,
+        &["rules", "--policy", &policy, "--queues", "20", "--install"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = ns.sh("iptables-save -t security");
+    assert!(saved.contains(":LABELGATE_OUT - "), "{saved}");
+    assert!(saved.contains("-A OUTPUT -j LABELGATE_OUT"), "{saved}");
+    assert!(
+        saved.contains("--ctstate NEW -j NFQUEUE --queue-num 20 --queue-bypass"),
+        "{saved}"
+    );
+    assert!(
+        !saved.contains("LABELGATE_IN"),
+        "an output-only policy queues no input: {saved}"
+    );
+    assert!(saved.contains("--dport 7 -j ACCEPT"), "{saved}");
+    assert!(ns
+        .sh("ip6tables-save -t security")
+        .contains("-A OUTPUT -j LABELGATE_OUT"));
+
+    // The installed rules really divert traffic to a running labelgate.
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    let d = Daemon::start(&ns, UID_POLICY, 20, &[]);
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]));
+    d.stop();
+
+    // Installing twice replaces, never duplicates.
+    let out = labelgate(
+        &ns,
+        &["rules", "--policy", &policy, "--queues", "20", "--install"],
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        ns.sh("iptables-save -t security")
+            .matches("-A OUTPUT -j LABELGATE_OUT")
+            .count(),
+        1
+    );
+
+    for _ in 0..2 {
+        let out = labelgate(&ns, &["rules", "--policy", &policy, "--remove"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let after4 = ns.sh("iptables-save | grep -v '^#'");
+    assert!(!after4.contains("LABELGATE"), "{after4}");
+    assert_eq!(after4, before4, "other rules are untouched");
+    assert!(!ns.sh("ip6tables-save").contains("LABELGATE"));
+    assert!(ns
+        .sh("ip6tables-save -t security")
+        .contains("--dport 7 -j ACCEPT"));
+}
+
+#[test]
+fn flow_mode_queues_only_the_first_packet_of_a_connection() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let policy = write_policy(&ns, UID_POLICY);
+    let out = labelgate(
+        &ns,
+        &[
+            "rules",
+            "--policy",
+            &policy,
+            "--queues",
+            "21",
+            "--flow",
+            "--install",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    let d = Daemon::start(&ns, UID_POLICY, 21, &["--flow"]);
+    for _ in 0..5 {
+        assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    }
+    let marks = ns.sh("conntrack -L -p tcp --dport 5432 2>/dev/null || true");
+    let err = d.stop();
+    // Each connection sends SYN, ACK, FIN, ACK from the client and SYN-ACK,
+    // FIN-ACK from the server on OUTPUT; only the SYN reaches labelgate.
+    assert_eq!(
+        counter(&err, "packets"),
+        5,
+        "only first packets queued; conntrack: {marks}\n{err}"
+    );
+    assert_eq!(
+        marks.matches("mark=2097152").count(),
+        5,
+        "accepted flows carry the accept connmark: {marks}"
+    );
+    let saved = ns.sh("iptables-save -c -t security");
+    assert!(
+        saved
+            .lines()
+            .any(|l| l.contains("--ctstate NEW,RELATED") && l.starts_with("[5:")),
+        "five packets queued: {saved}"
+    );
+}
+
+#[test]
+fn permissive_run_feeds_audit2rules_and_would_break() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    ns.sh("iptables -A OUTPUT -o lo -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 22");
+    let d = Daemon::start(&ns, "mode = \"permissive\"\ndefault = \"drop\"\n", 22, &[]);
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    d.stop();
+    let audit = ns.dir.path().join("audit-22.log");
+    let audit = audit.to_str().unwrap();
+
+    let out = Command::new(LABELGATE)
+        .args(["would-break", audit])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with("switching to enforcing would block 1 recorded packet(s):"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unlabeled_t -> unlabeled_t") && text.contains("tcp/5432"),
+        "{text}"
+    );
+
+    let out = Command::new(LABELGATE)
+        .args(["audit2rules", audit])
+        .output()
+        .unwrap();
+    let proposed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        proposed.contains("dport = 5432") && proposed.contains("hook = \"output\""),
+        "{proposed}"
+    );
+    // The proposal compiles and, placed first, accepts what was denied.
+    let pfile = ns.dir.path().join("proposed.toml");
+    std::fs::write(&pfile, format!("default = \"drop\"\n{proposed}")).unwrap();
+    let out = Command::new(LABELGATE)
+        .args(["check", pfile.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(LABELGATE)
+        .args([
+            "explain",
+            "--policy",
+            pfile.to_str().unwrap(),
+            "--source",
+            "system_u:object_r:unlabeled_t:s0",
+        ])
+        .args([
+            "--dest",
+            "system_u:object_r:unlabeled_t:s0",
+            "--dport",
+            "5432",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verdict: accept"), "{text}");
+}
