@@ -22,12 +22,8 @@ pub fn main() -> i32 {
         Command::Check { file } => check(&file),
         Command::Rules(args) => rules(args),
         Command::Explain(args) => explain(args),
-        Command::Audit2rules { files } => {
-            read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e)))
-        }
-        Command::WouldBreak { files } => {
-            read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e)))
-        }
+        Command::Audit2rules { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e))),
+        Command::WouldBreak { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e))),
     };
     match result {
         Ok(()) => 0,
@@ -40,9 +36,7 @@ pub fn main() -> i32 {
 
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .try_init();
+    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
 }
 
 /// Print a compiled policy's summary.
@@ -105,10 +99,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         }
         Some(unknown) => {
             for t in unknown {
-                println!(
-                    "{}: warning: type {t} is not known to the loaded SELinux policy",
-                    file.display()
-                );
+                println!("{}: warning: type {t} is not known to the loaded SELinux policy", file.display());
             }
         }
     }
@@ -124,9 +115,7 @@ fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let p = Policy::load(&args.policy)?;
-    let queues = cli::parse_queues(&args.queues)
-        .map_err(anyhow::Error::msg)
-        .context("--queues")?;
+    let queues = cli::parse_queues(&args.queues).map_err(anyhow::Error::msg).context("--queues")?;
     let mut spec = RuleSpec::for_policy(&p, queues, args.flow, !args.no_bypass);
     spec.new_only = !args.all_packets;
     if args.install {
@@ -142,11 +131,7 @@ fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
 }
 
 fn context_arg(s: &str) -> anyhow::Result<crate::context::SecurityContext> {
-    let full = if s.contains(':') {
-        s.to_string()
-    } else {
-        format!("system_u:system_r:{s}:s0")
-    };
+    let full = if s.contains(':') { s.to_string() } else { format!("system_u:system_r:{s}:s0") };
     full.parse().with_context(|| format!("bad context {s:?}"))
 }
 
@@ -184,10 +169,7 @@ fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
         iif: a.iif,
         oif: a.oif,
     };
-    print!(
-        "{}",
-        crate::explain::explain(&p, &q, a.mode.unwrap_or(p.mode))
-    );
+    print!("{}", crate::explain::explain(&p, &q, a.mode.unwrap_or(p.mode)));
     Ok(())
 }
 
@@ -195,9 +177,7 @@ fn read_audit(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<crate::auditlo
     use std::io::Read as _;
     let mut text = String::new();
     if files.is_empty() {
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading standard input")?;
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
     } else {
         for f in files {
             let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
@@ -216,9 +196,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy = Policy::load(&args.policy)?;
     let queues = match (&args.queue, &args.queues) {
         (Some(q), _) => vec![*q],
-        (None, Some(r)) => cli::parse_queues(r)
-            .map_err(anyhow::Error::msg)
-            .context("--queues")?,
+        (None, Some(r)) => cli::parse_queues(r).map_err(anyhow::Error::msg).context("--queues")?,
         (None, None) => vec![0],
     };
     let mode = args.mode.unwrap_or(policy.mode);
@@ -235,19 +213,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let (sink, writer) = match args.audit.as_deref() {
         None => (AuditSink::disabled(counters.clone()), None),
         Some(target) => {
-            let target = if target == "-" {
-                audit::Target::Stdout
-            } else {
-                audit::Target::File(target.into())
-            };
-            let cfg = audit::Config {
-                target,
-                format: args.audit_format,
-                rate: args.audit_rate,
-                capacity: 65536,
-            };
-            let (sink, w) = audit::Writer::start(cfg, counters.clone())
-                .context("cannot open the audit output")?;
+            let target = if target == "-" { audit::Target::Stdout } else { audit::Target::File(target.into()) };
+            let cfg = audit::Config { target, format: args.audit_format, rate: args.audit_rate, capacity: 65536 };
+            let (sink, w) = audit::Writer::start(cfg, counters.clone()).context("cannot open the audit output")?;
             (sink, Some(w))
         }
     };
@@ -263,13 +231,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
-    let engine = Arc::new(Engine::new(
-        policy,
-        Box::new(crate::resolver_for),
-        args.mode,
-        counters.clone(),
-        sink,
-    ));
+    let engine = Arc::new(Engine::new(policy, Box::new(crate::resolver_for), args.mode, counters.clone(), sink));
     let cfg = RuntimeConfig {
         queues,
         copy_range: args.copy_range,
@@ -280,11 +242,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         flow: args.flow,
     };
     let runtime = Runtime::start(&cfg, engine.clone(), stop.clone())?;
-    log::info!(
-        "labelgate running: policy {} mode {:?}",
-        args.policy.display(),
-        mode
-    );
+    if let Some(ep) = &args.metrics {
+        crate::metrics::serve(ep, engine.clone(), cfg.queues.clone()).context("cannot serve metrics")?;
+        log::info!("metrics on {ep:?}");
+    }
+    log::info!("labelgate running: policy {} mode {:?}", args.policy.display(), mode);
 
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -316,10 +278,6 @@ fn print_counters(engine: &Engine) {
     let loaded = engine.current();
     eprintln!("labelgate counters: {}", engine.counters.summary());
     for r in &loaded.policy.rules {
-        eprintln!(
-            "labelgate rule {}: hits={}",
-            r.name,
-            r.hits.load(Ordering::Relaxed)
-        );
+        eprintln!("labelgate rule {}: hits={}", r.name, r.hits.load(Ordering::Relaxed));
     }
 }

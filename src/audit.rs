@@ -86,27 +86,13 @@ impl Identity {
             .map(|s| s.trim_end_matches(['\0', '\n']).to_string())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unconfined".to_string());
-        let exe = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "labelgate".to_string());
-        Identity {
-            pid: std::process::id(),
-            subj,
-            exe,
-        }
+        let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "labelgate".to_string());
+        Identity { pid: std::process::id(), subj, exe }
     }
 }
 
 fn quote_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c == '"' || c == '\'' || c.is_control() {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c == '"' || c == '\'' || c.is_control() { '?' } else { c }).collect()
 }
 
 fn proto_name(n: u8) -> String {
@@ -133,13 +119,7 @@ pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -
         r.hook.permission(),
     );
     if let Some(p) = &r.process {
-        let _ = write!(
-            s,
-            " pid={} comm=\"{}\" path=\"{}\"",
-            p.pid,
-            quote_safe(&p.comm),
-            quote_safe(&p.exe)
-        );
+        let _ = write!(s, " pid={} comm=\"{}\" path=\"{}\"", p.pid, quote_safe(&p.comm), quote_safe(&p.exe));
     }
     // `saddr` would be read by ausearch -i as a hex sockaddr, and `proto` as a
     // number; see docs/AUDIT.md for why these names and forms were chosen.
@@ -268,10 +248,11 @@ impl AuditSink {
     }
 }
 
-/// A running writer thread; dropping every [`AuditSink`] and calling
-/// [`Writer::finish`] flushes and joins it.
+/// A running writer thread. [`Writer::finish`] drains what was submitted,
+/// flushes and joins it (also when some [`AuditSink`] is still alive).
 pub struct Writer {
     handle: std::thread::JoinHandle<()>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -279,30 +260,22 @@ impl Writer {
     pub fn start(cfg: Config, counters: Arc<Counters>) -> std::io::Result<(AuditSink, Writer)> {
         let out: Box<dyn Write + Send> = match &cfg.target {
             Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            Target::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
         };
         let (tx, rx) = crossbeam_channel::bounded(cfg.capacity.max(1));
         let c = counters.clone();
         let id = Identity::current();
-        let handle = std::thread::Builder::new()
-            .name("audit".into())
-            .spawn(move || write_loop(rx, out, cfg, id, c))?;
-        Ok((
-            AuditSink {
-                tx: Some(tx),
-                counters,
-            },
-            Writer { handle },
-        ))
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = closing.clone();
+        let handle =
+            std::thread::Builder::new().name("audit".into()).spawn(move || write_loop(rx, out, cfg, id, c, &done))?;
+        Ok((AuditSink { tx: Some(tx), counters }, Writer { handle, closing }))
     }
 
-    /// Wait for the writer to drain (all senders must be dropped first).
+    /// Write everything submitted so far, flush, and stop the writer. Call
+    /// it once nothing submits any more (after the queue threads stopped).
     pub fn finish(self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.handle.join();
     }
 }
@@ -313,6 +286,7 @@ fn write_loop(
     cfg: Config,
     id: Identity,
     c: Arc<Counters>,
+    closing: &std::sync::atomic::AtomicBool,
 ) {
     let mut out = std::io::BufWriter::new(out);
     let mut serial: u64 = 0;
@@ -322,7 +296,10 @@ fn write_loop(
     let mut suppressed_in_window: u64 = 0;
     let mut lost_reported = 0u64;
     loop {
-        let r = match rx.recv_timeout(Duration::from_millis(200)) {
+        if closing.load(std::sync::atomic::Ordering::SeqCst) && rx.is_empty() {
+            break;
+        }
+        let r = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(r) => Some(r),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -333,10 +310,7 @@ fn write_loop(
             }
             let lost = Counters::get(&c.audit_lost);
             if lost > lost_reported {
-                log::warn!(
-                    "audit: {} records lost (writer behind or write failed)",
-                    lost - lost_reported
-                );
+                log::warn!("audit: {} records lost (writer behind or write failed)", lost - lost_reported);
                 lost_reported = lost;
             }
             window = Instant::now();
@@ -393,22 +367,12 @@ mod tests {
             dport: Some(5432),
             proto: Some(6),
             ifindex: 0,
-            source: Label {
-                context: "system_u:system_r:httpd_t:s0".parse().unwrap(),
-                origin: Origin::Socket,
-            },
-            dest: Label {
-                context: "system_u:system_r:postgresql_t:s0".parse().unwrap(),
-                origin: Origin::Socket,
-            },
+            source: Label { context: "system_u:system_r:httpd_t:s0".parse().unwrap(), origin: Origin::Socket },
+            dest: Label { context: "system_u:system_r:postgresql_t:s0".parse().unwrap(), origin: Origin::Socket },
             secmark: None,
             peer: None,
             uid: Some(48),
-            process: Some(ProcessInfo {
-                pid: 1234,
-                comm: "psql".into(),
-                exe: "/usr/bin/psql".into(),
-            }),
+            process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into() }),
             rule: "db-port-others".into(),
             permissive: true,
             malformed: None,
@@ -416,11 +380,7 @@ mod tests {
     }
 
     fn id() -> Identity {
-        Identity {
-            pid: 99,
-            subj: "unconfined".into(),
-            exe: "/usr/sbin/labelgate".into(),
-        }
+        Identity { pid: 99, subj: "unconfined".into(), exe: "/usr/sbin/labelgate".into() }
     }
 
     #[test]
@@ -439,11 +399,7 @@ mod tests {
     #[test]
     fn hostile_strings_cannot_break_the_record() {
         let mut r = record();
-        r.process = Some(ProcessInfo {
-            pid: 1,
-            comm: "a' b\"\n".into(),
-            exe: "/x'y".into(),
-        });
+        r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into() });
         let line = format_avc(&r, &id(), 1, Some("e'th0"));
         assert_eq!(line.matches('\'').count(), 2, "{line}");
         assert!(!line.contains('\n'));
@@ -451,8 +407,7 @@ mod tests {
 
     #[test]
     fn json_carries_the_same_fields() {
-        let v: serde_json::Value =
-            serde_json::from_str(&format_json(&record(), &id(), 7, Some("lo"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&format_json(&record(), &id(), 7, Some("lo"))).unwrap();
         assert_eq!(v["outcome"], "denied");
         assert_eq!(v["perm"], "send");
         assert_eq!(v["proto"], "tcp");
@@ -469,18 +424,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let c = Arc::new(Counters::default());
-        let cfg = Config {
-            target: Target::File(path.clone()),
-            format: Format::Avc,
-            rate: 5,
-            capacity: 1000,
-        };
+        let cfg = Config { target: Target::File(path.clone()), format: Format::Avc, rate: 5, capacity: 1000 };
         let (sink, w) = Writer::start(cfg, c.clone()).unwrap();
         for _ in 0..20 {
             sink.submit(record());
         }
-        drop(sink);
+        // The sink stays alive (as the engine's does while metrics run).
         w.finish();
+        drop(sink);
         let text = std::fs::read_to_string(path).unwrap();
         let written = text.lines().count() as u64;
         assert_eq!(written, Counters::get(&c.audit_written));
@@ -492,10 +443,7 @@ mod tests {
     fn full_channel_counts_lost_records() {
         let c = Arc::new(Counters::default());
         let (tx, _rx) = crossbeam_channel::bounded(2);
-        let sink = AuditSink {
-            tx: Some(tx),
-            counters: c.clone(),
-        };
+        let sink = AuditSink { tx: Some(tx), counters: c.clone() };
         for _ in 0..5 {
             sink.submit(record());
         }

@@ -66,13 +66,7 @@ fn parse_avc(line: &str) -> Option<Entry> {
         "granted" => false,
         _ => return None,
     };
-    let perm = body
-        .split_once('{')?
-        .1
-        .split_once('}')?
-        .0
-        .trim()
-        .to_string();
+    let perm = body.split_once('{')?.1.split_once('}')?.0.trim().to_string();
     let after = body.split_once('}')?.1;
     let f = fields(after);
     let get = |k: &str| f.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
@@ -81,9 +75,7 @@ fn parse_avc(line: &str) -> Option<Entry> {
         perm,
         scontext: get("scontext")?.parse().ok()?,
         tcontext: get("tcontext")?.parse().ok()?,
-        proto: get("proto")
-            .and_then(|p| p.parse::<u8>().ok())
-            .map(Proto::from_number),
+        proto: get("proto").and_then(|p| p.parse::<u8>().ok()).map(Proto::from_number),
         dport: get("dest").and_then(|p| p.parse().ok()),
         permissive: get("permissive") == Some("1"),
         rule: get("rule").unwrap_or("?").to_string(),
@@ -108,10 +100,7 @@ fn parse_json(line: &str) -> Option<Entry> {
         scontext: s("scontext")?.parse().ok()?,
         tcontext: s("tcontext")?.parse().ok()?,
         proto,
-        dport: v
-            .get("dest")
-            .and_then(|d| d.as_u64())
-            .and_then(|d| u16::try_from(d).ok()),
+        dport: v.get("dest").and_then(|d| d.as_u64()).and_then(|d| u16::try_from(d).ok()),
         permissive: v.get("permissive").and_then(|p| p.as_u64()) == Some(1),
         rule: s("rule").unwrap_or("?").to_string(),
     })
@@ -180,15 +169,8 @@ pub fn audit2rules(entries: &[Entry]) -> String {
             let _ = write!(name, "-{d}");
         }
         let _ = write!(name, "-{hook}");
-        let _ = writeln!(
-            s,
-            "# {n} denial(s), denied by: {}",
-            rules.into_iter().collect::<Vec<_>>().join(", ")
-        );
-        let _ = writeln!(
-            s,
-            "[[rule]]\nname = \"{name}\"\nhook = \"{hook}\"\nsource = \"{st}\"\ndest = \"{tt}\""
-        );
+        let _ = writeln!(s, "# {n} denial(s), denied by: {}", rules.into_iter().collect::<Vec<_>>().join(", "));
+        let _ = writeln!(s, "[[rule]]\nname = \"{name}\"\nhook = \"{hook}\"\nsource = \"{st}\"\ndest = \"{tt}\"");
         if let Some(p) = proto {
             let _ = writeln!(s, "proto = \"{p}\"");
             if let Some(d) = dport {
@@ -213,15 +195,8 @@ pub fn would_break(entries: &[Entry]) -> String {
         s.push_str("nothing would break: no permissive denials in the input\n");
         return s;
     }
-    let _ = writeln!(
-        s,
-        "switching to enforcing would block {total} recorded packet(s):"
-    );
-    let _ = writeln!(
-        s,
-        "{:<24} {:<8} {:<40} {:<10} {:>8}",
-        "rule", "hook", "source -> dest", "proto/port", "packets"
-    );
+    let _ = writeln!(s, "switching to enforcing would block {total} recorded packet(s):");
+    let _ = writeln!(s, "{:<24} {:<8} {:<40} {:<10} {:>8}", "rule", "hook", "source -> dest", "proto/port", "packets");
     let mut v: Vec<_> = groups.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     for ((rule, (hook, st, tt, proto, dport)), n) in v {
@@ -230,11 +205,7 @@ pub fn would_break(entries: &[Entry]) -> String {
             (Some(p), None) => p,
             _ => "any".into(),
         };
-        let _ = writeln!(
-            s,
-            "{rule:<24} {hook:<8} {:<40} {pp:<10} {n:>8}",
-            format!("{st} -> {tt}")
-        );
+        let _ = writeln!(s, "{rule:<24} {hook:<8} {:<40} {pp:<10} {n:>8}", format!("{st} -> {tt}"));
     }
     s
 }
@@ -249,26 +220,14 @@ mod tests {
     fn reads_avc_and_json() {
         let e = parse_line(DENY).unwrap();
         assert!(e.denied && e.permissive);
-        assert_eq!(
-            (e.perm.as_str(), e.hook(), e.dport, e.proto),
-            ("send", "output", Some(5432), Some(Proto::Tcp))
-        );
+        assert_eq!((e.perm.as_str(), e.hook(), e.dport, e.proto), ("send", "output", Some(5432), Some(Proto::Tcp)));
         assert_eq!(e.scontext.type_(), "httpd_t");
         assert_eq!(e.rule, "db-port-others");
         let j = r#"{"outcome":"denied","perm":"recv","scontext":"u:r:a_t:s0","tcontext":"u:r:b_t:s0","proto":"udp","dest":53,"permissive":0,"rule":"default"}"#;
         let e = parse_line(j).unwrap();
-        assert_eq!(
-            (e.hook(), e.proto, e.dport, e.permissive),
-            ("input", Some(Proto::Udp), Some(53), false)
-        );
-        assert_eq!(
-            parse_line("type=SYSCALL msg=audit(1:2): arch=c000003e"),
-            None
-        );
-        assert_eq!(
-            parse_line("type=USER_AVC msg='avc:  denied  { send } for scontext=bad'"),
-            None
-        );
+        assert_eq!((e.hook(), e.proto, e.dport, e.permissive), ("input", Some(Proto::Udp), Some(53), false));
+        assert_eq!(parse_line("type=SYSCALL msg=audit(1:2): arch=c000003e"), None);
+        assert_eq!(parse_line("type=USER_AVC msg='avc:  denied  { send } for scontext=bad'"), None);
         let (v, skipped) = parse_text(&format!("{DENY}\ngarbage\n\n{j}\n"));
         assert_eq!((v.len(), skipped), (2, 1));
     }
@@ -291,10 +250,7 @@ mod tests {
         let enforced = DENY.replace("permissive=1", "permissive=0");
         let (v, _) = parse_text(&format!("{DENY}\n{DENY}\n{enforced}\n"));
         let out = would_break(&v);
-        assert!(
-            out.starts_with("switching to enforcing would block 2 recorded packet(s):"),
-            "{out}"
-        );
+        assert!(out.starts_with("switching to enforcing would block 2 recorded packet(s):"), "{out}");
         assert!(out.contains("db-port-others"), "{out}");
         assert!(out.contains("httpd_t -> postgresql_t"), "{out}");
         assert!(out.contains("tcp/5432"), "{out}");

@@ -163,15 +163,14 @@ pub struct RunArgs {
     /// Flow mode: mark each decided connection (use with `labelgate rules --flow`).
     #[arg(long)]
     pub flow: bool,
+    /// Serve Prometheus metrics on unix:PATH (mode 0600) or a loopback ADDR:PORT.
+    #[arg(long, value_name = "unix:PATH|ADDR:PORT")]
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// Parse `N` or `N-M` into a list of queue numbers.
 pub fn parse_queues(s: &str) -> Result<Vec<u16>, String> {
-    let num = |x: &str| {
-        x.trim()
-            .parse::<u16>()
-            .map_err(|_| format!("bad queue number {x:?}"))
-    };
+    let num = |x: &str| x.trim().parse::<u16>().map_err(|_| format!("bad queue number {x:?}"));
     let (a, b) = match s.split_once('-') {
         Some((a, b)) => (num(a)?, num(b)?),
         None => {

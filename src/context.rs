@@ -24,8 +24,7 @@ pub enum ContextError {
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && !s.starts_with('-')
 }
 
@@ -43,36 +42,21 @@ pub struct SecurityContext(Arc<Inner>);
 
 impl SecurityContext {
     /// Build a context from parts, validating each.
-    pub fn new(
-        user: &str,
-        role: &str,
-        type_: &str,
-        range: Option<Range>,
-    ) -> Result<Self, ContextError> {
+    pub fn new(user: &str, role: &str, type_: &str, range: Option<Range>) -> Result<Self, ContextError> {
         for id in [user, role, type_] {
             if !is_identifier(id) {
                 return Err(ContextError::Identifier(id.to_string()));
             }
         }
-        Ok(SecurityContext(Arc::new(Inner {
-            user: user.into(),
-            role: role.into(),
-            type_: type_.into(),
-            range,
-        })))
+        Ok(SecurityContext(Arc::new(Inner { user: user.into(), role: role.into(), type_: type_.into(), range })))
     }
 
     /// The context given to packets and sockets labelgate could not label:
     /// `system_u:object_r:unlabeled_t:s0`, the kernel's own unlabeled SID.
     pub fn unlabeled() -> Self {
         // The parts are constant and valid.
-        Self::new(
-            "system_u",
-            "object_r",
-            "unlabeled_t",
-            Some(Range::single(crate::mls::Level::s0())),
-        )
-        .unwrap_or_else(|_| unreachable!("constant context is valid"))
+        Self::new("system_u", "object_r", "unlabeled_t", Some(Range::single(crate::mls::Level::s0())))
+            .unwrap_or_else(|_| unreachable!("constant context is valid"))
     }
 
     pub fn user(&self) -> &str {
@@ -108,8 +92,7 @@ impl FromStr for SecurityContext {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim_end_matches(['\0', '\n']);
         let mut parts = s.splitn(4, ':');
-        let (Some(user), Some(role), Some(type_)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(user), Some(role), Some(type_)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(ContextError::Shape(s.to_string()));
         };
         let range = match parts.next() {
@@ -158,29 +141,13 @@ mod tests {
 
     #[test]
     fn refuses_bad_contexts() {
-        for s in [
-            "",
-            "httpd_t",
-            "a:b",
-            "a:b:",
-            "a::c",
-            "a:b:c:",
-            "a:b:c:s9999",
-            "a b:r:t",
-            "a:r:t:s0-",
-        ] {
-            assert!(
-                s.parse::<SecurityContext>().is_err(),
-                "{s:?} should be refused"
-            );
+        for s in ["", "httpd_t", "a:b", "a:b:", "a::c", "a:b:c:", "a:b:c:s9999", "a b:r:t", "a:r:t:s0-"] {
+            assert!(s.parse::<SecurityContext>().is_err(), "{s:?} should be refused");
         }
     }
 
     #[test]
     fn unlabeled_is_the_kernel_unlabeled_context() {
-        assert_eq!(
-            SecurityContext::unlabeled().to_string(),
-            "system_u:object_r:unlabeled_t:s0"
-        );
+        assert_eq!(SecurityContext::unlabeled().to_string(), "system_u:object_r:unlabeled_t:s0");
     }
 }

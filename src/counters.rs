@@ -3,6 +3,30 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Upper bounds (seconds) of the verdict-latency histogram buckets.
+pub const LATENCY_BOUNDS: [f64; 12] = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
+/// A histogram of how long deciding one packet took (receive to decision).
+#[derive(Default, Debug)]
+pub struct Latency {
+    /// Non-cumulative counts per bucket; the last is +Inf.
+    pub buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    pub sum_ns: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BOUNDS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Relaxed);
+        }
+        self.sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
 /// Counters shared by every queue thread. Per-rule hits live in the policy.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -21,6 +45,7 @@ pub struct Counters {
     pub audit_suppressed: AtomicU64,
     /// Records lost because the audit writer fell behind or could not write.
     pub audit_lost: AtomicU64,
+    pub latency: Latency,
 }
 
 impl Counters {
@@ -58,5 +83,24 @@ impl Counters {
             let _ = write!(s, "{k}={v}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latency_buckets() {
+        let l = Latency::default();
+        l.observe(Duration::from_nanos(500));
+        l.observe(Duration::from_micros(30));
+        l.observe(Duration::from_secs(5));
+        let got: Vec<u64> = l.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        assert_eq!(got[0], 1);
+        assert_eq!(got[5], 1, "30us falls in the 50us bucket");
+        assert_eq!(got[LATENCY_BOUNDS.len()], 1, "+Inf");
+        assert_eq!(l.count.load(Relaxed), 3);
     }
 }

@@ -45,13 +45,7 @@ impl Engine {
         audit: AuditSink,
     ) -> Engine {
         let resolver = factory(&policy);
-        Engine {
-            loaded: ArcSwap::from_pointee(Loaded { policy, resolver }),
-            factory,
-            mode_override,
-            counters,
-            audit,
-        }
+        Engine { loaded: ArcSwap::from_pointee(Loaded { policy, resolver }), factory, mode_override, counters, audit }
     }
 
     /// The policy in force.
@@ -72,16 +66,13 @@ impl Engine {
 
     /// Decide one packet. Never panics on packet bytes; always returns a verdict.
     pub fn handle(&self, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
+        let started = std::time::Instant::now();
         let c = &self.counters;
         Counters::bump(&c.packets);
         let loaded = self.loaded.load();
         let policy = &loaded.policy;
         let mode = self.mode(policy);
-        let ifindex = if meta.outdev != 0 {
-            meta.outdev
-        } else {
-            meta.indev
-        };
+        let ifindex = if meta.outdev != 0 { meta.outdev } else { meta.indev };
 
         let parsed = crate::packet::parse(payload);
         let hook = Hook::from_nf(meta.hook);
@@ -91,13 +82,7 @@ impl Engine {
                 let names = std::cell::RefCell::new(&mut scratch.ifnames);
                 let iif = || names.borrow_mut().name(meta.indev);
                 let oif = || names.borrow_mut().name(meta.outdev);
-                let facts = Facts {
-                    hook,
-                    pkt: &pkt,
-                    labels: &labels,
-                    iif: &iif,
-                    oif: &oif,
-                };
+                let facts = Facts { hook, pkt: &pkt, labels: &labels, iif: &iif, oif: &oif };
                 let d = policy.decide(&facts, mode);
                 let rec = (d.audit && self.audit.enabled()).then(|| {
                     let mut r = base_record(hook, ifindex, labels, &d, policy);
@@ -117,8 +102,7 @@ impl Engine {
                     let mut labels = Labels::unresolved("malformed");
                     labels.secmark = crate::labels::secmark_context(meta);
                     labels.uid = meta.uid;
-                    let mut r =
-                        base_record(hook.unwrap_or(Hook::Input), ifindex, labels, &d, policy);
+                    let mut r = base_record(hook.unwrap_or(Hook::Input), ifindex, labels, &d, policy);
                     r.malformed = Some(why);
                     r.rule = "malformed".into();
                     r
@@ -136,6 +120,7 @@ impl Engine {
         if decision.permissive {
             Counters::bump(&c.would_deny);
         }
+        c.latency.observe(started.elapsed());
         decision.verdict
     }
 }
@@ -143,11 +128,7 @@ impl Engine {
 fn base_record(hook: Hook, ifindex: u32, labels: Labels, d: &Decision, policy: &Policy) -> Record {
     Record {
         time: SystemTime::now(),
-        outcome: if d.table_verdict == Verdict::Drop {
-            Outcome::Denied
-        } else {
-            Outcome::Granted
-        },
+        outcome: if d.table_verdict == Verdict::Drop { Outcome::Denied } else { Outcome::Granted },
         hook,
         src: None,
         dst: None,
@@ -155,10 +136,7 @@ fn base_record(hook: Hook, ifindex: u32, labels: Labels, d: &Decision, policy: &
         dport: None,
         proto: None,
         ifindex,
-        process: labels
-            .source_process
-            .clone()
-            .or_else(|| labels.dest_process.clone()),
+        process: labels.source_process.clone().or_else(|| labels.dest_process.clone()),
         source: labels.source,
         dest: labels.dest,
         secmark: labels.secmark,
@@ -180,39 +158,23 @@ mod tests {
     fn engine(text: &str) -> Engine {
         let p = Policy::from_toml(text, "t").unwrap();
         let c = Arc::new(Counters::default());
-        Engine::new(
-            p,
-            Box::new(|_| Box::new(KernelMetaResolver)),
-            None,
-            c.clone(),
-            AuditSink::disabled(c),
-        )
+        Engine::new(p, Box::new(|_| Box::new(KernelMetaResolver)), None, c.clone(), AuditSink::disabled(c))
     }
 
     fn meta(hook: u8, uid: u32) -> QueueMeta {
-        QueueMeta {
-            hook,
-            uid: Some(uid),
-            ..Default::default()
-        }
+        QueueMeta { hook, uid: Some(uid), ..Default::default() }
     }
 
     #[test]
     fn uid_rule_and_counters() {
-        let e = engine(
-            "default = \"drop\"\n[[rule]]\nname = \"root\"\nuid = 0\nverdict = \"accept\"\n",
-        );
+        let e = engine("default = \"drop\"\n[[rule]]\nname = \"root\"\nuid = 0\nverdict = \"accept\"\n");
         let lo = Ipv4Addr::LOCALHOST;
         let pkt = build::ipv4(lo, lo, 6, &[], &build::tcp(1, 5432, 2));
         let mut s = Scratch::default();
         assert_eq!(e.handle(&pkt, &meta(3, 0), &mut s), Verdict::Accept);
         assert_eq!(e.handle(&pkt, &meta(3, 1000), &mut s), Verdict::Drop);
         assert_eq!(e.handle(&[0x45, 1, 2], &meta(3, 0), &mut s), Verdict::Drop);
-        assert_eq!(
-            e.handle(&pkt, &meta(77, 0), &mut s),
-            Verdict::Drop,
-            "unknown hook is malformed"
-        );
+        assert_eq!(e.handle(&pkt, &meta(77, 0), &mut s), Verdict::Drop, "unknown hook is malformed");
         let c = &e.counters;
         assert_eq!(
             (

@@ -41,19 +41,10 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
         label_option: None,
     };
     let labels = Labels {
-        source: Label {
-            context: q.source.clone(),
-            origin: Origin::Socket,
-        },
-        dest: Label {
-            context: q.dest.clone(),
-            origin: Origin::Socket,
-        },
+        source: Label { context: q.source.clone(), origin: Origin::Socket },
+        dest: Label { context: q.dest.clone(), origin: Origin::Socket },
         secmark: q.secmark.clone(),
-        peer: q.peer.clone().map(|c| Label {
-            context: c,
-            origin: Origin::Static,
-        }),
+        peer: q.peer.clone().map(|c| Label { context: c, origin: Origin::Static }),
         uid: q.uid,
         gid: q.gid,
         source_process: None,
@@ -61,13 +52,7 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
     };
     let iif = || q.iif.clone();
     let oif = || q.oif.clone();
-    let facts = Facts {
-        hook: q.hook,
-        pkt: &pkt,
-        labels: &labels,
-        iif: &iif,
-        oif: &oif,
-    };
+    let facts = Facts { hook: q.hook, pkt: &pkt, labels: &labels, iif: &iif, oif: &oif };
 
     let mut s = String::new();
     let _ = writeln!(
@@ -82,33 +67,17 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
         q.source,
         q.dest,
         q.uid.map(|u| format!(" uid={u}")).unwrap_or_default(),
-        q.secmark
-            .as_ref()
-            .map(|m| format!(" secmark={m}"))
-            .unwrap_or_default(),
+        q.secmark.as_ref().map(|m| format!(" secmark={m}")).unwrap_or_default(),
     );
     let decided = p.first_match(&facts);
     for (i, r) in p.rules.iter().enumerate() {
         match r.check(&facts) {
             Ok(()) => {
-                let _ = writeln!(
-                    s,
-                    "rule {} {:?} (line {}): MATCHES -> {}",
-                    i + 1,
-                    r.name,
-                    r.line,
-                    r.verdict
-                );
+                let _ = writeln!(s, "rule {} {:?} (line {}): MATCHES -> {}", i + 1, r.name, r.line, r.verdict);
                 break;
             }
             Err(why) => {
-                let _ = writeln!(
-                    s,
-                    "rule {} {:?} (line {}): no match ({why} differs)",
-                    i + 1,
-                    r.name,
-                    r.line
-                );
+                let _ = writeln!(s, "rule {} {:?} (line {}): no match ({why} differs)", i + 1, r.name, r.line);
             }
         }
     }
@@ -117,16 +86,10 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
     }
     // Rule hit counters are not touched: decide on a copy of the facts only
     // through the pure parts.
-    let table = decided
-        .and_then(|i| p.rules.get(i))
-        .map_or(p.default, |r| r.verdict);
-    let rule_permissive = decided
-        .and_then(|i| p.rules.get(i))
-        .is_some_and(|r| r.permissive);
+    let table = decided.and_then(|i| p.rules.get(i)).map_or(p.default, |r| r.verdict);
+    let rule_permissive = decided.and_then(|i| p.rules.get(i)).is_some_and(|r| r.permissive);
     let domain_permissive = p.domain_permissive(q.source.type_());
-    let verdict = if table == Verdict::Drop
-        && (mode == Mode::Permissive || rule_permissive || domain_permissive)
-    {
+    let verdict = if table == Verdict::Drop && (mode == Mode::Permissive || rule_permissive || domain_permissive) {
         let why = if mode == Mode::Permissive {
             "global mode is permissive"
         } else if rule_permissive {
@@ -134,7 +97,8 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
         } else {
             "the source domain is in permissive_domains"
         };
-        let _ = writeln!(s, "permissive: {why}; the denial would be recorded with permissive=1 and the packet accepted");
+        let _ =
+            writeln!(s, "permissive: {why}; the denial would be recorded with permissive=1 and the packet accepted");
         Verdict::Accept
     } else {
         table
@@ -173,65 +137,19 @@ mod tests {
 
     #[test]
     fn explains_the_article() {
-        let p = Policy::load(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/article.toml"
-        )))
-        .unwrap();
-        let out = explain(
-            &p,
-            &q("system_u:system_r:intruder_t:s0", 5432),
-            Mode::Enforcing,
-        );
-        assert!(
-            out.contains("rule 1 \"web-to-db-out\" (line 10): no match (source differs)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("rule 2 \"web-to-db-in\" (line 19): no match (hook differs)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("rule 3 \"db-port-others\" (line 28): MATCHES -> drop"),
-            "{out}"
-        );
-        assert!(
-            out.ends_with("verdict: drop (table: drop, rule: db-port-others, mode: enforcing)\n"),
-            "{out}"
-        );
-        let out = explain(
-            &p,
-            &q("system_u:system_r:httpd_t:s0", 5432),
-            Mode::Permissive,
-        );
-        assert!(
-            out.ends_with(
-                "verdict: accept (table: accept, rule: web-to-db-out, mode: permissive)\n"
-            ),
-            "{out}"
-        );
-        let out = explain(
-            &p,
-            &q("system_u:system_r:intruder_t:s0", 5432),
-            Mode::Permissive,
-        );
-        assert!(
-            out.contains("permissive: global mode is permissive"),
-            "{out}"
-        );
-        let out = explain(
-            &p,
-            &q("system_u:system_r:intruder_t:s0", 22),
-            Mode::Enforcing,
-        );
-        assert!(
-            out.contains("no rule matches: default verdict accept"),
-            "{out}"
-        );
-        assert_eq!(
-            p.rules[2].hits.load(std::sync::atomic::Ordering::Relaxed),
-            0,
-            "explain counts no hits"
-        );
+        let p =
+            Policy::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/article.toml"))).unwrap();
+        let out = explain(&p, &q("system_u:system_r:intruder_t:s0", 5432), Mode::Enforcing);
+        assert!(out.contains("rule 1 \"web-to-db-out\" (line 10): no match (source differs)"), "{out}");
+        assert!(out.contains("rule 2 \"web-to-db-in\" (line 19): no match (hook differs)"), "{out}");
+        assert!(out.contains("rule 3 \"db-port-others\" (line 28): MATCHES -> drop"), "{out}");
+        assert!(out.ends_with("verdict: drop (table: drop, rule: db-port-others, mode: enforcing)\n"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Permissive);
+        assert!(out.ends_with("verdict: accept (table: accept, rule: web-to-db-out, mode: permissive)\n"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:intruder_t:s0", 5432), Mode::Permissive);
+        assert!(out.contains("permissive: global mode is permissive"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:intruder_t:s0", 22), Mode::Enforcing);
+        assert!(out.contains("no rule matches: default verdict accept"), "{out}");
+        assert_eq!(p.rules[2].hits.load(std::sync::atomic::Ordering::Relaxed), 0, "explain counts no hits");
     }
 }

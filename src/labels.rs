@@ -120,10 +120,7 @@ pub struct Label {
 impl Label {
     /// The documented placeholder for "no label": `system_u:object_r:unlabeled_t:s0`.
     pub fn unlabeled(reason: &'static str) -> Label {
-        Label {
-            context: SecurityContext::unlabeled(),
-            origin: Origin::Unlabeled(reason),
-        }
+        Label { context: SecurityContext::unlabeled(), origin: Origin::Unlabeled(reason) }
     }
 
     pub fn is_unlabeled(&self) -> bool {
@@ -181,7 +178,16 @@ impl Labels {
 /// nothing better is known).
 pub trait Resolver: Send + Sync {
     fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels;
+
+    /// Counters the resolver keeps (cache hits and the like) as Prometheus
+    /// counter families: `(name, help, [(labels, value)])`.
+    fn metrics(&self) -> Vec<MetricFamily> {
+        Vec::new()
+    }
 }
+
+/// One Prometheus counter family: name, help text, and `(labels, value)` rows.
+pub type MetricFamily = (String, String, Vec<(String, u64)>);
 
 /// Parse NFQA_SECCTX into a context; `None` when absent or unparsable.
 pub fn secmark_context(meta: &QueueMeta) -> Option<SecurityContext> {

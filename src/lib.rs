@@ -16,6 +16,7 @@ pub mod engine;
 pub mod explain;
 pub mod labels;
 pub mod lint;
+pub mod metrics;
 pub mod mls;
 pub mod packet;
 pub mod policy;

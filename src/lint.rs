@@ -57,10 +57,7 @@ pub fn named_types(p: &Policy) -> Vec<String> {
         v.extend(types.iter().cloned());
     }
     for r in &p.rules {
-        for pat in [&r.source, &r.dest, &r.secmark, &r.peer]
-            .into_iter()
-            .flatten()
-        {
+        for pat in [&r.source, &r.dest, &r.secmark, &r.peer].into_iter().flatten() {
             if let TypePattern::One(t) = &pat.type_ {
                 v.push(t.to_string());
             }
@@ -74,43 +71,25 @@ pub fn named_types(p: &Policy) -> Vec<String> {
 /// Findings that need no SELinux.
 pub fn lint(p: &Policy) -> Vec<Finding> {
     let mut out = Vec::new();
-    let warn = |line, message| Finding {
-        severity: Severity::Warning,
-        line,
-        message,
-    };
+    let warn = |line, message| Finding { severity: Severity::Warning, line, message };
     for (j, b) in p.rules.iter().enumerate() {
-        if let Some((_, a)) = p
-            .rules
-            .iter()
-            .enumerate()
-            .take(j)
-            .find(|(_, a)| covers(a, b))
-        {
-            let what = if a.verdict == b.verdict {
-                "redundant"
-            } else {
-                "never used, and its verdict differs"
-            };
+        if let Some((_, a)) = p.rules.iter().enumerate().take(j).find(|(_, a)| covers(a, b)) {
+            let what = if a.verdict == b.verdict { "redundant" } else { "never used, and its verdict differs" };
             out.push(warn(
                 b.line,
-                format!("rule {:?} is shadowed by rule {:?} (line {}), which matches everything it does: {what}", b.name, a.name, a.line),
+                format!(
+                    "rule {:?} is shadowed by rule {:?} (line {}), which matches everything it does: {what}",
+                    b.name, a.name, a.line
+                ),
             ));
         }
-        if (b.peer.is_some() || b.peer_level.is_some())
-            && p.dois.is_empty()
-            && p.address_labels.is_empty()
-        {
+        if (b.peer.is_some() || b.peer_level.is_some()) && p.dois.is_empty() && p.address_labels.is_empty() {
             out.push(warn(
                 b.line,
                 format!("rule {:?} can never match: it needs a peer label, but the policy has no [[doi]] and no [[address_label]]", b.name),
             ));
         }
-        if b.hook == HookSel::Forward
-            && b.dest
-                .as_ref()
-                .is_some_and(|d| !d.type_.matches("unlabeled_t"))
-        {
+        if b.hook == HookSel::Forward && b.dest.as_ref().is_some_and(|d| !d.type_.matches("unlabeled_t")) {
             out.push(warn(
                 b.line,
                 format!("rule {:?} can never match: forwarded packets have no local destination socket, so dest is unlabeled_t", b.name),
@@ -130,11 +109,7 @@ pub fn unknown_types(p: &Policy) -> Option<Vec<String>> {
     };
     let mut unknown = Vec::new();
     for t in named_types(p) {
-        let text = if mls {
-            format!("system_u:object_r:{t}:s0")
-        } else {
-            format!("system_u:object_r:{t}")
-        };
+        let text = if mls { format!("system_u:object_r:{t}:s0") } else { format!("system_u:object_r:{t}") };
         let Ok(c) = std::ffi::CString::new(text) else {
             continue;
         };
@@ -151,10 +126,7 @@ mod tests {
     use super::*;
 
     fn lint_text(t: &str) -> Vec<String> {
-        lint(&Policy::from_toml(t, "t").unwrap())
-            .into_iter()
-            .map(|f| format!("{}: {}", f.line, f.message))
-            .collect()
+        lint(&Policy::from_toml(t, "t").unwrap()).into_iter().map(|f| format!("{}: {}", f.line, f.message)).collect()
     }
 
     #[test]
@@ -182,10 +154,7 @@ verdict = "drop"
 "#;
         let f = lint_text(t);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(
-            f[0].starts_with("10: rule \"httpd-80\" is shadowed by rule \"web-any\" (line 4)"),
-            "{f:?}"
-        );
+        assert!(f[0].starts_with("10: rule \"httpd-80\" is shadowed by rule \"web-any\" (line 4)"), "{f:?}");
         assert!(f[0].contains("verdict differs"));
     }
 

@@ -51,9 +51,7 @@ impl CategorySet {
 
     /// Whether category `c` is in the set.
     pub fn contains(&self, c: usize) -> bool {
-        self.0
-            .get(c / 64)
-            .is_some_and(|w| w & (1u64 << (c % 64)) != 0)
+        self.0.get(c / 64).is_some_and(|w| w & (1u64 << (c % 64)) != 0)
     }
 
     /// Whether every category of `other` is also in `self`.
@@ -115,10 +113,7 @@ pub struct Level {
 impl Level {
     /// `s0` with no categories.
     pub const fn s0() -> Self {
-        Level {
-            sensitivity: 0,
-            categories: CategorySet::empty(),
-        }
+        Level { sensitivity: 0, categories: CategorySet::empty() }
     }
 
     /// SELinux dominance: `self` dominates `other` when its sensitivity is at
@@ -185,10 +180,7 @@ impl FromStr for Level {
                 }
             }
         }
-        Ok(Level {
-            sensitivity,
-            categories,
-        })
+        Ok(Level { sensitivity, categories })
     }
 }
 
@@ -213,20 +205,14 @@ impl Range {
     /// Build a range, refusing one whose high level does not dominate its low level.
     pub fn new(low: Level, high: Level) -> Result<Self, MlsError> {
         if !high.dominates(&low) {
-            return Err(MlsError::HighBelowLow {
-                low: low.to_string(),
-                high: high.to_string(),
-            });
+            return Err(MlsError::HighBelowLow { low: low.to_string(), high: high.to_string() });
         }
         Ok(Range { low, high })
     }
 
     /// A range holding a single level.
     pub fn single(level: Level) -> Self {
-        Range {
-            low: level,
-            high: level,
-        }
+        Range { low: level, high: level }
     }
 
     /// The low (effective) level.
@@ -290,10 +276,7 @@ mod tests {
 
     #[test]
     fn level_rejects_garbage() {
-        for s in [
-            "", "x0", "s", "s-1", "s1024", "s0:", "s0:c", "s0:c1024", "s0:c3.c1", "s0:x1",
-            "s0:c1,", "s+1",
-        ] {
+        for s in ["", "x0", "s", "s-1", "s1024", "s0:", "s0:c", "s0:c1024", "s0:c3.c1", "s0:x1", "s0:c1,", "s+1"] {
             assert!(s.parse::<Level>().is_err(), "{s:?} should be refused");
         }
     }

@@ -237,8 +237,7 @@ fn parse_transport(info: &mut PacketInfo, l4: &[u8]) -> Result<(), PacketError> 
             info.sport = Some(tcp.get_source());
             info.dport = Some(tcp.get_destination());
             let flags = tcp.get_flags();
-            info.tcp_syn = flags & pnet_packet::tcp::TcpFlags::SYN != 0
-                && flags & pnet_packet::tcp::TcpFlags::ACK == 0;
+            info.tcp_syn = flags & pnet_packet::tcp::TcpFlags::SYN != 0 && flags & pnet_packet::tcp::TcpFlags::ACK == 0;
         }
         Proto::Udp => {
             let udp = UdpPacket::new(l4).ok_or(PacketError::Truncated("udp"))?;
@@ -345,27 +344,19 @@ mod tests {
         let p = ipv4(LO, LO, 17, &cipso, &udp(1000, 53, b"hi"));
         let i = parse(&p).unwrap();
         assert_eq!(i.dport, Some(53));
-        let Some(LabelOption::Ipv4Options(r)) = i.label_option else {
-            panic!("no options")
-        };
+        let Some(LabelOption::Ipv4Options(r)) = i.label_option else { panic!("no options") };
         assert_eq!(&p[r][..11], &cipso);
     }
 
     #[test]
     fn icmp_and_sctp() {
         let i = parse(&ipv4(LO, LO, 1, &[], &[8, 0, 0, 0, 0, 1, 0, 1])).unwrap();
-        assert_eq!(
-            (i.proto, i.icmp, i.dport),
-            (Proto::Icmp, Some((8, 0)), None)
-        );
+        assert_eq!((i.proto, i.icmp, i.dport), (Proto::Icmp, Some((8, 0)), None));
         let mut sctp = vec![0u8; 12];
         sctp[0..2].copy_from_slice(&7000u16.to_be_bytes());
         sctp[2..4].copy_from_slice(&7001u16.to_be_bytes());
         let i = parse(&ipv4(LO, LO, 132, &[], &sctp)).unwrap();
-        assert_eq!(
-            (i.proto, i.sport, i.dport),
-            (Proto::Sctp, Some(7000), Some(7001))
-        );
+        assert_eq!((i.proto, i.sport, i.dport), (Proto::Sctp, Some(7000), Some(7001)));
     }
 
     #[test]
@@ -410,10 +401,7 @@ mod tests {
         for _ in 0..20 {
             ext.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
         }
-        assert_eq!(
-            parse(&ipv6(l6, l6, 60, &ext, &[])),
-            Err(PacketError::ExtensionChain)
-        );
+        assert_eq!(parse(&ipv6(l6, l6, 60, &ext, &[])), Err(PacketError::ExtensionChain));
     }
 
     proptest::proptest! {

@@ -45,15 +45,7 @@ impl RuleSpec {
     /// Hooks to queue, from the hooks the policy's rules name (`any` or an
     /// empty policy queue input and output).
     pub fn for_policy(p: &Policy, queues: Vec<u16>, flow: bool, bypass: bool) -> RuleSpec {
-        let mut s = RuleSpec {
-            queues,
-            flow,
-            new_only: true,
-            bypass,
-            input: false,
-            output: false,
-            forward: false,
-        };
+        let mut s = RuleSpec { queues, flow, new_only: true, bypass, input: false, output: false, forward: false };
         for r in &p.rules {
             match r.hook {
                 HookSel::Input => s.input = true,
@@ -125,7 +117,9 @@ impl RuleSpec {
 /// The iptables-restore text that installs labelgate's chains (for
 /// `iptables-restore --noflush` and `ip6tables-restore --noflush`).
 pub fn iptables_install(spec: &RuleSpec) -> String {
-    let mut s = String::from("# labelgate queue rules (security table: after SECMARK labelling in mangle and security)\n*security\n");
+    let mut s = String::from(
+        "# labelgate queue rules (security table: after SECMARK labelling in mangle and security)\n*security\n",
+    );
     for (_, chain, _) in spec.hooks() {
         let _ = writeln!(s, ":{chain} - [0:0]");
     }
@@ -137,10 +131,7 @@ pub fn iptables_install(spec: &RuleSpec) -> String {
         if spec.flow {
             let (acc, mask) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK);
             // An accepted connection bypasses the queue.
-            let _ = writeln!(
-                s,
-                "-A {chain} -m connmark --mark {acc:#x}/{mask:#x} -j RETURN"
-            );
+            let _ = writeln!(s, "-A {chain} -m connmark --mark {acc:#x}/{mask:#x} -j RETURN");
             // A packet labelgate accepted comes back (NF_REPEAT) with the
             // accept bit in its mark: remember it on the connection.
             let _ = writeln!(
@@ -198,10 +189,7 @@ pub enum RulesError {
 }
 
 fn pipe(cmd: &str, args: &[&str], input: &str) -> Result<(), RulesError> {
-    let spawn_err = |source| RulesError::Spawn {
-        cmd: cmd.to_string(),
-        source,
-    };
+    let spawn_err = |source| RulesError::Spawn { cmd: cmd.to_string(), source };
     let mut child = Command::new(cmd)
         .args(args)
         .stdin(Stdio::piped())
@@ -228,10 +216,7 @@ fn run(cmd: &str, args: &[&str]) -> Result<bool, RulesError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|source| RulesError::Spawn {
-            cmd: cmd.to_string(),
-            source,
-        })?;
+        .map_err(|source| RulesError::Spawn { cmd: cmd.to_string(), source })?;
     Ok(st.success())
 }
 
@@ -260,11 +245,9 @@ pub fn remove(backend: Backend) -> Result<(), RulesError> {
     match backend {
         Backend::Iptables => {
             for tool in ["iptables", "ip6tables"] {
-                for (builtin, chain) in [
-                    ("INPUT", "LABELGATE_IN"),
-                    ("OUTPUT", "LABELGATE_OUT"),
-                    ("FORWARD", "LABELGATE_FWD"),
-                ] {
+                for (builtin, chain) in
+                    [("INPUT", "LABELGATE_IN"), ("OUTPUT", "LABELGATE_OUT"), ("FORWARD", "LABELGATE_FWD")]
+                {
                     while run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
                         run(tool, &["-t", "security", "-D", builtin, "-j", chain])?;
                     }
@@ -295,15 +278,7 @@ mod tests {
     use super::*;
 
     fn spec(queues: Vec<u16>, flow: bool) -> RuleSpec {
-        RuleSpec {
-            queues,
-            flow,
-            new_only: true,
-            bypass: true,
-            input: true,
-            output: true,
-            forward: false,
-        }
+        RuleSpec { queues, flow, new_only: true, bypass: true, input: true, output: true, forward: false }
     }
 
     #[test]
@@ -311,9 +286,7 @@ mod tests {
         let t = iptables_install(&spec(vec![0], false));
         assert!(t.contains("*security\n:LABELGATE_IN - [0:0]\n:LABELGATE_OUT - [0:0]\n"));
         assert!(t.contains("-A OUTPUT -j LABELGATE_OUT\n"));
-        assert!(t.contains(
-            "-A LABELGATE_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0 --queue-bypass\n"
-        ));
+        assert!(t.contains("-A LABELGATE_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0 --queue-bypass\n"));
         assert!(t.ends_with("COMMIT\n"));
         assert!(!t.contains("FORWARD"));
         let t = iptables_install(&spec(vec![2, 3], true));
@@ -329,21 +302,16 @@ mod tests {
         assert!(t.contains("table inet labelgate {}\ndelete table inet labelgate\n"));
         assert!(t.contains("type filter hook output priority security + 10; policy accept;"));
         assert!(t.contains("ct state new,related queue flags fanout,bypass to 0-1\n"));
-        assert!(t.contains("meta mark and 0x600000 == 0x200000 ct mark set ct mark and 0xff9fffff or 0x200000 return\n"));
-        let t = nft_install(&RuleSpec {
-            bypass: false,
-            ..spec(vec![4], false)
-        });
+        assert!(
+            t.contains("meta mark and 0x600000 == 0x200000 ct mark set ct mark and 0xff9fffff or 0x200000 return\n")
+        );
+        let t = nft_install(&RuleSpec { bypass: false, ..spec(vec![4], false) });
         assert!(t.contains("ct state new queue num 4\n"));
     }
 
     #[test]
     fn hooks_follow_the_policy() {
-        let p = Policy::from_toml(
-            "[[rule]]\nname = \"a\"\nhook = \"forward\"\nverdict = \"drop\"\n",
-            "t",
-        )
-        .unwrap();
+        let p = Policy::from_toml("[[rule]]\nname = \"a\"\nhook = \"forward\"\nverdict = \"drop\"\n", "t").unwrap();
         let s = RuleSpec::for_policy(&p, vec![0], false, true);
         assert!((s.forward, s.input, s.output) == (true, false, false));
         let p = Policy::from_toml("", "t").unwrap();

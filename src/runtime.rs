@@ -38,11 +38,7 @@ pub struct RuntimeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot bind NFQUEUE {queue}: {source}{hint}")]
-    Bind {
-        queue: u16,
-        source: std::io::Error,
-        hint: &'static str,
-    },
+    Bind { queue: u16, source: std::io::Error, hint: &'static str },
     #[error("cannot start queue thread: {0}")]
     Thread(std::io::Error),
 }
@@ -55,20 +51,12 @@ pub struct Runtime {
 impl Runtime {
     /// Bind every queue (failing early with a clear error), then start one
     /// thread per queue.
-    pub fn start(
-        cfg: &RuntimeConfig,
-        engine: Arc<Engine>,
-        stop: Arc<AtomicBool>,
-    ) -> Result<Runtime, RuntimeError> {
+    pub fn start(cfg: &RuntimeConfig, engine: Arc<Engine>, stop: Arc<AtomicBool>) -> Result<Runtime, RuntimeError> {
         let mut flags = nfqueue::F_UID_GID | nfqueue::F_SECCTX | nfqueue::F_GSO;
         if cfg.fail_open {
             flags |= nfqueue::F_FAIL_OPEN;
         }
-        let params = QueueParams {
-            copy_range: cfg.copy_range,
-            max_len: cfg.max_len,
-            flags,
-        };
+        let params = QueueParams { copy_range: cfg.copy_range, max_len: cfg.max_len, flags };
         let mut sockets = Vec::new();
         for &q in &cfg.queues {
             let sock = QueueSocket::bind(q, &params).map_err(|source| {
@@ -77,11 +65,7 @@ impl Runtime {
                     Some(libc::EBUSY) => " (another process is bound to this queue)",
                     _ => "",
                 };
-                RuntimeError::Bind {
-                    queue: q,
-                    source,
-                    hint,
-                }
+                RuntimeError::Bind { queue: q, source, hint }
             })?;
             match crate::sys::set_rcvbuf(sock.fd(), cfg.rcvbuf) {
                 Ok(got) => log::debug!("queue {q}: receive buffer {got} bytes"),
@@ -93,10 +77,7 @@ impl Runtime {
         for sock in sockets {
             let engine = engine.clone();
             let stop = stop.clone();
-            let opts = LoopOpts {
-                batch: cfg.batch.max(1),
-                flow: cfg.flow,
-            };
+            let opts = LoopOpts { batch: cfg.batch.max(1), flow: cfg.flow };
             let t = std::thread::Builder::new()
                 .name(format!("queue-{}", sock.queue()))
                 .spawn(move || queue_loop(sock, &engine, &stop, opts))
@@ -162,11 +143,7 @@ fn service(
                 mark: p.mark,
             };
             let verdict = engine.handle(p.payload, &meta, scratch);
-            out.push(Answer {
-                id: p.id,
-                verdict,
-                mark: p.mark,
-            });
+            out.push(Answer { id: p.id, verdict, mark: p.mark });
         },
         |e| {
             // A message without a packet id cannot be answered; the kernel
@@ -195,12 +172,7 @@ fn to_kernel(v: Verdict) -> nfqueue::Verdict {
 /// answered before the run started).
 fn send_verdicts(sock: &mut QueueSocket, answers: &[Answer], c: &Counters) {
     let mut i = 0;
-    while let Some(&Answer {
-        id: first_id,
-        verdict: v,
-        ..
-    }) = answers.get(i)
-    {
+    while let Some(&Answer { id: first_id, verdict: v, .. }) = answers.get(i) {
         let mut j = i + 1;
         while answers.get(j).is_some_and(|a| a.verdict == v) {
             j += 1;
@@ -236,18 +208,9 @@ impl KernelQueueStats {
     /// Parse the file's text and pick `queue`'s line.
     pub fn parse(text: &str, queue: u16) -> Option<KernelQueueStats> {
         text.lines().find_map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .map(|x| x.parse().ok())
-                .collect::<Option<_>>()?;
-            let (&q, &portid, &waiting, &dropped, &user, &seq) = (
-                v.first()?,
-                v.get(1)?,
-                v.get(2)?,
-                v.get(5)?,
-                v.get(6)?,
-                v.get(7)?,
-            );
+            let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            let (&q, &portid, &waiting, &dropped, &user, &seq) =
+                (v.first()?, v.get(1)?, v.get(2)?, v.get(5)?, v.get(6)?, v.get(7)?);
             (q == u64::from(queue)).then_some(KernelQueueStats {
                 queue,
                 portid: u32::try_from(portid).ok()?,
@@ -353,19 +316,9 @@ mod tests {
 
     #[test]
     fn parses_kernel_queue_lines() {
-        let text =
-            "    0  17589     0 2   256     0     0       10  1\n    3  42 5 2 128 7 8 99 1\n";
+        let text = "    0  17589     0 2   256     0     0       10  1\n    3  42 5 2 128 7 8 99 1\n";
         let k = KernelQueueStats::parse(text, 3).unwrap();
-        assert_eq!(
-            (
-                k.portid,
-                k.waiting,
-                k.queue_dropped,
-                k.user_dropped,
-                k.id_sequence
-            ),
-            (42, 5, 7, 8, 99)
-        );
+        assert_eq!((k.portid, k.waiting, k.queue_dropped, k.user_dropped, k.id_sequence), (42, 5, 7, 8, 99));
         assert_eq!(KernelQueueStats::parse(text, 0).unwrap().id_sequence, 10);
         assert_eq!(KernelQueueStats::parse(text, 1), None);
         assert_eq!(KernelQueueStats::parse("garbage 1 2\n", 0), None);

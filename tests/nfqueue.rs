@@ -33,14 +33,8 @@ fn uid_allow_and_deny_enforcing() {
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
     queue_tcp_5432(&ns, 10);
     let d = Daemon::start(&ns, UID_POLICY, 10, &[]);
-    assert!(
-        ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]),
-        "uid 1001 must connect"
-    );
-    assert!(
-        !ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]),
-        "uid 1002 must be refused"
-    );
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "uid 1001 must connect");
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]), "uid 1002 must be refused");
     let err = d.stop();
     let audit = std::fs::read_to_string(ns.dir.path().join("audit-10.log")).unwrap();
     assert!(
@@ -50,10 +44,7 @@ fn uid_allow_and_deny_enforcing() {
             && l.contains("rule=default")),
         "no enforcing denial for uid 1002 in:\n{audit}"
     );
-    assert!(
-        !audit.contains("ouid=1001"),
-        "uid 1001 was granted without audit = true:\n{audit}"
-    );
+    assert!(!audit.contains("ouid=1001"), "uid 1001 was granted without audit = true:\n{audit}");
     assert!(counter(&err, "accepted") >= 1);
     assert!(counter(&err, "dropped") >= 1);
     assert!(err.contains("labelgate rule uid1001-db: hits=1"), "{err}");
@@ -68,16 +59,11 @@ fn permissive_mode_lets_denials_through_and_records_them() {
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
     queue_tcp_5432(&ns, 11);
     let d = Daemon::start(&ns, UID_POLICY, 11, &["--mode", "permissive"]);
-    assert!(
-        ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]),
-        "permissive must let uid 1002 in"
-    );
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "permissive must let uid 1002 in");
     let err = d.stop();
     let audit = std::fs::read_to_string(ns.dir.path().join("audit-11.log")).unwrap();
     assert!(
-        audit.lines().any(|l| l.contains("denied  { send }")
-            && l.contains("ouid=1002")
-            && l.contains("permissive=1")),
+        audit.lines().any(|l| l.contains("denied  { send }") && l.contains("ouid=1002") && l.contains("permissive=1")),
         "no permissive denial in:\n{audit}"
     );
     assert!(counter(&err, "would_deny") >= 1);
@@ -93,28 +79,19 @@ fn per_rule_and_per_domain_permissive() {
     let ns = Netns::new();
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
     queue_tcp_5432(&ns, 12);
-    let policy = format!("{UID_POLICY}\n[[rule]]\nname = \"trial\"\nuid = 1002\nverdict = \"drop\"\npermissive = true\n");
+    let policy =
+        format!("{UID_POLICY}\n[[rule]]\nname = \"trial\"\nuid = 1002\nverdict = \"drop\"\npermissive = true\n");
     let d = Daemon::start(&ns, &policy, 12, &[]);
-    assert!(
-        ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]),
-        "permissive rule lets uid 1002 in"
-    );
-    assert!(
-        !ns.probe_as(Some(1003), &["connect-tcp", "127.0.0.1", "5432", "2"]),
-        "uid 1003 still refused"
-    );
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "permissive rule lets uid 1002 in");
+    assert!(!ns.probe_as(Some(1003), &["connect-tcp", "127.0.0.1", "5432", "2"]), "uid 1003 still refused");
     d.stop();
     let audit = std::fs::read_to_string(ns.dir.path().join("audit-12.log")).unwrap();
     assert!(
-        audit.lines().any(|l| l.contains("rule=trial")
-            && l.contains("permissive=1")
-            && l.contains("ouid=1002")),
+        audit.lines().any(|l| l.contains("rule=trial") && l.contains("permissive=1") && l.contains("ouid=1002")),
         "{audit}"
     );
     assert!(
-        audit.lines().any(|l| l.contains("rule=default")
-            && l.contains("permissive=0")
-            && l.contains("ouid=1003")),
+        audit.lines().any(|l| l.contains("rule=default") && l.contains("permissive=0") && l.contains("ouid=1003")),
         "{audit}"
     );
 
@@ -131,10 +108,7 @@ fn per_rule_and_per_domain_permissive() {
     assert!(counter(&err, "would_deny") >= 1);
     let audit = std::fs::read_to_string(ns.dir.path().join("audit-13.log")).unwrap();
     assert!(
-        audit
-            .lines()
-            .any(|l| l.contains("scontext=system_u:object_r:unlabeled_t:s0")
-                && l.contains("permissive=1")),
+        audit.lines().any(|l| l.contains("scontext=system_u:object_r:unlabeled_t:s0") && l.contains("permissive=1")),
         "{audit}"
     );
 }
@@ -191,50 +165,66 @@ daddr = "::1/128"
 verdict = "accept"
 "#;
     let d = Daemon::start(&ns, policy, 15, &[]);
-    assert!(
-        ns.probe_as(Some(1001), &["udp-ask", "127.0.0.1", "5353", "2"]),
-        "udp v4 uid 1001"
-    );
-    assert!(
-        !ns.probe_as(Some(1002), &["udp-ask", "127.0.0.1", "5353", "1"]),
-        "udp v4 uid 1002"
-    );
-    assert!(
-        ns.probe_as(Some(1001), &["udp-ask", "::1", "5353", "2"]),
-        "udp v6 uid 1001"
-    );
-    assert!(
-        !ns.probe_as(Some(1002), &["udp-ask", "::1", "5353", "1"]),
-        "udp v6 uid 1002"
-    );
-    assert!(
-        ns.probe_as(Some(1001), &["connect-tcp", "::1", "5432", "3"]),
-        "tcp v6 uid 1001"
-    );
-    assert!(
-        !ns.probe_as(Some(1002), &["connect-tcp", "::1", "5432", "2"]),
-        "tcp v6 uid 1002"
-    );
-    let ping = ns
-        .cmd("ping")
-        .args(["-c", "1", "-W", "2", "127.0.0.1"])
-        .status()
-        .unwrap();
+    assert!(ns.probe_as(Some(1001), &["udp-ask", "127.0.0.1", "5353", "2"]), "udp v4 uid 1001");
+    assert!(!ns.probe_as(Some(1002), &["udp-ask", "127.0.0.1", "5353", "1"]), "udp v4 uid 1002");
+    assert!(ns.probe_as(Some(1001), &["udp-ask", "::1", "5353", "2"]), "udp v6 uid 1001");
+    assert!(!ns.probe_as(Some(1002), &["udp-ask", "::1", "5353", "1"]), "udp v6 uid 1002");
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "::1", "5432", "3"]), "tcp v6 uid 1001");
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "::1", "5432", "2"]), "tcp v6 uid 1002");
+    let ping = ns.cmd("ping").args(["-c", "1", "-W", "2", "127.0.0.1"]).status().unwrap();
     assert!(ping.success(), "root's ping is accepted");
     d.stop();
     let audit = std::fs::read_to_string(ns.dir.path().join("audit-15.log")).unwrap();
     assert!(
-        audit.lines().any(|l| l.contains("proto=17")
-            && l.contains("dst_addr=::1")
-            && l.contains("ouid=1002")),
+        audit.lines().any(|l| l.contains("proto=17") && l.contains("dst_addr=::1") && l.contains("ouid=1002")),
         "{audit}"
     );
-    assert!(
-        audit
-            .lines()
-            .any(|l| l.contains("proto=6") && l.contains("dst_addr=::1")),
-        "{audit}"
-    );
+    assert!(audit.lines().any(|l| l.contains("proto=6") && l.contains("dst_addr=::1")), "{audit}");
+}
+
+/// Run a bounded UDP flood through queue `queue` (80k datagrams paced over
+/// 4 s, at most 8 s), call `during` while it runs, stop labelgate with
+/// SIGTERM mid-flood, and check that every queued packet was answered and
+/// every datagram arrived.
+fn flood_and_check(queue: u16, during: impl FnOnce(&Netns, &Daemon)) {
+    let ns = Netns::new();
+    let count = ns.dir.path().join("count");
+    let sink = ns.spawn_probe(&["udp-sink", "127.0.0.1", "9999", "3", count.to_str().unwrap()]);
+    // --queue-bypass: once labelgate has unbound, packets pass instead of being dropped.
+    ns.sh(&format!("iptables -A OUTPUT -o lo -p udp --dport 9999 -j NFQUEUE --queue-num {queue} --queue-bypass"));
+    let d = Daemon::start(&ns, "default = \"accept\"\n", queue, &["--fail", "open"]);
+    let mut flood = ns
+        .cmd("/usr/bin/python3")
+        .args([PROBE, "udp-flood", "127.0.0.1", "9999", "80000", "8", "20000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mid = ns.queue_stats(queue).expect("queue bound");
+    assert!(mid[7] > 1000, "the flood reached the queue: {mid:?}");
+    during(&ns, &d);
+    assert!(flood.try_wait().unwrap().is_none(), "the flood is still running when SIGTERM is sent");
+    let err = d.stop();
+    let sent: u64 = String::from_utf8_lossy(&flood.wait_with_output().unwrap().stdout).trim().parse().unwrap();
+    sink.wait();
+    let received: u64 = std::fs::read_to_string(&count).unwrap().trim().parse().unwrap();
+    // The daemon reads the kernel's figures after its last verdict and before unbinding.
+    let line = err.lines().find(|l| l.contains("kernel id_sequence=")).unwrap_or_else(|| panic!("{err}"));
+    let field = |k: &str| -> u64 {
+        line.split([' ', ';'])
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    let answered: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(field("queue_dropped"), 0, "{line}");
+    assert_eq!(field("user_dropped"), 0, "{line}");
+    assert_eq!(field("waiting"), 0, "{line}");
+    assert_eq!(field("id_sequence"), answered, "every queued packet got a verdict: {line}");
+    assert_eq!(counter(&err, "packets"), answered);
+    assert_eq!(counter(&err, "verdict_errors"), 0);
+    assert!(answered > 1000, "{line}");
+    let snmp = ns.sh("grep Udp: /proc/net/snmp");
+    assert_eq!(received, sent, "every datagram sent was delivered (sent {sent}, received {received}); {snmp}");
 }
 
 #[test]
@@ -242,81 +232,32 @@ fn shutdown_under_load_answers_every_queued_packet() {
     if !can_run() {
         return;
     }
-    let ns = Netns::new();
-    let count = ns.dir.path().join("count");
-    let sink = ns.spawn_probe(&[
-        "udp-sink",
-        "127.0.0.1",
-        "9999",
-        "3",
-        count.to_str().unwrap(),
-    ]);
-    // --queue-bypass: once labelgate has unbound, packets pass instead of being dropped.
-    ns.sh("iptables -A OUTPUT -o lo -p udp --dport 9999 -j NFQUEUE --queue-num 16 --queue-bypass");
-    let d = Daemon::start(&ns, "default = \"accept\"\n", 16, &["--fail", "open"]);
-    // A bounded flood (80k datagrams paced over 4 s, at most 8 s) with SIGTERM in the middle.
-    let mut flood = ns
-        .cmd("/usr/bin/python3")
-        .args([
-            PROBE,
-            "udp-flood",
-            "127.0.0.1",
-            "9999",
-            "80000",
-            "8",
-            "20000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let mid = ns.queue_stats(16).expect("queue bound");
-    assert!(mid[7] > 1000, "the flood reached the queue: {mid:?}");
-    assert!(
-        flood.try_wait().unwrap().is_none(),
-        "the flood is still running when SIGTERM is sent"
-    );
-    let err = d.stop();
-    let sent: u64 = String::from_utf8_lossy(&flood.wait_with_output().unwrap().stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    sink.wait();
-    let received: u64 = std::fs::read_to_string(&count)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // The daemon reads the kernel's figures after its last verdict and before unbinding.
-    let line = err
-        .lines()
-        .find(|l| l.contains("kernel id_sequence="))
-        .unwrap_or_else(|| panic!("{err}"));
-    let field = |k: &str| -> u64 {
-        line.split([' ', ';'])
-            .find_map(|kv| {
-                kv.strip_prefix(&format!("{k}="))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or_else(|| panic!("{k} in {line}"))
-    };
-    let answered: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert_eq!(field("queue_dropped"), 0, "{line}");
-    assert_eq!(field("user_dropped"), 0, "{line}");
-    assert_eq!(field("waiting"), 0, "{line}");
-    assert_eq!(
-        field("id_sequence"),
-        answered,
-        "every queued packet got a verdict: {line}"
-    );
-    assert_eq!(counter(&err, "packets"), answered);
-    assert_eq!(counter(&err, "verdict_errors"), 0);
-    assert!(answered > 1000, "{line}");
-    let snmp = ns.sh("grep Udp: /proc/net/snmp");
-    assert_eq!(
-        received, sent,
-        "every datagram sent was delivered (sent {sent}, received {received}); {snmp}"
-    );
+    flood_and_check(16, |_, _| {});
+}
+
+#[test]
+fn reload_under_load_loses_no_packet() {
+    if !can_run() {
+        return;
+    }
+    flood_and_check(19, |ns, d| {
+        let pfile = ns.dir.path().join("policy-19.toml");
+        for i in 0..10 {
+            // Alternate between two valid policies and one broken file.
+            let text = match i % 3 {
+                0 => "default = \"accept\"\n[[rule]]\nname = \"r\"\nproto = \"udp\"\ndport = 9999\nverdict = \"accept\"\n",
+                1 => "default = \"accept\"\n",
+                _ => "not [ toml",
+            };
+            std::fs::write(&pfile, text).unwrap();
+            d.signal("HUP");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::fs::write(&pfile, "default = \"accept\"\n").unwrap();
+        let err = d.stderr_text();
+        assert!(err.matches("reloaded").count() >= 5, "{err}");
+        assert!(err.contains("reload refused"), "{err}");
+    });
 }
 
 #[test]
@@ -333,17 +274,11 @@ fn sighup_reloads_and_refuses_a_bad_policy() {
     std::fs::write(&pfile, "default = \"accept\"\n").unwrap();
     d.signal("HUP");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(
-        ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]),
-        "reloaded policy accepts"
-    );
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "reloaded policy accepts");
     std::fs::write(&pfile, "this is { not toml").unwrap();
     d.signal("HUP");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(
-        ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]),
-        "bad policy refused, old one stays"
-    );
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "bad policy refused, old one stays");
     let err = d.stop();
     assert!(err.contains("reload refused"), "{err}");
 }
@@ -357,12 +292,7 @@ fn a_second_daemon_on_a_bound_queue_fails_clearly() {
     let d = Daemon::start(&ns, "default = \"accept\"\n", 18, &[]);
     // A second daemon on the same queue must fail with a clear message.
     let pfile = ns.dir.path().join("policy-18.toml");
-    let out = ns
-        .cmd(LABELGATE)
-        .args(["run", "--queue", "18", "--policy"])
-        .arg(&pfile)
-        .output()
-        .unwrap();
+    let out = ns.cmd(LABELGATE).args(["run", "--queue", "18", "--policy"]).arg(&pfile).output().unwrap();
     assert!(!out.status.success());
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("cannot bind NFQUEUE 18"), "{msg}");

@@ -18,10 +18,7 @@ verdict = "accept"
 "#;
 
 fn labelgate(ns: &Netns, args: &[&str]) -> std::process::Output {
-    ns.cmd(LABELGATE)
-        .args(args)
-        .output()
-        .expect("run labelgate")
+    ns.cmd(LABELGATE).args(args).output().expect("run labelgate")
 }
 
 fn write_policy(ns: &Netns, text: &str) -> String {
@@ -41,30 +38,15 @@ fn rules_install_and_remove_leave_other_rules_alone() {
     ns.sh("ip6tables -t security -A OUTPUT -p udp --dport 7 -j ACCEPT");
     let before4 = ns.sh("iptables-save | grep -v '^#' | grep -v LABELGATE");
 
-    let out = labelgate(
-        &ns,
-        &["rules", "--policy", &policy, "--queues", "20", "--install"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "20", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let saved = ns.sh("iptables-save -t security");
     assert!(saved.contains(":LABELGATE_OUT - "), "{saved}");
     assert!(saved.contains("-A OUTPUT -j LABELGATE_OUT"), "{saved}");
-    assert!(
-        saved.contains("--ctstate NEW -j NFQUEUE --queue-num 20 --queue-bypass"),
-        "{saved}"
-    );
-    assert!(
-        !saved.contains("LABELGATE_IN"),
-        "an output-only policy queues no input: {saved}"
-    );
+    assert!(saved.contains("--ctstate NEW -j NFQUEUE --queue-num 20 --queue-bypass"), "{saved}");
+    assert!(!saved.contains("LABELGATE_IN"), "an output-only policy queues no input: {saved}");
     assert!(saved.contains("--dport 7 -j ACCEPT"), "{saved}");
-    assert!(ns
-        .sh("ip6tables-save -t security")
-        .contains("-A OUTPUT -j LABELGATE_OUT"));
+    assert!(ns.sh("ip6tables-save -t security").contains("-A OUTPUT -j LABELGATE_OUT"));
 
     // The installed rules really divert traffic to a running labelgate.
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
@@ -74,33 +56,19 @@ fn rules_install_and_remove_leave_other_rules_alone() {
     d.stop();
 
     // Installing twice replaces, never duplicates.
-    let out = labelgate(
-        &ns,
-        &["rules", "--policy", &policy, "--queues", "20", "--install"],
-    );
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "20", "--install"]);
     assert!(out.status.success());
-    assert_eq!(
-        ns.sh("iptables-save -t security")
-            .matches("-A OUTPUT -j LABELGATE_OUT")
-            .count(),
-        1
-    );
+    assert_eq!(ns.sh("iptables-save -t security").matches("-A OUTPUT -j LABELGATE_OUT").count(), 1);
 
     for _ in 0..2 {
         let out = labelgate(&ns, &["rules", "--policy", &policy, "--remove"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let after4 = ns.sh("iptables-save | grep -v '^#'");
     assert!(!after4.contains("LABELGATE"), "{after4}");
     assert_eq!(after4, before4, "other rules are untouched");
     assert!(!ns.sh("ip6tables-save").contains("LABELGATE"));
-    assert!(ns
-        .sh("ip6tables-save -t security")
-        .contains("--dport 7 -j ACCEPT"));
+    assert!(ns.sh("ip6tables-save -t security").contains("--dport 7 -j ACCEPT"));
 }
 
 #[test]
@@ -110,23 +78,8 @@ fn flow_mode_queues_only_the_first_packet_of_a_connection() {
     }
     let ns = Netns::new();
     let policy = write_policy(&ns, UID_POLICY);
-    let out = labelgate(
-        &ns,
-        &[
-            "rules",
-            "--policy",
-            &policy,
-            "--queues",
-            "21",
-            "--flow",
-            "--install",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "21", "--flow", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
     let d = Daemon::start(&ns, UID_POLICY, 21, &["--flow"]);
     for _ in 0..5 {
@@ -136,21 +89,11 @@ fn flow_mode_queues_only_the_first_packet_of_a_connection() {
     let err = d.stop();
     // Each connection sends SYN, ACK, FIN, ACK from the client and SYN-ACK,
     // FIN-ACK from the server on OUTPUT; only the SYN reaches labelgate.
-    assert_eq!(
-        counter(&err, "packets"),
-        5,
-        "only first packets queued; conntrack: {marks}\n{err}"
-    );
-    assert_eq!(
-        marks.matches("mark=2097152").count(),
-        5,
-        "accepted flows carry the accept connmark: {marks}"
-    );
+    assert_eq!(counter(&err, "packets"), 5, "only first packets queued; conntrack: {marks}\n{err}");
+    assert_eq!(marks.matches("mark=2097152").count(), 5, "accepted flows carry the accept connmark: {marks}");
     let saved = ns.sh("iptables-save -c -t security");
     assert!(
-        saved
-            .lines()
-            .any(|l| l.contains("--ctstate NEW,RELATED") && l.starts_with("[5:")),
+        saved.lines().any(|l| l.contains("--ctstate NEW,RELATED") && l.starts_with("[5:")),
         "five packets queued: {saved}"
     );
 }
@@ -169,58 +112,82 @@ fn permissive_run_feeds_audit2rules_and_would_break() {
     let audit = ns.dir.path().join("audit-22.log");
     let audit = audit.to_str().unwrap();
 
-    let out = Command::new(LABELGATE)
-        .args(["would-break", audit])
-        .output()
-        .unwrap();
+    let out = Command::new(LABELGATE).args(["would-break", audit]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        text.starts_with("switching to enforcing would block 1 recorded packet(s):"),
-        "{text}"
-    );
-    assert!(
-        text.contains("unlabeled_t -> unlabeled_t") && text.contains("tcp/5432"),
-        "{text}"
-    );
+    assert!(text.starts_with("switching to enforcing would block 1 recorded packet(s):"), "{text}");
+    assert!(text.contains("unlabeled_t -> unlabeled_t") && text.contains("tcp/5432"), "{text}");
 
-    let out = Command::new(LABELGATE)
-        .args(["audit2rules", audit])
-        .output()
-        .unwrap();
+    let out = Command::new(LABELGATE).args(["audit2rules", audit]).output().unwrap();
     let proposed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        proposed.contains("dport = 5432") && proposed.contains("hook = \"output\""),
-        "{proposed}"
-    );
+    assert!(proposed.contains("dport = 5432") && proposed.contains("hook = \"output\""), "{proposed}");
     // The proposal compiles and, placed first, accepts what was denied.
     let pfile = ns.dir.path().join("proposed.toml");
     std::fs::write(&pfile, format!("default = \"drop\"\n{proposed}")).unwrap();
+    let out = Command::new(LABELGATE).args(["check", pfile.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(LABELGATE)
-        .args(["check", pfile.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(LABELGATE)
-        .args([
-            "explain",
-            "--policy",
-            pfile.to_str().unwrap(),
-            "--source",
-            "system_u:object_r:unlabeled_t:s0",
-        ])
-        .args([
-            "--dest",
-            "system_u:object_r:unlabeled_t:s0",
-            "--dport",
-            "5432",
-        ])
+        .args(["explain", "--policy", pfile.to_str().unwrap(), "--source", "system_u:object_r:unlabeled_t:s0"])
+        .args(["--dest", "system_u:object_r:unlabeled_t:s0", "--dport", "5432"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("verdict: accept"), "{text}");
+}
+
+fn scrape(ns: &Netns, script: &str) -> String {
+    let out = ns.cmd("/usr/bin/python3").args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn metrics_are_scraped_over_tcp_and_a_root_only_unix_socket() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    ns.sh("iptables -A OUTPUT -o lo -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 23");
+    let sock = ns.dir.path().join("metrics.sock");
+    let d = Daemon::start(&ns, UID_POLICY, 23, &["--metrics", "127.0.0.1:9797"]);
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "1"]));
+    let text = scrape(
+        &ns,
+        "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9797/metrics', timeout=5).read().decode())",
+    );
+    d.stop();
+    for want in [
+        "labelgate_verdicts_total{verdict=\"accept\"} 1",
+        "labelgate_rule_hits_total{rule=\"uid1001-db\"} 1",
+        "labelgate_kernel_queue_dropped_total{queue=\"23\"} 0",
+        "labelgate_kernel_queue_waiting{queue=\"23\"} 0",
+        "# TYPE labelgate_decision_seconds histogram",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    let dropped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("labelgate_verdicts_total{verdict=\"drop\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(dropped >= 1, "{text}");
+    let count: u64 =
+        text.lines().find_map(|l| l.strip_prefix("labelgate_decision_seconds_count ")).unwrap().parse().unwrap();
+    let packets: u64 = text.lines().find_map(|l| l.strip_prefix("labelgate_packets_total ")).unwrap().parse().unwrap();
+    assert_eq!(count, packets);
+
+    let d = Daemon::start(&ns, UID_POLICY, 24, &["--metrics", &format!("unix:{}", sock.display())]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "metrics socket is root-only");
+    let script = format!(
+        "import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}'); s.sendall(b'GET /metrics HTTP/1.0\\r\\n\\r\\n'); print(s.makefile().read())",
+        sock.display()
+    );
+    let text = scrape(&ns, &script);
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    assert!(text.contains("labelgate_packets_total 0"), "{text}");
+    d.stop();
 }

@@ -36,9 +36,7 @@ impl fmt::Display for Verdict {
 }
 
 /// Enforcing drops what the table denies; permissive records it and lets it pass.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Enforcing,
@@ -205,86 +203,27 @@ impl Rule {
         let p = f.pkt;
         check(self.hook.matches(f.hook), Mismatch::Hook)?;
         check(self.proto.is_none_or(|x| x == p.proto), Mismatch::Proto)?;
+        check(self.sport.as_ref().is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))), Mismatch::Sport)?;
+        check(self.dport.as_ref().is_none_or(|s| p.dport.is_some_and(|v| s.contains(v))), Mismatch::Dport)?;
+        check(self.saddr.as_ref().is_none_or(|s| s.contains(&p.src)), Mismatch::Saddr)?;
+        check(self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)), Mismatch::Daddr)?;
+        check(self.uid.as_ref().is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))), Mismatch::Uid)?;
+        check(self.gid.as_ref().is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))), Mismatch::Gid)?;
+        check(self.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(n)), Mismatch::Iif)?;
+        check(self.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(n)), Mismatch::Oif)?;
+        check(self.source.as_ref().is_none_or(|c| c.matches(&l.source.context)), Mismatch::Source)?;
+        check(self.dest.as_ref().is_none_or(|c| c.matches(&l.dest.context)), Mismatch::Dest)?;
         check(
-            self.sport
-                .as_ref()
-                .is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))),
-            Mismatch::Sport,
-        )?;
-        check(
-            self.dport
-                .as_ref()
-                .is_none_or(|s| p.dport.is_some_and(|v| s.contains(v))),
-            Mismatch::Dport,
-        )?;
-        check(
-            self.saddr.as_ref().is_none_or(|s| s.contains(&p.src)),
-            Mismatch::Saddr,
-        )?;
-        check(
-            self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)),
-            Mismatch::Daddr,
-        )?;
-        check(
-            self.uid
-                .as_ref()
-                .is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))),
-            Mismatch::Uid,
-        )?;
-        check(
-            self.gid
-                .as_ref()
-                .is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))),
-            Mismatch::Gid,
-        )?;
-        check(
-            self.iif
-                .as_ref()
-                .is_none_or(|n| (f.iif)().as_deref() == Some(n)),
-            Mismatch::Iif,
-        )?;
-        check(
-            self.oif
-                .as_ref()
-                .is_none_or(|n| (f.oif)().as_deref() == Some(n)),
-            Mismatch::Oif,
-        )?;
-        check(
-            self.source
-                .as_ref()
-                .is_none_or(|c| c.matches(&l.source.context)),
-            Mismatch::Source,
-        )?;
-        check(
-            self.dest
-                .as_ref()
-                .is_none_or(|c| c.matches(&l.dest.context)),
-            Mismatch::Dest,
-        )?;
-        check(
-            self.secmark
-                .as_ref()
-                .is_none_or(|c| l.secmark.as_ref().is_some_and(|s| c.matches(s))),
+            self.secmark.as_ref().is_none_or(|c| l.secmark.as_ref().is_some_and(|s| c.matches(s))),
             Mismatch::Secmark,
         )?;
         check(
-            self.peer
-                .as_ref()
-                .is_none_or(|c| l.peer.as_ref().is_some_and(|s| c.matches(&s.context))),
+            self.peer.as_ref().is_none_or(|c| l.peer.as_ref().is_some_and(|s| c.matches(&s.context))),
             Mismatch::Peer,
         )?;
-        check(
-            level_ok(&self.source_level, Some(&l.source.context)),
-            Mismatch::SourceLevel,
-        )?;
-        check(
-            level_ok(&self.dest_level, Some(&l.dest.context)),
-            Mismatch::DestLevel,
-        )?;
-        check(
-            level_ok(&self.peer_level, l.peer.as_ref().map(|p| &p.context)),
-            Mismatch::PeerLevel,
-        )?;
+        check(level_ok(&self.source_level, Some(&l.source.context)), Mismatch::SourceLevel)?;
+        check(level_ok(&self.dest_level, Some(&l.dest.context)), Mismatch::DestLevel)?;
+        check(level_ok(&self.peer_level, l.peer.as_ref().map(|p| &p.context)), Mismatch::PeerLevel)?;
         if let Some(rel) = self.mls {
             let ok = match (l.source.context.range(), l.dest.context.range()) {
                 (Some(s), Some(d)) => match rel {
@@ -412,39 +351,19 @@ impl Policy {
         sets: HashMap<String, Vec<String>>,
     ) -> Policy {
         let index = Index::build(&rules);
-        Policy {
-            mode,
-            default,
-            malformed,
-            permissive_domains,
-            rules,
-            address_labels,
-            dois,
-            sets,
-            index,
-        }
+        Policy { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, index }
     }
 
     /// Indices of the rules that could match, in rule order.
     pub fn candidates<'a>(&'a self, labels: &Labels) -> impl Iterator<Item = u32> + 'a {
-        let s = self
-            .index
-            .by_source
-            .get(labels.source.context.type_())
-            .map_or(&[][..], |v| v);
-        let d = self
-            .index
-            .by_dest
-            .get(labels.dest.context.type_())
-            .map_or(&[][..], |v| v);
+        let s = self.index.by_source.get(labels.source.context.type_()).map_or(&[][..], |v| v);
+        let d = self.index.by_dest.get(labels.dest.context.type_()).map_or(&[][..], |v| v);
         merged(s, d, &self.index.wild)
     }
 
     /// The first matching rule, if any.
     pub fn first_match(&self, f: &Facts<'_>) -> Option<usize> {
-        self.candidates(f.labels)
-            .map(|i| i as usize)
-            .find(|&i| self.rules.get(i).is_some_and(|r| r.check(f).is_ok()))
+        self.candidates(f.labels).map(|i| i as usize).find(|&i| self.rules.get(i).is_some_and(|r| r.check(f).is_ok()))
     }
 
     /// Whether a source domain runs permissive.
@@ -456,22 +375,14 @@ impl Policy {
     /// line may override the file).
     pub fn decide(&self, f: &Facts<'_>, mode: Mode) -> Decision {
         let rule = self.first_match(f);
-        let (table_verdict, rule_permissive, rule_audit) =
-            match rule.and_then(|i| self.rules.get(i)) {
-                Some(r) => {
-                    r.hits.fetch_add(1, Ordering::Relaxed);
-                    (r.verdict, r.permissive, r.audit)
-                }
-                None => (self.default, false, false),
-            };
-        self.finish(
-            table_verdict,
-            rule,
-            rule_permissive,
-            rule_audit,
-            f.labels.source.context.type_(),
-            mode,
-        )
+        let (table_verdict, rule_permissive, rule_audit) = match rule.and_then(|i| self.rules.get(i)) {
+            Some(r) => {
+                r.hits.fetch_add(1, Ordering::Relaxed);
+                (r.verdict, r.permissive, r.audit)
+            }
+            None => (self.default, false, false),
+        };
+        self.finish(table_verdict, rule, rule_permissive, rule_audit, f.labels.source.context.type_(), mode)
     }
 
     /// The decision for a packet that could not be parsed.
@@ -489,23 +400,13 @@ impl Policy {
         mode: Mode,
     ) -> Decision {
         match table_verdict {
-            Verdict::Accept => Decision {
-                verdict: Verdict::Accept,
-                table_verdict,
-                rule,
-                permissive: false,
-                audit: rule_audit,
-            },
+            Verdict::Accept => {
+                Decision { verdict: Verdict::Accept, table_verdict, rule, permissive: false, audit: rule_audit }
+            }
             Verdict::Drop => {
-                let permissive = mode == Mode::Permissive
-                    || rule_permissive
-                    || self.domain_permissive(source_type);
+                let permissive = mode == Mode::Permissive || rule_permissive || self.domain_permissive(source_type);
                 Decision {
-                    verdict: if permissive {
-                        Verdict::Accept
-                    } else {
-                        Verdict::Drop
-                    },
+                    verdict: if permissive { Verdict::Accept } else { Verdict::Drop },
                     table_verdict,
                     rule,
                     permissive,
@@ -517,8 +418,7 @@ impl Policy {
 
     /// The name of a rule, or `default` for the default verdict.
     pub fn rule_name(&self, rule: Option<usize>) -> &str {
-        rule.and_then(|i| self.rules.get(i))
-            .map_or("default", |r| r.name.as_str())
+        rule.and_then(|i| self.rules.get(i)).map_or("default", |r| r.name.as_str())
     }
 }
 

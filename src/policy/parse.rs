@@ -16,25 +16,14 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("{origin}: {source}")]
-    Io {
-        origin: String,
-        source: std::io::Error,
-    },
+    Io { origin: String, source: std::io::Error },
     #[error("{origin}:{line}:{column}: {message}")]
-    Invalid {
-        origin: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Invalid { origin: String, line: usize, column: usize, message: String },
 }
 
 impl PolicyError {
     pub(super) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        PolicyError::Io {
-            origin: path.display().to_string(),
-            source,
-        }
+        PolicyError::Io { origin: path.display().to_string(), source }
     }
 }
 
@@ -54,12 +43,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl fmt::Display) -> PolicyError {
         let (line, column) = line_col(self.text, span.start);
-        PolicyError::Invalid {
-            origin: self.origin.to_string(),
-            line,
-            column,
-            message: message.to_string(),
-        }
+        PolicyError::Invalid { origin: self.origin.to_string(), line, column, message: message.to_string() }
     }
 }
 
@@ -164,21 +148,11 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         let mut types = HashSet::new();
         for m in members.get_ref() {
             if !crate::context::is_identifier(m.get_ref()) {
-                return Err(cx.err(
-                    m.span(),
-                    format!("bad type name {:?} in set @{name}", m.get_ref()),
-                ));
+                return Err(cx.err(m.span(), format!("bad type name {:?} in set @{name}", m.get_ref())));
             }
             types.insert(Box::<str>::from(m.get_ref().as_str()));
         }
-        set_lists.insert(
-            name.clone(),
-            members
-                .get_ref()
-                .iter()
-                .map(|m| m.get_ref().clone())
-                .collect(),
-        );
+        set_lists.insert(name.clone(), members.get_ref().iter().map(|m| m.get_ref().clone()).collect());
         sets.insert(name.clone(), Arc::new(types));
     }
 
@@ -195,10 +169,7 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
     for r in &raw.rule {
         let rule = compile_rule(&cx, r, &sets)?;
         if !names.insert(rule.name.clone()) {
-            return Err(cx.err(
-                r.get_ref().name.span(),
-                format!("duplicate rule name {:?}", rule.name),
-            ));
+            return Err(cx.err(r.get_ref().name.span(), format!("duplicate rule name {:?}", rule.name)));
         }
         rules.push(rule);
     }
@@ -207,11 +178,7 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
     for a in &raw.address_label {
         let a = a.get_ref();
         let net = parse_net(a.address.get_ref()).map_err(|m| cx.err(a.address.span(), m))?;
-        let context = a
-            .context
-            .get_ref()
-            .parse()
-            .map_err(|e| cx.err(a.context.span(), e))?;
+        let context = a.context.get_ref().parse().map_err(|e| cx.err(a.context.span(), e))?;
         address_labels.push(AddressLabel { net, context });
     }
     // Longest prefix first, so the first match is the most specific.
@@ -222,12 +189,7 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         let d = d.get_ref();
         let map = match d.map.get_ref().as_str() {
             "pass" => DoiMap::Pass,
-            other => {
-                return Err(cx.err(
-                    d.map.span(),
-                    format!("unknown DOI map {other:?} (supported: pass)"),
-                ))
-            }
+            other => return Err(cx.err(d.map.span(), format!("unknown DOI map {other:?} (supported: pass)"))),
         };
         if d.doi == 0 {
             return Err(cx.err(d.map.span(), "DOI 0 is reserved"));
@@ -252,52 +214,31 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
         return Ok(n.trunc());
     }
-    s.parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|_| format!("bad address or CIDR {s:?}"))
+    s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("bad address or CIDR {s:?}"))
 }
 
 fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Rule, PolicyError> {
     let r = sr.get_ref();
     let name = r.name.get_ref().trim().to_string();
-    if name.is_empty()
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '"')
-    {
-        return Err(cx.err(
-            r.name.span(),
-            "rule name must be non-empty, without spaces or quotes",
-        ));
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
+        return Err(cx.err(r.name.span(), "rule name must be non-empty, without spaces or quotes"));
     }
     let lookup = |n: &str| sets.get(n).cloned();
     let pattern = |p: &Option<Spanned<String>>| -> Result<Option<ContextPattern>, PolicyError> {
-        p.as_ref()
-            .map(|p| ContextPattern::parse(p.get_ref(), &lookup).map_err(|m| cx.err(p.span(), m)))
-            .transpose()
+        p.as_ref().map(|p| ContextPattern::parse(p.get_ref(), &lookup).map_err(|m| cx.err(p.span(), m))).transpose()
     };
     let level = |p: &Option<Spanned<String>>| -> Result<Option<LevelCond>, PolicyError> {
-        p.as_ref()
-            .map(|p| LevelCond::parse(p.get_ref()).map_err(|m| cx.err(p.span(), m)))
-            .transpose()
+        p.as_ref().map(|p| LevelCond::parse(p.get_ref()).map_err(|m| cx.err(p.span(), m))).transpose()
     };
     let ports = |p: &Option<Spanned<toml::Value>>| -> Result<Option<PortSet>, PolicyError> {
         let Some(p) = p else { return Ok(None) };
-        let items = scalar_items(p.get_ref()).ok_or_else(|| {
-            cx.err(
-                p.span(),
-                "ports must be a number, a \"lo-hi\" string, or a list of them",
-            )
-        })?;
+        let items = scalar_items(p.get_ref())
+            .ok_or_else(|| cx.err(p.span(), "ports must be a number, a \"lo-hi\" string, or a list of them"))?;
         let parsed: Result<Vec<_>, _> = items.iter().map(|i| PortSet::parse_item(i)).collect();
         let parsed = parsed.map_err(|m| cx.err(p.span(), m))?;
-        PortSet::new(parsed)
-            .map(Some)
-            .map_err(|m| cx.err(p.span(), m))
+        PortSet::new(parsed).map(Some).map_err(|m| cx.err(p.span(), m))
     };
-    let ids = |p: &Option<Spanned<toml::Value>>,
-               group: bool|
-     -> Result<Option<IdSet>, PolicyError> {
+    let ids = |p: &Option<Spanned<toml::Value>>, group: bool| -> Result<Option<IdSet>, PolicyError> {
         let Some(p) = p else { return Ok(None) };
         let items = scalar_items(p.get_ref())
             .ok_or_else(|| cx.err(p.span(), "ids must be a number, a name, or a list of them"))?;
@@ -323,18 +264,13 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
     };
     let nets = |p: &Option<Spanned<toml::Value>>| -> Result<Option<NetSet>, PolicyError> {
         let Some(p) = p else { return Ok(None) };
-        let items = scalar_items(p.get_ref()).ok_or_else(|| {
-            cx.err(
-                p.span(),
-                "addresses must be a CIDR string or a list of them",
-            )
-        })?;
+        let items = scalar_items(p.get_ref())
+            .ok_or_else(|| cx.err(p.span(), "addresses must be a CIDR string or a list of them"))?;
         if items.is_empty() {
             return Err(cx.err(p.span(), "empty address list"));
         }
         let nets: Result<Vec<_>, _> = items.iter().map(|s| parse_net(s)).collect();
-        nets.map(|n| Some(NetSet(n)))
-            .map_err(|m| cx.err(p.span(), m))
+        nets.map(|n| Some(NetSet(n))).map_err(|m| cx.err(p.span(), m))
     };
     let proto = match &r.proto {
         None => None,
@@ -346,36 +282,22 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
             "icmpv6" => Some(Proto::Icmpv6),
             "sctp" => Some(Proto::Sctp),
             other => {
-                return Err(cx.err(
-                    p.span(),
-                    format!(
-                        "unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)"
-                    ),
-                ))
+                return Err(
+                    cx.err(p.span(), format!("unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)"))
+                )
             }
         },
     };
     let sport = ports(&r.sport)?;
     let dport = ports(&r.dport)?;
     if (sport.is_some() || dport.is_some()) && !proto.is_some_and(|p| p.has_ports()) {
-        let span = r
-            .sport
-            .as_ref()
-            .or(r.dport.as_ref())
-            .map_or(0..0, |s| s.span());
-        return Err(cx.err(
-            span,
-            "sport/dport need proto = \"tcp\", \"udp\" or \"sctp\"",
-        ));
+        let span = r.sport.as_ref().or(r.dport.as_ref()).map_or(0..0, |s| s.span());
+        return Err(cx.err(span, "sport/dport need proto = \"tcp\", \"udp\" or \"sctp\""));
     }
     let iface = |p: &Option<Spanned<String>>| -> Result<Option<String>, PolicyError> {
         match p {
             None => Ok(None),
-            Some(s)
-                if !s.get_ref().is_empty()
-                    && s.get_ref().len() < 16
-                    && !s.get_ref().contains('/') =>
-            {
+            Some(s) if !s.get_ref().is_empty() && s.get_ref().len() < 16 && !s.get_ref().contains('/') => {
                 Ok(Some(s.get_ref().clone()))
             }
             Some(s) => Err(cx.err(s.span(), format!("bad interface name {:?}", s.get_ref()))),

@@ -84,9 +84,7 @@ impl LevelCond {
         } else if let Some(rest) = s.strip_prefix('=') {
             Ok(LevelCond::Equal(parse_level(rest)?))
         } else {
-            s.parse::<Range>()
-                .map(LevelCond::Within)
-                .map_err(|e| e.to_string())
+            s.parse::<Range>().map(LevelCond::Within).map_err(|e| e.to_string())
         }
     }
 
@@ -132,10 +130,7 @@ impl ContextPattern {
                 Ok(TypePattern::Any)
             } else if let Some(name) = t.strip_prefix('@') {
                 let types = sets(name).ok_or_else(|| format!("unknown type set @{name}"))?;
-                Ok(TypePattern::Set {
-                    name: name.into(),
-                    types,
-                })
+                Ok(TypePattern::Set { name: name.into(), types })
             } else if is_identifier(t) {
                 Ok(TypePattern::One(t.into()))
             } else {
@@ -160,26 +155,12 @@ impl ContextPattern {
             [t] => (Field::Any, Field::Any, type_of(t)?, None),
             [u, r, t] => (field(u)?, field(r)?, type_of(t)?, None),
             [u, r, t, l] => {
-                let level = if *l == "*" {
-                    None
-                } else {
-                    Some(LevelCond::parse(l)?)
-                };
+                let level = if *l == "*" { None } else { Some(LevelCond::parse(l)?) };
                 (field(u)?, field(r)?, type_of(t)?, level)
             }
-            _ => {
-                return Err(format!(
-                    "context pattern {s:?} must be a type, @set, or user:role:type[:level]"
-                ))
-            }
+            _ => return Err(format!("context pattern {s:?} must be a type, @set, or user:role:type[:level]")),
         };
-        Ok(ContextPattern {
-            user,
-            role,
-            type_,
-            level,
-            text: s.into(),
-        })
+        Ok(ContextPattern { user, role, type_, level, text: s.into() })
     }
 
     /// Whether every context this pattern matches is matched by `self` too
@@ -223,9 +204,7 @@ impl PortSet {
     /// Parse `5432`, `"5000-5100"` or a list item of either.
     pub fn parse_item(s: &str) -> Result<(u16, u16), String> {
         let port = |p: &str| -> Result<u16, String> {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("bad port {p:?} (expected 0-65535)"))
+            p.trim().parse::<u16>().map_err(|_| format!("bad port {p:?} (expected 0-65535)"))
         };
         match s.split_once('-') {
             Some((a, b)) => {
@@ -257,10 +236,7 @@ impl PortSet {
     /// Whether every port of `other` is in `self` (each of its ranges lies
     /// within one of ours).
     pub fn covers(&self, other: &PortSet) -> bool {
-        other
-            .0
-            .iter()
-            .all(|(lo, hi)| self.0.iter().any(|(a, b)| a <= lo && hi <= b))
+        other.0.iter().all(|(lo, hi)| self.0.iter().any(|(a, b)| a <= lo && hi <= b))
     }
 }
 
@@ -343,10 +319,7 @@ mod tests {
         let p = ContextPattern::parse("*:*:*:>= s1:c0", &sets).unwrap();
         assert!(p.matches(&ctx("u:r:t:s1:c0,c1")));
         assert!(!p.matches(&ctx("u:r:t:s0")));
-        assert!(
-            !p.matches(&ctx("u:r:t")),
-            "no level cannot satisfy a level condition"
-        );
+        assert!(!p.matches(&ctx("u:r:t")), "no level cannot satisfy a level condition");
         let p = ContextPattern::parse("*:*:*:s0-s1:c0.c3", &sets).unwrap();
         assert!(p.matches(&ctx("u:r:t:s0-s1:c2")));
         assert!(!p.matches(&ctx("u:r:t:s0-s2")));
@@ -354,14 +327,7 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for s in [
-            "",
-            "a:b",
-            "a b",
-            "u:r:t:s99999",
-            "u:r:t:>= x",
-            "u:r:bad type",
-        ] {
+        for s in ["", "a:b", "a b", "u:r:t:s99999", "u:r:t:>= x", "u:r:bad type"] {
             assert!(ContextPattern::parse(s, &no_sets).is_err(), "{s:?}");
         }
     }
@@ -379,11 +345,8 @@ mod tests {
 
     #[test]
     fn ports() {
-        let s = PortSet::new(vec![
-            PortSet::parse_item("80").unwrap(),
-            PortSet::parse_item("8000-8080").unwrap(),
-        ])
-        .unwrap();
+        let s =
+            PortSet::new(vec![PortSet::parse_item("80").unwrap(), PortSet::parse_item("8000-8080").unwrap()]).unwrap();
         assert!(s.contains(80) && s.contains(8000) && s.contains(8080));
         assert!(!s.contains(81) && !s.contains(8081));
         assert_eq!(s.to_string(), "80,8000-8080");

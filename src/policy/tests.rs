@@ -5,38 +5,19 @@ use std::net::Ipv4Addr;
 
 fn labels(src: &str, dst: &str) -> Labels {
     let mut l = Labels::unresolved("test");
-    l.source = Label {
-        context: src.parse().unwrap(),
-        origin: Origin::Socket,
-    };
-    l.dest = Label {
-        context: dst.parse().unwrap(),
-        origin: Origin::Socket,
-    };
+    l.source = Label { context: src.parse().unwrap(), origin: Origin::Socket };
+    l.dest = Label { context: dst.parse().unwrap(), origin: Origin::Socket };
     l
 }
 
 fn tcp_to(dport: u16) -> PacketInfo {
     let lo = Ipv4Addr::LOCALHOST;
-    crate::packet::parse(&build::ipv4(
-        lo,
-        lo,
-        6,
-        &[],
-        &build::tcp(40000, dport, 0x02),
-    ))
-    .unwrap()
+    crate::packet::parse(&build::ipv4(lo, lo, 6, &[], &build::tcp(40000, dport, 0x02))).unwrap()
 }
 
 fn decide(p: &Policy, hook: Hook, pkt: &PacketInfo, l: &Labels) -> Decision {
     let none = || None;
-    let f = Facts {
-        hook,
-        pkt,
-        labels: l,
-        iif: &none,
-        oif: &none,
-    };
+    let f = Facts { hook, pkt, labels: l, iif: &none, oif: &none };
     p.decide(&f, p.mode)
 }
 
@@ -71,43 +52,18 @@ verdict = "drop"
 #[test]
 fn first_match_wins_and_default_applies() {
     let p = Policy::from_toml(ARTICLE, "t.toml").unwrap();
-    let web_db = labels(
-        "system_u:system_r:httpd_t:s0",
-        "system_u:system_r:postgresql_t:s0",
-    );
+    let web_db = labels("system_u:system_r:httpd_t:s0", "system_u:system_r:postgresql_t:s0");
     let d = decide(&p, Hook::Output, &tcp_to(5432), &web_db);
-    assert_eq!(
-        (d.verdict, p.rule_name(d.rule), d.audit),
-        (Verdict::Accept, "web-to-db", false)
-    );
+    assert_eq!((d.verdict, p.rule_name(d.rule), d.audit), (Verdict::Accept, "web-to-db", false));
     // Same labels on input: rule 1 is output-only, rule 2 needs port 80, rule 3 drops.
     let d = decide(&p, Hook::Input, &tcp_to(5432), &web_db);
-    assert_eq!(
-        (d.verdict, p.rule_name(d.rule), d.audit),
-        (Verdict::Drop, "no-db", true)
-    );
-    let intruder = labels(
-        "system_u:system_r:intruder_t:s0",
-        "system_u:system_r:postgresql_t:s0",
-    );
+    assert_eq!((d.verdict, p.rule_name(d.rule), d.audit), (Verdict::Drop, "no-db", true));
+    let intruder = labels("system_u:system_r:intruder_t:s0", "system_u:system_r:postgresql_t:s0");
     let d = decide(&p, Hook::Output, &tcp_to(5432), &intruder);
     assert_eq!(p.rule_name(d.rule), "no-db");
-    let d = decide(
-        &p,
-        Hook::Output,
-        &tcp_to(8080),
-        &labels("u:r:nginx_t:s0", "u:r:x_t:s0"),
-    );
-    assert_eq!(
-        (d.verdict, p.rule_name(d.rule), d.audit),
-        (Verdict::Accept, "web-elsewhere", true)
-    );
-    let d = decide(
-        &p,
-        Hook::Output,
-        &tcp_to(22),
-        &labels("u:r:sshd_t:s0", "u:r:x_t:s0"),
-    );
+    let d = decide(&p, Hook::Output, &tcp_to(8080), &labels("u:r:nginx_t:s0", "u:r:x_t:s0"));
+    assert_eq!((d.verdict, p.rule_name(d.rule), d.audit), (Verdict::Accept, "web-elsewhere", true));
+    let d = decide(&p, Hook::Output, &tcp_to(22), &labels("u:r:sshd_t:s0", "u:r:x_t:s0"));
     assert_eq!((d.verdict, d.rule, d.audit), (Verdict::Drop, None, true));
     assert_eq!(p.rules[0].hits.load(Ordering::Relaxed), 1);
     assert_eq!(p.rules[2].hits.load(Ordering::Relaxed), 2);
@@ -119,10 +75,7 @@ fn permissive_global_domain_and_rule() {
     let p = Policy::from_toml(&text, "t").unwrap();
     let l = labels("u:r:intruder_t:s0", "u:r:postgresql_t:s0");
     let d = decide(&p, Hook::Output, &tcp_to(5432), &l);
-    assert_eq!(
-        (d.verdict, d.table_verdict, d.permissive),
-        (Verdict::Accept, Verdict::Drop, true)
-    );
+    assert_eq!((d.verdict, d.table_verdict, d.permissive), (Verdict::Accept, Verdict::Drop, true));
 
     let text = format!("permissive_domains = [\"intruder_t\"]\n{ARTICLE}");
     let p = Policy::from_toml(&text, "t").unwrap();
@@ -131,16 +84,10 @@ fn permissive_global_domain_and_rule() {
     let d = decide(&p, Hook::Output, &tcp_to(5432), &other);
     assert_eq!((d.verdict, d.permissive), (Verdict::Drop, false));
 
-    let text = ARTICLE.replace(
-        "verdict = \"drop\"",
-        "verdict = \"drop\"\npermissive = true",
-    );
+    let text = ARTICLE.replace("verdict = \"drop\"", "verdict = \"drop\"\npermissive = true");
     let p = Policy::from_toml(&text, "t").unwrap();
     let d = decide(&p, Hook::Output, &tcp_to(5432), &other);
-    assert_eq!(
-        (d.verdict, d.permissive, p.rule_name(d.rule)),
-        (Verdict::Accept, true, "no-db")
-    );
+    assert_eq!((d.verdict, d.permissive, p.rule_name(d.rule)), (Verdict::Accept, true, "no-db"));
     // The default verdict is not covered by a rule's permissive flag.
     let d = decide(&p, Hook::Output, &tcp_to(22), &labels("u:r:a_t", "u:r:b_t"));
     assert_eq!((d.verdict, d.permissive), (Verdict::Drop, false));
@@ -170,28 +117,15 @@ verdict = "drop"
     let p = Policy::from_toml(text, "t").unwrap();
     let mut l = labels("u:r:a_t:s0", "u:r:b_t:s0");
     l.uid = Some(0);
-    assert_eq!(
-        p.rule_name(decide(&p, Hook::Output, &tcp_to(5432), &l).rule),
-        "uid-db"
-    );
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(5432), &l).rule), "uid-db");
     l.uid = Some(1000);
     assert_eq!(decide(&p, Hook::Output, &tcp_to(5432), &l).rule, None);
     l.secmark = Some("system_u:object_r:postgresql_packet_t:s0".parse().unwrap());
-    assert_eq!(
-        p.rule_name(decide(&p, Hook::Output, &tcp_to(5432), &l).rule),
-        "secmark"
-    );
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(5432), &l).rule), "secmark");
     let l = labels("u:r:a_t:s1:c0,c1", "u:r:b_t:s1:c0");
-    assert_eq!(
-        p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &l).rule),
-        "mls"
-    );
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &l).rule), "mls");
     let l = labels("u:r:a_t:s1:c0", "u:r:b_t:s1:c1");
-    assert_eq!(
-        decide(&p, Hook::Output, &tcp_to(1), &l).rule,
-        None,
-        "incomparable levels"
-    );
+    assert_eq!(decide(&p, Hook::Output, &tcp_to(1), &l).rule, None, "incomparable levels");
 }
 
 #[test]
@@ -214,24 +148,11 @@ verdict = "accept"
 "#;
     let p = Policy::from_toml(text, "t").unwrap();
     let l = labels("u:r:httpd_t:s0", "u:r:postgresql_t:s0");
-    assert_eq!(
-        p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &l).rule),
-        "wild"
-    );
-    assert_eq!(
-        p.rule_name(decide(&p, Hook::Output, &tcp_to(2), &l).rule),
-        "typed"
-    );
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &l).rule), "wild");
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(2), &l).rule), "typed");
     let l = labels("u:r:other_t:s0", "u:r:postgresql_t:s0");
-    assert_eq!(
-        p.rule_name(decide(&p, Hook::Output, &tcp_to(2), &l).rule),
-        "by-dest"
-    );
-    assert_eq!(
-        p.candidates(&labels("u:r:zzz_t", "u:r:yyy_t"))
-            .collect::<Vec<_>>(),
-        vec![0]
-    );
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(2), &l).rule), "by-dest");
+    assert_eq!(p.candidates(&labels("u:r:zzz_t", "u:r:yyy_t")).collect::<Vec<_>>(), vec![0]);
 }
 
 #[test]
@@ -245,7 +166,10 @@ fn errors_name_line_and_column() {
         ("[sets]\nweb = []\n", "t:2:7: type set @web is empty"),
         ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nsource = \"@nope\"\n", "unknown type set @nope"),
         ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nuid = \"no-such-user-xyz\"\n", "t:4:7: unknown user"),
-        ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\n[[rule]]\nname = \"a\"\nverdict = \"drop\"\n", "t:5:8: duplicate rule name"),
+        (
+            "[[rule]]\nname = \"a\"\nverdict = \"accept\"\n[[rule]]\nname = \"a\"\nverdict = \"drop\"\n",
+            "t:5:8: duplicate rule name",
+        ),
         ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\ndaddr = \"10.0.0.300/8\"\n", "t:4:9: bad address"),
         ("[[rule]]\nname = \"a\"\n", "missing field `verdict`"),
         ("[[rule]]\nname = \"a\"\nverdict = \"accept\"\nsource_level = \">= s1:c9999\"\n", "t:4:16: bad category"),

@@ -15,15 +15,7 @@ fn sock_opt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `v` and `len` are valid for writes of the sizes given; the
     // kernel validates `fd` and returns EBADF/ENOTSOCK for anything else.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -54,11 +46,7 @@ pub fn set_rcvbuf(fd: RawFd, bytes: usize) -> io::Result<usize> {
 
 /// Wait up to `timeout_ms` for `fd` to become readable.
 pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: `p` is one valid pollfd and the count passed is 1.
     let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
     if rc < 0 {
@@ -80,10 +68,7 @@ impl IfNames {
         if index == 0 {
             return None;
         }
-        self.0
-            .entry(index)
-            .or_insert_with(|| if_name(index))
-            .clone()
+        self.0.entry(index).or_insert_with(|| if_name(index)).clone()
     }
 }
 

@@ -141,10 +141,7 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), MsgError>> {
 /// Parse one NFQNL_MSG_PACKET body (after the netlink header).
 pub fn parse_packet(body: &[u8]) -> Result<PacketMsg<'_>, MsgError> {
     let queue = be16_at(body, 2).ok_or(MsgError::Truncated)?;
-    let mut p = PacketMsg {
-        queue,
-        ..Default::default()
-    };
+    let mut p = PacketMsg { queue, ..Default::default() };
     let mut have_hdr = false;
     for a in attrs(body.get(NFGEN_HDRLEN..).unwrap_or(&[])) {
         let (ty, v) = a?;
@@ -183,8 +180,7 @@ impl MsgBuf {
     fn start(&mut self, msg_type: u16, flags: u16, seq: u32, queue: u16) {
         self.0.clear();
         self.0.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
-        self.0
-            .extend_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | msg_type).to_ne_bytes());
+        self.0.extend_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | msg_type).to_ne_bytes());
         self.0.extend_from_slice(&flags.to_ne_bytes());
         self.0.extend_from_slice(&seq.to_ne_bytes());
         self.0.extend_from_slice(&0u32.to_ne_bytes());
@@ -246,13 +242,8 @@ impl QueueSocket {
     /// Open a socket and bind it to `queue` with `params`.
     pub fn bind(queue: u16, params: &QueueParams) -> io::Result<QueueSocket> {
         // SAFETY: plain socket(2) call; the result is checked below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -287,10 +278,7 @@ impl QueueSocket {
             m.attr(NFQA_CFG_PARAMS, &params_attr);
             m.attr(NFQA_CFG_QUEUE_MAXLEN, &params.max_len.to_be_bytes());
             m.attr(NFQA_CFG_FLAGS, &params.flags.to_be_bytes());
-            m.attr(
-                NFQA_CFG_MASK,
-                &(F_FAIL_OPEN | F_CONNTRACK | F_GSO | F_UID_GID | F_SECCTX).to_be_bytes(),
-            );
+            m.attr(NFQA_CFG_MASK, &(F_FAIL_OPEN | F_CONNTRACK | F_GSO | F_UID_GID | F_SECCTX).to_be_bytes());
         })?;
         Ok(s)
     }
@@ -353,14 +341,7 @@ impl QueueSocket {
 
     fn recv_raw(&mut self, flags: libc::c_int) -> io::Result<usize> {
         // SAFETY: `rx` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.rx.as_mut_ptr().cast(),
-                self.rx.len(),
-                flags,
-            )
-        };
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.rx.as_mut_ptr().cast(), self.rx.len(), flags) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -370,10 +351,7 @@ impl QueueSocket {
     fn wait_ack(&mut self, seq: u32) -> io::Result<()> {
         loop {
             if !super::poll_readable(self.fd(), NETLINK_ACK_TIMEOUT_MS)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no answer from nfnetlink_queue",
-                ));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from nfnetlink_queue"));
             }
             let n = match self.recv_raw(libc::MSG_DONTWAIT) {
                 Ok(n) => n,
@@ -382,8 +360,7 @@ impl QueueSocket {
             };
             let mut answer = None;
             let mut off = 0;
-            while let Some((ty, msg_seq, msg)) = next_msg(self.rx.get(..n).unwrap_or(&[]), &mut off)
-            {
+            while let Some((ty, msg_seq, msg)) = next_msg(self.rx.get(..n).unwrap_or(&[]), &mut off) {
                 if ty == libc::NLMSG_ERROR as u16 && msg_seq == seq {
                     let errno = u32_at(msg, NLMSG_HDRLEN).map_or(0, |e| e as i32);
                     answer = Some(errno);
@@ -392,11 +369,7 @@ impl QueueSocket {
                 }
             }
             if let Some(errno) = answer {
-                return if errno == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-errno))
-                };
+                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
             }
         }
     }
@@ -445,13 +418,7 @@ impl QueueSocket {
 
     /// Give one packet its verdict, optionally setting the packet mark and
     /// the connection mark.
-    pub fn verdict(
-        &mut self,
-        id: u32,
-        v: Verdict,
-        mark: Option<u32>,
-        connmark: Option<(u32, u32)>,
-    ) -> io::Result<()> {
+    pub fn verdict(&mut self, id: u32, v: Verdict, mark: Option<u32>, connmark: Option<(u32, u32)>) -> io::Result<()> {
         self.verdict_msg(NFQNL_MSG_VERDICT, id, v, mark, connmark)
     }
 
@@ -522,10 +489,7 @@ mod tests {
             (NFQA_IFINDEX_OUTDEV, 1u32.to_be_bytes().to_vec()),
             (NFQA_UID, 48u32.to_be_bytes().to_vec()),
             (NFQA_GID, 49u32.to_be_bytes().to_vec()),
-            (
-                NFQA_SECCTX,
-                b"system_u:object_r:postgresql_packet_t:s0\0".to_vec(),
-            ),
+            (NFQA_SECCTX, b"system_u:object_r:postgresql_packet_t:s0\0".to_vec()),
             (NFQA_PAYLOAD, vec![0x45, 0, 0, 20]),
         ]);
         let mut off = 0;

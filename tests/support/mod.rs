@@ -27,10 +27,7 @@ pub fn can_run() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!(
-        "SKIP: this test needs {} (run as root with iptables installed)",
-        missing.join(", ")
-    );
+    let msg = format!("SKIP: this test needs {} (run as root with iptables installed)", missing.join(", "));
     if std::env::var_os("CI").is_some() {
         panic!("{msg}; CI must provide it");
     }
@@ -41,11 +38,7 @@ pub fn can_run() -> bool {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -54,11 +47,7 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .to_str()?
         .split(':')
         .map(|d| Path::new(d).join(tool))
-        .chain(
-            ["/usr/sbin", "/sbin"]
-                .iter()
-                .map(|d| Path::new(d).join(tool)),
-        )
+        .chain(["/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(tool)))
         .find(|p| p.is_file())
 }
 
@@ -72,16 +61,9 @@ pub struct Netns {
 
 impl Netns {
     pub fn new() -> Netns {
-        let name = format!(
-            "lgt-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("lgt-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns {
-            name,
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
+        let ns = Netns { name, dir: tempfile::tempdir().expect("tempdir") };
         ns.sh("ip link set lo up");
         ns
     }
@@ -104,13 +86,7 @@ impl Netns {
         let mut c = match uid {
             Some(u) => {
                 let mut c = self.cmd("setpriv");
-                c.args([
-                    &format!("--reuid={u}"),
-                    &format!("--regid={u}"),
-                    "--clear-groups",
-                    "/usr/bin/python3",
-                    PROBE,
-                ]);
+                c.args([&format!("--reuid={u}"), &format!("--regid={u}"), "--clear-groups", "/usr/bin/python3", PROBE]);
                 c
             }
             None => {
@@ -127,16 +103,11 @@ impl Netns {
     /// Start a background helper (the probe) and wait for its "ready" line.
     pub fn spawn_probe(&self, args: &[&str]) -> Bg {
         let mut c = self.cmd("/usr/bin/python3");
-        c.arg(PROBE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        c.arg(PROBE).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = c.spawn().expect("spawn probe");
         let out = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("probe ready line");
+        BufReader::new(out).read_line(&mut line).expect("probe ready line");
         assert_eq!(line.trim(), "ready", "probe did not start");
         Bg(Some(child))
     }
@@ -145,20 +116,14 @@ impl Netns {
     pub fn queue_stats(&self, queue: u16) -> Option<Vec<u64>> {
         let text = self.sh("cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null || true");
         text.lines()
-            .map(|l| {
-                l.split_whitespace()
-                    .filter_map(|x| x.parse::<u64>().ok())
-                    .collect::<Vec<_>>()
-            })
+            .map(|l| l.split_whitespace().filter_map(|x| x.parse::<u64>().ok()).collect::<Vec<_>>())
             .find(|v| v.first() == Some(&u64::from(queue)))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -182,9 +147,7 @@ impl Drop for Bg {
 }
 
 pub fn run_ok(c: &mut Command) -> Output {
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
     assert!(
         out.status.success(),
         "{c:?} failed: {}\n{}",
@@ -221,19 +184,10 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .expect("spawn labelgate");
-        let d = Daemon {
-            child: Some(child),
-            audit,
-            stderr,
-            queue,
-        };
+        let d = Daemon { child: Some(child), audit, stderr, queue };
         let deadline = Instant::now() + Duration::from_secs(10);
         while ns.queue_stats(queue).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "labelgate did not bind queue {queue}: {}",
-                d.stderr_text()
-            );
+            assert!(Instant::now() < deadline, "labelgate did not bind queue {queue}: {}", d.stderr_text());
             std::thread::sleep(Duration::from_millis(50));
         }
         d
@@ -254,11 +208,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "labelgate exited with {status}: {}",
-                    self.stderr_text()
-                );
+                assert!(status.success(), "labelgate exited with {status}: {}", self.stderr_text());
                 break;
             }
             assert!(Instant::now() < deadline, "labelgate did not stop");
@@ -273,11 +223,7 @@ impl Daemon {
 
     /// Audit lines written so far.
     pub fn audit_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(&self.audit).unwrap_or_default().lines().map(str::to_string).collect()
     }
 }
 
@@ -298,9 +244,6 @@ pub fn counter(stderr: &str, name: &str) -> u64 {
         .find(|l| l.contains("labelgate counters:"))
         .unwrap_or_else(|| panic!("no counters in: {stderr}"));
     line.split_whitespace()
-        .find_map(|kv| {
-            kv.strip_prefix(&format!("{name}="))
-                .and_then(|v| v.parse().ok())
-        })
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")).and_then(|v| v.parse().ok()))
         .unwrap_or_else(|| panic!("no counter {name} in {line}"))
 }

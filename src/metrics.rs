@@ -1,0 +1,192 @@
+//! Prometheus text exposition of the counters, served on a Unix socket
+//! (mode 0600) or a loopback TCP port; off unless `--metrics` is given.
+
+use crate::counters::{Counters, LATENCY_BOUNDS};
+use crate::engine::Engine;
+use crate::runtime::KernelQueueStats;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where to serve metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(std::path::PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    /// `unix:/run/labelgate/metrics.sock` or a loopback `ADDR:PORT`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("unix: needs a path".into());
+            }
+            return Ok(Endpoint::Unix(p.into()));
+        }
+        let a: std::net::SocketAddr = s.parse().map_err(|_| format!("{s:?} is neither unix:PATH nor ADDR:PORT"))?;
+        if !a.ip().is_loopback() {
+            return Err(format!("{a}: metrics are served on loopback addresses only"));
+        }
+        Ok(Endpoint::Tcp(a))
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Render every metric.
+pub fn render(engine: &Engine, queues: &[u16]) -> String {
+    let c: &Counters = &engine.counters;
+    let mut s = String::with_capacity(4096);
+    let counter = |s: &mut String, name: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in rows {
+            let _ = writeln!(s, "{name}{labels} {v}");
+        }
+    };
+    let g = Counters::get;
+    counter(
+        &mut s,
+        "labelgate_packets_total",
+        "Packets received from the queues.",
+        vec![(String::new(), g(&c.packets))],
+    );
+    counter(
+        &mut s,
+        "labelgate_verdicts_total",
+        "Verdicts given, by outcome.",
+        vec![("{verdict=\"accept\"}".into(), g(&c.accepted)), ("{verdict=\"drop\"}".into(), g(&c.dropped))],
+    );
+    counter(
+        &mut s,
+        "labelgate_would_deny_total",
+        "Denials let through by a permissive mode.",
+        vec![(String::new(), g(&c.would_deny))],
+    );
+    counter(
+        &mut s,
+        "labelgate_malformed_total",
+        "Packets that could not be parsed.",
+        vec![(String::new(), g(&c.malformed))],
+    );
+    counter(
+        &mut s,
+        "labelgate_errors_total",
+        "Queue socket errors, by kind.",
+        vec![("{kind=\"verdict\"}".into(), g(&c.verdict_errors)), ("{kind=\"recv\"}".into(), g(&c.recv_errors))],
+    );
+    counter(
+        &mut s,
+        "labelgate_audit_records_total",
+        "Audit records, by fate.",
+        vec![
+            ("{fate=\"written\"}".into(), g(&c.audit_written)),
+            ("{fate=\"suppressed\"}".into(), g(&c.audit_suppressed)),
+            ("{fate=\"lost\"}".into(), g(&c.audit_lost)),
+        ],
+    );
+    let loaded = engine.current();
+    counter(
+        &mut s,
+        "labelgate_rule_hits_total",
+        "Packets decided by each rule of the running policy.",
+        loaded.policy.rules.iter().map(|r| (format!("{{rule=\"{}\"}}", esc(&r.name)), r.hits.load(Relaxed))).collect(),
+    );
+    let kstats: Vec<KernelQueueStats> = queues.iter().filter_map(|q| KernelQueueStats::read(*q)).collect();
+    counter(
+        &mut s,
+        "labelgate_kernel_queue_dropped_total",
+        "Packets the kernel dropped because the queue was full (nfnetlink_queue).",
+        kstats.iter().map(|k| (format!("{{queue=\"{}\"}}", k.queue), k.queue_dropped)).collect(),
+    );
+    counter(
+        &mut s,
+        "labelgate_kernel_user_dropped_total",
+        "Packets the kernel could not deliver to labelgate's socket (nfnetlink_queue).",
+        kstats.iter().map(|k| (format!("{{queue=\"{}\"}}", k.queue), k.user_dropped)).collect(),
+    );
+    let _ = writeln!(s, "# HELP labelgate_kernel_queue_waiting Packets waiting for a verdict.\n# TYPE labelgate_kernel_queue_waiting gauge");
+    for k in &kstats {
+        let _ = writeln!(s, "labelgate_kernel_queue_waiting{{queue=\"{}\"}} {}", k.queue, k.waiting);
+    }
+    for (name, help, rows) in loaded.resolver.metrics() {
+        counter(&mut s, &name, &help, rows);
+    }
+    let l = &c.latency;
+    let _ = writeln!(
+        s,
+        "# HELP labelgate_decision_seconds Time to decide one packet (parse, resolve, decide).\n# TYPE labelgate_decision_seconds histogram"
+    );
+    let mut cum = 0;
+    for (i, b) in l.buckets.iter().enumerate() {
+        cum += b.load(Relaxed);
+        let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_string(), |v| format!("{v}"));
+        let _ = writeln!(s, "labelgate_decision_seconds_bucket{{le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(s, "labelgate_decision_seconds_sum {}", l.sum_ns.load(Relaxed) as f64 / 1e9);
+    let _ = writeln!(s, "labelgate_decision_seconds_count {}", l.count.load(Relaxed));
+    s
+}
+
+fn respond(mut conn: impl Read + Write, engine: &Engine, queues: &[u16]) {
+    // Read (and ignore) the request head; any path gets the metrics.
+    let mut buf = [0u8; 2048];
+    let _ = conn.read(&mut buf);
+    let body = render(engine, queues);
+    let _ = write!(
+        conn,
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Start the metrics server thread.
+pub fn serve(ep: &Endpoint, engine: Arc<Engine>, queues: Vec<u16>) -> std::io::Result<()> {
+    match ep {
+        Endpoint::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a)?;
+            std::thread::Builder::new().name("metrics".into()).spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                    respond(conn, &engine, &queues);
+                }
+            })?;
+        }
+        Endpoint::Unix(p) => {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::remove_file(p);
+            let l = std::os::unix::net::UnixListener::bind(p)?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+            std::thread::Builder::new().name("metrics".into()).spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                    respond(conn, &engine, &queues);
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!("unix:/run/x.sock".parse::<Endpoint>(), Ok(Endpoint::Unix("/run/x.sock".into())));
+        assert!(matches!("127.0.0.1:9797".parse::<Endpoint>(), Ok(Endpoint::Tcp(_))));
+        assert!(matches!("[::1]:9797".parse::<Endpoint>(), Ok(Endpoint::Tcp(_))));
+        assert!("0.0.0.0:9797".parse::<Endpoint>().unwrap_err().contains("loopback"));
+        assert!("unix:".parse::<Endpoint>().is_err());
+        assert!("nonsense".parse::<Endpoint>().is_err());
+    }
+}
