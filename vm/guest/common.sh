@@ -36,7 +36,9 @@ selinux_enforcing() { cat /sys/fs/selinux/enforce; }
 net_setup() {
   ip link set lo up
   local m
-  for m in nfnetlink_queue xt_NFQUEUE xt_SECMARK xt_conntrack nft_queue; do
+  # inet_diag/tcp_diag/udp_diag: sock_diag lookups of sockets by address.
+  for m in nfnetlink_queue xt_NFQUEUE xt_SECMARK xt_conntrack nft_queue \
+           inet_diag tcp_diag udp_diag; do
     modprobe -q "$m" 2>/dev/null || log "modprobe $m failed"
   done
 }
@@ -53,7 +55,7 @@ net_reset() {
 # wait_listen PORT [SECONDS]: wait until something listens on 127.0.0.1:PORT.
 wait_listen() {
   local port="$1" i
-  for ((i = 0; i < ${2:-15} * 5; i++)); do
+  for ((i = 0; i < ${2:-30} * 5; i++)); do
     ss -Htln "sport = :$port" | grep -q . && return 0
     sleep 0.2
   done
@@ -82,10 +84,11 @@ tcp_echo_server() {
 }
 
 # tcp_try CTX PORT: connect from CTX to 127.0.0.1:PORT; succeed iff the
-# server's answer came back (3 s budget).
+# server's answer came back. Budget 5 s to connect (a dropped SYN is resent
+# after 1 s and 3 s); generous because TCG on a busy 2-core host is slow.
 tcp_try() {
   local out
-  out="$(timeout 6 runcon "$1" socat -T3 - "TCP4:127.0.0.1:$2,connect-timeout=3" </dev/null 2>/dev/null)" || true
+  out="$(timeout 15 runcon "$1" socat -T5 - "TCP4:127.0.0.1:$2,connect-timeout=5" </dev/null 2>/dev/null)" || true
   [ "$out" = "pong-$2" ]
 }
 
@@ -110,7 +113,7 @@ lg_start() {
     >"$LG_WORK/$SCENARIO-labelgate.out" 2>"$LG_WORK/$SCENARIO-labelgate.err" &
   LG_PID=$!
   local i
-  for ((i = 0; i < 50; i++)); do
+  for ((i = 0; i < 150; i++)); do   # 30 s
     awk '$1 == 0 {found=1} END {exit !found}' /proc/net/netfilter/nfnetlink_queue 2>/dev/null && return 0
     kill -0 "$LG_PID" 2>/dev/null || break
     sleep 0.2
@@ -162,7 +165,14 @@ check_avc() {
   local n="$1" f="$2" lines; shift 2
   lines="$(avc_lines "$f" "$1" "$2" "$3" "$4" | grep -E -- "${5:-.}" || true)"
   if [ -n "$lines" ]; then pass "$n"
-  else fail "$n" "no '$1 { $2 }' line $3 -> $4 matching /${5:-.}/ in $f"; fi
+  else fail "$n" "no '$1 { $2 }' line $3 -> $4 matching /${5:-.}/ in $f ($(audit_digest "$f"))"; fi
+}
+
+# audit_digest FILE: a one-line summary of what FILE does hold.
+audit_digest() {
+  [ -s "$1" ] || { echo "file empty"; return; }
+  echo "$(wc -l <"$1") lines; distinct: $(grep -oE 'avc: +[a-z]+ +\{ [a-z]+ \}|scontext=[^ ]+ tcontext=[^ ]+|permissive=[01] rule=[^ ]+' "$1" \
+    | tr -s ' ' | sort | uniq -c | sort -rn | head -n 6 | awk '{c=$1; $1=""; printf "%s x%s;", $0, c}')"
 }
 check_no_avc() {
   local n="$1" f="$2" lines; shift 2

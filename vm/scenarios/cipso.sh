@@ -31,7 +31,20 @@ check policy-check lg_policy_check "$POL"
 tcp_echo_server "system_u:system_r:postgresql_t:s0-s1:c0.c3" 5432
 CLIENT_HI="system_u:system_r:httpd_t:s1:c0"
 CLIENT_LO="system_u:system_r:httpd_t:s0"
+# On the wire: the s1:c0 client's SYN carries CIPSO DOI 16, level 1, c0.
+SNIFF="$(dirname "$0")/../guest/syn-ipopts.py"
+READY="$LG_WORK/cipso-sniff.ready"; rm -f "$READY"
+"$SNIFF" 5432 40 "$READY" >"$LG_WORK/cipso-ipopts.txt" 2>"$LG_WORK/cipso-sniff.err" &
+sniff_pid=$!
+for ((i = 0; i < 100; i++)); do [ -e "$READY" ] && break; sleep 0.2; done   # python start-up under TCG
 check baseline-hi tcp_try "$CLIENT_HI" 5432
+wait "$sniff_pid" || true
+opts="$(cat "$LG_WORK/cipso-ipopts.txt")"
+log "IP options of the s1:c0 SYN: ${opts:-none}"
+case "$opts" in
+  860b000000100105000180*) pass cipso-option-on-wire ;;
+  *) fail cipso-option-on-wire "IP options '${opts:-none}'" ;;
+esac
 check baseline-lo tcp_try "$CLIENT_LO" 5432
 
 queue_in 5432

@@ -36,6 +36,9 @@ log "getfattr socket label: $sockctx"
 check socket-xattr test "$sockctx" = "$CTX_PG"
 check proc-attr test "$(tr -d '\0' </proc/"$pid"/attr/current)" = "$CTX_PG"
 
+# sock_diag for TCP/UDP (labelgate finds sockets by address through it).
+check sock-diag-modules sh -c "grep -q '^tcp_diag ' /proc/modules && grep -q '^udp_diag ' /proc/modules"
+
 # Netfilter: NFQUEUE and SECMARK targets accepted, the queue proc file there.
 check nfqueue-rule iptables -A OUTPUT -o lo -p tcp --dport 5999 -j NFQUEUE --queue-num 0 --queue-bypass
 check secmark-rule iptables -t mangle -A OUTPUT -o lo -p tcp --dport 5999 \
