@@ -210,14 +210,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let counters = Arc::new(Counters::default());
-    let (sink, writer) = match args.audit.as_deref() {
-        None => (AuditSink::disabled(counters.clone()), None),
-        Some(target) => {
-            let target = if target == "-" { audit::Target::Stdout } else { audit::Target::File(target.into()) };
-            let cfg = audit::Config { target, format: args.audit_format, rate: args.audit_rate, capacity: 65536 };
-            let (sink, w) = audit::Writer::start(cfg, counters.clone()).context("cannot open the audit output")?;
-            (sink, Some(w))
-        }
+    let target =
+        args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
+    let (sink, writer) = if target.is_none() && !args.audit_kernel {
+        (AuditSink::disabled(counters.clone()), None)
+    } else {
+        let cfg = audit::Config {
+            target,
+            kernel: args.audit_kernel,
+            format: args.audit_format,
+            rate: args.audit_rate,
+            capacity: 65536,
+        };
+        let (sink, w) = audit::Writer::start(cfg, counters.clone()).context("cannot open the audit output")?;
+        (sink, Some(w))
     };
 
     let stop = Arc::new(AtomicBool::new(false));

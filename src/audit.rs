@@ -103,15 +103,24 @@ fn proto_name(n: u8) -> String {
 /// `netif` the interface name.
 pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
     let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut s = String::with_capacity(512);
-    let _ = write!(
-        s,
-        "type=USER_AVC msg=audit({}.{:03}:{}): pid={} uid=0 auid=4294967295 ses=4294967295 subj={} msg='avc:  {}  {{ {} }} for ",
+    format!(
+        "type=USER_AVC msg=audit({}.{:03}:{}): pid={} uid=0 auid=4294967295 ses=4294967295 subj={} msg='{}'",
         t.as_secs(),
         t.subsec_millis(),
         serial,
         id.pid,
         id.subj,
+        avc_message(r, id, netif)
+    )
+}
+
+/// The `avc:  denied  { send } for ...` text inside a USER_AVC record (what
+/// the kernel's audit subsystem wraps itself when sent AUDIT_USER_AVC).
+pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
+    let mut s = String::with_capacity(512);
+    let _ = write!(
+        s,
+        "avc:  {}  {{ {} }} for ",
         match r.outcome {
             Outcome::Denied => "denied",
             Outcome::Granted => "granted",
@@ -155,7 +164,7 @@ pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -
     }
     let _ = write!(
         s,
-        " slabel={} tlabel={} scontext={} tcontext={} tclass=packet permissive={} rule={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?'",
+        " slabel={} tlabel={} scontext={} tcontext={} tclass=packet permissive={} rule={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?",
         r.source.origin.token(),
         r.dest.origin.token(),
         r.source.context,
@@ -210,7 +219,10 @@ pub enum Target {
 
 /// Writer settings.
 pub struct Config {
-    pub target: Target,
+    /// The file or stdout; `None` with `kernel` alone.
+    pub target: Option<Target>,
+    /// Also send each record to the kernel audit subsystem (AUDIT_USER_AVC).
+    pub kernel: bool,
     pub format: Format,
     /// Records per second; 0 means unlimited.
     pub rate: u32,
@@ -258,17 +270,20 @@ pub struct Writer {
 impl Writer {
     /// Open the target and start the writer thread.
     pub fn start(cfg: Config, counters: Arc<Counters>) -> std::io::Result<(AuditSink, Writer)> {
-        let out: Box<dyn Write + Send> = match &cfg.target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+        let out = match &cfg.target {
+            None => Output::None,
+            Some(Target::Stdout) => Output::Stdout(std::io::BufWriter::new(std::io::stdout())),
+            Some(Target::File(p)) => Output::open(p)?,
         };
+        let kernel = if cfg.kernel { Some(crate::sys::KernelAudit::open()?) } else { None };
         let (tx, rx) = crossbeam_channel::bounded(cfg.capacity.max(1));
         let c = counters.clone();
         let id = Identity::current();
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = closing.clone();
-        let handle =
-            std::thread::Builder::new().name("audit".into()).spawn(move || write_loop(rx, out, cfg, id, c, &done))?;
+        let handle = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || write_loop(rx, out, kernel, cfg, id, c, &done))?;
         Ok((AuditSink { tx: Some(tx), counters }, Writer { handle, closing }))
     }
 
@@ -280,21 +295,81 @@ impl Writer {
     }
 }
 
+/// The open audit output. A file is reopened when it is rotated away (its
+/// path no longer names the open inode), so records land in the new file.
+enum Output {
+    None,
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File { path: std::path::PathBuf, file: std::io::BufWriter<std::fs::File>, ino: u64 },
+}
+
+impl Output {
+    fn open(path: &std::path::Path) -> std::io::Result<Output> {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let ino = f.metadata()?.ino();
+        Ok(Output::File { path: path.to_path_buf(), file: std::io::BufWriter::new(f), ino })
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Output::None => Ok(()),
+            Output::Stdout(w) => writeln!(w, "{line}"),
+            Output::File { file, .. } => writeln!(file, "{line}"),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::None => Ok(()),
+            Output::Stdout(w) => w.flush(),
+            Output::File { file, .. } => file.flush(),
+        }
+    }
+
+    /// Reopen a rotated file; returns whether it did.
+    fn follow_rotation(&mut self) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let Output::File { path, ino, .. } = self else { return Ok(false) };
+        let current = std::fs::metadata(&*path).map(|m| m.ino()).ok();
+        if current == Some(*ino) {
+            return Ok(false);
+        }
+        let path = path.clone();
+        self.flush()?;
+        *self = Output::open(&path)?;
+        Ok(true)
+    }
+}
+
 fn write_loop(
     rx: Receiver<Record>,
-    out: Box<dyn Write + Send>,
+    mut out: Output,
+    kernel: Option<crate::sys::KernelAudit>,
     cfg: Config,
     id: Identity,
     c: Arc<Counters>,
     closing: &std::sync::atomic::AtomicBool,
 ) {
-    let mut out = std::io::BufWriter::new(out);
     let mut serial: u64 = 0;
     let mut names = crate::sys::IfNames::default();
     let mut window = Instant::now();
     let mut in_window: u32 = 0;
     let mut suppressed_in_window: u64 = 0;
     let mut lost_reported = 0u64;
+    // Lines in the buffer, counted as written once a flush succeeds.
+    let mut pending: u64 = 0;
+    let flush = |out: &mut Output, pending: &mut u64| match out.flush() {
+        Ok(()) => {
+            c.audit_written.fetch_add(*pending, std::sync::atomic::Ordering::Relaxed);
+            *pending = 0;
+        }
+        Err(e) => {
+            c.audit_lost.fetch_add(*pending, std::sync::atomic::Ordering::Relaxed);
+            *pending = 0;
+            log::error!("audit write failed: {e}");
+        }
+    };
     loop {
         if closing.load(std::sync::atomic::Ordering::SeqCst) && rx.is_empty() {
             break;
@@ -316,9 +391,15 @@ fn write_loop(
             window = Instant::now();
             in_window = 0;
             suppressed_in_window = 0;
+            flush(&mut out, &mut pending);
+            match out.follow_rotation() {
+                Ok(true) => log::info!("audit file was rotated; writing to the new file"),
+                Ok(false) => {}
+                Err(e) => log::error!("audit file rotated but cannot be reopened: {e}"),
+            }
         }
         let Some(r) = r else {
-            let _ = out.flush();
+            flush(&mut out, &mut pending);
             continue;
         };
         if cfg.rate > 0 && in_window >= cfg.rate {
@@ -333,22 +414,30 @@ fn write_loop(
             Format::Avc => format_avc(&r, &id, serial, netif.as_deref()),
             Format::Json => format_json(&r, &id, serial, netif.as_deref()),
         };
-        match writeln!(out, "{line}") {
-            Ok(()) => Counters::bump(&c.audit_written),
+        if let Some(k) = &kernel {
+            if let Err(e) = k.send_user_avc(&avc_message(&r, &id, netif.as_deref())) {
+                Counters::bump(&c.audit_kernel_lost);
+                log::debug!("kernel audit: {e}");
+            }
+        }
+        if matches!(out, Output::None) {
+            if kernel.is_some() {
+                Counters::bump(&c.audit_written);
+            }
+            continue;
+        }
+        match out.write_line(&line) {
+            Ok(()) => pending += 1,
             Err(e) => {
                 Counters::bump(&c.audit_lost);
                 log::error!("audit write failed: {e}");
             }
         }
         if rx.is_empty() {
-            if let Err(e) = out.flush() {
-                log::error!("audit flush failed: {e}");
-            }
+            flush(&mut out, &mut pending);
         }
     }
-    if let Err(e) = out.flush() {
-        log::error!("audit flush failed: {e}");
-    }
+    flush(&mut out, &mut pending);
 }
 
 #[cfg(test)]
@@ -424,7 +513,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let c = Arc::new(Counters::default());
-        let cfg = Config { target: Target::File(path.clone()), format: Format::Avc, rate: 5, capacity: 1000 };
+        let cfg = Config {
+            target: Some(Target::File(path.clone())),
+            kernel: false,
+            format: Format::Avc,
+            rate: 5,
+            capacity: 1000,
+        };
         let (sink, w) = Writer::start(cfg, c.clone()).unwrap();
         for _ in 0..20 {
             sink.submit(record());
@@ -448,5 +543,66 @@ mod tests {
             sink.submit(record());
         }
         assert_eq!(Counters::get(&c.audit_lost), 3);
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    #[test]
+    fn rotated_file_is_reopened_and_disk_errors_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut out = Output::open(&path).unwrap();
+        out.write_line("one").unwrap();
+        out.flush().unwrap();
+        assert!(!out.follow_rotation().unwrap());
+        std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
+        assert!(out.follow_rotation().unwrap());
+        out.write_line("two").unwrap();
+        out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        assert_eq!(std::fs::read_to_string(dir.path().join("a.log.1")).unwrap(), "one\n");
+
+        // /dev/full fails every write with ENOSPC: the writer counts them lost.
+        let c = Arc::new(Counters::default());
+        let cfg = Config {
+            target: Some(Target::File("/dev/full".into())),
+            kernel: false,
+            format: Format::Avc,
+            rate: 0,
+            capacity: 100,
+        };
+        let (sink, w) = Writer::start(cfg, c.clone()).unwrap();
+        for _ in 0..3 {
+            sink.submit(tests_record());
+        }
+        w.finish();
+        assert_eq!((Counters::get(&c.audit_written), Counters::get(&c.audit_lost)), (0, 3));
+    }
+
+    fn tests_record() -> Record {
+        use crate::labels::Label;
+        Record {
+            time: SystemTime::now(),
+            outcome: Outcome::Denied,
+            hook: Hook::Output,
+            src: None,
+            dst: None,
+            sport: None,
+            dport: None,
+            proto: None,
+            ifindex: 0,
+            source: Label::unlabeled("test"),
+            dest: Label::unlabeled("test"),
+            secmark: None,
+            peer: None,
+            uid: None,
+            process: None,
+            rule: "r".into(),
+            permissive: false,
+            malformed: None,
+        }
     }
 }

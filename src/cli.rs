@@ -142,6 +142,9 @@ pub struct RunArgs {
     /// Write audit records to FILE, or - for standard output.
     #[arg(long, value_name = "FILE|-")]
     pub audit: Option<String>,
+    /// Also send every audit record to the kernel audit subsystem (AUDIT_USER_AVC), beside its own AVCs.
+    #[arg(long)]
+    pub audit_kernel: bool,
     /// Format of audit records.
     #[arg(long, value_enum, default_value = "avc")]
     pub audit_format: Format,

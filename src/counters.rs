@@ -45,6 +45,8 @@ pub struct Counters {
     pub audit_suppressed: AtomicU64,
     /// Records lost because the audit writer fell behind or could not write.
     pub audit_lost: AtomicU64,
+    /// Records the kernel audit subsystem refused (with `--audit-kernel`).
+    pub audit_kernel_lost: AtomicU64,
     pub latency: Latency,
 }
 
@@ -58,7 +60,7 @@ impl Counters {
     }
 
     /// `name value` pairs in a stable order.
-    pub fn pairs(&self) -> [(&'static str, u64); 10] {
+    pub fn pairs(&self) -> [(&'static str, u64); 11] {
         [
             ("packets", Self::get(&self.packets)),
             ("accepted", Self::get(&self.accepted)),
@@ -70,6 +72,7 @@ impl Counters {
             ("audit_written", Self::get(&self.audit_written)),
             ("audit_suppressed", Self::get(&self.audit_suppressed)),
             ("audit_lost", Self::get(&self.audit_lost)),
+            ("audit_kernel_lost", Self::get(&self.audit_kernel_lost)),
         ]
     }
 

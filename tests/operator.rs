@@ -191,3 +191,28 @@ fn metrics_are_scraped_over_tcp_and_a_root_only_unix_socket() {
     assert!(text.contains("labelgate_packets_total 0"), "{text}");
     d.stop();
 }
+
+#[test]
+fn audit_records_also_reach_the_kernel_audit_subsystem() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    // A rule name unique to this run finds our record among the kernel's messages.
+    let rule = format!("kaudit-{}", std::process::id());
+    let policy =
+        format!("default = \"accept\"\n[[rule]]\nname = \"{rule}\"\nproto = \"udp\"\ndport = 9\nverdict = \"drop\"\n");
+    ns.sh("iptables -A OUTPUT -o lo -p udp --dport 9 -j NFQUEUE --queue-num 25");
+    let d = Daemon::start(&ns, &policy, 25, &["--audit-kernel"]);
+    assert!(!ns.probe_as(None, &["udp-ask", "127.0.0.1", "9", "1"]));
+    let err = d.stop();
+    assert_eq!(counter(&err, "audit_kernel_lost"), 0, "{err}");
+    // Without auditd the kernel prints audit records to its log.
+    let log = String::from_utf8_lossy(&Command::new("dmesg").output().unwrap().stdout).into_owned();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("rule={rule} ")))
+        .unwrap_or_else(|| panic!("no kernel record for {rule}"));
+    assert!(line.contains("type=1107"), "{line}");
+    assert!(line.contains("avc:  denied  { send }") && line.contains("dest=9") && line.contains("proto=17"), "{line}");
+}

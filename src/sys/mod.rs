@@ -59,6 +59,63 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(rc > 0 && p.revents & (libc::POLLIN | libc::POLLERR) != 0)
 }
 
+/// A NETLINK_AUDIT socket for sending user-space AVC records to the
+/// kernel's audit subsystem (needs CAP_AUDIT_WRITE).
+pub struct KernelAudit {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// AUDIT_USER_AVC from linux/audit.h.
+const AUDIT_USER_AVC: u16 = 1107;
+
+impl KernelAudit {
+    pub fn open() -> io::Result<KernelAudit> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2) call; the result is checked below.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_AUDIT) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(KernelAudit { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Send one AUDIT_USER_AVC message; the kernel adds pid, uid, auid, ses
+    /// and subj itself and wraps `text` as `msg='...'`.
+    pub fn send_user_avc(&self, text: &str) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let body = text.as_bytes();
+        let len = 16 + body.len() + 1;
+        let mut msg = Vec::with_capacity((len + 3) & !3);
+        msg.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+        msg.extend_from_slice(&AUDIT_USER_AVC.to_ne_bytes());
+        msg.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+        msg.push(0);
+        msg.resize((len + 3) & !3, 0);
+        // SAFETY: `addr` is a zeroed sockaddr_nl addressed to the kernel and
+        // `msg` is a valid buffer of the given length.
+        let rc = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Interface index to name, with a cache (per thread that owns it).
 #[derive(Default)]
 pub struct IfNames(HashMap<u32, Option<String>>);
