@@ -24,6 +24,14 @@ pub fn main() -> i32 {
         Command::Explain(args) => explain(args),
         Command::Audit2rules { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e))),
         Command::WouldBreak { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e))),
+        Command::Man { dir } => man(&dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write as _;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "labelgate", &mut buf);
+            std::io::stdout().write_all(&buf).context("writing the completion script")
+        }
     };
     match result {
         Ok(()) => 0,
@@ -34,9 +42,46 @@ pub fn main() -> i32 {
     }
 }
 
+/// Log to stderr; under systemd (JOURNAL_STREAM set) each line carries a
+/// `<N>` syslog priority prefix and no timestamp, which journald understands.
 fn init_logging(level: &str) {
+    use std::io::Write as _;
     let env = env_logger::Env::default().default_filter_or(level);
-    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+    let mut b = env_logger::Builder::from_env(env);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.format(|f, r| {
+            let prio = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(f, "<{prio}>{}", r.args())
+        });
+    } else {
+        b.format_timestamp_millis();
+    }
+    let _ = b.try_init();
+}
+
+fn man(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("labelgate".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("labelgate-{}", sub.get_name());
+        let page = sub.clone().name(name.clone()).bin_name(name.clone());
+        pages.push((name, page));
+    }
+    for (name, c) in pages {
+        let path = dir.join(format!("{name}.8"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).section("8").render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// Print a compiled policy's summary.

@@ -39,6 +39,16 @@ pub enum Command {
         /// Audit files (USER_AVC or JSON lines); none: standard input.
         files: Vec<PathBuf>,
     },
+    /// Write man pages (labelgate.8 and one per subcommand) into a directory.
+    Man {
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
