@@ -103,29 +103,59 @@ fn bitmap(bytes: &[u8]) -> Result<CategorySet, PeerError> {
 /// other option is type-length-value with the length counting the type and
 /// length bytes. Returns `Ok(None)` when there is no CIPSO option.
 pub fn parse_cipso(opts: &[u8]) -> Result<Option<(u32, Level)>, PeerError> {
+    find_option(opts, IPOPT_CIPSO, Area::Ipv4, "CIPSO")?
+        .map(cipso_option)
+        .transpose()
+}
+
+/// The two kinds of options area.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Area {
+    /// IPv4: 0 ends the list, 1 is a one-byte no-op, lengths count the
+    /// type and length bytes.
+    Ipv4,
+    /// IPv6 hop-by-hop: 0 is a one-byte pad, lengths count the value only.
+    Ipv6,
+}
+
+/// The single option of type `want` in an options area (whole, type and
+/// length bytes included); an error on a length that does not fit or on a
+/// second option of that type.
+fn find_option<'a>(
+    area: &'a [u8],
+    want: u8,
+    kind: Area,
+    name: &'static str,
+) -> Result<Option<&'a [u8]>, PeerError> {
     let mut at = 0usize;
     let mut found = None;
-    while let Some(&ty) = opts.get(at) {
-        match ty {
-            0 => break,
-            1 => at += 1,
-            _ => {
-                let len = *opts
-                    .get(at + 1)
-                    .ok_or(PeerError::OptionLength { at, len: 0 })?;
-                let end = at + usize::from(len);
-                if len < 2 || end > opts.len() {
-                    return Err(PeerError::OptionLength { at, len });
-                }
-                if ty == IPOPT_CIPSO {
-                    if found.is_some() {
-                        return Err(PeerError::Duplicate("CIPSO"));
-                    }
-                    found = Some(cipso_option(&opts[at..end])?);
-                }
-                at = end;
+    while let Some(&ty) = area.get(at) {
+        match (kind, ty) {
+            (Area::Ipv4, 0) => break,
+            (Area::Ipv4, 1) | (Area::Ipv6, 0) => {
+                at += 1;
+                continue;
             }
+            _ => {}
         }
+        let len = *area
+            .get(at + 1)
+            .ok_or(PeerError::OptionLength { at, len: 0 })?;
+        let end = match kind {
+            Area::Ipv4 if len < 2 => return Err(PeerError::OptionLength { at, len }),
+            Area::Ipv4 => at + usize::from(len),
+            Area::Ipv6 => at + 2 + usize::from(len),
+        };
+        let opt = area
+            .get(at..end)
+            .ok_or(PeerError::OptionLength { at, len })?;
+        if ty == want {
+            if found.is_some() {
+                return Err(PeerError::Duplicate(name));
+            }
+            found = Some(opt);
+        }
+        at = end;
     }
     Ok(found)
 }
@@ -262,29 +292,9 @@ pub fn calipso_checksum(opt: &[u8]) -> u16 {
 /// Option 0 (Pad1) is one byte; every other option is type-length-value with
 /// the length counting only the value. Returns `Ok(None)` without CALIPSO.
 pub fn parse_calipso(hbh_data: &[u8]) -> Result<Option<(u32, Level)>, PeerError> {
-    let mut at = 0usize;
-    let mut found = None;
-    while let Some(&ty) = hbh_data.get(at) {
-        if ty == 0 {
-            at += 1;
-            continue;
-        }
-        let len = *hbh_data
-            .get(at + 1)
-            .ok_or(PeerError::OptionLength { at, len: 0 })?;
-        let end = at + 2 + usize::from(len);
-        if end > hbh_data.len() {
-            return Err(PeerError::OptionLength { at, len });
-        }
-        if ty == IPV6_TLV_CALIPSO {
-            if found.is_some() {
-                return Err(PeerError::Duplicate("CALIPSO"));
-            }
-            found = Some(calipso_option(&hbh_data[at..end])?);
-        }
-        at = end;
-    }
-    Ok(found)
+    find_option(hbh_data, IPV6_TLV_CALIPSO, Area::Ipv6, "CALIPSO")?
+        .map(calipso_option)
+        .transpose()
 }
 
 /// One CALIPSO option: type, length, DOI (4), compartment length in 32-bit

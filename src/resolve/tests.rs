@@ -147,6 +147,25 @@ fn inode(fd: &impl AsRawFd) -> u64 {
         .ino()
 }
 
+/// The socket inode the flow cache holds for a flow.
+fn cached_inode(
+    r: &SocketResolver,
+    proto: DiagProto,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> u64 {
+    let k = FlowKey {
+        proto,
+        local,
+        remote,
+    };
+    let e = r
+        .flows
+        .get(&k, &CacheCounters::default())
+        .expect("flow cached");
+    u64::from(e.socket.expect("flow has a socket").inode)
+}
+
 fn my_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
@@ -179,17 +198,8 @@ fn own_udp_sockets_are_attributed_both_ways() {
     assert_eq!(r.stats().proc_scans.load(Relaxed), scans);
     assert!(r.stats().owner.hits.load(Relaxed) >= hits + 2);
     // And to the right sockets (by inode).
-    let ino = |local, remote| {
-        let k = FlowKey {
-            proto: DiagProto::Udp,
-            local,
-            remote,
-        };
-        let e = r.flows.get(&k, &CacheCounters::default()).unwrap();
-        u64::from(e.socket.unwrap().inode)
-    };
-    assert_eq!(ino(aa, ba), inode(&a));
-    assert_eq!(ino(ba, aa), inode(&b));
+    assert_eq!(cached_inode(&r, DiagProto::Udp, aa, ba), inode(&a));
+    assert_eq!(cached_inode(&r, DiagProto::Udp, ba, aa), inode(&b));
 }
 
 #[test]
