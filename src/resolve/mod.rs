@@ -308,6 +308,33 @@ impl SocketResolver {
         self.peer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The socket inode the flow cache currently holds for the local end
+    /// `local` talking to `remote` (no lookup is made): for diagnostics and
+    /// tests that compare with `ss -e`.
+    pub fn cached_socket_inode(
+        &self,
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<u32> {
+        let proto = match proto {
+            Proto::Tcp => DiagProto::Tcp,
+            Proto::Udp => DiagProto::Udp,
+            _ => return None,
+        };
+        let key = FlowKey {
+            proto,
+            local: unmap(local),
+            remote: unmap(remote),
+        };
+        let counters = CacheCounters::default();
+        self.flows
+            .get(&key, &counters)?
+            .socket
+            .ok()
+            .map(|s| s.inode)
+    }
+
     /// Whether `ip` is an address of this host (loopback included).
     pub fn is_local(&self, ip: IpAddr) -> bool {
         let ip = unmap_ip(ip);
@@ -586,6 +613,21 @@ impl Resolver for SocketResolver {
         l.uid = meta.uid.or(sock_uid);
         l.gid = meta.gid;
         l
+    }
+}
+
+/// The facts of a TCP/UDP packet from `src` to `dst` with no options: for
+/// diagnostics ("who owns this flow?") and tests.
+pub fn flow_packet(proto: Proto, src: SocketAddr, dst: SocketAddr) -> PacketInfo {
+    PacketInfo {
+        src: src.ip(),
+        dst: dst.ip(),
+        proto,
+        sport: Some(src.port()),
+        dport: Some(dst.port()),
+        icmp: None,
+        tcp_syn: false,
+        label_option: None,
     }
 }
 

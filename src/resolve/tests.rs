@@ -118,16 +118,7 @@ fn resolver() -> SocketResolver {
 }
 
 fn udp_pkt(src: SocketAddr, dst: SocketAddr) -> PacketInfo {
-    PacketInfo {
-        src: src.ip(),
-        dst: dst.ip(),
-        proto: Proto::Udp,
-        sport: Some(src.port()),
-        dport: Some(dst.port()),
-        icmp: None,
-        tcp_syn: false,
-        label_option: None,
-    }
+    flow_packet(Proto::Udp, src, dst)
 }
 
 fn meta(hook: Hook) -> QueueMeta {
