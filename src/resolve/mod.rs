@@ -19,8 +19,12 @@
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in
 //! bounded LRU maps ([`cache`]). A cached owner is re-validated on every use
-//! with one `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`); a cached
-//! flow is re-queried from sock_diag after [`ResolverConfig::flow_ttl`].
+//! with one `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`; see
+//! [`ResolverConfig::owner_revalidate_after`] to do that less often); a
+//! cached flow is re-queried from sock_diag after [`ResolverConfig::flow_ttl`],
+//! or at once when its holder no longer holds it. A flow whose socket has no
+//! holder is remembered for [`ResolverConfig::negative_ttl`], so it does not
+//! cause a `/proc` scan per packet.
 //!
 //! # When there is no label
 //!
@@ -32,8 +36,8 @@
 //! |---------------------|-----------|
 //! | `no_socket`         | sock_diag knows no socket for the flow: a packet the kernel made itself (TCP RST to a closed port, ICMP error) or a flow never attached to a socket |
 //! | `socket_closed`     | the flow's socket is gone: only a TIME_WAIT or orphaned socket is left (inode 0), or a flow that had a socket has none now |
-//! | `kernel_socket`     | the socket exists (has an inode) but no process holds it, even after a fresh `/proc` scan: a kernel socket, or an fd in flight |
-//! | `process_gone`      | the process that held the socket exited while its label was being read |
+//! | `kernel_socket`     | the socket exists (has an inode) but no process holds it, even after a fresh `/proc` scan: a kernel socket, or one whose only reference is an fd in flight (SCM_RIGHTS) |
+//! | `process_gone`      | the process known to hold the socket exited (while its label was being read, or since the last scan) and no other holder was found |
 //! | `selinux_disabled`  | no `security.selinux` xattr and `/proc/PID/attr/current` fails with EINVAL: no LSM providing labels is active |
 //! | `other_lsm`         | `/proc/PID/attr/current` holds a label that is not an SELinux context (AppArmor, Smack) |
 //! | `bad_context`       | a `security.selinux` xattr that does not parse as a context |
@@ -120,6 +124,13 @@ pub struct ResolverConfig {
     pub flow_ttl: Duration,
     /// How long "no socket for this flow" is remembered.
     pub negative_ttl: Duration,
+    /// How long a cached socket holder is trusted without checking again
+    /// (one `readlink` of `/proc/PID/fd/N`) that it still holds the socket.
+    /// Zero (the default) checks on every packet; a few milliseconds saves
+    /// most of the per-packet cost at the price of that long a window in
+    /// which a packet of a just-closed socket's reused 4-tuple could be
+    /// attributed to the old holder.
+    pub owner_revalidate_after: Duration,
     /// Least time between two `/proc` scans.
     pub min_rescan_interval: Duration,
     /// How long the set of local addresses is trusted.
@@ -136,6 +147,7 @@ impl Default for ResolverConfig {
             shards: 16,
             flow_ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_millis(500),
+            owner_revalidate_after: Duration::ZERO,
             min_rescan_interval: Duration::from_millis(20),
             local_addr_ttl: Duration::from_secs(2),
             proc_root: PathBuf::from("/proc"),
@@ -208,16 +220,23 @@ struct FlowKey {
 #[derive(Clone, Debug)]
 struct FlowEntry {
     socket: Result<DiagSocket, &'static str>,
+    /// Set when the socket was found but no process could be named for it
+    /// (`kernel_socket`, `process_gone`): remembered as briefly as a missing
+    /// socket, so that such a flow does not ask for a `/proc` scan per packet.
+    no_owner: Option<&'static str>,
     at: Instant,
 }
 
 /// Who holds a socket, and its label.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Owner {
     pid: u32,
     fd: u32,
     label: Label,
     process: ProcessInfo,
+    /// When the holder was last seen holding the socket, as nanoseconds
+    /// since the resolver's `epoch`.
+    checked: AtomicU64,
 }
 
 /// One local end, resolved.
@@ -262,6 +281,7 @@ pub struct SocketResolver {
     scan: Mutex<ScanState>,
     local: RwLock<LocalAddrs>,
     stats: ResolverStats,
+    epoch: Instant,
 }
 
 impl SocketResolver {
@@ -291,7 +311,12 @@ impl SocketResolver {
             diag,
             cfg,
             stats,
+            epoch: start,
         })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// The resolver's counters.
@@ -386,13 +411,14 @@ impl SocketResolver {
         let cached = self.flows.get(&key, &self.stats.flow);
         let mut previous = None;
         if let Some(e) = &cached {
-            let ttl = match e.socket {
-                Ok(_) => self.cfg.flow_ttl,
-                Err(_) => self.cfg.negative_ttl,
+            let ttl = match (e.socket, e.no_owner) {
+                (Ok(_), None) => self.cfg.flow_ttl,
+                _ => self.cfg.negative_ttl,
             };
             let fresh = e.at.elapsed() < ttl;
-            match e.socket {
-                Ok(ds) => {
+            match (e.socket, e.no_owner) {
+                (Ok(_), Some(reason)) if fresh => return LocalEnd::unlabeled(reason),
+                (Ok(ds), _) => {
                     // A held socket is answered from the caches; one whose
                     // holder is gone (or unknown) is asked about again.
                     if fresh {
@@ -402,8 +428,8 @@ impl SocketResolver {
                     }
                     previous = Some(ds);
                 }
-                Err(reason) if fresh => return LocalEnd::unlabeled(reason),
-                Err(_) => {}
+                (Err(reason), _) if fresh => return LocalEnd::unlabeled(reason),
+                (Err(_), _) => {}
             }
         }
         let socket = self.query(proto, key.local, key.remote, previous.is_some());
@@ -412,20 +438,26 @@ impl SocketResolver {
                 bump(&self.stats.flow.invalidations);
             }
         }
-        self.flows.insert(
-            key,
-            FlowEntry {
-                socket,
-                at: Instant::now(),
-            },
-            &self.stats.flow,
-        );
-        match socket {
+        let end = match socket {
             Ok(ds) => self
                 .owner_of(&ds, false)
                 .unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket")),
             Err(reason) => LocalEnd::unlabeled(reason),
-        }
+        };
+        let no_owner = match (&socket, &end.label.origin) {
+            (Ok(_), Origin::Unlabeled(r)) if end.process.is_none() => Some(*r),
+            _ => None,
+        };
+        self.flows.insert(
+            key,
+            FlowEntry {
+                socket,
+                no_owner,
+                at: Instant::now(),
+            },
+            &self.stats.flow,
+        );
+        end
     }
 
     /// sock_diag lookup; a TCP request mini-socket (SYN_RECV) is attributed
@@ -483,7 +515,13 @@ impl SocketResolver {
             uid: Some(ds.uid),
         };
         if let Some(o) = self.owners_cache.get(&ds.inode, &self.stats.owner) {
-            if procfs::holds(root, o.pid, o.fd, ds.inode) {
+            let now = self.now_ns();
+            let recent = now.saturating_sub(o.checked.load(Ordering::Relaxed))
+                < self.cfg.owner_revalidate_after.as_nanos() as u64;
+            if recent || procfs::holds(root, o.pid, o.fd, ds.inode) {
+                if !recent {
+                    o.checked.store(now, Ordering::Relaxed);
+                }
                 return Some(end(&o));
             }
             bump(&self.stats.owner.invalidations);
@@ -505,7 +543,9 @@ impl SocketResolver {
                 .clone();
             for &(pid, fd) in map.get(&ds.inode).map(Vec::as_slice).unwrap_or_default() {
                 if !procfs::holds(root, pid, fd, ds.inode) {
-                    gone = true;
+                    // The fd was closed (or passed on); only a holder that
+                    // exited counts as a process gone.
+                    gone |= !procfs::alive(root, pid);
                     continue;
                 }
                 let label = match procfs::socket_label(root, pid, fd) {
@@ -524,6 +564,7 @@ impl SocketResolver {
                     fd,
                     label,
                     process,
+                    checked: AtomicU64::new(self.now_ns()),
                 });
                 self.owners_cache
                     .insert(ds.inode, o.clone(), &self.stats.owner);
