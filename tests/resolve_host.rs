@@ -691,3 +691,70 @@ fn closing_and_exiting() {
     // ... whose destination, the listener, is still known.
     assert_eq!(got.dest_process.map(|x| x.pid), Some(srv.pid));
 }
+
+/// A connection whose final handshake ACK never reaches the server leaves
+/// only a request mini-socket (SYN_RECV, inode 0) for its 4-tuple: its
+/// packets belong to the listener.
+#[test]
+fn half_open_connection_goes_to_the_listener() {
+    let ok = Command::new("iptables")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip("iptables unavailable");
+        return;
+    }
+    let Some((_ns, mut srv, mut cli)) = setup() else {
+        return;
+    };
+    let l = srv.sock("listen tcp 127.0.0.1 0");
+    let port = l.local.port().to_string();
+    // Drop the client's bare ACKs to the server: the server stays in SYN_RECV.
+    run(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "--tcp-flags",
+            "SYN,ACK,RST,FIN",
+            "ACK",
+            "-j",
+            "DROP",
+        ],
+    );
+    let c = cli.sock(&format!("connect tcp 127.0.0.1 {port}"));
+    let states = Command::new("ss")
+        .args(["-tanH", "state", "syn-recv"])
+        .output()
+        .unwrap();
+    let states = String::from_utf8_lossy(&states.stdout);
+    assert!(
+        states.contains(&c.local.to_string()),
+        "no SYN_RECV entry for {}: {states}",
+        c.local
+    );
+    let r = resolver();
+    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Input), &[]);
+    assert_eq!(
+        got.dest_process.as_ref().map(|p| p.pid),
+        Some(srv.pid),
+        "{got:?}"
+    );
+    // ss lists the mini-socket (inode 0) and the listener at that address.
+    let listener = ss()[&(Proto::Tcp, l.local)]
+        .iter()
+        .find(|e| e.peer.is_none())
+        .map(|e| e.ino);
+    let ino = listener.expect("ss lists the listener");
+    assert_eq!(
+        r.cached_socket_inode(Proto::Tcp, l.local, c.local),
+        Some(ino)
+    );
+    // The client's side is an ordinary established socket.
+    assert_eq!(got.source_process.map(|p| p.pid), Some(cli.pid));
+}
