@@ -98,23 +98,19 @@ fn usable() -> bool {
             return false;
         }
     }
-    let ok = Command::new("ip")
-        .args(["netns", "list"])
+    works("ip", &["netns", "list"]) && works("ss", &["-V"])
+}
+
+/// Whether `cmd args` runs and succeeds; prints a SKIP line when not.
+fn works(cmd: &str, args: &[&str]) -> bool {
+    let ok = Command::new(cmd)
+        .args(args)
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        skip("`ip netns` unavailable");
-        return false;
+        skip(&format!("`{cmd} {}` does not run", args.join(" ")));
     }
-    let ok = Command::new("ss")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip("ss unavailable");
-        return false;
-    }
-    true
+    ok
 }
 
 fn run(cmd: &str, args: &[&str]) {
@@ -697,12 +693,7 @@ fn closing_and_exiting() {
 /// packets belong to the listener.
 #[test]
 fn half_open_connection_goes_to_the_listener() {
-    let ok = Command::new("iptables")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip("iptables unavailable");
+    if !works("iptables", &["-V"]) {
         return;
     }
     let Some((_ns, mut srv, mut cli)) = setup() else {
