@@ -606,19 +606,14 @@ impl Resolver for SocketResolver {
         let mut l = Labels::unresolved("not_resolved");
         l.secmark = secmark_context(meta);
         l.peer = self.peer_label(pkt, payload);
-        let proto = match pkt.proto {
-            Proto::Tcp => Some(DiagProto::Tcp),
-            Proto::Udp => Some(DiagProto::Udp),
+        // Only TCP and UDP packets with ports have sockets to look up.
+        let diag_proto = match (pkt.proto, pkt.sport, pkt.dport) {
+            (Proto::Tcp, Some(_), Some(_)) => Some(DiagProto::Tcp),
+            (Proto::Udp, Some(_), Some(_)) => Some(DiagProto::Udp),
             _ => None,
         };
-        let ends = match (proto, pkt.sport, pkt.dport) {
-            (Some(p), Some(s), Some(d)) => {
-                Some((p, SocketAddr::new(pkt.src, s), SocketAddr::new(pkt.dst, d)))
-            }
-            _ => None,
-        };
-        let resolve_end = |local: SocketAddr, remote: SocketAddr| match ends {
-            Some((p, _, _)) => self.local_end(p, local, remote),
+        let resolve_end = |local: SocketAddr, remote: SocketAddr| match diag_proto {
+            Some(p) => self.local_end(p, local, remote),
             None => LocalEnd::unlabeled("unsupported_proto"),
         };
         let (src, dst) = (
