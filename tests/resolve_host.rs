@@ -103,10 +103,7 @@ fn usable() -> bool {
 
 /// Whether `cmd args` runs and succeeds; prints a SKIP line when not.
 fn works(cmd: &str, args: &[&str]) -> bool {
-    let ok = Command::new(cmd)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
     if !ok {
         skip(&format!("`{cmd} {}` does not run", args.join(" ")));
     }
@@ -127,10 +124,7 @@ impl Netns {
     /// Create the namespace, bring its loopback up and move the calling
     /// thread into it (children spawned from this thread inherit it).
     fn enter() -> Netns {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let name = format!("lg-test-{}-{nanos:x}", std::process::id());
         run("ip", &["netns", "add", &name]);
         let ns = Netns { name };
@@ -146,9 +140,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -196,13 +188,7 @@ impl Agent {
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let pid = child.id();
-        Agent {
-            child,
-            stdin,
-            stdout,
-            pid,
-            uid,
-        }
+        Agent { child, stdin, stdout, pid, uid }
     }
 
     fn cmd(&mut self, line: &str) -> serde_json::Value {
@@ -210,19 +196,14 @@ impl Agent {
         self.stdin.flush().unwrap();
         let mut reply = String::new();
         self.stdout.read_line(&mut reply).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{line}: {reply:?}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{line}: {reply:?}: {e}"));
         assert!(v.get("error").is_none(), "{line}: {v}");
         v
     }
 
     fn sock(&mut self, line: &str) -> Sock {
         let v = self.cmd(line);
-        Sock {
-            id: v["id"].as_u64().unwrap(),
-            local: addr(&v["local"]).unwrap(),
-            peer: addr(&v["peer"]),
-        }
+        Sock { id: v["id"].as_u64().unwrap(), local: addr(&v["local"]).unwrap(), peer: addr(&v["peer"]) }
     }
 }
 
@@ -272,12 +253,7 @@ fn ss() -> HashMap<(Proto, SocketAddr), Vec<SsEntry>> {
         let Some(local) = parse_ss_addr(local) else {
             continue;
         };
-        let mut e = SsEntry {
-            peer: parse_ss_addr(peer),
-            pids: vec![],
-            uid: 0,
-            ino: 0,
-        };
+        let mut e = SsEntry { peer: parse_ss_addr(peer), pids: vec![], uid: 0, ino: 0 };
         for w in &f[6..] {
             if let Some(v) = w.strip_prefix("uid:") {
                 e.uid = v.parse().unwrap();
@@ -309,25 +285,11 @@ fn ss_for(
         IpAddr::V4(_) => "0.0.0.0".parse().unwrap(),
         IpAddr::V6(_) => "::".parse().unwrap(),
     };
-    let candidates = [
-        local,
-        SocketAddr::new(any, local.port()),
-        SocketAddr::new("::".parse().unwrap(), local.port()),
-    ];
-    let connected = m
-        .get(&(proto, local))
-        .and_then(|v| v.iter().find(|e| e.peer == Some(peer)));
-    let unconnected = || {
-        candidates.iter().find_map(|a| {
-            m.get(&(proto, *a))?
-                .iter()
-                .find(|e| e.peer.is_none_or(|p| p.port() == 0))
-        })
-    };
-    connected
-        .or_else(unconnected)
-        .cloned()
-        .unwrap_or_else(|| panic!("ss has no {proto} socket for {local} -> {peer}"))
+    let candidates = [local, SocketAddr::new(any, local.port()), SocketAddr::new("::".parse().unwrap(), local.port())];
+    let connected = m.get(&(proto, local)).and_then(|v| v.iter().find(|e| e.peer == Some(peer)));
+    let unconnected =
+        || candidates.iter().find_map(|a| m.get(&(proto, *a))?.iter().find(|e| e.peer.is_none_or(|p| p.port() == 0)));
+    connected.or_else(unconnected).cloned().unwrap_or_else(|| panic!("ss has no {proto} socket for {local} -> {peer}"))
 }
 
 fn meta(hook: Hook) -> QueueMeta {
@@ -351,10 +313,7 @@ fn expected_unlabeled_reason() -> Option<&'static str> {
 }
 
 fn exe_of(pid: u32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap().to_string_lossy().into_owned()
 }
 
 /// A fresh namespace with a server agent and a client agent in it, or
@@ -371,10 +330,7 @@ fn setup() -> Option<(Netns, Agent, Agent)> {
 fn assert_source_unlabeled(l: &Labels, reason: &'static str) {
     assert_eq!(l.source.origin, Origin::Unlabeled(reason), "{l:?}");
     assert!(l.source_process.is_none(), "{l:?}");
-    assert_eq!(
-        l.source.context.to_string(),
-        "system_u:object_r:unlabeled_t:s0"
-    );
+    assert_eq!(l.source.context.to_string(), "system_u:object_r:unlabeled_t:s0");
 }
 
 fn resolver() -> SocketResolver {
@@ -393,32 +349,15 @@ fn check_end(
     owner: &Agent,
     ssm: &HashMap<(Proto, SocketAddr), Vec<SsEntry>>,
 ) {
-    let what = format!(
-        "{} of {proto} {local} <-> {remote}",
-        if source { "source" } else { "dest" }
-    );
-    let (label, process) = if source {
-        (&l.source, &l.source_process)
-    } else {
-        (&l.dest, &l.dest_process)
-    };
-    let p = process
-        .as_ref()
-        .unwrap_or_else(|| panic!("{what}: no process: {l:?}"));
+    let what = format!("{} of {proto} {local} <-> {remote}", if source { "source" } else { "dest" });
+    let (label, process) = if source { (&l.source, &l.source_process) } else { (&l.dest, &l.dest_process) };
+    let p = process.as_ref().unwrap_or_else(|| panic!("{what}: no process: {l:?}"));
     let e = ss_for(ssm, proto, local, remote);
     assert_eq!(p.pid, owner.pid, "{what}: pid");
-    assert!(
-        e.pids.contains(&p.pid),
-        "{what}: ss says {e:?}, we say {}",
-        p.pid
-    );
+    assert!(e.pids.contains(&p.pid), "{what}: ss says {e:?}, we say {}", p.pid);
     assert_eq!(&*p.exe, exe_of(owner.pid), "{what}: exe");
     assert_eq!(&*p.comm, "python3", "{what}: comm");
-    assert_eq!(
-        r.cached_socket_inode(proto, local, remote),
-        Some(e.ino),
-        "{what}: inode (ss {e:?})"
-    );
+    assert_eq!(r.cached_socket_inode(proto, local, remote), Some(e.ino), "{what}: inode (ss {e:?})");
     if source {
         assert_eq!(l.uid, Some(owner.uid), "{what}: uid");
         assert_eq!(e.uid, owner.uid, "{what}: ss uid");
@@ -466,12 +405,7 @@ fn attribution_matches_ss() {
     let mut tcp_flows = vec![];
     let mut udp_flows = vec![];
     for _ in 0..4 {
-        for (host, l) in [
-            ("127.0.0.1", &tcp4),
-            ("127.0.0.1", &tcp_dual),
-            ("::1", &tcp_dual),
-            ("::1", &tcp6),
-        ] {
+        for (host, l) in [("127.0.0.1", &tcp4), ("127.0.0.1", &tcp_dual), ("::1", &tcp_dual), ("::1", &tcp6)] {
             let c = cli.sock(&format!("connect tcp {host} {}", l.local.port()));
             let a = srv.sock(&format!("accept {}", l.id));
             assert_eq!(a.peer, Some(c.local));
@@ -488,19 +422,10 @@ fn attribution_matches_ss() {
             udp_flows.push((c.local, c.peer.unwrap()));
         }
         // Unconnected sender, bound to an address, to the wildcard-bound socket.
-        let c = cli.sock(&format!(
-            "sendto 127.0.0.1 127.0.0.1 {}",
-            udp_any4.local.port()
-        ));
-        udp_flows.push((
-            c.local,
-            SocketAddr::new(c.local.ip(), udp_any4.local.port()),
-        ));
+        let c = cli.sock(&format!("sendto 127.0.0.1 127.0.0.1 {}", udp_any4.local.port()));
+        udp_flows.push((c.local, SocketAddr::new(c.local.ip(), udp_any4.local.port())));
         let c = cli.sock(&format!("sendto ::1 ::1 {}", udp_dual.local.port()));
-        udp_flows.push((
-            c.local,
-            SocketAddr::new(c.local.ip(), udp_dual.local.port()),
-        ));
+        udp_flows.push((c.local, SocketAddr::new(c.local.ip(), udp_dual.local.port())));
     }
     let r = resolver();
     let ssm = ss();
@@ -514,12 +439,7 @@ fn attribution_matches_ss() {
     // it (IPv4 to the dual-stack listener included).
     let lo4: IpAddr = "127.0.0.1".parse().unwrap();
     let lo6: IpAddr = "::1".parse().unwrap();
-    for (ip, l) in [
-        (lo4, &tcp4),
-        (lo4, &tcp_dual),
-        (lo6, &tcp_dual),
-        (lo6, &tcp6),
-    ] {
+    for (ip, l) in [(lo4, &tcp4), (lo4, &tcp_dual), (lo6, &tcp_dual), (lo6, &tcp6)] {
         let to = SocketAddr::new(ip, l.local.port());
         let from = SocketAddr::new(ip, 9);
         let l2 = r.resolve(&pkt(Proto::Tcp, from, to), &meta(Hook::Input), &[]);
@@ -551,10 +471,7 @@ fn attribution_matches_ss() {
     // slow), checking the holder on every packet and every 10 ms.
     let relaxed = SocketResolver::new(
         PeerConfig::default(),
-        ResolverConfig {
-            owner_revalidate_after: Duration::from_millis(10),
-            ..ResolverConfig::default()
-        },
+        ResolverConfig { owner_revalidate_after: Duration::from_millis(10), ..ResolverConfig::default() },
     )
     .unwrap();
     for (name, r) in [("every packet", &r), ("every 10 ms", &relaxed)] {
@@ -565,10 +482,7 @@ fn attribution_matches_ss() {
             let l = r.resolve(&pkt(p, c, s), &meta(Hook::Output), &[]);
             assert!(std::hint::black_box(l).source_process.is_some());
         }
-        println!(
-            "cached resolve of both ends, holder checked {name}: {:?} per packet",
-            t.elapsed() / rounds as u32
-        );
+        println!("cached resolve of both ends, holder checked {name}: {:?} per packet", t.elapsed() / rounds as u32);
     }
 
     let st = r.stats();
@@ -595,19 +509,11 @@ fn closing_and_exiting() {
     let fly = cli.sock(&format!("connect udp 127.0.0.1 {}", u.local.port()));
     let r = resolver();
     let out = |r: &SocketResolver, c: &Sock, proto| {
-        r.resolve(
-            &pkt(proto, c.local, c.peer.unwrap()),
-            &meta(Hook::Output),
-            &[],
-        )
+        r.resolve(&pkt(proto, c.local, c.peer.unwrap()), &meta(Hook::Output), &[])
     };
     for (c, p) in [(&tc, Proto::Tcp), (&uc, Proto::Udp), (&keep, Proto::Udp)] {
         let got = out(&r, c, p);
-        assert_eq!(
-            got.source_process.map(|x| x.pid),
-            Some(cli.pid),
-            "{p} {c:?}"
-        );
+        assert_eq!(got.source_process.map(|x| x.pid), Some(cli.pid), "{p} {c:?}");
     }
 
     // The client closes one TCP and one UDP socket mid-flow.
@@ -618,11 +524,7 @@ fn closing_and_exiting() {
     let got = out(&r, &uc, Proto::Udp);
     assert_source_unlabeled(&got, "socket_closed");
     // The server's end of the closed TCP flow is still held (CLOSE_WAIT).
-    let got = r.resolve(
-        &pkt(Proto::Tcp, l.local, tc.local),
-        &meta(Hook::Output),
-        &[],
-    );
+    let got = r.resolve(&pkt(Proto::Tcp, l.local, tc.local), &meta(Hook::Output), &[]);
     assert_eq!(got.source_process.map(|x| x.pid), Some(srv.pid));
 
     // A socket whose only reference is an fd in flight (SCM_RIGHTS, not yet
@@ -630,18 +532,13 @@ fn closing_and_exiting() {
     cli.cmd(&format!("inflight {}", fly.id));
     let got = out(&r, &fly, Proto::Udp);
     assert_source_unlabeled(&got, "kernel_socket");
-    let scans = r
-        .stats()
-        .proc_scans
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let scans = r.stats().proc_scans.load(std::sync::atomic::Ordering::Relaxed);
     for _ in 0..50 {
         let again = out(&r, &fly, Proto::Udp);
         assert_eq!(again.source.origin, Origin::Unlabeled("kernel_socket"));
     }
     assert_eq!(
-        r.stats()
-            .proc_scans
-            .load(std::sync::atomic::Ordering::Relaxed),
+        r.stats().proc_scans.load(std::sync::atomic::Ordering::Relaxed),
         scans,
         "an ownerless flow must not rescan /proc per packet"
     );
@@ -651,30 +548,16 @@ fn closing_and_exiting() {
     let child = cli.cmd("handoff")["child"].as_u64().unwrap() as u32;
     let _ = cli.child.wait();
     let got = out(&r, &keep, Proto::Udp);
-    assert_eq!(
-        got.source_process.as_ref().map(|x| x.pid),
-        Some(child),
-        "{got:?}"
-    );
+    assert_eq!(got.source_process.as_ref().map(|x| x.pid), Some(child), "{got:?}");
     assert_eq!(got.uid, Some(CLIENT_UID));
     let e = ss_for(&ss(), Proto::Udp, keep.local, keep.peer.unwrap());
     assert_eq!(e.pids, vec![child]);
 
     // The child is killed: its socket closes with it.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ss()
-        .get(&(Proto::Udp, keep.local))
-        .is_some_and(|v| !v.is_empty())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "socket of killed child still open"
-        );
+    while ss().get(&(Proto::Udp, keep.local)).is_some_and(|v| !v.is_empty()) {
+        assert!(Instant::now() < deadline, "socket of killed child still open");
         std::thread::sleep(Duration::from_millis(20));
     }
     let got = out(&r, &keep, Proto::Udp);
@@ -704,48 +587,19 @@ fn half_open_connection_goes_to_the_listener() {
     // Drop the client's bare ACKs to the server: the server stays in SYN_RECV.
     run(
         "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "--tcp-flags",
-            "SYN,ACK,RST,FIN",
-            "ACK",
-            "-j",
-            "DROP",
-        ],
+        &["-A", "INPUT", "-p", "tcp", "--dport", &port, "--tcp-flags", "SYN,ACK,RST,FIN", "ACK", "-j", "DROP"],
     );
     let c = cli.sock(&format!("connect tcp 127.0.0.1 {port}"));
-    let states = Command::new("ss")
-        .args(["-tanH", "state", "syn-recv"])
-        .output()
-        .unwrap();
+    let states = Command::new("ss").args(["-tanH", "state", "syn-recv"]).output().unwrap();
     let states = String::from_utf8_lossy(&states.stdout);
-    assert!(
-        states.contains(&c.local.to_string()),
-        "no SYN_RECV entry for {}: {states}",
-        c.local
-    );
+    assert!(states.contains(&c.local.to_string()), "no SYN_RECV entry for {}: {states}", c.local);
     let r = resolver();
     let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Input), &[]);
-    assert_eq!(
-        got.dest_process.as_ref().map(|p| p.pid),
-        Some(srv.pid),
-        "{got:?}"
-    );
+    assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     // ss lists the mini-socket (inode 0) and the listener at that address.
-    let listener = ss()[&(Proto::Tcp, l.local)]
-        .iter()
-        .find(|e| e.peer.is_none())
-        .map(|e| e.ino);
+    let listener = ss()[&(Proto::Tcp, l.local)].iter().find(|e| e.peer.is_none()).map(|e| e.ino);
     let ino = listener.expect("ss lists the listener");
-    assert_eq!(
-        r.cached_socket_inode(Proto::Tcp, l.local, c.local),
-        Some(ino)
-    );
+    assert_eq!(r.cached_socket_inode(Proto::Tcp, l.local, c.local), Some(ino));
     // The client's side is an ordinary established socket.
     assert_eq!(got.source_process.map(|p| p.pid), Some(cli.pid));
 }

@@ -39,12 +39,7 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
     pub fn new(capacity: usize, shards: usize) -> Self {
         let shards = shards.max(1);
         let per = NonZeroUsize::new(capacity.div_ceil(shards).max(1)).unwrap_or(NonZeroUsize::MIN);
-        ShardedLru {
-            shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::new(per)))
-                .collect(),
-            hasher: RandomState::new(),
-        }
+        ShardedLru { shards: (0..shards).map(|_| Mutex::new(LruCache::new(per))).collect(), hasher: RandomState::new() }
     }
 
     fn shard(&self, k: &K) -> MutexGuard<'_, LruCache<K, V>> {
@@ -81,10 +76,7 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
 
     /// Entries currently held.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,10 +85,7 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
 
     /// The most entries this cache will hold.
     pub fn capacity(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).cap().get())
-            .sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).cap().get()).sum()
     }
 }
 

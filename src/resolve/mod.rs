@@ -68,9 +68,7 @@ pub mod procfs;
 pub mod sockdiag;
 
 use crate::context::SecurityContext;
-use crate::labels::{
-    secmark_context, Hook, Label, Labels, Origin, ProcessInfo, QueueMeta, Resolver,
-};
+use crate::labels::{secmark_context, Hook, Label, Labels, Origin, ProcessInfo, QueueMeta, Resolver};
 use crate::mls::{Level, Range};
 use crate::packet::{LabelOption, PacketInfo, Proto};
 use crate::policy::{AddressLabel, DoiMap, Policy};
@@ -95,19 +93,13 @@ pub struct PeerConfig {
 
 impl PeerConfig {
     pub fn from_policy(p: &Policy) -> PeerConfig {
-        PeerConfig {
-            address_labels: p.address_labels.clone(),
-            dois: p.dois.clone(),
-        }
+        PeerConfig { address_labels: p.address_labels.clone(), dois: p.dois.clone() }
     }
 
     /// The static label of `addr` (first, i.e. longest, matching prefix).
     pub fn static_label(&self, addr: IpAddr) -> Option<&SecurityContext> {
         let addr = unmap_ip(addr);
-        self.address_labels
-            .iter()
-            .find(|a| a.net.contains(&addr))
-            .map(|a| &a.context)
+        self.address_labels.iter().find(|a| a.net.contains(&addr)).map(|a| &a.context)
     }
 }
 
@@ -249,11 +241,7 @@ struct LocalEnd {
 
 impl LocalEnd {
     fn unlabeled(reason: &'static str) -> LocalEnd {
-        LocalEnd {
-            label: Label::unlabeled(reason),
-            process: None,
-            uid: None,
-        }
+        LocalEnd { label: Label::unlabeled(reason), process: None, uid: None }
     }
 }
 
@@ -289,24 +277,17 @@ impl SocketResolver {
     pub fn new(peer: PeerConfig, cfg: ResolverConfig) -> Result<Self, ResolveError> {
         let diag = SockDiag::new().map_err(ResolveError::SockDiag)?;
         let start = Instant::now();
-        let map = procfs::scan(&cfg.proc_root).map_err(|err| ResolveError::Proc {
-            path: cfg.proc_root.display().to_string(),
-            err,
-        })?;
+        let map = procfs::scan(&cfg.proc_root)
+            .map_err(|err| ResolveError::Proc { path: cfg.proc_root.display().to_string(), err })?;
         let stats = ResolverStats::default();
         bump(&stats.proc_scans);
-        stats
-            .proc_scan_sockets
-            .store(map.len() as u64, Ordering::Relaxed);
+        stats.proc_scan_sockets.store(map.len() as u64, Ordering::Relaxed);
         Ok(SocketResolver {
             flows: ShardedLru::new(cfg.flow_cache_size, cfg.shards),
             owners_cache: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
             owners: RwLock::new(Arc::new(map)),
             scan: Mutex::new(ScanState { last_start: start }),
-            local: RwLock::new(LocalAddrs {
-                at: start,
-                set: local_addrs(),
-            }),
+            local: RwLock::new(LocalAddrs { at: start, set: local_addrs() }),
             peer: RwLock::new(Arc::new(peer)),
             diag,
             cfg,
@@ -336,28 +317,15 @@ impl SocketResolver {
     /// The socket inode the flow cache currently holds for the local end
     /// `local` talking to `remote` (no lookup is made): for diagnostics and
     /// tests that compare with `ss -e`.
-    pub fn cached_socket_inode(
-        &self,
-        proto: Proto,
-        local: SocketAddr,
-        remote: SocketAddr,
-    ) -> Option<u32> {
+    pub fn cached_socket_inode(&self, proto: Proto, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let proto = match proto {
             Proto::Tcp => DiagProto::Tcp,
             Proto::Udp => DiagProto::Udp,
             _ => return None,
         };
-        let key = FlowKey {
-            proto,
-            local: unmap(local),
-            remote: unmap(remote),
-        };
+        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
         let counters = CacheCounters::default();
-        self.flows
-            .get(&key, &counters)?
-            .socket
-            .ok()
-            .map(|s| s.inode)
+        self.flows.get(&key, &counters)?.socket.ok().map(|s| s.inode)
     }
 
     /// Whether `ip` is an address of this host (loopback included).
@@ -374,10 +342,7 @@ impl SocketResolver {
         }
         let set = local_addrs();
         let hit = set.contains(&ip);
-        *self.local.write().unwrap_or_else(|e| e.into_inner()) = LocalAddrs {
-            at: Instant::now(),
-            set,
-        };
+        *self.local.write().unwrap_or_else(|e| e.into_inner()) = LocalAddrs { at: Instant::now(), set };
         hit
     }
 
@@ -403,11 +368,7 @@ impl SocketResolver {
 
     /// Resolve the local socket at `local` talking to `remote`.
     fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> LocalEnd {
-        let key = FlowKey {
-            proto,
-            local: unmap(local),
-            remote: unmap(remote),
-        };
+        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
         let cached = self.flows.get(&key, &self.stats.flow);
         let mut previous = None;
         if let Some(e) = &cached {
@@ -439,24 +400,14 @@ impl SocketResolver {
             }
         }
         let end = match socket {
-            Ok(ds) => self
-                .owner_of(&ds, false)
-                .unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket")),
+            Ok(ds) => self.owner_of(&ds, false).unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket")),
             Err(reason) => LocalEnd::unlabeled(reason),
         };
         let no_owner = match (&socket, &end.label.origin) {
             (Ok(_), Origin::Unlabeled(r)) if end.process.is_none() => Some(*r),
             _ => None,
         };
-        self.flows.insert(
-            key,
-            FlowEntry {
-                socket,
-                no_owner,
-                at: Instant::now(),
-            },
-            &self.stats.flow,
-        );
+        self.flows.insert(key, FlowEntry { socket, no_owner, at: Instant::now() }, &self.stats.flow);
         end
     }
 
@@ -469,11 +420,7 @@ impl SocketResolver {
         remote: SocketAddr,
         had_socket: bool,
     ) -> Result<DiagSocket, &'static str> {
-        let closed = if had_socket {
-            "socket_closed"
-        } else {
-            "no_socket"
-        };
+        let closed = if had_socket { "socket_closed" } else { "no_socket" };
         bump(&self.stats.sock_diag_queries);
         let ds = match self.diag.lookup(proto, local, remote) {
             Ok(Some(ds)) => ds,
@@ -509,11 +456,7 @@ impl SocketResolver {
     /// rescan unless `cached_only`).
     fn owner_of(&self, ds: &DiagSocket, cached_only: bool) -> Option<LocalEnd> {
         let root = &self.cfg.proc_root;
-        let end = |o: &Owner| LocalEnd {
-            label: o.label.clone(),
-            process: Some(o.process.clone()),
-            uid: Some(ds.uid),
-        };
+        let end = |o: &Owner| LocalEnd { label: o.label.clone(), process: Some(o.process.clone()), uid: Some(ds.uid) };
         if let Some(o) = self.owners_cache.get(&ds.inode, &self.stats.owner) {
             let now = self.now_ns();
             let recent = now.saturating_sub(o.checked.load(Ordering::Relaxed))
@@ -536,11 +479,7 @@ impl SocketResolver {
             if attempt == 1 {
                 self.rescan(t0);
             }
-            let map = self
-                .owners
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let map = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
             for &(pid, fd) in map.get(&ds.inode).map(Vec::as_slice).unwrap_or_default() {
                 if !procfs::holds(root, pid, fd, ds.inode) {
                     // The fd was closed (or passed on); only a holder that
@@ -559,15 +498,8 @@ impl SocketResolver {
                     gone = true;
                     continue;
                 };
-                let o = Arc::new(Owner {
-                    pid,
-                    fd,
-                    label,
-                    process,
-                    checked: AtomicU64::new(self.now_ns()),
-                });
-                self.owners_cache
-                    .insert(ds.inode, o.clone(), &self.stats.owner);
+                let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(self.now_ns()) });
+                self.owners_cache.insert(ds.inode, o.clone(), &self.stats.owner);
                 return Some(end(&o));
             }
         }
@@ -588,9 +520,7 @@ impl SocketResolver {
         let start = Instant::now();
         match procfs::scan(&self.cfg.proc_root) {
             Ok(map) => {
-                self.stats
-                    .proc_scan_sockets
-                    .store(map.len() as u64, Ordering::Relaxed);
+                self.stats.proc_scan_sockets.store(map.len() as u64, Ordering::Relaxed);
                 *self.owners.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             }
             Err(e) => log::warn!("scan of {}: {e}", self.cfg.proc_root.display()),
@@ -616,10 +546,8 @@ impl Resolver for SocketResolver {
             Some(p) => self.local_end(p, local, remote),
             None => LocalEnd::unlabeled("unsupported_proto"),
         };
-        let (src, dst) = (
-            SocketAddr::new(pkt.src, pkt.sport.unwrap_or(0)),
-            SocketAddr::new(pkt.dst, pkt.dport.unwrap_or(0)),
-        );
+        let (src, dst) =
+            (SocketAddr::new(pkt.src, pkt.sport.unwrap_or(0)), SocketAddr::new(pkt.dst, pkt.dport.unwrap_or(0)));
 
         let src_local = matches!(hook, Some(Hook::Output)) || self.is_local(pkt.src);
         let mut sock_uid = None;
@@ -639,10 +567,7 @@ impl Resolver for SocketResolver {
             l.dest_process = end.process;
         } else {
             l.dest = match self.peer_config().static_label(pkt.dst) {
-                Some(c) => Label {
-                    context: c.clone(),
-                    origin: Origin::Static,
-                },
+                Some(c) => Label { context: c.clone(), origin: Origin::Static },
                 None => Label::unlabeled("remote"),
             };
         }
@@ -691,11 +616,7 @@ pub enum PeerOutcome {
 /// | none | L | `system_u:object_r:netlabel_peer_t:L` ([`Origin::PeerOption`]) |
 /// | any | malformed | unlabeled `bad_peer_option` |
 /// | any | unmapped DOI | unlabeled `unknown_doi` |
-pub fn peer_label(
-    cfg: &PeerConfig,
-    pkt: &PacketInfo,
-    payload: &[u8],
-) -> (Option<Label>, PeerOutcome) {
+pub fn peer_label(cfg: &PeerConfig, pkt: &PacketInfo, payload: &[u8]) -> (Option<Label>, PeerOutcome) {
     let parsed = match &pkt.label_option {
         None => Ok(None),
         Some(LabelOption::Ipv4Options(r)) => match payload.get(r.clone()) {
@@ -711,34 +632,15 @@ pub fn peer_label(
         Ok(None) => (None, PeerOutcome::None),
         Ok(Some((doi, level))) => match cfg.dois.get(&doi) {
             Some(DoiMap::Pass) => (Some(level), PeerOutcome::Option),
-            None => {
-                return (
-                    Some(Label::unlabeled("unknown_doi")),
-                    PeerOutcome::UnknownDoi,
-                )
-            }
+            None => return (Some(Label::unlabeled("unknown_doi")), PeerOutcome::UnknownDoi),
         },
-        Err(e) => {
-            return (
-                Some(Label::unlabeled("bad_peer_option")),
-                PeerOutcome::Malformed(e),
-            )
-        }
+        Err(e) => return (Some(Label::unlabeled("bad_peer_option")), PeerOutcome::Malformed(e)),
     };
     let label = match (cfg.static_label(pkt.src), level) {
         (None, None) => None,
-        (Some(c), None) => Some(Label {
-            context: c.clone(),
-            origin: Origin::Static,
-        }),
-        (Some(c), Some(l)) => Some(Label {
-            context: c.with_range(Range::single(l)),
-            origin: Origin::PeerOption,
-        }),
-        (None, Some(l)) => Some(Label {
-            context: netlabel_peer(l),
-            origin: Origin::PeerOption,
-        }),
+        (Some(c), None) => Some(Label { context: c.clone(), origin: Origin::Static }),
+        (Some(c), Some(l)) => Some(Label { context: c.with_range(Range::single(l)), origin: Origin::PeerOption }),
+        (None, Some(l)) => Some(Label { context: netlabel_peer(l), origin: Origin::PeerOption }),
     };
     (label, outcome)
 }
@@ -746,13 +648,8 @@ pub fn peer_label(
 /// `system_u:object_r:netlabel_peer_t:<level>`: the peer context for a
 /// packet option with no static label (as SELinux's `netlabel_peer_t`).
 pub fn netlabel_peer(level: Level) -> SecurityContext {
-    SecurityContext::new(
-        "system_u",
-        "object_r",
-        "netlabel_peer_t",
-        Some(Range::single(level)),
-    )
-    .unwrap_or_else(|_| unreachable!("constant identifiers are valid"))
+    SecurityContext::new("system_u", "object_r", "netlabel_peer_t", Some(Range::single(level)))
+        .unwrap_or_else(|_| unreachable!("constant identifiers are valid"))
 }
 
 fn unmap_ip(ip: IpAddr) -> IpAddr {

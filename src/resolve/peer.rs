@@ -67,12 +67,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes([
-        *b.get(at)?,
-        *b.get(at + 1)?,
-        *b.get(at + 2)?,
-        *b.get(at + 3)?,
-    ]))
+    Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
 }
 
 fn insert_cat(set: &mut CategorySet, c: u32) -> Result<(), PeerError> {
@@ -103,9 +98,7 @@ fn bitmap(bytes: &[u8]) -> Result<CategorySet, PeerError> {
 /// other option is type-length-value with the length counting the type and
 /// length bytes. Returns `Ok(None)` when there is no CIPSO option.
 pub fn parse_cipso(opts: &[u8]) -> Result<Option<(u32, Level)>, PeerError> {
-    find_option(opts, IPOPT_CIPSO, Area::Ipv4, "CIPSO")?
-        .map(cipso_option)
-        .transpose()
+    find_option(opts, IPOPT_CIPSO, Area::Ipv4, "CIPSO")?.map(cipso_option).transpose()
 }
 
 /// The two kinds of options area.
@@ -121,12 +114,7 @@ enum Area {
 /// The single option of type `want` in an options area (whole, type and
 /// length bytes included); an error on a length that does not fit or on a
 /// second option of that type.
-fn find_option<'a>(
-    area: &'a [u8],
-    want: u8,
-    kind: Area,
-    name: &'static str,
-) -> Result<Option<&'a [u8]>, PeerError> {
+fn find_option<'a>(area: &'a [u8], want: u8, kind: Area, name: &'static str) -> Result<Option<&'a [u8]>, PeerError> {
     let mut at = 0usize;
     let mut found = None;
     while let Some(&ty) = area.get(at) {
@@ -138,17 +126,13 @@ fn find_option<'a>(
             }
             _ => {}
         }
-        let len = *area
-            .get(at + 1)
-            .ok_or(PeerError::OptionLength { at, len: 0 })?;
+        let len = *area.get(at + 1).ok_or(PeerError::OptionLength { at, len: 0 })?;
         let end = match kind {
             Area::Ipv4 if len < 2 => return Err(PeerError::OptionLength { at, len }),
             Area::Ipv4 => at + usize::from(len),
             Area::Ipv6 => at + 2 + usize::from(len),
         };
-        let opt = area
-            .get(at..end)
-            .ok_or(PeerError::OptionLength { at, len })?;
+        let opt = area.get(at..end).ok_or(PeerError::OptionLength { at, len })?;
         if ty == want {
             if found.is_some() {
                 return Err(PeerError::Duplicate(name));
@@ -235,11 +219,7 @@ fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
             let mut prev_low: Option<u16> = None;
             for i in (0..cats.len()).step_by(4) {
                 let high = be16(cats, i).ok_or(T)?;
-                let low = if i + 4 <= cats.len() {
-                    be16(cats, i + 2).ok_or(T)?
-                } else {
-                    0
-                };
+                let low = if i + 4 <= cats.len() { be16(cats, i + 2).ok_or(T)? } else { 0 };
                 if low > high || prev_low.is_some_and(|p| high >= p) {
                     return Err(PeerError::CategoryOrder);
                 }
@@ -254,10 +234,7 @@ fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
             set
         }
     };
-    Ok(Level {
-        sensitivity,
-        categories,
-    })
+    Ok(Level { sensitivity, categories })
 }
 
 /// The kernel's `crc_ccitt` (reflected polynomial 0x8408).
@@ -265,11 +242,7 @@ fn crc_ccitt(mut crc: u16, bytes: &[u8]) -> u16 {
     for &b in bytes {
         crc ^= u16::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x8408
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x8408 } else { crc >> 1 };
         }
     }
     crc
@@ -292,9 +265,7 @@ pub fn calipso_checksum(opt: &[u8]) -> u16 {
 /// Option 0 (Pad1) is one byte; every other option is type-length-value with
 /// the length counting only the value. Returns `Ok(None)` without CALIPSO.
 pub fn parse_calipso(hbh_data: &[u8]) -> Result<Option<(u32, Level)>, PeerError> {
-    find_option(hbh_data, IPV6_TLV_CALIPSO, Area::Ipv6, "CALIPSO")?
-        .map(calipso_option)
-        .transpose()
+    find_option(hbh_data, IPV6_TLV_CALIPSO, Area::Ipv6, "CALIPSO")?.map(calipso_option).transpose()
 }
 
 /// One CALIPSO option: type, length, DOI (4), compartment length in 32-bit
@@ -318,13 +289,7 @@ fn calipso_option(opt: &[u8]) -> Result<(u32, Level), PeerError> {
         return Err(PeerError::ReservedDoi);
     }
     let categories = bitmap(&opt[10..10 + cat_len])?;
-    Ok((
-        doi,
-        Level {
-            sensitivity: u16::from(opt[7]),
-            categories,
-        },
-    ))
+    Ok((doi, Level { sensitivity: u16::from(opt[7]), categories }))
 }
 
 #[cfg(test)]
@@ -338,9 +303,7 @@ mod tests {
     /// The option the kernel put on a packet from a process at s1:c0 with
     /// `netlabelctl cipsov4 add pass doi:16 tags:1` (see kernel-facts.md),
     /// followed by the end-of-list padding byte.
-    const KERNEL_CIPSO: [u8; 12] = [
-        0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00,
-    ];
+    const KERNEL_CIPSO: [u8; 12] = [0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00];
 
     #[test]
     fn kernel_generated_cipso_tag1() {
@@ -406,20 +369,14 @@ mod tests {
     #[test]
     fn cipso_malformed() {
         // Truncated: option claims 11 bytes, 8 given.
-        assert!(matches!(
-            parse_cipso(&KERNEL_CIPSO[..8]),
-            Err(PeerError::OptionLength { at: 0, len: 11 })
-        ));
+        assert!(matches!(parse_cipso(&KERNEL_CIPSO[..8]), Err(PeerError::OptionLength { at: 0, len: 11 })));
         // Only the type byte.
         assert!(parse_cipso(&[0x86]).is_err());
         // Length below 2 (would loop forever if trusted).
         assert!(parse_cipso(&[0x86, 0, 0, 0]).is_err());
         assert!(parse_cipso(&[68, 1, 0, 0]).is_err());
         // Option too short for a DOI and a tag.
-        assert_eq!(
-            parse_cipso(&[0x86, 6, 0, 0, 0, 16]),
-            Err(PeerError::Truncated("CIPSO"))
-        );
+        assert_eq!(parse_cipso(&[0x86, 6, 0, 0, 0, 16]), Err(PeerError::Truncated("CIPSO")));
         // Tag length lies: says 9, only 5 in the option.
         let mut lie = KERNEL_CIPSO;
         lie[7] = 9;
@@ -491,10 +448,7 @@ mod tests {
         flipped[12] ^= 0x40;
         assert_eq!(parse_calipso(&flipped), Err(PeerError::Checksum));
         // Truncated option.
-        assert!(matches!(
-            parse_calipso(&good[..10]),
-            Err(PeerError::OptionLength { .. })
-        ));
+        assert!(matches!(parse_calipso(&good[..10]), Err(PeerError::OptionLength { .. })));
         // Compartment length lies (says 2 words, option holds 1).
         let mut lie = good.clone();
         lie[6] = 2;
@@ -502,10 +456,7 @@ mod tests {
         lie[8..10].copy_from_slice(&s.to_le_bytes());
         assert_eq!(parse_calipso(&lie), Err(PeerError::Truncated("CALIPSO")));
         // Data length below the fixed header.
-        assert_eq!(
-            parse_calipso(&[7, 4, 0, 0, 0, 1]),
-            Err(PeerError::Truncated("CALIPSO"))
-        );
+        assert_eq!(parse_calipso(&[7, 4, 0, 0, 0, 1]), Err(PeerError::Truncated("CALIPSO")));
         // Only a type byte.
         assert!(parse_calipso(&[7]).is_err());
         let mut two = good.clone();
@@ -516,10 +467,7 @@ mod tests {
         // Category beyond c1023: 132 bytes of bitmap with the last bit set.
         let mut bm = vec![0u8; 132];
         bm[131] = 1;
-        assert_eq!(
-            parse_calipso(&calipso(1, 0, &bm)),
-            Err(PeerError::CategoryRange(1055))
-        );
+        assert_eq!(parse_calipso(&calipso(1, 0, &bm)), Err(PeerError::CategoryRange(1055)));
     }
 
     proptest::proptest! {

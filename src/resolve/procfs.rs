@@ -27,11 +27,7 @@ pub fn scan(proc_root: &Path) -> io::Result<OwnerMap> {
     let mut map: OwnerMap = HashMap::new();
     for entry in std::fs::read_dir(proc_root)? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let fd_dir = entry.path().join("fd");
@@ -42,10 +38,7 @@ pub fn scan(proc_root: &Path) -> io::Result<OwnerMap> {
             let Some(fdn) = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(ino) = std::fs::read_link(fd.path())
-                .ok()
-                .and_then(|t| socket_inode(&t))
-            {
+            if let Some(ino) = std::fs::read_link(fd.path()).ok().and_then(|t| socket_inode(&t)) {
                 map.entry(ino).or_default().push((pid, fdn));
             }
         }
@@ -57,18 +50,12 @@ pub fn scan(proc_root: &Path) -> io::Result<OwnerMap> {
 }
 
 fn fd_path(proc_root: &Path, pid: u32, fd: u32) -> PathBuf {
-    proc_root
-        .join(pid.to_string())
-        .join("fd")
-        .join(fd.to_string())
+    proc_root.join(pid.to_string()).join("fd").join(fd.to_string())
 }
 
 /// Whether process `pid` still holds socket `inode` at `fd` (one readlink).
 pub fn holds(proc_root: &Path, pid: u32, fd: u32, inode: u32) -> bool {
-    std::fs::read_link(fd_path(proc_root, pid, fd))
-        .ok()
-        .and_then(|t| socket_inode(&t))
-        == Some(inode)
+    std::fs::read_link(fd_path(proc_root, pid, fd)).ok().and_then(|t| socket_inode(&t)) == Some(inode)
 }
 
 /// Whether `/proc/PID` exists.
@@ -81,14 +68,8 @@ pub fn process_info(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
     let dir = proc_root.join(pid.to_string());
     let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
     // exe is unreadable for kernel threads and without ptrace rights.
-    let exe = std::fs::read_link(dir.join("exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Some(ProcessInfo {
-        pid,
-        comm: Arc::from(comm.trim_end_matches('\n')),
-        exe: Arc::from(exe),
-    })
+    let exe = std::fs::read_link(dir.join("exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe) })
 }
 
 /// Why a label read found nothing usable.
@@ -109,10 +90,7 @@ pub fn socket_label(proc_root: &Path, pid: u32, fd: u32) -> Result<Label, LabelM
     match xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux") {
         Ok(Some(v)) => {
             return Ok(match parse_context(&v) {
-                Some(context) => Label {
-                    context,
-                    origin: Origin::Socket,
-                },
+                Some(context) => Label { context, origin: Origin::Socket },
                 None => Label::unlabeled("bad_context"),
             })
         }
@@ -129,19 +107,14 @@ pub fn process_label(proc_root: &Path, pid: u32) -> Result<Label, LabelMiss> {
     let path = proc_root.join(pid.to_string()).join("attr").join("current");
     match std::fs::read(path) {
         Ok(v) => Ok(match parse_context(&v) {
-            Some(context) => Label {
-                context,
-                origin: Origin::Process,
-            },
+            Some(context) => Label { context, origin: Origin::Process },
             // Readable but not an SELinux context: AppArmor ("unconfined"),
             // Smack ("_") or another LSM owns attr/current.
             None => Label::unlabeled("other_lsm"),
         }),
         Err(e) if is_gone(&e) => Err(LabelMiss::Gone),
         // No LSM that provides attr/current is active: EINVAL.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            Ok(Label::unlabeled("selinux_disabled"))
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Label::unlabeled("selinux_disabled")),
         Err(_) => Ok(Label::unlabeled("unreadable")),
     }
 }
@@ -172,19 +145,14 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = s.as_raw_fd() as u32;
         let pid = std::process::id();
-        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
-            .unwrap()
-            .ino() as u32;
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino() as u32;
         let map = scan(proc_root).unwrap();
         assert!(map[&ino].contains(&(pid, fd)), "{:?}", map.get(&ino));
         assert!(holds(proc_root, pid, fd, ino));
         assert!(!holds(proc_root, pid, fd, ino.wrapping_add(1)));
         let info = process_info(proc_root, pid).unwrap();
         assert_eq!(info.pid, pid);
-        assert_eq!(
-            &*info.exe,
-            std::env::current_exe().unwrap().to_str().unwrap()
-        );
+        assert_eq!(&*info.exe, std::env::current_exe().unwrap().to_str().unwrap());
         drop(s);
         assert!(!holds(proc_root, pid, fd, ino));
     }

@@ -66,31 +66,18 @@ impl SockDiag {
     /// support shows at start-up.
     pub fn new() -> io::Result<SockDiag> {
         let s = open()?;
-        Ok(SockDiag {
-            pool: Mutex::new(vec![s]),
-            seq: AtomicU32::new(1),
-        })
+        Ok(SockDiag { pool: Mutex::new(vec![s]), seq: AtomicU32::new(1) })
     }
 
     /// The socket that owns the flow between `local` and `remote` (both of
     /// the same family; v4-mapped IPv6 addresses are looked up as IPv4).
     /// `Ok(None)` when the kernel has no such socket.
-    pub fn lookup(
-        &self,
-        proto: DiagProto,
-        local: SocketAddr,
-        remote: SocketAddr,
-    ) -> io::Result<Option<DiagSocket>> {
+    pub fn lookup(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<DiagSocket>> {
         let (local, remote) = (unmap(local), unmap(remote));
         let family = match (local.ip(), remote.ip()) {
             (IpAddr::V4(_), IpAddr::V4(_)) => AF_INET,
             (IpAddr::V6(_), IpAddr::V6(_)) => AF_INET6,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "local and remote address families differ",
-                ))
-            }
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "local and remote address families differ")),
         };
         let (src, dst, protocol) = match proto {
             DiagProto::Tcp => (local, remote, IPPROTO_TCP),
@@ -119,10 +106,7 @@ impl SockDiag {
         let res = exchange(&sock, req, seq);
         // A socket whose exchange failed may hold a stale reply: drop it.
         if res.is_ok() {
-            self.pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(sock);
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(sock);
         }
         res
     }
@@ -173,8 +157,7 @@ fn exchange(sock: &Socket, req: InetRequest, seq: u32) -> io::Result<Option<Diag
                 return match m.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                         let h = &r.header;
-                        let local =
-                            SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port);
+                        let local = SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port);
                         Ok(Some(DiagSocket {
                             inode: h.inode,
                             uid: h.uid,
@@ -189,10 +172,7 @@ fn exchange(sock: &Socket, req: InetRequest, seq: u32) -> io::Result<Option<Diag
                         None => Ok(None),
                     },
                     NetlinkPayload::Done(_) => Ok(None),
-                    _ => Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unexpected sock_diag reply",
-                    )),
+                    _ => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected sock_diag reply")),
                 };
             }
             // A reply to an earlier request: skip it.

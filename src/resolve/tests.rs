@@ -10,9 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering::Relaxed;
 
-const KERNEL_CIPSO: [u8; 12] = [
-    0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00,
-];
+const KERNEL_CIPSO: [u8; 12] = [0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00];
 
 fn ctx(s: &str) -> SecurityContext {
     s.parse().unwrap()
@@ -21,27 +19,15 @@ fn ctx(s: &str) -> SecurityContext {
 fn peer_cfg() -> PeerConfig {
     PeerConfig {
         address_labels: vec![
-            AddressLabel {
-                net: "198.18.1.0/24".parse().unwrap(),
-                context: ctx("system_u:object_r:db_peer_t:s0"),
-            },
-            AddressLabel {
-                net: "198.18.0.0/15".parse().unwrap(),
-                context: ctx("system_u:object_r:bench_peer_t:s0"),
-            },
+            AddressLabel { net: "198.18.1.0/24".parse().unwrap(), context: ctx("system_u:object_r:db_peer_t:s0") },
+            AddressLabel { net: "198.18.0.0/15".parse().unwrap(), context: ctx("system_u:object_r:bench_peer_t:s0") },
         ],
         dois: [(16, DoiMap::Pass)].into_iter().collect(),
     }
 }
 
 fn v4(src: &str, opts: &[u8]) -> (PacketInfo, Vec<u8>) {
-    let p = build::ipv4(
-        src.parse().unwrap(),
-        "198.18.0.1".parse().unwrap(),
-        17,
-        opts,
-        &build::udp(1000, 2000, b"x"),
-    );
+    let p = build::ipv4(src.parse().unwrap(), "198.18.0.1".parse().unwrap(), 17, opts, &build::udp(1000, 2000, b"x"));
     (packet::parse(&p).unwrap(), p)
 }
 
@@ -54,27 +40,17 @@ fn peer_label_table() {
     let l = l.unwrap();
     assert_eq!(
         (l.context.to_string(), l.origin, o),
-        (
-            "system_u:object_r:db_peer_t:s0".to_string(),
-            Origin::Static,
-            PeerOutcome::None
-        )
+        ("system_u:object_r:db_peer_t:s0".to_string(), Origin::Static, PeerOutcome::None)
     );
     // Static refined by CIPSO.
     let (pkt, p) = v4("198.18.2.7", &KERNEL_CIPSO);
     let l = peer_label(&cfg, &pkt, &p).0.unwrap();
-    assert_eq!(
-        l.context.to_string(),
-        "system_u:object_r:bench_peer_t:s1:c0"
-    );
+    assert_eq!(l.context.to_string(), "system_u:object_r:bench_peer_t:s1:c0");
     assert_eq!(l.origin, Origin::PeerOption);
     // CIPSO without a static label.
     let (pkt, p) = v4("127.0.0.1", &KERNEL_CIPSO);
     let l = peer_label(&cfg, &pkt, &p).0.unwrap();
-    assert_eq!(
-        l.context.to_string(),
-        "system_u:object_r:netlabel_peer_t:s1:c0"
-    );
+    assert_eq!(l.context.to_string(), "system_u:object_r:netlabel_peer_t:s1:c0");
     // Nothing.
     let (pkt, p) = v4("127.0.0.1", &[]);
     assert_eq!(peer_label(&cfg, &pkt, &p), (None, PeerOutcome::None));
@@ -107,10 +83,7 @@ fn calipso_peer_label_from_a_parsed_ipv6_packet() {
     let p = build::ipv6(l6, l6, 0, &ext, &build::udp(1, 2, b""));
     let pkt = packet::parse(&p).unwrap();
     let l = peer_label(&peer_cfg(), &pkt, &p).0.unwrap();
-    assert_eq!(
-        l.context.to_string(),
-        "system_u:object_r:netlabel_peer_t:s2:c2"
-    );
+    assert_eq!(l.context.to_string(), "system_u:object_r:netlabel_peer_t:s2:c2");
 }
 
 fn resolver() -> SocketResolver {
@@ -133,27 +106,13 @@ fn meta(hook: Hook) -> QueueMeta {
 }
 
 fn inode(fd: &impl AsRawFd) -> u64 {
-    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .unwrap()
-        .ino()
+    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap().ino()
 }
 
 /// The socket inode the flow cache holds for a flow.
-fn cached_inode(
-    r: &SocketResolver,
-    proto: DiagProto,
-    local: SocketAddr,
-    remote: SocketAddr,
-) -> u64 {
-    let k = FlowKey {
-        proto,
-        local,
-        remote,
-    };
-    let e = r
-        .flows
-        .get(&k, &CacheCounters::default())
-        .expect("flow cached");
+fn cached_inode(r: &SocketResolver, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> u64 {
+    let k = FlowKey { proto, local, remote };
+    let e = r.flows.get(&k, &CacheCounters::default()).expect("flow cached");
     u64::from(e.socket.expect("flow has a socket").inode)
 }
 
@@ -174,10 +133,7 @@ fn own_udp_sockets_are_attributed_both_ways() {
     assert_eq!(l.source_process.as_ref().map(|p| p.pid), Some(me));
     assert_eq!(l.dest_process.as_ref().map(|p| p.pid), Some(me));
     assert_eq!(l.uid, Some(my_uid()));
-    assert_eq!(
-        &*l.source_process.unwrap().exe,
-        std::env::current_exe().unwrap().to_str().unwrap()
-    );
+    assert_eq!(&*l.source_process.unwrap().exe, std::env::current_exe().unwrap().to_str().unwrap());
     // Socket labels: whatever this host has, never "not_resolved".
     assert_ne!(l.source.origin, Origin::Unlabeled("not_resolved"));
     assert_eq!(l.peer, None);
@@ -226,47 +182,22 @@ fn tcp_listener_established_and_ipv6() {
         let c = TcpStream::connect(la).unwrap();
         let (s, _) = lst.accept().unwrap();
         let ca = c.local_addr().unwrap();
-        let tcp = |src: SocketAddr, dst: SocketAddr| PacketInfo {
-            proto: Proto::Tcp,
-            ..udp_pkt(src, dst)
-        };
+        let tcp = |src: SocketAddr, dst: SocketAddr| PacketInfo { proto: Proto::Tcp, ..udp_pkt(src, dst) };
         // Client -> server on OUTPUT: source = client socket, dest = accepted socket.
         let l = r.resolve(&tcp(ca, la), &meta(Hook::Output), &[]);
         assert_eq!(l.source_process.map(|p| p.pid), Some(std::process::id()));
         assert_eq!(l.dest_process.map(|p| p.pid), Some(std::process::id()));
         // The flows were attributed to the right sockets (by inode).
-        let fk = |local, remote| FlowKey {
-            proto: DiagProto::Tcp,
-            local,
-            remote,
-        };
-        let c_ino = r
-            .flows
-            .get(&fk(ca, la), &CacheCounters::default())
-            .unwrap()
-            .socket
-            .unwrap()
-            .inode;
-        let s_ino = r
-            .flows
-            .get(&fk(la, ca), &CacheCounters::default())
-            .unwrap()
-            .socket
-            .unwrap()
-            .inode;
+        let fk = |local, remote| FlowKey { proto: DiagProto::Tcp, local, remote };
+        let c_ino = r.flows.get(&fk(ca, la), &CacheCounters::default()).unwrap().socket.unwrap().inode;
+        let s_ino = r.flows.get(&fk(la, ca), &CacheCounters::default()).unwrap().socket.unwrap().inode;
         assert_eq!(u64::from(c_ino), inode(&c));
         assert_eq!(u64::from(s_ino), inode(&s));
         // A SYN from a port no one connected from goes to the listener.
         let stranger: SocketAddr = SocketAddr::new(la.ip(), 1);
         let l = r.resolve(&tcp(stranger, la), &meta(Hook::Input), &[]);
         assert!(l.dest_process.is_some(), "{l:?}");
-        let l_ino = r
-            .flows
-            .get(&fk(la, stranger), &CacheCounters::default())
-            .unwrap()
-            .socket
-            .unwrap()
-            .inode;
+        let l_ino = r.flows.get(&fk(la, stranger), &CacheCounters::default()).unwrap().socket.unwrap().inode;
         assert_eq!(u64::from(l_ino), inode(&lst));
     }
 }
@@ -283,10 +214,7 @@ fn icmp_has_no_socket_and_remote_sources_take_peer_labels() {
     );
     let pkt = packet::parse(&p).unwrap();
     let l = r.resolve(&pkt, &meta(Hook::Input), &p);
-    assert_eq!(
-        l.source.context.to_string(),
-        "system_u:object_r:db_peer_t:s1:c0"
-    );
+    assert_eq!(l.source.context.to_string(), "system_u:object_r:db_peer_t:s1:c0");
     assert_eq!(l.peer.as_ref(), Some(&l.source));
     assert_eq!(l.dest.origin, Origin::Unlabeled("unsupported_proto"));
     assert_eq!(r.stats().peer_options.load(Relaxed), 1);
