@@ -349,7 +349,11 @@ impl SocketResolver {
     /// The peer label of the packet's source (see [`peer_label`]), counted
     /// into the stats.
     pub fn peer_label(&self, pkt: &PacketInfo, payload: &[u8]) -> Option<Label> {
-        let (label, outcome) = peer_label(&self.peer_config(), pkt, payload);
+        self.peer_label_with(&self.peer_config(), pkt, payload)
+    }
+
+    fn peer_label_with(&self, cfg: &PeerConfig, pkt: &PacketInfo, payload: &[u8]) -> Option<Label> {
+        let (label, outcome) = peer_label(cfg, pkt, payload);
         match outcome {
             PeerOutcome::None => {}
             PeerOutcome::Option => bump(&self.stats.peer_options),
@@ -532,10 +536,44 @@ impl SocketResolver {
 
 impl Resolver for SocketResolver {
     fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        self.resolve_with(&self.peer_config(), pkt, meta, payload)
+    }
+}
+
+/// A [`SocketResolver`] seen through one policy's peer configuration: the
+/// caches, the sock_diag sockets and the counters are shared by every view,
+/// so a policy reload builds a new view (cheap) instead of a new resolver.
+/// Made by [`SocketResolver::for_policy`].
+pub struct PolicyResolver {
+    core: Arc<SocketResolver>,
+    peer: PeerConfig,
+}
+
+impl PolicyResolver {
+    /// The shared resolver (for its stats).
+    pub fn core(&self) -> &Arc<SocketResolver> {
+        &self.core
+    }
+}
+
+impl Resolver for PolicyResolver {
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        self.core.resolve_with(&self.peer, pkt, meta, payload)
+    }
+}
+
+impl SocketResolver {
+    /// A view of this resolver with `peer` (usually
+    /// `PeerConfig::from_policy(&policy)`) as its peer configuration.
+    pub fn for_policy(self: &Arc<Self>, peer: PeerConfig) -> PolicyResolver {
+        PolicyResolver { core: self.clone(), peer }
+    }
+
+    fn resolve_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
         let hook = Hook::from_nf(meta.hook);
         let mut l = Labels::unresolved("not_resolved");
         l.secmark = secmark_context(meta);
-        l.peer = self.peer_label(pkt, payload);
+        l.peer = self.peer_label_with(peer, pkt, payload);
         // Only TCP and UDP packets with ports have sockets to look up.
         let diag_proto = match (pkt.proto, pkt.sport, pkt.dport) {
             (Proto::Tcp, Some(_), Some(_)) => Some(DiagProto::Tcp),
@@ -566,7 +604,7 @@ impl Resolver for SocketResolver {
             l.dest = end.label;
             l.dest_process = end.process;
         } else {
-            l.dest = match self.peer_config().static_label(pkt.dst) {
+            l.dest = match peer.static_label(pkt.dst) {
                 Some(c) => Label { context: c.clone(), origin: Origin::Static },
                 None => Label::unlabeled("remote"),
             };

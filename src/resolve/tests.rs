@@ -231,3 +231,24 @@ fn resolver_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<SocketResolver>();
 }
+
+#[test]
+fn policy_views_share_caches_but_not_peer_config() {
+    let core = Arc::new(SocketResolver::new(PeerConfig::default(), ResolverConfig::default()).unwrap());
+    let plain = core.for_policy(PeerConfig::default());
+    let labelled = core.for_policy(peer_cfg());
+    let (pkt, p) = v4("198.18.1.7", &[]);
+    let m = meta(Hook::Input);
+    assert_eq!(plain.resolve(&pkt, &m, &p).peer, None);
+    let l = labelled.resolve(&pkt, &m, &p);
+    assert_eq!(l.peer.unwrap().context.to_string(), "system_u:object_r:db_peer_t:s0");
+    // Remote destination with a static label (OUTPUT to 198.18.1.7).
+    let out = flow_packet(Proto::Udp, "127.0.0.1:5000".parse().unwrap(), "198.18.1.7:53".parse().unwrap());
+    let l = labelled.resolve(&out, &meta(Hook::Output), &[]);
+    assert_eq!((l.dest.origin, l.dest.context.type_()), (Origin::Static, "db_peer_t"));
+    let l = plain.resolve(&out, &meta(Hook::Output), &[]);
+    assert_eq!(l.dest.origin, Origin::Unlabeled("remote"));
+    // One set of counters.
+    assert_eq!(labelled.core().stats().flow.misses.load(Relaxed), core.stats().flow.misses.load(Relaxed));
+    assert!(core.stats().flow.misses.load(Relaxed) >= 2);
+}
