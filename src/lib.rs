@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mls;
 pub mod packet;
 pub mod policy;
+pub mod resolve;
 pub mod rules;
 pub mod runtime;
 pub mod sys;

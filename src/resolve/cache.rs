@@ -1,0 +1,152 @@
+//! A bounded, sharded LRU map for the per-flow and per-inode caches.
+//!
+//! Each shard is an [`lru::LruCache`] behind its own `Mutex`; a lookup locks
+//! one shard for a hash-map operation only, never across I/O. Hits, misses
+//! and evictions are counted into the [`CacheCounters`] given at creation.
+
+use lru::LruCache;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Hit/miss/eviction counters of one cache.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    /// Entries found but refused by re-validation (socket or process gone).
+    pub invalidations: AtomicU64,
+}
+
+impl CacheCounters {
+    pub(crate) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A bounded map: at most `capacity` entries in all, split over shards.
+pub struct ShardedLru<K, V> {
+    shards: Box<[Mutex<LruCache<K, V>>]>,
+    hasher: RandomState,
+}
+
+impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
+    /// A cache of at most `capacity` entries (at least one per shard) in
+    /// `shards` shards (at least one).
+    pub fn new(capacity: usize, shards: usize) -> Self {
+        let shards = shards.max(1);
+        let per = NonZeroUsize::new(capacity.div_ceil(shards).max(1)).unwrap_or(NonZeroUsize::MIN);
+        ShardedLru { shards: (0..shards).map(|_| Mutex::new(LruCache::new(per))).collect(), hasher: RandomState::new() }
+    }
+
+    fn shard(&self, k: &K) -> MutexGuard<'_, LruCache<K, V>> {
+        let i = (self.hasher.hash_one(k) as usize) % self.shards.len();
+        // A poisoned shard only means another thread panicked mid-operation
+        // on a plain map; its content is still a valid cache.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached value, marking it recently used; counts a hit or a miss.
+    pub fn get(&self, k: &K, c: &CacheCounters) -> Option<V> {
+        let v = self.shard(k).get(k).cloned();
+        CacheCounters::bump(if v.is_some() { &c.hits } else { &c.misses });
+        v
+    }
+
+    /// Insert or replace; counts an eviction when another entry had to go.
+    pub fn insert(&self, k: K, v: V, c: &CacheCounters) {
+        let mut s = self.shard(&k);
+        let evicted = match s.push(k, v) {
+            // `push` also returns the old value of the same key.
+            Some((old, _)) => !s.contains(&old),
+            None => false,
+        };
+        if evicted {
+            CacheCounters::bump(&c.evictions);
+        }
+    }
+
+    /// Remove an entry (after it failed re-validation).
+    pub fn remove(&self, k: &K) -> Option<V> {
+        self.shard(k).pop(k)
+    }
+
+    /// Entries currently held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most entries this cache will hold.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).cap().get()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn bounded_and_counts_evictions() {
+        let c = CacheCounters::default();
+        let m: ShardedLru<u32, u32> = ShardedLru::new(64, 4);
+        assert_eq!(m.capacity(), 64);
+        for i in 0..1000 {
+            m.insert(i, i * 2, &c);
+            assert!(m.len() <= 64);
+        }
+        assert_eq!(m.len(), 64);
+        assert_eq!(c.evictions.load(Relaxed), 1000 - 64);
+        // Replacing an existing key is not an eviction.
+        let before = c.evictions.load(Relaxed);
+        let present = (0..1000).find(|i| m.get(i, &c).is_some()).unwrap();
+        m.insert(present, 7, &c);
+        assert_eq!(c.evictions.load(Relaxed), before);
+        assert_eq!(m.get(&present, &c), Some(7));
+    }
+
+    #[test]
+    fn least_recently_used_goes_first() {
+        let c = CacheCounters::default();
+        let m: ShardedLru<u32, &str> = ShardedLru::new(2, 1);
+        m.insert(1, "a", &c);
+        m.insert(2, "b", &c);
+        assert_eq!(m.get(&1, &c), Some("a")); // 2 is now the oldest
+        m.insert(3, "c", &c);
+        assert_eq!(m.get(&2, &c), None);
+        assert_eq!(m.get(&1, &c), Some("a"));
+        assert_eq!(m.get(&3, &c), Some("c"));
+        assert_eq!(c.hits.load(Relaxed), 3);
+        assert_eq!(c.misses.load(Relaxed), 1);
+        assert_eq!(c.evictions.load(Relaxed), 1);
+        assert_eq!(m.remove(&1), Some("a"));
+        assert_eq!(m.get(&1, &c), None);
+    }
+
+    #[test]
+    fn shared_between_threads() {
+        let c = CacheCounters::default();
+        let m: ShardedLru<u64, u64> = ShardedLru::new(128, 8);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (m, c) = (&m, &c);
+                s.spawn(move || {
+                    for i in 0..2000u64 {
+                        m.insert(t * 10_000 + i, i, c);
+                        let _ = m.get(&(t * 10_000 + i / 2), c);
+                    }
+                });
+            }
+        });
+        assert!(m.len() <= m.capacity());
+        assert_eq!(c.hits.load(Relaxed) + c.misses.load(Relaxed), 8000);
+    }
+}

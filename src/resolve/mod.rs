@@ -1,0 +1,715 @@
+//! Context resolution: which local sockets (and so which SELinux contexts,
+//! processes and uids) send and receive a queued packet, and what peer label
+//! the packet carries.
+//!
+//! [`SocketResolver`] implements [`Resolver`]. For a packet it
+//!
+//! 1. finds the local socket at each local end with an exact sock_diag
+//!    lookup ([`sockdiag`]); the kernel's own lookup picks an established
+//!    4-tuple first, then the listener / bound socket (wildcard and IPv6
+//!    dual-stack binds included);
+//! 2. maps the socket inode to the process(es) holding it, from a map built
+//!    by one `/proc` scan and rebuilt lazily (rate limited) when an inode is
+//!    missing from it ([`procfs`]);
+//! 3. reads the socket's label (`security.selinux` of `/proc/PID/fd/N`), or
+//!    failing that the process's (`/proc/PID/attr/current`);
+//! 4. parses CIPSO/CALIPSO options ([`peer`]) and applies static address
+//!    labels from the policy ([`PeerConfig`]).
+//!
+//! Per packet there is no `/proc` scan: flows (protocol, local end, remote
+//! end) and socket owners (inode → pid, fd, label, process) are cached in
+//! bounded LRU maps ([`cache`]). A cached owner is re-validated on every use
+//! with one `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`; see
+//! [`ResolverConfig::owner_revalidate_after`] to do that less often); a
+//! cached flow is re-queried from sock_diag after [`ResolverConfig::flow_ttl`],
+//! or at once when its holder no longer holds it. A flow whose socket has no
+//! holder is remembered for [`ResolverConfig::negative_ttl`], so it does not
+//! cause a `/proc` scan per packet.
+//!
+//! # When there is no label
+//!
+//! Every label is defined; when nothing can be read the context is
+//! `system_u:object_r:unlabeled_t:s0` ([`Label::unlabeled`]) and the
+//! [`Origin::Unlabeled`] reason token says why:
+//!
+//! | reason              | situation |
+//! |---------------------|-----------|
+//! | `no_socket`         | sock_diag knows no socket for the flow: a packet the kernel made itself (TCP RST to a closed port, ICMP error) or a flow never attached to a socket |
+//! | `socket_closed`     | the flow's socket is gone: only a TIME_WAIT or orphaned socket is left (inode 0), or a flow that had a socket has none now |
+//! | `kernel_socket`     | the socket exists (has an inode) but no process holds it, even after a fresh `/proc` scan: a kernel socket, or one whose only reference is an fd in flight (SCM_RIGHTS) |
+//! | `process_gone`      | the process known to hold the socket exited (while its label was being read, or since the last scan) and no other holder was found |
+//! | `selinux_disabled`  | no `security.selinux` xattr and `/proc/PID/attr/current` fails with EINVAL: no LSM providing labels is active |
+//! | `other_lsm`         | `/proc/PID/attr/current` holds a label that is not an SELinux context (AppArmor, Smack) |
+//! | `bad_context`       | a `security.selinux` xattr that does not parse as a context |
+//! | `unreadable`        | `/proc/PID/attr/current` failed otherwise (e.g. EACCES) |
+//! | `unsupported_proto` | a local end of a protocol without sockets to look up (ICMP, SCTP, others) |
+//! | `sock_diag_error`   | the sock_diag query itself failed (counted in [`ResolverStats::sock_diag_errors`]) |
+//! | `remote`            | the end is not on this host and no static/peer label names it |
+//! | `bad_peer_option`   | (peer label) a malformed CIPSO/CALIPSO option, counted in [`ResolverStats::bad_peer_options`] |
+//! | `unknown_doi`       | (peer label) a well-formed option whose DOI the policy does not map |
+//!
+//! # Which label goes where
+//!
+//! * `source`: the local socket that sent the packet when the source address
+//!   is local (always at OUTPUT; at INPUT for loopback and this host's own
+//!   addresses); otherwise the peer label of the source address, else
+//!   `remote`.
+//! * `dest`: the local socket the packet goes to when the destination address
+//!   is local (INPUT; OUTPUT to loopback or an own address); otherwise the
+//!   static address label of the destination, else `remote`.
+//! * `peer`: the CIPSO/CALIPSO level and/or static address label of the
+//!   source address; `None` when there is neither.
+//! * `uid`/`gid`: NFQA_UID/GID when the kernel gave them, else the sending
+//!   socket's uid from sock_diag (no gid is known then).
+
+pub mod cache;
+pub mod peer;
+pub mod procfs;
+pub mod sockdiag;
+
+use crate::context::SecurityContext;
+use crate::labels::{secmark_context, Hook, Label, Labels, Origin, ProcessInfo, QueueMeta, Resolver};
+use crate::mls::{Level, Range};
+use crate::packet::{LabelOption, PacketInfo, Proto};
+use crate::policy::{AddressLabel, DoiMap, Policy};
+use cache::{CacheCounters, ShardedLru};
+use sockdiag::{DiagProto, DiagSocket, SockDiag};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// What the resolver needs from the policy for peer labels; rebuild it (and
+/// the resolver, or call [`SocketResolver::set_peer_config`]) on reload.
+#[derive(Clone, Debug, Default)]
+pub struct PeerConfig {
+    /// Static labels, longest prefix first (as [`Policy::address_labels`]).
+    pub address_labels: Vec<AddressLabel>,
+    /// DOI → level mapping for CIPSO/CALIPSO.
+    pub dois: HashMap<u32, DoiMap>,
+}
+
+impl PeerConfig {
+    pub fn from_policy(p: &Policy) -> PeerConfig {
+        PeerConfig { address_labels: p.address_labels.clone(), dois: p.dois.clone() }
+    }
+
+    /// The static label of `addr` (first, i.e. longest, matching prefix).
+    pub fn static_label(&self, addr: IpAddr) -> Option<&SecurityContext> {
+        let addr = unmap_ip(addr);
+        self.address_labels.iter().find(|a| a.net.contains(&addr)).map(|a| &a.context)
+    }
+}
+
+/// Tuning of the resolver's caches.
+#[derive(Clone, Debug)]
+pub struct ResolverConfig {
+    /// Most flows remembered (flow → socket).
+    pub flow_cache_size: usize,
+    /// Most socket owners remembered (inode → pid, fd, label, process).
+    pub owner_cache_size: usize,
+    /// Shards per cache (lock striping).
+    pub shards: usize,
+    /// How long a flow → socket answer is trusted before sock_diag is asked again.
+    pub flow_ttl: Duration,
+    /// How long "no socket for this flow" is remembered.
+    pub negative_ttl: Duration,
+    /// How long a cached socket holder is trusted without checking again
+    /// (one `readlink` of `/proc/PID/fd/N`) that it still holds the socket.
+    /// Zero (the default) checks on every packet; a few milliseconds saves
+    /// most of the per-packet cost at the price of that long a window in
+    /// which a packet of a just-closed socket's reused 4-tuple could be
+    /// attributed to the old holder.
+    pub owner_revalidate_after: Duration,
+    /// Least time between two `/proc` scans.
+    pub min_rescan_interval: Duration,
+    /// How long the set of local addresses is trusted.
+    pub local_addr_ttl: Duration,
+    /// Where procfs is mounted.
+    pub proc_root: PathBuf,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            flow_cache_size: 65_536,
+            owner_cache_size: 16_384,
+            shards: 16,
+            flow_ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_millis(500),
+            owner_revalidate_after: Duration::ZERO,
+            min_rescan_interval: Duration::from_millis(20),
+            local_addr_ttl: Duration::from_secs(2),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// Why the resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    #[error("cannot open NETLINK_SOCK_DIAG socket: {0}")]
+    SockDiag(std::io::Error),
+    #[error("cannot scan {path}: {err}")]
+    Proc { path: String, err: std::io::Error },
+}
+
+/// Counters the lead can print; all relaxed atomics.
+#[derive(Debug, Default)]
+pub struct ResolverStats {
+    /// flow → socket cache.
+    pub flow: CacheCounters,
+    /// inode → owner cache (invalidations: the owner no longer holds the fd).
+    pub owner: CacheCounters,
+    pub sock_diag_queries: AtomicU64,
+    pub sock_diag_errors: AtomicU64,
+    pub proc_scans: AtomicU64,
+    /// Sockets seen by the last `/proc` scan.
+    pub proc_scan_sockets: AtomicU64,
+    pub peer_options: AtomicU64,
+    pub bad_peer_options: AtomicU64,
+    pub unknown_doi: AtomicU64,
+}
+
+impl ResolverStats {
+    /// All counters as (name, value), for logs and the CLI.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("flow_hits", g(&self.flow.hits)),
+            ("flow_misses", g(&self.flow.misses)),
+            ("flow_evictions", g(&self.flow.evictions)),
+            ("flow_invalidations", g(&self.flow.invalidations)),
+            ("owner_hits", g(&self.owner.hits)),
+            ("owner_misses", g(&self.owner.misses)),
+            ("owner_evictions", g(&self.owner.evictions)),
+            ("owner_invalidations", g(&self.owner.invalidations)),
+            ("sock_diag_queries", g(&self.sock_diag_queries)),
+            ("sock_diag_errors", g(&self.sock_diag_errors)),
+            ("proc_scans", g(&self.proc_scans)),
+            ("proc_scan_sockets", g(&self.proc_scan_sockets)),
+            ("peer_options", g(&self.peer_options)),
+            ("bad_peer_options", g(&self.bad_peer_options)),
+            ("unknown_doi", g(&self.unknown_doi)),
+        ]
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    proto: DiagProto,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+struct FlowEntry {
+    socket: Result<DiagSocket, &'static str>,
+    /// Set when the socket was found but no process could be named for it
+    /// (`kernel_socket`, `process_gone`): remembered as briefly as a missing
+    /// socket, so that such a flow does not ask for a `/proc` scan per packet.
+    no_owner: Option<&'static str>,
+    at: Instant,
+}
+
+/// Who holds a socket, and its label.
+#[derive(Debug)]
+struct Owner {
+    pid: u32,
+    fd: u32,
+    label: Label,
+    process: ProcessInfo,
+    /// When the holder was last seen holding the socket, as nanoseconds
+    /// since the resolver's `epoch`.
+    checked: AtomicU64,
+}
+
+/// One local end, resolved.
+#[derive(Clone, Debug)]
+struct LocalEnd {
+    label: Label,
+    process: Option<ProcessInfo>,
+    uid: Option<u32>,
+}
+
+impl LocalEnd {
+    fn unlabeled(reason: &'static str) -> LocalEnd {
+        LocalEnd { label: Label::unlabeled(reason), process: None, uid: None }
+    }
+}
+
+struct ScanState {
+    /// When the map in `owners` was started.
+    last_start: Instant,
+}
+
+struct LocalAddrs {
+    at: Instant,
+    set: HashSet<IpAddr>,
+}
+
+/// The resolver: sock_diag + /proc + CIPSO/CALIPSO + static labels.
+/// `Send + Sync`; share it between queue threads behind an `Arc`.
+pub struct SocketResolver {
+    cfg: ResolverConfig,
+    peer: RwLock<Arc<PeerConfig>>,
+    diag: SockDiag,
+    flows: ShardedLru<FlowKey, FlowEntry>,
+    owners_cache: ShardedLru<u32, Arc<Owner>>,
+    /// inode → (pid, fd)s from the last `/proc` scan; swapped whole.
+    owners: RwLock<Arc<procfs::OwnerMap>>,
+    /// Held while scanning (single flight); readers of `owners` never wait on it.
+    scan: Mutex<ScanState>,
+    local: RwLock<LocalAddrs>,
+    stats: ResolverStats,
+    epoch: Instant,
+}
+
+impl SocketResolver {
+    /// Opens the sock_diag socket and does the first `/proc` scan.
+    pub fn new(peer: PeerConfig, cfg: ResolverConfig) -> Result<Self, ResolveError> {
+        let diag = SockDiag::new().map_err(ResolveError::SockDiag)?;
+        let start = Instant::now();
+        let map = procfs::scan(&cfg.proc_root)
+            .map_err(|err| ResolveError::Proc { path: cfg.proc_root.display().to_string(), err })?;
+        let stats = ResolverStats::default();
+        bump(&stats.proc_scans);
+        stats.proc_scan_sockets.store(map.len() as u64, Ordering::Relaxed);
+        Ok(SocketResolver {
+            flows: ShardedLru::new(cfg.flow_cache_size, cfg.shards),
+            owners_cache: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
+            owners: RwLock::new(Arc::new(map)),
+            scan: Mutex::new(ScanState { last_start: start }),
+            local: RwLock::new(LocalAddrs { at: start, set: local_addrs() }),
+            peer: RwLock::new(Arc::new(peer)),
+            diag,
+            cfg,
+            stats,
+            epoch: start,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The resolver's counters.
+    pub fn stats(&self) -> &ResolverStats {
+        &self.stats
+    }
+
+    /// Replace the peer configuration (on policy reload).
+    pub fn set_peer_config(&self, peer: PeerConfig) {
+        *self.peer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(peer);
+    }
+
+    fn peer_config(&self) -> Arc<PeerConfig> {
+        self.peer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The socket inode the flow cache currently holds for the local end
+    /// `local` talking to `remote` (no lookup is made): for diagnostics and
+    /// tests that compare with `ss -e`.
+    pub fn cached_socket_inode(&self, proto: Proto, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+        let proto = match proto {
+            Proto::Tcp => DiagProto::Tcp,
+            Proto::Udp => DiagProto::Udp,
+            _ => return None,
+        };
+        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
+        let counters = CacheCounters::default();
+        self.flows.get(&key, &counters)?.socket.ok().map(|s| s.inode)
+    }
+
+    /// Whether `ip` is an address of this host (loopback included).
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = unmap_ip(ip);
+        if ip.is_loopback() {
+            return true;
+        }
+        {
+            let l = self.local.read().unwrap_or_else(|e| e.into_inner());
+            if l.at.elapsed() < self.cfg.local_addr_ttl {
+                return l.set.contains(&ip);
+            }
+        }
+        let set = local_addrs();
+        let hit = set.contains(&ip);
+        *self.local.write().unwrap_or_else(|e| e.into_inner()) = LocalAddrs { at: Instant::now(), set };
+        hit
+    }
+
+    /// The peer label of the packet's source (see [`peer_label`]), counted
+    /// into the stats.
+    pub fn peer_label(&self, pkt: &PacketInfo, payload: &[u8]) -> Option<Label> {
+        self.peer_label_with(&self.peer_config(), pkt, payload)
+    }
+
+    fn peer_label_with(&self, cfg: &PeerConfig, pkt: &PacketInfo, payload: &[u8]) -> Option<Label> {
+        let (label, outcome) = peer_label(cfg, pkt, payload);
+        match outcome {
+            PeerOutcome::None => {}
+            PeerOutcome::Option => bump(&self.stats.peer_options),
+            PeerOutcome::UnknownDoi => {
+                bump(&self.stats.peer_options);
+                bump(&self.stats.unknown_doi);
+            }
+            PeerOutcome::Malformed(e) => {
+                bump(&self.stats.peer_options);
+                bump(&self.stats.bad_peer_options);
+                log::debug!("malformed peer label option from {}: {e}", pkt.src);
+            }
+        }
+        label
+    }
+
+    /// Resolve the local socket at `local` talking to `remote`.
+    fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> LocalEnd {
+        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
+        let cached = self.flows.get(&key, &self.stats.flow);
+        let mut previous = None;
+        if let Some(e) = &cached {
+            let ttl = match (e.socket, e.no_owner) {
+                (Ok(_), None) => self.cfg.flow_ttl,
+                _ => self.cfg.negative_ttl,
+            };
+            let fresh = e.at.elapsed() < ttl;
+            match (e.socket, e.no_owner) {
+                (Ok(_), Some(reason)) if fresh => return LocalEnd::unlabeled(reason),
+                (Ok(ds), _) => {
+                    // A held socket is answered from the caches; one whose
+                    // holder is gone (or unknown) is asked about again.
+                    if fresh {
+                        if let Some(end) = self.owner_of(&ds, true) {
+                            return end;
+                        }
+                    }
+                    previous = Some(ds);
+                }
+                (Err(reason), _) if fresh => return LocalEnd::unlabeled(reason),
+                (Err(_), _) => {}
+            }
+        }
+        let socket = self.query(proto, key.local, key.remote, previous.is_some());
+        if let Some(old) = previous {
+            if socket.map(|s| s.cookie) != Ok(old.cookie) {
+                bump(&self.stats.flow.invalidations);
+            }
+        }
+        let end = match socket {
+            Ok(ds) => self.owner_of(&ds, false).unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket")),
+            Err(reason) => LocalEnd::unlabeled(reason),
+        };
+        let no_owner = match (&socket, &end.label.origin) {
+            (Ok(_), Origin::Unlabeled(r)) if end.process.is_none() => Some(*r),
+            _ => None,
+        };
+        self.flows.insert(key, FlowEntry { socket, no_owner, at: Instant::now() }, &self.stats.flow);
+        end
+    }
+
+    /// sock_diag lookup; a TCP request mini-socket (SYN_RECV) is attributed
+    /// to its listener.
+    fn query(
+        &self,
+        proto: DiagProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        had_socket: bool,
+    ) -> Result<DiagSocket, &'static str> {
+        let closed = if had_socket { "socket_closed" } else { "no_socket" };
+        bump(&self.stats.sock_diag_queries);
+        let ds = match self.diag.lookup(proto, local, remote) {
+            Ok(Some(ds)) => ds,
+            Ok(None) => return Err(closed),
+            Err(e) => {
+                bump(&self.stats.sock_diag_errors);
+                log::debug!("sock_diag {proto:?} {local} {remote}: {e}");
+                return Err("sock_diag_error");
+            }
+        };
+        if ds.inode != 0 {
+            return Ok(ds);
+        }
+        if proto == DiagProto::Tcp && ds.state == sockdiag::TCP_SYN_RECV {
+            let any = match remote {
+                SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            };
+            bump(&self.stats.sock_diag_queries);
+            match self.diag.lookup(proto, local, any) {
+                Ok(Some(l)) if l.inode != 0 => return Ok(l),
+                Ok(_) => {}
+                Err(_) => {
+                    bump(&self.stats.sock_diag_errors);
+                    return Err("sock_diag_error");
+                }
+            }
+        }
+        Err("socket_closed")
+    }
+
+    /// The holder of a socket. `None` when no process holds it (after a
+    /// rescan unless `cached_only`).
+    fn owner_of(&self, ds: &DiagSocket, cached_only: bool) -> Option<LocalEnd> {
+        let root = &self.cfg.proc_root;
+        let end = |o: &Owner| LocalEnd { label: o.label.clone(), process: Some(o.process.clone()), uid: Some(ds.uid) };
+        if let Some(o) = self.owners_cache.get(&ds.inode, &self.stats.owner) {
+            let now = self.now_ns();
+            let recent = now.saturating_sub(o.checked.load(Ordering::Relaxed))
+                < self.cfg.owner_revalidate_after.as_nanos() as u64;
+            if recent || procfs::holds(root, o.pid, o.fd, ds.inode) {
+                if !recent {
+                    o.checked.store(now, Ordering::Relaxed);
+                }
+                return Some(end(&o));
+            }
+            bump(&self.stats.owner.invalidations);
+            self.owners_cache.remove(&ds.inode);
+        }
+        if cached_only {
+            return None;
+        }
+        let t0 = Instant::now();
+        let mut gone = false;
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.rescan(t0);
+            }
+            let map = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
+            for &(pid, fd) in map.get(&ds.inode).map(Vec::as_slice).unwrap_or_default() {
+                if !procfs::holds(root, pid, fd, ds.inode) {
+                    // The fd was closed (or passed on); only a holder that
+                    // exited counts as a process gone.
+                    gone |= !procfs::alive(root, pid);
+                    continue;
+                }
+                let label = match procfs::socket_label(root, pid, fd) {
+                    Ok(l) => l,
+                    Err(procfs::LabelMiss::Gone) => {
+                        gone = true;
+                        continue;
+                    }
+                };
+                let Some(process) = procfs::process_info(root, pid) else {
+                    gone = true;
+                    continue;
+                };
+                let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(self.now_ns()) });
+                self.owners_cache.insert(ds.inode, o.clone(), &self.stats.owner);
+                return Some(end(&o));
+            }
+        }
+        gone.then(|| LocalEnd::unlabeled("process_gone"))
+    }
+
+    /// Rebuild the inode map unless a scan started after `t0`; at most one
+    /// scan per `min_rescan_interval`, one at a time.
+    fn rescan(&self, t0: Instant) {
+        let mut st = self.scan.lock().unwrap_or_else(|e| e.into_inner());
+        if st.last_start >= t0 {
+            return;
+        }
+        let since = st.last_start.elapsed();
+        if since < self.cfg.min_rescan_interval {
+            std::thread::sleep(self.cfg.min_rescan_interval - since);
+        }
+        let start = Instant::now();
+        match procfs::scan(&self.cfg.proc_root) {
+            Ok(map) => {
+                self.stats.proc_scan_sockets.store(map.len() as u64, Ordering::Relaxed);
+                *self.owners.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+            }
+            Err(e) => log::warn!("scan of {}: {e}", self.cfg.proc_root.display()),
+        }
+        bump(&self.stats.proc_scans);
+        st.last_start = start;
+    }
+}
+
+impl Resolver for SocketResolver {
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        self.resolve_with(&self.peer_config(), pkt, meta, payload)
+    }
+}
+
+/// A [`SocketResolver`] seen through one policy's peer configuration: the
+/// caches, the sock_diag sockets and the counters are shared by every view,
+/// so a policy reload builds a new view (cheap) instead of a new resolver.
+/// Made by [`SocketResolver::for_policy`].
+pub struct PolicyResolver {
+    core: Arc<SocketResolver>,
+    peer: PeerConfig,
+}
+
+impl PolicyResolver {
+    /// The shared resolver (for its stats).
+    pub fn core(&self) -> &Arc<SocketResolver> {
+        &self.core
+    }
+}
+
+impl Resolver for PolicyResolver {
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        self.core.resolve_with(&self.peer, pkt, meta, payload)
+    }
+}
+
+impl SocketResolver {
+    /// A view of this resolver with `peer` (usually
+    /// `PeerConfig::from_policy(&policy)`) as its peer configuration.
+    pub fn for_policy(self: &Arc<Self>, peer: PeerConfig) -> PolicyResolver {
+        PolicyResolver { core: self.clone(), peer }
+    }
+
+    fn resolve_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        let hook = Hook::from_nf(meta.hook);
+        let mut l = Labels::unresolved("not_resolved");
+        l.secmark = secmark_context(meta);
+        l.peer = self.peer_label_with(peer, pkt, payload);
+        // Only TCP and UDP packets with ports have sockets to look up.
+        let diag_proto = match (pkt.proto, pkt.sport, pkt.dport) {
+            (Proto::Tcp, Some(_), Some(_)) => Some(DiagProto::Tcp),
+            (Proto::Udp, Some(_), Some(_)) => Some(DiagProto::Udp),
+            _ => None,
+        };
+        let resolve_end = |local: SocketAddr, remote: SocketAddr| match diag_proto {
+            Some(p) => self.local_end(p, local, remote),
+            None => LocalEnd::unlabeled("unsupported_proto"),
+        };
+        let (src, dst) =
+            (SocketAddr::new(pkt.src, pkt.sport.unwrap_or(0)), SocketAddr::new(pkt.dst, pkt.dport.unwrap_or(0)));
+
+        let src_local = matches!(hook, Some(Hook::Output)) || self.is_local(pkt.src);
+        let mut sock_uid = None;
+        if src_local {
+            let end = resolve_end(src, dst);
+            l.source = end.label;
+            l.source_process = end.process;
+            sock_uid = end.uid;
+        } else {
+            l.source = l.peer.clone().unwrap_or_else(|| Label::unlabeled("remote"));
+        }
+
+        let dst_local = matches!(hook, Some(Hook::Input)) || self.is_local(pkt.dst);
+        if dst_local {
+            let end = resolve_end(dst, src);
+            l.dest = end.label;
+            l.dest_process = end.process;
+        } else {
+            l.dest = match peer.static_label(pkt.dst) {
+                Some(c) => Label { context: c.clone(), origin: Origin::Static },
+                None => Label::unlabeled("remote"),
+            };
+        }
+        l.uid = meta.uid.or(sock_uid);
+        l.gid = meta.gid;
+        l
+    }
+}
+
+/// The facts of a TCP/UDP packet from `src` to `dst` with no options: for
+/// diagnostics ("who owns this flow?") and tests.
+pub fn flow_packet(proto: Proto, src: SocketAddr, dst: SocketAddr) -> PacketInfo {
+    PacketInfo {
+        src: src.ip(),
+        dst: dst.ip(),
+        proto,
+        sport: Some(src.port()),
+        dport: Some(dst.port()),
+        icmp: None,
+        tcp_syn: false,
+        label_option: None,
+    }
+}
+
+/// What the packet's label option was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerOutcome {
+    /// No CIPSO/CALIPSO option.
+    None,
+    /// A well-formed option with a mapped DOI.
+    Option,
+    /// A well-formed option with a DOI the policy does not map.
+    UnknownDoi,
+    /// A malformed option.
+    Malformed(peer::PeerError),
+}
+
+/// The peer label of the packet's source address: the CIPSO/CALIPSO level
+/// (DOI mapped by `cfg.dois`) and/or the static address label.
+///
+/// | static label | option level | peer label |
+/// |---|---|---|
+/// | none | none | `None` |
+/// | C | none | C ([`Origin::Static`]) |
+/// | C | L | C with its range replaced by L ([`Origin::PeerOption`]) |
+/// | none | L | `system_u:object_r:netlabel_peer_t:L` ([`Origin::PeerOption`]) |
+/// | any | malformed | unlabeled `bad_peer_option` |
+/// | any | unmapped DOI | unlabeled `unknown_doi` |
+pub fn peer_label(cfg: &PeerConfig, pkt: &PacketInfo, payload: &[u8]) -> (Option<Label>, PeerOutcome) {
+    let parsed = match &pkt.label_option {
+        None => Ok(None),
+        Some(LabelOption::Ipv4Options(r)) => match payload.get(r.clone()) {
+            Some(b) => peer::parse_cipso(b),
+            None => Err(peer::PeerError::Truncated("IPv4 options")),
+        },
+        Some(LabelOption::Ipv6HopByHop(r)) => match payload.get(r.clone()) {
+            Some(b) => peer::parse_calipso(b),
+            None => Err(peer::PeerError::Truncated("hop-by-hop")),
+        },
+    };
+    let (level, outcome) = match parsed {
+        Ok(None) => (None, PeerOutcome::None),
+        Ok(Some((doi, level))) => match cfg.dois.get(&doi) {
+            Some(DoiMap::Pass) => (Some(level), PeerOutcome::Option),
+            None => return (Some(Label::unlabeled("unknown_doi")), PeerOutcome::UnknownDoi),
+        },
+        Err(e) => return (Some(Label::unlabeled("bad_peer_option")), PeerOutcome::Malformed(e)),
+    };
+    let label = match (cfg.static_label(pkt.src), level) {
+        (None, None) => None,
+        (Some(c), None) => Some(Label { context: c.clone(), origin: Origin::Static }),
+        (Some(c), Some(l)) => Some(Label { context: c.with_range(Range::single(l)), origin: Origin::PeerOption }),
+        (None, Some(l)) => Some(Label { context: netlabel_peer(l), origin: Origin::PeerOption }),
+    };
+    (label, outcome)
+}
+
+/// `system_u:object_r:netlabel_peer_t:<level>`: the peer context for a
+/// packet option with no static label (as SELinux's `netlabel_peer_t`).
+pub fn netlabel_peer(level: Level) -> SecurityContext {
+    SecurityContext::new("system_u", "object_r", "netlabel_peer_t", Some(Range::single(level)))
+        .unwrap_or_else(|_| unreachable!("constant identifiers are valid"))
+}
+
+fn unmap_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn unmap(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(unmap_ip(a.ip()), a.port())
+}
+
+fn local_addrs() -> HashSet<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(v) => v.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            log::warn!("cannot list local addresses: {e}");
+            HashSet::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
