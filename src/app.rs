@@ -282,7 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
-    let engine = Arc::new(Engine::new(policy, Box::new(crate::resolver_for), args.mode, counters.clone(), sink));
+    let engine = Arc::new(Engine::new(policy, crate::resolver_factory(), args.mode, counters.clone(), sink));
     let cfg = RuntimeConfig {
         queues,
         copy_range: args.copy_range,
@@ -328,6 +328,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 fn print_counters(engine: &Engine) {
     let loaded = engine.current();
     eprintln!("labelgate counters: {}", engine.counters.summary());
+    for (_, _, rows) in loaded.resolver.metrics() {
+        let line: Vec<String> = rows
+            .iter()
+            .map(|(labels, v)| format!("{}={v}", labels.trim_start_matches("{event=\"").trim_end_matches("\"}")))
+            .collect();
+        eprintln!("labelgate resolver: {}", line.join(" "));
+    }
     for r in &loaded.policy.rules {
         eprintln!("labelgate rule {}: hits={}", r.name, r.hits.load(Ordering::Relaxed));
     }

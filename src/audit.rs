@@ -51,7 +51,10 @@ pub struct Record {
     pub secmark: Option<SecurityContext>,
     pub peer: Option<Label>,
     pub uid: Option<u32>,
+    /// The process owning the source socket.
     pub process: Option<ProcessInfo>,
+    /// The process owning the destination socket.
+    pub dest_process: Option<ProcessInfo>,
     pub rule: String,
     pub permissive: bool,
     /// Why a packet could not be parsed, for malformed packets.
@@ -130,6 +133,9 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     if let Some(p) = &r.process {
         let _ = write!(s, " pid={} comm=\"{}\" path=\"{}\"", p.pid, quote_safe(&p.comm), quote_safe(&p.exe));
     }
+    if let Some(p) = &r.dest_process {
+        let _ = write!(s, " tpid={} tcomm=\"{}\"", p.pid, quote_safe(&p.comm));
+    }
     // `saddr` would be read by ausearch -i as a hex sockaddr, and `proto` as a
     // number; see docs/AUDIT.md for why these names and forms were chosen.
     if let Some(a) = r.src {
@@ -188,6 +194,7 @@ pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) 
         "perm": r.hook.permission(),
         "hook": r.hook.to_string(),
         "process": r.process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
+        "dest_process": r.dest_process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
         "saddr": r.src.map(|a| a.to_string()),
         "src": r.sport,
         "daddr": r.dst.map(|a| a.to_string()),
@@ -462,6 +469,7 @@ mod tests {
             peer: None,
             uid: Some(48),
             process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into() }),
+            dest_process: None,
             rule: "db-port-others".into(),
             permissive: true,
             malformed: None,
@@ -600,6 +608,7 @@ mod rotation_tests {
             peer: None,
             uid: None,
             process: None,
+            dest_process: None,
             rule: "r".into(),
             permissive: false,
             malformed: None,

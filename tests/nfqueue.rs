@@ -298,3 +298,46 @@ fn a_second_daemon_on_a_bound_queue_fails_clearly() {
     assert!(msg.contains("cannot bind NFQUEUE 18"), "{msg}");
     d.stop();
 }
+
+#[test]
+fn daemon_attributes_packets_to_the_processes_on_both_ends() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    let server_pid = server.pid();
+    ns.sh("iptables -A OUTPUT -o lo -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 26");
+    ns.sh("iptables -A INPUT -i lo -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 26");
+    // Record every grant, so each queued SYN leaves a record.
+    let policy = "default = \"drop\"\n[[rule]]\nname = \"all-db\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"accept\"\naudit = true\n";
+    let d = Daemon::start(&ns, policy, 26, &[]);
+    // `ip netns exec` and `setpriv` exec the client, so its pid is the child's.
+    let mut client = ns.cmd("setpriv");
+    client.args([
+        "--reuid=1001",
+        "--regid=1001",
+        "--clear-groups",
+        "/usr/bin/python3",
+        PROBE,
+        "connect-tcp",
+        "127.0.0.1",
+        "5432",
+        "3",
+    ]);
+    let child = client.spawn().unwrap();
+    let client_pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    d.stop();
+    let audit = std::fs::read_to_string(ns.dir.path().join("audit-26.log")).unwrap();
+    let out = audit.lines().find(|l| l.contains("granted  { send }")).unwrap_or_else(|| panic!("{audit}"));
+    let inp = audit.lines().find(|l| l.contains("granted  { recv }")).unwrap_or_else(|| panic!("{audit}"));
+    for line in [out, inp] {
+        assert!(line.contains(&format!(" pid={client_pid} comm=\"python3")), "source process: {line}");
+        assert!(line.contains(&format!(" tpid={server_pid} tcomm=\"python3")), "destination process: {line}");
+        assert!(line.contains("path=\"/usr/bin/python3"), "{line}");
+        // SELinux is off on this host: the labels say so.
+        assert!(line.contains("slabel=selinux_disabled tlabel=selinux_disabled"), "{line}");
+    }
+    assert!(out.contains("ouid=1001"), "{out}");
+}

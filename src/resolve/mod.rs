@@ -196,6 +196,17 @@ impl ResolverStats {
             ("unknown_doi", g(&self.unknown_doi)),
         ]
     }
+
+    /// The counters as one Prometheus counter family, by event.
+    pub fn families(&self) -> Vec<crate::labels::MetricFamily> {
+        let rows = self.snapshot().into_iter().map(|(k, v)| (format!("{{event=\"{k}\"}}"), v)).collect();
+        vec![(
+            "labelgate_resolver_events_total".to_string(),
+            "Label resolution events: cache hits, misses, evictions, invalidations, lookups, /proc scans, peer options."
+                .to_string(),
+            rows,
+        )]
+    }
 }
 
 fn bump(a: &AtomicU64) {
@@ -538,6 +549,10 @@ impl Resolver for SocketResolver {
     fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
         self.resolve_with(&self.peer_config(), pkt, meta, payload)
     }
+
+    fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
+        self.stats().families()
+    }
 }
 
 /// A [`SocketResolver`] seen through one policy's peer configuration: the
@@ -559,6 +574,10 @@ impl PolicyResolver {
 impl Resolver for PolicyResolver {
     fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
         self.core.resolve_with(&self.peer, pkt, meta, payload)
+    }
+
+    fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
+        self.core.stats().families()
     }
 }
 

@@ -131,6 +131,11 @@ impl Drop for Netns {
 pub struct Bg(Option<Child>);
 
 impl Bg {
+    /// The process id (the probe is exec'd by `ip netns exec`, so it is the probe's own).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
     /// Wait for the process to exit by itself.
     pub fn wait(mut self) -> std::process::ExitStatus {
         self.0.take().expect("child").wait().expect("wait")
