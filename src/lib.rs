@@ -5,6 +5,11 @@
 //! [`sys::nfqueue`] reads it, [`engine`] parses it ([`packet`]), labels it
 //! ([`labels`]), decides ([`policy`]), counts ([`counters`]) and audits it
 //! ([`audit`]); [`runtime`] sends the verdict.
+//!
+//! Packet bytes, kernel answers, policy and audit files are untrusted input:
+//! outside tests the library may not `unwrap`, `expect` or index unchecked
+//! (each remaining case carries an `allow` with the reason it cannot fail).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 pub mod app;
 pub mod audit;

@@ -156,17 +156,17 @@ fn cipso_option(opt: &[u8]) -> Result<(u32, Level), PeerError> {
     if doi == 0 {
         return Err(PeerError::ReservedDoi);
     }
-    let tags = &opt[6..];
+    let tags = opt.get(6..).ok_or(T)?;
     let mut at = 0usize;
     let mut level = None;
-    while at < tags.len() {
-        let ty = tags[at];
+    while let Some(&ty) = tags.get(at) {
         let tlen = usize::from(*tags.get(at + 1).ok_or(T)?);
-        if tlen < 2 || at + tlen > tags.len() {
+        let tag = tags.get(at..at + tlen).ok_or(T)?;
+        if tlen < 2 {
             return Err(T);
         }
         if level.is_none() {
-            level = Some(cipso_tag(ty, &tags[at..at + tlen])?);
+            level = Some(cipso_tag(ty, tag)?);
         }
         at += tlen;
     }
@@ -179,11 +179,10 @@ fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
     if !matches!(ty, 1 | 2 | 5) {
         return Err(PeerError::UnsupportedTag(ty));
     }
-    if tag.len() < 4 {
+    let [_, _, _, sens, cats @ ..] = tag else {
         return Err(T);
-    }
-    let sensitivity = u16::from(tag[3]);
-    let cats = &tag[4..];
+    };
+    let sensitivity = u16::from(*sens);
     let categories = match ty {
         // Restricted bitmap: up to 30 bytes of bitmap.
         1 => {
@@ -276,20 +275,23 @@ fn calipso_option(opt: &[u8]) -> Result<(u32, Level), PeerError> {
     if data_len < 8 || opt.len() != data_len + 2 {
         return Err(T);
     }
-    let cat_len = usize::from(opt[6]) * 4;
+    let [_, _, _, _, _, _, cat_words, sens, sum_lo, sum_hi, rest @ ..] = opt else {
+        return Err(T);
+    };
+    let cat_len = usize::from(*cat_words) * 4;
     if cat_len + 8 > data_len {
         return Err(T);
     }
     let sum = calipso_checksum(opt);
-    if u16::from_le_bytes([opt[8], opt[9]]) != sum {
+    if u16::from_le_bytes([*sum_lo, *sum_hi]) != sum {
         return Err(PeerError::Checksum);
     }
     let doi = be32(opt, 2).ok_or(T)?;
     if doi == 0 {
         return Err(PeerError::ReservedDoi);
     }
-    let categories = bitmap(&opt[10..10 + cat_len])?;
-    Ok((doi, Level { sensitivity: u16::from(opt[7]), categories }))
+    let categories = bitmap(rest.get(..cat_len).ok_or(T)?)?;
+    Ok((doi, Level { sensitivity: u16::from(*sens), categories }))
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ fn exchange(sock: &Socket, req: InetRequest, seq: u32) -> io::Result<Option<Diag
         }
         let mut off = 0usize;
         while off < rx.len() {
-            let m = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[off..])
+            let m = NetlinkMessage::<SockDiagMessage>::deserialize(rx.get(off..).unwrap_or_default())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             let len = m.header.length as usize;
             if m.header.sequence_number == seq {

@@ -206,12 +206,16 @@ impl MsgBuf {
 
     fn nested_end(&mut self, at: usize) {
         let len = (self.0.len() - at) as u16;
-        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        if let Some(slot) = self.0.get_mut(at..at + 2) {
+            slot.copy_from_slice(&len.to_ne_bytes());
+        }
     }
 
     fn finish(&mut self) -> &[u8] {
         let len = self.0.len() as u32;
-        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
+        if let Some(slot) = self.0.get_mut(0..4) {
+            slot.copy_from_slice(&len.to_ne_bytes());
+        }
         &self.0
     }
 }
