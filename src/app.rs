@@ -254,6 +254,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--workers {} is more than 256", args.workers);
     }
 
+    // Least privilege, before any thread exists (threads inherit it).
+    if args.no_confine {
+        log::warn!("--no-confine: keeping every capability");
+    } else {
+        let low_port = matches!(&args.metrics, Some(crate::metrics::Endpoint::Tcp(a)) if a.port() < 1024);
+        let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port };
+        let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
+        log::info!("confined: capabilities {:?}; no_new_privs", r.kept);
+    }
+
     let counters = Arc::new(Counters::default());
     let target =
         args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });

@@ -176,6 +176,9 @@ pub struct RunArgs {
     /// Flow mode: mark each decided connection (use with `labelgate rules --flow`).
     #[arg(long)]
     pub flow: bool,
+    /// Keep every capability (by default labelgate drops to the capabilities it needs and sets no_new_privs).
+    #[arg(long)]
+    pub no_confine: bool,
     /// Serve Prometheus metrics on unix:PATH (mode 0600) or a loopback ADDR:PORT.
     #[arg(long, value_name = "unix:PATH|ADDR:PORT")]
     pub metrics: Option<crate::metrics::Endpoint>,

@@ -15,6 +15,7 @@ pub mod app;
 pub mod audit;
 pub mod auditlog;
 pub mod cli;
+pub mod confine;
 pub mod context;
 pub mod counters;
 pub mod engine;

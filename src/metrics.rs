@@ -134,6 +134,42 @@ pub fn render(engine: &Engine, queues: &[u16]) -> String {
     s
 }
 
+/// Hex address as in `/proc/net/tcp{,6}` (`0100007F:1F90`): each 32-bit
+/// word in host byte order.
+fn proc_net_addr(s: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Option<Vec<u32>> =
+        (0..ip.len() / 8).map(|i| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok())).collect();
+    let bytes: Vec<u8> = words?.into_iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes.as_slice()).ok()?),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
+/// The uid owning the local TCP socket bound to `local` and connected to
+/// `remote` (a loopback client of the metrics port), from `/proc/net/tcp{,6}`.
+fn tcp_owner(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<u32> {
+    let norm = |a: std::net::SocketAddr| match a.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, |v4| std::net::SocketAddr::new(v4.into(), a.port())),
+        _ => a,
+    };
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(l), Some(r), Some(uid)) = (f.get(1), f.get(2), f.get(7)) else { continue };
+            if proc_net_addr(l).map(norm) == Some(norm(local)) && proc_net_addr(r).map(norm) == Some(norm(remote)) {
+                return uid.parse().ok();
+            }
+        }
+    }
+    None
+}
+
 fn respond(mut conn: impl Read + Write, engine: &Engine, queues: &[u16]) {
     // Read (and ignore) the request head; any path gets the metrics.
     let mut buf = [0u8; 2048];
@@ -152,9 +188,19 @@ pub fn serve(ep: &Endpoint, engine: Arc<Engine>, queues: Vec<u16>) -> std::io::R
         Endpoint::Tcp(a) => {
             let l = std::net::TcpListener::bind(a)?;
             std::thread::Builder::new().name("metrics".into()).spawn(move || {
-                for conn in l.incoming().flatten() {
+                for mut conn in l.incoming().flatten() {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                    // Root only: the client's socket (our peer) must belong to uid 0.
+                    let owner = match (conn.peer_addr(), conn.local_addr()) {
+                        (Ok(peer), Ok(local)) => tcp_owner(peer, local),
+                        _ => None,
+                    };
+                    if owner != Some(0) {
+                        log::warn!("metrics: refused a client owned by uid {owner:?}");
+                        let _ = conn.write_all(b"HTTP/1.0 403 Forbidden\r\nConnection: close\r\n\r\nroot only\n");
+                        continue;
+                    }
                     respond(conn, &engine, &queues);
                 }
             })?;
@@ -179,6 +225,27 @@ pub fn serve(ep: &Endpoint, engine: Arc<Engine>, queues: Vec<u16>) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        let a = proc_net_addr("0100007F:1F90").unwrap();
+        assert_eq!(a, "127.0.0.1:8080".parse().unwrap());
+        let a = proc_net_addr("00000000000000000000000001000000:0050").unwrap();
+        assert_eq!(a, "[::1]:80".parse().unwrap());
+        assert_eq!(proc_net_addr("zz:1"), None);
+        assert_eq!(proc_net_addr("0100007F"), None);
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_real_loopback_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let uid = tcp_owner(s.peer_addr().unwrap(), s.local_addr().unwrap());
+        let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        assert_eq!(uid, Some(me));
+        drop(c);
+    }
 
     #[test]
     fn endpoints() {

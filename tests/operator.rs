@@ -157,6 +157,15 @@ fn metrics_are_scraped_over_tcp_and_a_root_only_unix_socket() {
         &ns,
         "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9797/metrics', timeout=5).read().decode())",
     );
+    // Another user is refused.
+    let out = ns
+        .cmd("setpriv")
+        .args(["--reuid=1001", "--regid=1001", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg("import urllib.request as u\ntry:\n  u.urlopen('http://127.0.0.1:9797/metrics', timeout=5)\nexcept Exception as e: print(e)")
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&out.stdout);
+    assert!(refused.contains("403"), "a non-root scrape must be refused: {refused}");
     d.stop();
     for want in [
         "labelgate_verdicts_total{verdict=\"accept\"} 1",
@@ -215,4 +224,52 @@ fn audit_records_also_reach_the_kernel_audit_subsystem() {
         .unwrap_or_else(|| panic!("no kernel record for {rule}"));
     assert!(line.contains("type=1107"), "{line}");
     assert!(line.contains("avc:  denied  { send }") && line.contains("dest=9") && line.contains("proto=17"), "{line}");
+}
+
+fn status_field(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let v = status.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_else(|| panic!("{name}"));
+    let v = v.trim();
+    if name.starts_with("Cap") {
+        u64::from_str_radix(v, 16).unwrap()
+    } else {
+        v.parse().unwrap()
+    }
+}
+
+#[test]
+fn daemon_keeps_only_the_capabilities_it_needs() {
+    if !can_run() {
+        return;
+    }
+    const NET_ADMIN: u64 = 1 << 12;
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    const SYS_PTRACE: u64 = 1 << 19;
+    const AUDIT_WRITE: u64 = 1 << 29;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let ns = Netns::new();
+    for (queue, extra, want) in [
+        (27u16, vec![], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE),
+        (28, vec!["--audit-kernel"], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | AUDIT_WRITE),
+    ] {
+        let d = Daemon::start(&ns, "default = \"accept\"\n", queue, &extra);
+        let pid = d.pid();
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(status_field(pid, set), want, "{set} of the running daemon");
+        }
+        assert_eq!(status_field(pid, "CapInh"), 0);
+        assert_eq!(status_field(pid, "CapAmb"), 0);
+        assert_eq!(status_field(pid, "NoNewPrivs"), 1);
+        // Every thread, not only the main one, runs with the reduced set.
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid: u32 = t.unwrap().file_name().to_string_lossy().parse().unwrap();
+            assert_eq!(status_field(tid, "CapEff"), want, "thread {tid}");
+        }
+        let err = d.stop();
+        assert!(err.contains("confined: capabilities"), "{err}");
+    }
+    // The opt-out really keeps everything (so the check above can fail).
+    let d = Daemon::start(&ns, "default = \"accept\"\n", 29, &["--no-confine"]);
+    assert_ne!(status_field(d.pid(), "CapEff") & SYS_ADMIN, 0);
+    d.stop();
 }

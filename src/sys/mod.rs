@@ -116,6 +116,16 @@ impl KernelAudit {
     }
 }
 
+/// Set no_new_privs: no exec can gain privileges from now on.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Interface index to name, with a cache (per thread that owns it).
 #[derive(Default)]
 pub struct IfNames(HashMap<u32, Option<String>>);
