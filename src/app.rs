@@ -17,6 +17,7 @@ use std::time::Duration;
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
+    abort_on_panic();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check { file } => check(&file),
@@ -38,6 +39,61 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("labelgate: {e:#}");
             1
+        }
+    }
+}
+
+/// A panic anywhere (a bug: input never panics) stops the whole daemon at
+/// once instead of leaving a queue without its thread: the kernel then
+/// applies the queue rules' bypass/fail behaviour to every packet. Release
+/// builds abort on panic anyway (`panic = "abort"`); the hook makes debug
+/// builds behave the same and logs the panic first.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        log::error!("labelgate panicked ({info}); aborting so the queue's fail behaviour applies");
+        std::process::abort();
+    }));
+}
+
+/// Test-only fault injection: with `LABELGATE_FAULT_PANIC_AFTER=N` in the
+/// environment, the resolver panics on the N-th packet, so tests can check
+/// what a crash does to traffic. Unset in normal use.
+struct PanicAfter {
+    inner: Box<dyn crate::labels::Resolver>,
+    left: std::sync::atomic::AtomicU64,
+}
+
+impl crate::labels::Resolver for PanicAfter {
+    fn resolve(
+        &self,
+        pkt: &crate::packet::PacketInfo,
+        meta: &crate::labels::QueueMeta,
+        payload: &[u8],
+    ) -> crate::labels::Labels {
+        if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            panic!("injected fault (LABELGATE_FAULT_PANIC_AFTER)");
+        }
+        self.inner.resolve(pkt, meta, payload)
+    }
+
+    fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
+        self.inner.metrics()
+    }
+}
+
+fn resolver_factory() -> crate::engine::ResolverFactory {
+    let real = crate::resolver_factory();
+    match std::env::var("LABELGATE_FAULT_PANIC_AFTER").ok().and_then(|v| v.parse::<u64>().ok()) {
+        None => real,
+        Some(n) => {
+            log::warn!("fault injection: the resolver will panic on packet {n}");
+            let left = Arc::new(std::sync::atomic::AtomicU64::new(n));
+            Box::new(move |p: &Policy| {
+                let left = std::sync::atomic::AtomicU64::new(left.load(Ordering::SeqCst));
+                Box::new(PanicAfter { inner: real(p), left }) as Box<dyn crate::labels::Resolver>
+            })
         }
     }
 }
@@ -292,7 +348,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
-    let engine = Arc::new(Engine::new(policy, crate::resolver_factory(), args.mode, counters.clone(), sink));
+    let engine = Arc::new(Engine::new(policy, resolver_factory(), args.mode, counters.clone(), sink));
     let cfg = RuntimeConfig {
         queues,
         copy_range: args.copy_range,

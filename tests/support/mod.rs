@@ -173,6 +173,11 @@ pub struct Daemon {
 impl Daemon {
     /// Write `policy` to a file and start `labelgate run` on `queue` with extra args.
     pub fn start(ns: &Netns, policy: &str, queue: u16, extra: &[&str]) -> Daemon {
+        Self::start_env(ns, policy, queue, extra, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_env(ns: &Netns, policy: &str, queue: u16, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let pfile = ns.dir.path().join(format!("policy-{queue}.toml"));
         std::fs::write(&pfile, policy).expect("write policy");
         let audit = ns.dir.path().join(format!("audit-{queue}.log"));
@@ -185,6 +190,7 @@ impl Daemon {
             .args(["--queue", &queue.to_string(), "--audit"])
             .arg(&audit)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
@@ -220,6 +226,33 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.stderr_text()
+    }
+
+    /// Wait (bounded) for the daemon to exit by itself; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(st) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident set size (VmRSS, KiB) and open file descriptors of the daemon.
+    pub fn rss_and_fds(&self) -> (u64, usize) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+        (rss, fds)
     }
 
     pub fn stderr_text(&self) -> String {
