@@ -11,6 +11,8 @@ PKGS=(
   iproute2 iptables util-linux python3 iputils-ping netcat-openbsd conntrack
   # benchmark reference consumer (C, libnetfilter_queue)
   libnetfilter-queue-dev libmnl-dev
+  # packaging checks: systemd-analyze, the SELinux policy module build
+  systemd selinux-policy-dev checkpolicy make
 )
 
 missing=()

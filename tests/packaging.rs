@@ -62,3 +62,24 @@ fn which(tool: &str) -> Result<String, ()> {
     }
     Err(())
 }
+
+#[test]
+fn selinux_policy_module_for_labelgate_t_compiles() {
+    let makefile = "/usr/share/selinux/devel/Makefile";
+    if !std::path::Path::new(makefile).exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("selinux-policy-dev is needed in CI");
+        }
+        eprintln!("SKIP: selinux-policy-dev not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["labelgate.te", "labelgate.fc", "labelgate.if"] {
+        std::fs::copy(format!("{}/packaging/selinux/{f}", env!("CARGO_MANIFEST_DIR")), dir.path().join(f)).unwrap();
+    }
+    let out = Command::new("make").args(["-f", makefile, "labelgate.pp"]).current_dir(dir.path()).output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(dir.path().join("labelgate.pp").metadata().unwrap().len() > 0);
+    assert!(!log.to_lowercase().contains("error"), "{log}");
+}
