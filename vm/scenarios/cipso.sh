@@ -17,6 +17,10 @@ AUDIT="$LG_WORK/cipso-audit.log"
 POL="$(write_policy policy <<'TOML'
 mode = "enforcing"
 default = "drop"
+# labelgate reads CIPSO DOI 16 the way NetLabel's "pass" mapping does.
+[[doi]]
+doi = 16
+map = "pass"
 [[rule]]
 name = "cleared-in"
 hook = "input"
