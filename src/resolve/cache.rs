@@ -19,6 +19,8 @@ pub struct CacheCounters {
     pub evictions: AtomicU64,
     /// Entries found but refused by re-validation (socket or process gone).
     pub invalidations: AtomicU64,
+    /// Stale entries swept out on insertion.
+    pub expirations: AtomicU64,
 }
 
 impl CacheCounters {
@@ -59,14 +61,37 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
 
     /// Insert or replace; counts an eviction when another entry had to go.
     pub fn insert(&self, k: K, v: V, c: &CacheCounters) {
+        // `push` also returns the old value of the same key: not an eviction.
+        self.insert_inner(k, v, c, None);
+    }
+
+    /// Insert like [`insert`](Self::insert), then drop up to 8 of the shard's
+    /// least recently used entries for which `stale` holds, so entries of
+    /// flows and sockets long gone do not linger until capacity pushes them
+    /// out (memory stays proportional to the live set).
+    pub fn insert_sweeping(&self, k: K, v: V, c: &CacheCounters, stale: impl Fn(&V) -> bool) {
+        self.insert_inner(k, v, c, Some(&stale));
+    }
+
+    fn insert_inner(&self, k: K, v: V, c: &CacheCounters, stale: Option<&dyn Fn(&V) -> bool>) {
         let mut s = self.shard(&k);
         let evicted = match s.push(k, v) {
-            // `push` also returns the old value of the same key.
             Some((old, _)) => !s.contains(&old),
             None => false,
         };
         if evicted {
             CacheCounters::bump(&c.evictions);
+        }
+        if let Some(stale) = stale {
+            for _ in 0..8 {
+                match s.peek_lru() {
+                    Some((_, v)) if stale(v) => {
+                        s.pop_lru();
+                        CacheCounters::bump(&c.expirations);
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 
@@ -106,6 +131,14 @@ mod tests {
         }
         assert_eq!(m.len(), 64);
         assert_eq!(c.evictions.load(Relaxed), 1000 - 64);
+        // Stale entries at the LRU end are swept on insertion.
+        let m2: ShardedLru<u32, u32> = ShardedLru::new(64, 1);
+        for i in 0..10 {
+            m2.insert(i, i, &c);
+        }
+        m2.insert_sweeping(100, 100, &c, |v| *v < 5);
+        assert_eq!(m2.len(), 6, "0..5 swept, 5..10 and 100 kept");
+        assert_eq!(c.expirations.load(Relaxed), 5);
         // Replacing an existing key is not an eviction.
         let before = c.evictions.load(Relaxed);
         let present = (0..1000).find(|i| m.get(i, &c).is_some()).unwrap();

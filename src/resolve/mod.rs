@@ -183,10 +183,12 @@ impl ResolverStats {
             ("flow_misses", g(&self.flow.misses)),
             ("flow_evictions", g(&self.flow.evictions)),
             ("flow_invalidations", g(&self.flow.invalidations)),
+            ("flow_expirations", g(&self.flow.expirations)),
             ("owner_hits", g(&self.owner.hits)),
             ("owner_misses", g(&self.owner.misses)),
             ("owner_evictions", g(&self.owner.evictions)),
             ("owner_invalidations", g(&self.owner.invalidations)),
+            ("owner_expirations", g(&self.owner.expirations)),
             ("sock_diag_queries", g(&self.sock_diag_queries)),
             ("sock_diag_errors", g(&self.sock_diag_errors)),
             ("proc_scans", g(&self.proc_scans)),
@@ -422,7 +424,10 @@ impl SocketResolver {
             (Ok(_), Origin::Unlabeled(r)) if end.process.is_none() => Some(*r),
             _ => None,
         };
-        self.flows.insert(key, FlowEntry { socket, no_owner, at: Instant::now() }, &self.stats.flow);
+        let ttl = self.cfg.flow_ttl;
+        self.flows.insert_sweeping(key, FlowEntry { socket, no_owner, at: Instant::now() }, &self.stats.flow, |f| {
+            f.at.elapsed() > ttl
+        });
         end
     }
 
@@ -514,7 +519,11 @@ impl SocketResolver {
                     continue;
                 };
                 let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(self.now_ns()) });
-                self.owners_cache.insert(ds.inode, o.clone(), &self.stats.owner);
+                let now = self.now_ns();
+                // An owner unused for a minute belongs to a socket long idle or gone.
+                self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
+                    now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
+                });
                 return Some(end(&o));
             }
         }
