@@ -341,3 +341,26 @@ fn daemon_attributes_packets_to_the_processes_on_both_ends() {
     }
     assert!(out.contains("ouid=1001"), "{out}");
 }
+
+#[test]
+fn sigusr1_prints_counters_while_running() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    queue_tcp_5432(&ns, 31);
+    let d = Daemon::start(&ns, UID_POLICY, 31, &[]);
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    d.signal("USR1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.stderr_text().contains("labelgate counters:") {
+        assert!(std::time::Instant::now() < deadline, "no counters after SIGUSR1: {}", d.stderr_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let text = d.stderr_text();
+    assert_eq!(counter(&text, "accepted"), 1, "{text}");
+    assert!(text.contains("labelgate rule uid1001-db: hits=1"), "{text}");
+    let err = d.stop();
+    assert_eq!(err.matches("labelgate counters:").count(), 2, "once on SIGUSR1, once at exit: {err}");
+}

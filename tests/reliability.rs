@@ -195,3 +195,31 @@ fn soak_keeps_memory_and_descriptors_flat() {
         counter(&err, "packets")
     );
 }
+
+#[test]
+fn netlink_buffer_overrun_is_detected_counted_and_survived() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let (sink, count) = udp_setup(&ns, 47, true);
+    // A long queue but a tiny socket buffer: the kernel fails to deliver
+    // messages (user_dropped) and reports ENOBUFS on the socket.
+    let d = Daemon::start(
+        &ns,
+        "default = \"accept\"\n",
+        47,
+        &["--fail", "closed", "--queue-maxlen", "4096", "--rcvbuf", "2048"],
+    );
+    let f = finish(flood(&ns, 100_000, 6, 0), sink, &count);
+    // Still deciding afterwards.
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+    ns.sh("iptables -A OUTPUT -o lo -p tcp --dport 5432 -j NFQUEUE --queue-num 47");
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "2"]));
+    let err = d.stop();
+    let user_dropped = kernel_field(&err, "user_dropped");
+    assert!(user_dropped > 0, "the overrun happened: {err}");
+    assert!(counter(&err, "recv_errors") > 0, "ENOBUFS was seen and counted: {err}");
+    assert!(err.contains("receive buffer overran"), "{err}");
+    assert_eq!(f.received + user_dropped + kernel_field(&err, "queue_dropped"), f.sent, "nothing vanished uncounted");
+}
