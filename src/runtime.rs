@@ -558,6 +558,9 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, opts: L
     if let Err(e) = sock.set_max_len(0) {
         log::error!("queue {q}: cannot close the queue to new packets: {e}");
     }
+    if let Some(p) = pool.as_ref().filter(|p| p.busy()) {
+        log::info!("queue {q}: {} packets still at resolver workers", p.inflight.values().sum::<u32>());
+    }
     loop {
         match service(&mut sock, engine, &mut scratch, opts, &mut out, pool.as_mut()) {
             Ok(0) => match pool.as_mut().filter(|p| p.busy()) {
