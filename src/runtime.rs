@@ -99,19 +99,19 @@ impl Runtime {
             }
             sockets.push(sock);
         }
-        let (mut pools, workers) = if cfg.workers > 0 {
-            let (pools, workers) =
-                start_pool(cfg.workers, WORKER_CHANNEL, &engine, sockets.len()).map_err(RuntimeError::Workers)?;
-            (pools.into_iter().map(Some).collect(), workers)
+        let (pools, workers) = if cfg.workers > 0 {
+            start_pool(cfg.workers, WORKER_CHANNEL, &engine, sockets.len()).map_err(RuntimeError::Workers)?
         } else {
             (Vec::new(), Vec::new())
         };
+        // One pool handle per queue thread, in order; none without workers.
+        let mut pools = pools.into_iter();
         let mut threads = Vec::new();
-        for (i, sock) in sockets.into_iter().enumerate() {
+        for sock in sockets {
             let engine = engine.clone();
             let stop = stop.clone();
             let opts = LoopOpts { batch: cfg.batch.max(1), flow: cfg.flow };
-            let pool = pools.get_mut(i).and_then(Option::take);
+            let pool = pools.next();
             let t = std::thread::Builder::new()
                 .name(format!("queue-{}", sock.queue()))
                 .spawn(move || queue_loop(sock, &engine, &stop, opts, pool))
@@ -174,7 +174,6 @@ struct Job {
     /// Index of the queue thread that must send the verdict.
     queue: usize,
     id: u32,
-    mark: u32,
     flow: FlowKey,
     parsed: Parsed,
     meta: QueueMeta,
@@ -206,6 +205,9 @@ fn start_pool(
     let mut replies = Vec::with_capacity(queues);
     let mut ends = Vec::with_capacity(queues);
     for _ in 0..queues {
+        // Unbounded, so that a worker never waits on a queue thread (which
+        // may be waiting for room at that worker); it holds at most the
+        // packets in flight, which the workers' channels bound.
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake = Arc::new(EventFd::new()?);
         replies.push(Reply { tx, wake: wake.clone() });
@@ -246,7 +248,7 @@ fn worker_loop(engine: &Engine, jobs: &Receiver<Job>, replies: &[Reply]) {
         let verdict = engine.decide(&job.parsed, &job.payload, &job.meta, &mut scratch);
         Counters::bump(&engine.counters.offloaded);
         let Some(r) = replies.get(job.queue) else { continue };
-        let done = Done { answer: Answer { id: job.id, verdict, mark: job.mark }, flow: job.flow };
+        let done = Done { answer: Answer { id: job.id, verdict, mark: job.meta.mark }, flow: job.flow };
         // A send fails only once that queue thread is gone.
         if r.tx.send(done).is_ok() {
             if let Err(e) = r.wake.notify() {
@@ -292,7 +294,6 @@ impl Pool {
         &mut self,
         engine: &Engine,
         id: u32,
-        mark: u32,
         payload: &[u8],
         meta: QueueMeta,
         scratch: &mut Scratch,
@@ -311,7 +312,7 @@ impl Pool {
         let Some(tx) = self.workers.get(flow.worker(self.workers.len())) else {
             return Some(engine.decide(&parsed, payload, &meta, scratch));
         };
-        let job = Job { queue: self.queue, id, mark, flow, parsed, meta, payload: payload.to_vec() };
+        let job = Job { queue: self.queue, id, flow, parsed, meta, payload: payload.to_vec() };
         let sent = match tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(job)) => {
@@ -395,7 +396,7 @@ fn service(
             };
             let verdict = match pool.as_deref_mut() {
                 None => Some(engine.handle(p.payload, &meta, scratch)),
-                Some(pool) => pool.submit(engine, p.id, p.mark, p.payload, meta, scratch),
+                Some(pool) => pool.submit(engine, p.id, p.payload, meta, scratch),
             };
             if let Some(verdict) = verdict {
                 out.push(Answer { id: p.id, verdict, mark: p.mark });
@@ -751,12 +752,12 @@ mod tests {
         let mut s = Scratch::default();
         let a = udp(1000);
         // Unknown flow: to its worker.
-        assert_eq!(pool.submit(&e, 1, 0, &a, out_meta(), &mut s), None);
+        assert_eq!(pool.submit(&e, 1, &a, out_meta(), &mut s), None);
         assert!(pool.busy());
         // Once the worker has resolved it the caches could answer the next
         // packet, but packet 1 has not been answered yet: 2 must follow it.
         wait_until("the worker resolved packet 1", || l.known.lock().unwrap().contains(&1000));
-        assert_eq!(pool.submit(&e, 2, 0, &a, out_meta(), &mut s), None);
+        assert_eq!(pool.submit(&e, 2, &a, out_meta(), &mut s), None);
         let mut got = Vec::new();
         settle(&mut pool, &mut got);
         assert_eq!(
@@ -765,9 +766,9 @@ mod tests {
         );
         assert_eq!(Counters::get(&e.counters.offloaded), 2);
         // Nothing in flight: decided on the spot from the cache.
-        assert_eq!(pool.submit(&e, 3, 0, &a, out_meta(), &mut s), Some(Verdict::Accept));
+        assert_eq!(pool.submit(&e, 3, &a, out_meta(), &mut s), Some(Verdict::Accept));
         // Malformed packets never go to a worker.
-        assert_eq!(pool.submit(&e, 4, 0, &[0x45, 0, 1], out_meta(), &mut s), Some(Verdict::Drop));
+        assert_eq!(pool.submit(&e, 4, &[0x45, 0, 1], out_meta(), &mut s), Some(Verdict::Drop));
         assert_eq!(Counters::get(&e.counters.offloaded), 2);
         assert_eq!(Counters::get(&e.counters.packets), 4);
         stop(pool, threads);
@@ -782,7 +783,7 @@ mod tests {
         let mut got = Vec::new();
         for id in 0..600u32 {
             let port = 2000 + (id % 7) as u16;
-            if let Some(verdict) = pool.submit(&e, id, 0, &udp(port), out_meta(), &mut s) {
+            if let Some(verdict) = pool.submit(&e, id, &udp(port), out_meta(), &mut s) {
                 got.push(Answer { id, verdict, mark: 0 });
             }
             if id % 5 == 0 {
@@ -810,11 +811,11 @@ mod tests {
         let mut s = Scratch::default();
         let (g, h) = (udp(7000), udp(8000));
         // Packet 1 holds the only worker at the gate; packet 2 fills its channel.
-        assert_eq!(pool.submit(&e, 1, 0, &g, out_meta(), &mut s), None);
+        assert_eq!(pool.submit(&e, 1, &g, out_meta(), &mut s), None);
         wait_until("the worker is at the gate", || l.waiting_at_gate.load(Ordering::SeqCst));
-        assert_eq!(pool.submit(&e, 2, 0, &g, out_meta(), &mut s), None);
+        assert_eq!(pool.submit(&e, 2, &g, out_meta(), &mut s), None);
         // Another flow with nothing in flight is decided here instead.
-        assert_eq!(pool.submit(&e, 3, 0, &h, out_meta(), &mut s), Some(Verdict::Accept));
+        assert_eq!(pool.submit(&e, 3, &h, out_meta(), &mut s), Some(Verdict::Accept));
         assert_eq!(Counters::get(&e.counters.worker_full), 1);
         // A packet of the waiting flow must queue behind it: this waits
         // until the gate opens and the worker takes packet 2.
@@ -826,7 +827,7 @@ mod tests {
                 l.opened.notify_all();
             })
         };
-        assert_eq!(pool.submit(&e, 4, 0, &g, out_meta(), &mut s), None);
+        assert_eq!(pool.submit(&e, 4, &g, out_meta(), &mut s), None);
         opener.join().unwrap();
         assert_eq!(Counters::get(&e.counters.worker_full), 2);
         let mut got = Vec::new();
