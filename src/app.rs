@@ -357,6 +357,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         fail_open,
         batch: 64,
         flow: args.flow,
+        workers: args.workers,
     };
     let runtime = Runtime::start(&cfg, engine.clone(), stop.clone())?;
     if let Some(ep) = &args.metrics {

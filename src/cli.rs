@@ -143,7 +143,10 @@ pub struct RunArgs {
     /// A range of queue numbers N-M (for --queue-balance / --queue-cpu-fanout); one thread each.
     #[arg(long)]
     pub queues: Option<String>,
-    /// Resolver worker threads for slow label lookups (0: resolve on the queue thread).
+    /// Resolver worker threads shared by all queues (at most 256). A queue thread decides a packet itself when
+    /// its labels are cached; one that needs a socket lookup, /proc scan or label read goes to the worker its
+    /// flow hashes to, so a slow lookup does not hold up the queue and one flow's packets keep their order.
+    /// 0: every packet is resolved on its queue thread.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
     /// Override the policy file's mode.

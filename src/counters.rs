@@ -47,6 +47,13 @@ pub struct Counters {
     pub audit_lost: AtomicU64,
     /// Records the kernel audit subsystem refused (with `--audit-kernel`).
     pub audit_kernel_lost: AtomicU64,
+    /// Packets decided on a resolver worker (`--workers`) instead of the
+    /// queue thread.
+    pub offloaded: AtomicU64,
+    /// Packets that found their resolver worker's channel full: decided on
+    /// the queue thread instead, or (when earlier packets of their flow were
+    /// still at that worker) waited for room.
+    pub worker_full: AtomicU64,
     pub latency: Latency,
 }
 
@@ -60,7 +67,7 @@ impl Counters {
     }
 
     /// `name value` pairs in a stable order.
-    pub fn pairs(&self) -> [(&'static str, u64); 11] {
+    pub fn pairs(&self) -> [(&'static str, u64); 13] {
         [
             ("packets", Self::get(&self.packets)),
             ("accepted", Self::get(&self.accepted)),
@@ -73,6 +80,8 @@ impl Counters {
             ("audit_suppressed", Self::get(&self.audit_suppressed)),
             ("audit_lost", Self::get(&self.audit_lost)),
             ("audit_kernel_lost", Self::get(&self.audit_kernel_lost)),
+            ("offloaded", Self::get(&self.offloaded)),
+            ("worker_full", Self::get(&self.worker_full)),
         ]
     }
 

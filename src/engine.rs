@@ -5,11 +5,12 @@
 use crate::audit::{AuditSink, Outcome, Record};
 use crate::counters::Counters;
 use crate::labels::{Hook, Labels, QueueMeta, Resolver};
+use crate::packet::PacketInfo;
 use crate::policy::{Decision, Facts, Mode, Policy, Verdict};
 use crate::sys::IfNames;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// Builds the resolver for a policy (the resolver reads address labels and
 /// DOI maps from it).
@@ -64,39 +65,78 @@ impl Engine {
         self.mode_override.unwrap_or(p.mode)
     }
 
-    /// Decide one packet. Never panics on packet bytes; always returns a verdict.
+    /// Decide one packet on the calling thread, slow lookups included.
+    /// Never panics on packet bytes; always returns a verdict.
     pub fn handle(&self, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
-        let started = std::time::Instant::now();
+        self.decide(&Parsed::new(payload, meta), payload, meta, scratch)
+    }
+
+    /// Decide one packet only if that needs no slow work (see
+    /// [`decide_cached`](Self::decide_cached)).
+    pub fn handle_fast(&self, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Option<Verdict> {
+        self.decide_cached(&Parsed::new(payload, meta), payload, meta, scratch)
+    }
+
+    /// Decide a parsed packet, resolving its labels in full.
+    pub fn decide(&self, p: &Parsed, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
+        let loaded = self.loaded.load();
+        let input = match &p.kind {
+            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve(pkt, meta, payload))),
+            Kind::Malformed { why, hook } => Err((*why, *hook)),
+        };
+        self.finish(&loaded, p, input, meta, scratch)
+    }
+
+    /// Decide a parsed packet if its labels are known without slow work
+    /// ([`Resolver::resolve_cached`]); a malformed packet always is. `None`:
+    /// nothing was decided, counted or audited; call [`decide`](Self::decide)
+    /// (on a resolver worker).
+    pub fn decide_cached(
+        &self,
+        p: &Parsed,
+        payload: &[u8],
+        meta: &QueueMeta,
+        scratch: &mut Scratch,
+    ) -> Option<Verdict> {
+        let loaded = self.loaded.load();
+        let input = match &p.kind {
+            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve_cached(pkt, meta, payload)?)),
+            Kind::Malformed { why, hook } => Err((*why, *hook)),
+        };
+        Some(self.finish(&loaded, p, input, meta, scratch))
+    }
+
+    /// Decide, count and audit one packet, given its labels (or why it is
+    /// malformed). Every packet passes here exactly once.
+    fn finish(
+        &self,
+        loaded: &Loaded,
+        p: &Parsed,
+        input: Result<(&PacketInfo, Hook, Labels), (&'static str, Option<Hook>)>,
+        meta: &QueueMeta,
+        scratch: &mut Scratch,
+    ) -> Verdict {
         let c = &self.counters;
         Counters::bump(&c.packets);
-        let loaded = self.loaded.load();
         let policy = &loaded.policy;
         let mode = self.mode(policy);
         let ifindex = if meta.outdev != 0 { meta.outdev } else { meta.indev };
-
-        let parsed = crate::packet::parse(payload);
-        let hook = Hook::from_nf(meta.hook);
-        let (decision, record) = match (parsed, hook) {
-            (Ok(pkt), Some(hook)) => {
-                let labels = loaded.resolver.resolve(&pkt, meta, payload);
+        let (decision, record) = match input {
+            Ok((pkt, hook, labels)) => {
                 let names = std::cell::RefCell::new(&mut scratch.ifnames);
                 let iif = || names.borrow_mut().name(meta.indev);
                 let oif = || names.borrow_mut().name(meta.outdev);
-                let facts = Facts { hook, pkt: &pkt, labels: &labels, iif: &iif, oif: &oif };
+                let facts = Facts { hook, pkt, labels: &labels, iif: &iif, oif: &oif };
                 let d = policy.decide(&facts, mode);
                 let rec = (d.audit && self.audit.enabled()).then(|| {
                     let mut r = base_record(hook, ifindex, labels, &d, policy);
-                    r.set_packet(&pkt);
+                    r.set_packet(pkt);
                     r
                 });
                 (d, rec)
             }
-            (parsed, hook) => {
+            Err((why, hook)) => {
                 Counters::bump(&c.malformed);
-                let why = match parsed {
-                    Err(e) => e.reason(),
-                    Ok(_) => "unknown_hook",
-                };
                 let d = policy.decide_malformed(mode);
                 let rec = self.audit.enabled().then(|| {
                     let mut labels = Labels::unresolved("malformed");
@@ -120,8 +160,49 @@ impl Engine {
         if decision.permissive {
             Counters::bump(&c.would_deny);
         }
-        c.latency.observe(started.elapsed());
+        c.latency.observe(p.started.elapsed());
         decision.verdict
+    }
+}
+
+/// A queued packet, parsed (once, on the queue thread) but not decided.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// When it was received: the latency histogram runs from here to the
+    /// decision, wherever that is made.
+    started: Instant,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Packet(PacketInfo, Hook),
+    /// Bytes that do not parse, or an unknown hook: decided without labels.
+    Malformed {
+        why: &'static str,
+        hook: Option<Hook>,
+    },
+}
+
+impl Parsed {
+    /// Parse the packet bytes and the hook; never panics.
+    pub fn new(payload: &[u8], meta: &QueueMeta) -> Parsed {
+        let started = Instant::now();
+        let hook = Hook::from_nf(meta.hook);
+        let kind = match (crate::packet::parse(payload), hook) {
+            (Ok(pkt), Some(hook)) => Kind::Packet(pkt, hook),
+            (Err(e), hook) => Kind::Malformed { why: e.reason(), hook },
+            (Ok(_), None) => Kind::Malformed { why: "unknown_hook", hook },
+        };
+        Parsed { started, kind }
+    }
+
+    /// The parsed packet; `None` for a malformed one (which needs no labels).
+    pub fn packet(&self) -> Option<&PacketInfo> {
+        match &self.kind {
+            Kind::Packet(pkt, _) => Some(pkt),
+            Kind::Malformed { .. } => None,
+        }
     }
 }
 
@@ -189,5 +270,57 @@ mod tests {
         e.replace(Policy::from_toml("mode = \"permissive\"\ndefault = \"drop\"\n", "t").unwrap());
         assert_eq!(e.handle(&pkt, &meta(3, 1000), &mut s), Verdict::Accept);
         assert_eq!(Counters::get(&c.would_deny), 1);
+    }
+
+    /// Knows nothing without slow work; counts its full resolutions.
+    struct SlowResolver(Arc<std::sync::atomic::AtomicU64>);
+
+    impl Resolver for SlowResolver {
+        fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+            Counters::bump(&self.0);
+            KernelMetaResolver.resolve(pkt, meta, payload)
+        }
+    }
+
+    #[test]
+    fn fast_path_decides_only_what_needs_no_slow_work_and_counts_once() {
+        let policy = "default = \"drop\"\n[[rule]]\nname = \"root\"\nuid = 0\nverdict = \"accept\"\n";
+        let lo = Ipv4Addr::LOCALHOST;
+        let pkt = build::ipv4(lo, lo, 6, &[], &build::tcp(1, 5432, 2));
+        let mut s = Scratch::default();
+        // NFQUEUE metadata alone is always cheap.
+        let e = engine(policy);
+        assert_eq!(e.handle_fast(&pkt, &meta(3, 0), &mut s), Some(Verdict::Accept));
+        assert_eq!(Counters::get(&e.counters.packets), 1);
+
+        let resolves = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = resolves.clone();
+        let c = Arc::new(Counters::default());
+        let p = Policy::from_toml(policy, "t").unwrap();
+        let e = Engine::new(
+            p,
+            Box::new(move |_| Box::new(SlowResolver(r.clone()))),
+            None,
+            c.clone(),
+            AuditSink::disabled(c),
+        );
+        let c = &e.counters;
+        let hits = |e: &Engine| e.current().policy.rules[0].hits.load(std::sync::atomic::Ordering::Relaxed);
+        // A well-formed packet needs the slow path: nothing decided or counted.
+        assert_eq!(e.handle_fast(&pkt, &meta(3, 0), &mut s), None);
+        assert_eq!((Counters::get(&c.packets), Counters::get(&c.latency.count), hits(&e)), (0, 0, 0));
+        assert_eq!(Counters::get(&resolves), 0);
+        // A malformed one never does.
+        assert_eq!(e.handle_fast(&[0x45, 1, 2], &meta(3, 0), &mut s), Some(Verdict::Drop));
+        assert_eq!((Counters::get(&c.packets), Counters::get(&c.malformed)), (1, 1));
+        // The full path decides the first packet, counted once.
+        let parsed = Parsed::new(&pkt, &meta(3, 0));
+        assert!(parsed.packet().is_some());
+        assert_eq!(e.decide(&parsed, &pkt, &meta(3, 0), &mut s), Verdict::Accept);
+        assert_eq!(Counters::get(&resolves), 1);
+        assert_eq!(
+            (Counters::get(&c.packets), Counters::get(&c.accepted), Counters::get(&c.latency.count), hits(&e)),
+            (2, 1, 2, 1)
+        );
     }
 }

@@ -137,7 +137,7 @@ pub struct ProcessInfo {
 }
 
 /// Everything the decision needs to know about who talks to whom.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Labels {
     /// Context of the local socket that sent the packet (or of the remote
     /// peer, from static/peer labels, for input from elsewhere).
@@ -179,6 +179,15 @@ impl Labels {
 pub trait Resolver: Send + Sync {
     fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels;
 
+    /// The labels [`resolve`](Self::resolve) would return, when they can be
+    /// had without slow work (no socket lookup, no `/proc` scan, no label
+    /// read): `None` means "ask `resolve`". The queue threads call this
+    /// first and hand only the packets it cannot answer to the resolver
+    /// workers. The default knows nothing cheaply.
+    fn resolve_cached(&self, _pkt: &PacketInfo, _meta: &QueueMeta, _payload: &[u8]) -> Option<Labels> {
+        None
+    }
+
     /// Counters the resolver keeps (cache hits and the like) as Prometheus
     /// counter families: `(name, help, [(labels, value)])`.
     fn metrics(&self) -> Vec<MetricFamily> {
@@ -206,5 +215,10 @@ impl Resolver for KernelMetaResolver {
         l.uid = meta.uid;
         l.gid = meta.gid;
         l
+    }
+
+    /// Everything this resolver knows is in the queue message: always cheap.
+    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
+        Some(self.resolve(pkt, meta, payload))
     }
 }

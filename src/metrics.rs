@@ -91,6 +91,15 @@ pub fn render(engine: &Engine, queues: &[u16]) -> String {
             ("{fate=\"lost\"}".into(), g(&c.audit_lost)),
         ],
     );
+    counter(
+        &mut s,
+        "labelgate_worker_packets_total",
+        "Resolver worker (--workers) events: packets decided on a worker, packets that found their worker's channel full.",
+        vec![
+            ("{event=\"offloaded\"}".into(), g(&c.offloaded)),
+            ("{event=\"full\"}".into(), g(&c.worker_full)),
+        ],
+    );
     let loaded = engine.current();
     counter(
         &mut s,

@@ -24,19 +24,16 @@ fn queue_tcp_5432(ns: &Netns, queue: u16) {
     ));
 }
 
-#[test]
-fn uid_allow_and_deny_enforcing() {
-    if !can_run() {
-        return;
-    }
+/// uid 1001 connects, uid 1002 is refused and audited; returns the daemon's stderr.
+fn uid_allow_and_deny(queue: u16, extra: &[&str]) -> String {
     let ns = Netns::new();
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
-    queue_tcp_5432(&ns, 10);
-    let d = Daemon::start(&ns, UID_POLICY, 10, &[]);
+    queue_tcp_5432(&ns, queue);
+    let d = Daemon::start(&ns, UID_POLICY, queue, extra);
     assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "uid 1001 must connect");
     assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]), "uid 1002 must be refused");
     let err = d.stop();
-    let audit = std::fs::read_to_string(ns.dir.path().join("audit-10.log")).unwrap();
+    let audit = std::fs::read_to_string(ns.dir.path().join(format!("audit-{queue}.log"))).unwrap();
     assert!(
         audit.lines().any(|l| l.contains("denied  { send }")
             && l.contains("ouid=1002")
@@ -48,6 +45,27 @@ fn uid_allow_and_deny_enforcing() {
     assert!(counter(&err, "accepted") >= 1);
     assert!(counter(&err, "dropped") >= 1);
     assert!(err.contains("labelgate rule uid1001-db: hits=1"), "{err}");
+    err
+}
+
+#[test]
+fn uid_allow_and_deny_enforcing() {
+    if !can_run() {
+        return;
+    }
+    let err = uid_allow_and_deny(10, &[]);
+    assert_eq!(counter(&err, "offloaded"), 0, "no workers, nothing offloaded");
+}
+
+#[test]
+fn uid_allow_and_deny_with_resolver_workers() {
+    if !can_run() {
+        return;
+    }
+    let err = uid_allow_and_deny(27, &["--workers", "2"]);
+    // Each queued SYN starts a flow the caches do not know yet.
+    assert!(counter(&err, "offloaded") >= 2, "{err}");
+    assert_eq!(counter(&err, "packets"), counter(&err, "accepted") + counter(&err, "dropped"), "{err}");
 }
 
 #[test]
@@ -187,15 +205,22 @@ verdict = "accept"
 /// SIGTERM mid-flood, and check that every queued packet was answered and
 /// every datagram arrived.
 fn flood_and_check(queue: u16, during: impl FnOnce(&Netns, &Daemon)) {
+    flood_and_check_with(queue, &[], 1, during);
+}
+
+/// [`flood_and_check`] with `extra` daemon arguments, the flood sent from
+/// `flows` sockets one after the other; returns the daemon's stderr.
+fn flood_and_check_with(queue: u16, extra: &[&str], flows: u32, during: impl FnOnce(&Netns, &Daemon)) -> String {
     let ns = Netns::new();
     let count = ns.dir.path().join("count");
     let sink = ns.spawn_probe(&["udp-sink", "127.0.0.1", "9999", "3", count.to_str().unwrap()]);
     // --queue-bypass: once labelgate has unbound, packets pass instead of being dropped.
     ns.sh(&format!("iptables -A OUTPUT -o lo -p udp --dport 9999 -j NFQUEUE --queue-num {queue} --queue-bypass"));
-    let d = Daemon::start(&ns, "default = \"accept\"\n", queue, &["--fail", "open"]);
+    let args: Vec<&str> = ["--fail", "open"].iter().chain(extra).copied().collect();
+    let d = Daemon::start(&ns, "default = \"accept\"\n", queue, &args);
     let mut flood = ns
         .cmd("/usr/bin/python3")
-        .args([PROBE, "udp-flood", "127.0.0.1", "9999", "80000", "8", "20000"])
+        .args([PROBE, "udp-flood", "127.0.0.1", "9999", "80000", "8", "20000", &flows.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -225,6 +250,7 @@ fn flood_and_check(queue: u16, during: impl FnOnce(&Netns, &Daemon)) {
     assert!(answered > 1000, "{line}");
     let snmp = ns.sh("grep Udp: /proc/net/snmp");
     assert_eq!(received, sent, "every datagram sent was delivered (sent {sent}, received {received}); {snmp}");
+    err
 }
 
 #[test]
@@ -233,6 +259,67 @@ fn shutdown_under_load_answers_every_queued_packet() {
         return;
     }
     flood_and_check(16, |_, _| {});
+}
+
+#[test]
+fn shutdown_under_load_with_resolver_workers_answers_every_queued_packet() {
+    if !can_run() {
+        return;
+    }
+    // A new socket every 10 ms: each new flow's packets wait at a worker
+    // for a lookup and a /proc scan, so packets are at the workers when
+    // SIGTERM comes; they must be answered before the queue is unbound.
+    let err = flood_and_check_with(28, &["--workers", "2"], 400, |_, _| {});
+    assert!(counter(&err, "offloaded") > 0, "{err}");
+}
+
+#[test]
+fn resolver_workers_keep_each_flows_order_and_verdict() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let file = |name: &str| ns.dir.path().join(name).to_str().unwrap().to_string();
+    let (count, late, denied_count) = (file("count"), file("late"), file("denied-count"));
+    let sink = ns.spawn_probe(&["udp-sink", "127.0.0.1", "9999", "3", &count, &late]);
+    let denied_sink = ns.spawn_probe(&["udp-sink", "127.0.0.1", "9998", "3", &denied_count]);
+    ns.sh("iptables -A OUTPUT -o lo -p udp --dport 9998 -j NFQUEUE --queue-num 29");
+    ns.sh("iptables -A OUTPUT -o lo -p udp --dport 9999 -j NFQUEUE --queue-num 29");
+    let policy =
+        "default = \"accept\"\n[[rule]]\nname = \"no-9998\"\nproto = \"udp\"\ndport = 9998\nverdict = \"drop\"\n";
+    let d = Daemon::start(&ns, policy, 29, &["--workers", "2", "--queue-maxlen", "65536"]);
+    // Two senders at once, as fast as they can (the queue holds it all),
+    // each from 10 sockets one after the other (1000 datagrams each): one to
+    // the accepted port, one to the denied port. Each new socket's first
+    // packets wait at a worker for a sock_diag lookup and a /proc scan while
+    // its flow goes on; once its labels are cached the queue thread could
+    // answer the flow at once, and must not let those packets overtake the
+    // ones still at the worker. Meanwhile the other sender's packets are
+    // decided on the queue thread: their verdicts must not be batched over
+    // ids still at a worker (that would accept or drop those packets
+    // whatever the worker decides).
+    let flood = |port: &str| {
+        ns.cmd("/usr/bin/python3")
+            .args([PROBE, "udp-flood", "127.0.0.1", port, "10000", "8", "0", "10"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let sent: Vec<u64> = [flood("9999"), flood("9998")]
+        .into_iter()
+        .map(|f| String::from_utf8_lossy(&f.wait_with_output().unwrap().stdout).trim().parse::<u64>().unwrap())
+        .collect();
+    sink.wait();
+    denied_sink.wait();
+    let err = d.stop();
+    let read = |f: &str| -> u64 { std::fs::read_to_string(f).unwrap().trim().parse().unwrap() };
+    assert_eq!(read(&count), sent[0], "every accepted datagram arrived: {err}");
+    assert_eq!(read(&late), 0, "datagrams overtaken within their flow (of {})", sent[0]);
+    assert_eq!(read(&denied_count), 0, "no denied datagram arrived (of {}): {err}", sent[1]);
+    assert_eq!(counter(&err, "packets"), sent[0] + sent[1], "{err}");
+    assert_eq!(counter(&err, "dropped"), sent[1], "{err}");
+    assert!(counter(&err, "offloaded") >= 20, "each flow's first packet needs a worker: {err}");
+    assert_eq!(counter(&err, "verdict_errors"), 0, "{err}");
 }
 
 #[test]

@@ -26,6 +26,24 @@
 //! holder is remembered for [`ResolverConfig::negative_ttl`], so it does not
 //! cause a `/proc` scan per packet.
 //!
+//! # Cache-only answers
+//!
+//! [`Resolver::resolve_cached`] answers from the caches alone, so that a
+//! queue thread can decide a packet of a known flow without waiting on
+//! slow work. What it may do, per local end: look up the flow cache (an
+//! entry still within its TTL), look up the owner cache, and re-validate
+//! the cached holder exactly as [`Resolver::resolve`] would (the one
+//! `readlink` of `/proc/PID/fd/N`, skipped within
+//! [`ResolverConfig::owner_revalidate_after`]); plus parsing the packet's
+//! CIPSO/CALIPSO option and reading the set of local addresses while it is
+//! within [`ResolverConfig::local_addr_ttl`]. What it never does: a
+//! sock_diag query, a `/proc` scan, reading a socket's or process's label
+//! or its `comm`/`exe`, refreshing the local addresses. Any miss, expired
+//! entry or failed re-validation is `None`, and then it has counted and
+//! removed nothing (a stale holder is left for the full `resolve` that
+//! follows to invalidate), so each packet's misses are counted once; an
+//! answer counts its cache hits and peer options.
+//!
 //! # When there is no label
 //!
 //! Every label is defined; when nothing can be read the context is
@@ -232,6 +250,25 @@ struct FlowEntry {
     at: Instant,
 }
 
+impl FlowEntry {
+    /// Whether the entry is still within its TTL (a flow with a held
+    /// socket: `flow_ttl`; no socket or no holder: `negative_ttl`).
+    fn fresh(&self, cfg: &ResolverConfig) -> bool {
+        let ttl = match (self.socket, self.no_owner) {
+            (Ok(_), None) => cfg.flow_ttl,
+            _ => cfg.negative_ttl,
+        };
+        self.at.elapsed() < ttl
+    }
+}
+
+/// Cache hits of a cache-only resolution, counted only if it answers.
+#[derive(Default)]
+struct Hits {
+    flow: std::cell::Cell<u64>,
+    owner: std::cell::Cell<u64>,
+}
+
 /// Who holds a socket, and its label.
 #[derive(Debug)]
 struct Owner {
@@ -242,6 +279,13 @@ struct Owner {
     /// When the holder was last seen holding the socket, as nanoseconds
     /// since the resolver's `epoch`.
     checked: AtomicU64,
+}
+
+impl Owner {
+    /// The local end this holder makes of socket `ds`.
+    fn end(&self, ds: &DiagSocket) -> LocalEnd {
+        LocalEnd { label: self.label.clone(), process: Some(self.process.clone()), uid: Some(ds.uid) }
+    }
 }
 
 /// One local end, resolved.
@@ -343,20 +387,25 @@ impl SocketResolver {
 
     /// Whether `ip` is an address of this host (loopback included).
     pub fn is_local(&self, ip: IpAddr) -> bool {
+        if let Some(known) = self.is_local_cached(ip) {
+            return known;
+        }
         let ip = unmap_ip(ip);
-        if ip.is_loopback() {
-            return true;
-        }
-        {
-            let l = self.local.read().unwrap_or_else(|e| e.into_inner());
-            if l.at.elapsed() < self.cfg.local_addr_ttl {
-                return l.set.contains(&ip);
-            }
-        }
         let set = local_addrs();
         let hit = set.contains(&ip);
         *self.local.write().unwrap_or_else(|e| e.into_inner()) = LocalAddrs { at: Instant::now(), set };
         hit
+    }
+
+    /// [`is_local`](Self::is_local) without refreshing the set of local
+    /// addresses: `None` once it is older than `local_addr_ttl`.
+    fn is_local_cached(&self, ip: IpAddr) -> Option<bool> {
+        let ip = unmap_ip(ip);
+        if ip.is_loopback() {
+            return Some(true);
+        }
+        let l = self.local.read().unwrap_or_else(|e| e.into_inner());
+        (l.at.elapsed() < self.cfg.local_addr_ttl).then(|| l.set.contains(&ip))
     }
 
     /// The peer label of the packet's source (see [`peer_label`]), counted
@@ -389,11 +438,7 @@ impl SocketResolver {
         let cached = self.flows.get(&key, &self.stats.flow);
         let mut previous = None;
         if let Some(e) = &cached {
-            let ttl = match (e.socket, e.no_owner) {
-                (Ok(_), None) => self.cfg.flow_ttl,
-                _ => self.cfg.negative_ttl,
-            };
-            let fresh = e.at.elapsed() < ttl;
+            let fresh = e.fresh(&self.cfg);
             match (e.socket, e.no_owner) {
                 (Ok(_), Some(reason)) if fresh => return LocalEnd::unlabeled(reason),
                 (Ok(ds), _) => {
@@ -429,6 +474,23 @@ impl SocketResolver {
             f.at.elapsed() > ttl
         });
         end
+    }
+
+    /// [`local_end`](Self::local_end) from the caches alone (see the
+    /// module documentation); `None` when that needs slow work.
+    fn cached_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, hits: &Hits) -> Option<LocalEnd> {
+        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
+        let e = self.flows.get(&key, &CacheCounters::default()).filter(|e| e.fresh(&self.cfg))?;
+        let end = match (e.socket, e.no_owner) {
+            (Ok(_), Some(reason)) | (Err(reason), _) => LocalEnd::unlabeled(reason),
+            (Ok(ds), None) => {
+                let end = self.cached_owner(&ds, &CacheCounters::default()).ok()?;
+                hits.owner.set(hits.owner.get() + 1);
+                end
+            }
+        };
+        hits.flow.set(hits.flow.get() + 1);
+        Some(end)
     }
 
     /// sock_diag lookup; a TCP request mini-socket (SYN_RECV) is attributed
@@ -476,19 +538,13 @@ impl SocketResolver {
     /// rescan unless `cached_only`).
     fn owner_of(&self, ds: &DiagSocket, cached_only: bool) -> Option<LocalEnd> {
         let root = &self.cfg.proc_root;
-        let end = |o: &Owner| LocalEnd { label: o.label.clone(), process: Some(o.process.clone()), uid: Some(ds.uid) };
-        if let Some(o) = self.owners_cache.get(&ds.inode, &self.stats.owner) {
-            let now = self.now_ns();
-            let recent = now.saturating_sub(o.checked.load(Ordering::Relaxed))
-                < self.cfg.owner_revalidate_after.as_nanos() as u64;
-            if recent || procfs::holds(root, o.pid, o.fd, ds.inode) {
-                if !recent {
-                    o.checked.store(now, Ordering::Relaxed);
-                }
-                return Some(end(&o));
+        match self.cached_owner(ds, &self.stats.owner) {
+            Ok(end) => return Some(end),
+            Err(true) => {
+                bump(&self.stats.owner.invalidations);
+                self.owners_cache.remove(&ds.inode);
             }
-            bump(&self.stats.owner.invalidations);
-            self.owners_cache.remove(&ds.inode);
+            Err(false) => {}
         }
         if cached_only {
             return None;
@@ -524,10 +580,28 @@ impl SocketResolver {
                 self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
                     now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
                 });
-                return Some(end(&o));
+                return Some(o.end(ds));
             }
         }
         gone.then(|| LocalEnd::unlabeled("process_gone"))
+    }
+
+    /// The cached holder of a socket, re-validated (one `readlink`, unless
+    /// done within `owner_revalidate_after`). `Err(true)`: the cached holder
+    /// no longer holds it; `Err(false)`: none cached. Lookups are counted
+    /// into `counters`.
+    fn cached_owner(&self, ds: &DiagSocket, counters: &CacheCounters) -> Result<LocalEnd, bool> {
+        let o = self.owners_cache.get(&ds.inode, counters).ok_or(false)?;
+        let now = self.now_ns();
+        let recent =
+            now.saturating_sub(o.checked.load(Ordering::Relaxed)) < self.cfg.owner_revalidate_after.as_nanos() as u64;
+        if !recent {
+            if !procfs::holds(&self.cfg.proc_root, o.pid, o.fd, ds.inode) {
+                return Err(true);
+            }
+            o.checked.store(now, Ordering::Relaxed);
+        }
+        Ok(o.end(ds))
     }
 
     /// Rebuild the inode map unless a scan started after `t0`; at most one
@@ -559,6 +633,10 @@ impl Resolver for SocketResolver {
         self.resolve_with(&self.peer_config(), pkt, meta, payload)
     }
 
+    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
+        self.resolve_cached_with(&self.peer_config(), pkt, meta, payload)
+    }
+
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.stats().families()
     }
@@ -585,6 +663,10 @@ impl Resolver for PolicyResolver {
         self.core.resolve_with(&self.peer, pkt, meta, payload)
     }
 
+    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
+        self.core.resolve_cached_with(&self.peer, pkt, meta, payload)
+    }
+
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.core.stats().families()
     }
@@ -598,48 +680,85 @@ impl SocketResolver {
     }
 
     fn resolve_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        self.labels_with(peer, pkt, meta, payload, None).unwrap_or_else(|| Labels::unresolved("not_resolved"))
+    }
+
+    fn resolve_cached_with(
+        &self,
+        peer: &PeerConfig,
+        pkt: &PacketInfo,
+        meta: &QueueMeta,
+        payload: &[u8],
+    ) -> Option<Labels> {
+        let hits = Hits::default();
+        let l = self.labels_with(peer, pkt, meta, payload, Some(&hits))?;
+        self.stats.flow.hits.fetch_add(hits.flow.get(), Ordering::Relaxed);
+        self.stats.owner.hits.fetch_add(hits.owner.get(), Ordering::Relaxed);
+        Some(l)
+    }
+
+    /// The packet's labels. With `cached` (cache-only), `None` as soon as a
+    /// local end or the local-address set needs slow work, before anything
+    /// is counted; without it, always `Some`.
+    fn labels_with(
+        &self,
+        peer: &PeerConfig,
+        pkt: &PacketInfo,
+        meta: &QueueMeta,
+        payload: &[u8],
+        cached: Option<&Hits>,
+    ) -> Option<Labels> {
         let hook = Hook::from_nf(meta.hook);
-        let mut l = Labels::unresolved("not_resolved");
-        l.secmark = secmark_context(meta);
-        l.peer = self.peer_label_with(peer, pkt, payload);
         // Only TCP and UDP packets with ports have sockets to look up.
         let diag_proto = match (pkt.proto, pkt.sport, pkt.dport) {
             (Proto::Tcp, Some(_), Some(_)) => Some(DiagProto::Tcp),
             (Proto::Udp, Some(_), Some(_)) => Some(DiagProto::Udp),
             _ => None,
         };
-        let resolve_end = |local: SocketAddr, remote: SocketAddr| match diag_proto {
-            Some(p) => self.local_end(p, local, remote),
-            None => LocalEnd::unlabeled("unsupported_proto"),
+        let resolve_end = |local: SocketAddr, remote: SocketAddr| match (diag_proto, cached) {
+            (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
+            (Some(p), None) => Some(self.local_end(p, local, remote)),
+            (Some(p), Some(hits)) => self.cached_end(p, local, remote, hits),
+        };
+        let is_local = |ip: IpAddr| match cached {
+            None => Some(self.is_local(ip)),
+            Some(_) => self.is_local_cached(ip),
         };
         let (src, dst) =
             (SocketAddr::new(pkt.src, pkt.sport.unwrap_or(0)), SocketAddr::new(pkt.dst, pkt.dport.unwrap_or(0)));
 
-        let src_local = matches!(hook, Some(Hook::Output)) || self.is_local(pkt.src);
-        let mut sock_uid = None;
-        if src_local {
-            let end = resolve_end(src, dst);
-            l.source = end.label;
-            l.source_process = end.process;
-            sock_uid = end.uid;
-        } else {
-            l.source = l.peer.clone().unwrap_or_else(|| Label::unlabeled("remote"));
-        }
+        let src_local = matches!(hook, Some(Hook::Output)) || is_local(pkt.src)?;
+        let src_end = if src_local { Some(resolve_end(src, dst)?) } else { None };
+        let dst_local = matches!(hook, Some(Hook::Input)) || is_local(pkt.dst)?;
+        let dst_end = if dst_local { Some(resolve_end(dst, src)?) } else { None };
 
-        let dst_local = matches!(hook, Some(Hook::Input)) || self.is_local(pkt.dst);
-        if dst_local {
-            let end = resolve_end(dst, src);
-            l.dest = end.label;
-            l.dest_process = end.process;
-        } else {
-            l.dest = match peer.static_label(pkt.dst) {
-                Some(c) => Label { context: c.clone(), origin: Origin::Static },
-                None => Label::unlabeled("remote"),
-            };
+        let mut l = Labels::unresolved("not_resolved");
+        l.secmark = secmark_context(meta);
+        l.peer = self.peer_label_with(peer, pkt, payload);
+        let mut sock_uid = None;
+        match src_end {
+            Some(end) => {
+                l.source = end.label;
+                l.source_process = end.process;
+                sock_uid = end.uid;
+            }
+            None => l.source = l.peer.clone().unwrap_or_else(|| Label::unlabeled("remote")),
+        }
+        match dst_end {
+            Some(end) => {
+                l.dest = end.label;
+                l.dest_process = end.process;
+            }
+            None => {
+                l.dest = match peer.static_label(pkt.dst) {
+                    Some(c) => Label { context: c.clone(), origin: Origin::Static },
+                    None => Label::unlabeled("remote"),
+                }
+            }
         }
         l.uid = meta.uid.or(sock_uid);
         l.gid = meta.gid;
-        l
+        Some(l)
     }
 }
 

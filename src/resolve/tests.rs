@@ -252,3 +252,63 @@ fn policy_views_share_caches_but_not_peer_config() {
     assert_eq!(labelled.core().stats().flow.misses.load(Relaxed), core.stats().flow.misses.load(Relaxed));
     assert!(core.stats().flow.misses.load(Relaxed) >= 2);
 }
+
+#[test]
+fn cache_only_answers_after_a_full_resolution() {
+    let r = resolver();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pkt = udp_pkt(a.local_addr().unwrap(), b.local_addr().unwrap());
+    let m = meta(Hook::Output);
+    // Nothing cached yet: no answer, and nothing asked, scanned or counted.
+    let before = r.stats().snapshot();
+    assert_eq!(r.resolve_cached(&pkt, &m, &[]), None);
+    assert_eq!(r.stats().snapshot(), before);
+    let full = r.resolve(&pkt, &m, &[]);
+    assert!(full.source_process.is_some() && full.dest_process.is_some(), "{full:?}");
+    // Now both ends come from the caches, with the same labels, and only
+    // the hits are counted.
+    let before = r.stats().snapshot();
+    let cached = r.resolve_cached(&pkt, &m, &[]).expect("answered from the caches");
+    assert_eq!(cached, full);
+    let after = r.stats().snapshot();
+    let delta = |name: &str| {
+        let get = |v: &[(&str, u64)]| v.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap();
+        get(&after) - get(&before)
+    };
+    assert_eq!((delta("flow_hits"), delta("owner_hits")), (2, 2));
+    assert_eq!(
+        (delta("flow_misses"), delta("owner_misses"), delta("sock_diag_queries"), delta("proc_scans")),
+        (0, 0, 0, 0)
+    );
+    // The holder closed the socket: re-validation fails, so no cheap answer,
+    // and the stale owner is left for the full path to invalidate.
+    drop(a);
+    assert_eq!(r.resolve_cached(&pkt, &m, &[]), None);
+    assert_eq!(r.stats().owner.invalidations.load(Relaxed), 0);
+    let l = r.resolve(&pkt, &m, &[]);
+    assert_eq!(l.source.origin, Origin::Unlabeled("socket_closed"));
+    assert_eq!(r.stats().owner.invalidations.load(Relaxed), 1);
+    // "No socket any more" is remembered (negative TTL) and answered cheaply.
+    let again = r.resolve_cached(&pkt, &m, &[]).expect("negative entry answers");
+    assert_eq!(again, l);
+}
+
+#[test]
+fn cache_only_needs_fresh_local_addresses_for_non_loopback_ends() {
+    let cfg = ResolverConfig { local_addr_ttl: Duration::ZERO, ..ResolverConfig::default() };
+    let core = Arc::new(SocketResolver::new(PeerConfig::default(), cfg).unwrap());
+    let view = core.for_policy(peer_cfg());
+    // ICMP has no socket to look up: between loopback addresses it is
+    // answered at once ...
+    let lo = build::ipv4(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1, &[], &[8, 0, 0, 0, 0, 1, 0, 1]);
+    let pkt = packet::parse(&lo).unwrap();
+    let m = meta(Hook::Input);
+    assert_eq!(view.resolve_cached(&pkt, &m, &lo), Some(view.resolve(&pkt, &m, &lo)));
+    // ... but whether 198.18.1.9 is this host's needs the address list,
+    // which is stale here (TTL 0): that is slow work.
+    let p = build::ipv4("198.18.1.9".parse().unwrap(), Ipv4Addr::LOCALHOST, 1, &[], &[8, 0, 0, 0, 0, 1, 0, 1]);
+    let pkt = packet::parse(&p).unwrap();
+    assert_eq!(view.resolve_cached(&pkt, &m, &p), None);
+    assert_eq!(view.resolve(&pkt, &m, &p).source.context.type_(), "db_peer_t");
+}

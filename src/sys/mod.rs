@@ -46,17 +46,81 @@ pub fn set_rcvbuf(fd: RawFd, bytes: usize) -> io::Result<usize> {
 
 /// Wait up to `timeout_ms` for `fd` to become readable.
 pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: `p` is one valid pollfd and the count passed is 1.
-    let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    let [ready] = poll_in([fd], timeout_ms)?;
+    Ok(ready)
+}
+
+/// Wait up to `timeout_ms` for either of two descriptors to become
+/// readable; says which are.
+pub fn poll_either(a: RawFd, b: RawFd, timeout_ms: i32) -> io::Result<(bool, bool)> {
+    let [ra, rb] = poll_in([a, b], timeout_ms)?;
+    Ok((ra, rb))
+}
+
+/// poll(2) for input on `N` descriptors; an interrupted wait reports
+/// nothing ready.
+fn poll_in<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
+    let mut p = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    // SAFETY: `p` is an array of `N` valid pollfds and `N` is passed as its length.
+    let rc = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+            return Ok([false; N]);
         }
         return Err(e);
     }
-    Ok(rc > 0 && p.revents & (libc::POLLIN | libc::POLLERR) != 0)
+    Ok(p.map(|p| rc > 0 && p.revents & (libc::POLLIN | libc::POLLERR) != 0))
+}
+
+/// An eventfd(2) used as a wake-up signal between threads: any thread may
+/// [`notify`](Self::notify); the owner polls [`fd`](Self::fd) and
+/// [`clear`](Self::clear)s it before looking for work. Non-blocking.
+pub struct EventFd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain eventfd(2) call; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(EventFd { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Make the descriptor readable (adds 1 to its counter; never blocks in
+    /// practice: the counter would have to reach 2^64 - 2).
+    pub fn notify(&self) -> io::Result<()> {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: `one` is a valid 8-byte buffer, the size eventfd requires.
+        let rc = unsafe { libc::write(self.fd(), one.as_ptr().cast(), one.len()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reset the counter, so the descriptor polls unreadable until the next
+    /// `notify`. Returns whether it had been notified.
+    pub fn clear(&self) -> io::Result<bool> {
+        let mut buf = [0u8; 8];
+        // SAFETY: `buf` is valid for writes of 8 bytes, the size eventfd requires.
+        let rc = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(e) };
+        }
+        Ok(true)
+    }
 }
 
 /// A NETLINK_AUDIT socket for sending user-space AVC records to the
@@ -154,6 +218,29 @@ fn if_name(index: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eventfd_wakes_a_poll_until_cleared() {
+        let e = EventFd::new().unwrap();
+        let other = EventFd::new().unwrap();
+        assert_eq!(poll_either(other.fd(), e.fd(), 0).unwrap(), (false, false));
+        assert!(!e.clear().unwrap());
+        e.notify().unwrap();
+        e.notify().unwrap();
+        assert_eq!(poll_either(other.fd(), e.fd(), 0).unwrap(), (false, true));
+        assert!(poll_readable(e.fd(), 0).unwrap());
+        assert!(e.clear().unwrap(), "both notifications are taken by one read");
+        assert!(!poll_readable(e.fd(), 0).unwrap());
+        // A notification from another thread ends a wait.
+        let e = std::sync::Arc::new(e);
+        let n = e.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            n.notify().unwrap();
+        });
+        assert_eq!(poll_either(other.fd(), e.fd(), 5000).unwrap(), (false, true));
+        t.join().unwrap();
+    }
 
     #[test]
     fn loopback_has_a_name() {

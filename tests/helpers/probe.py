@@ -5,8 +5,14 @@ serve-tcp HOST PORT SECONDS          accept and close connections until SECONDS 
 connect-tcp HOST PORT TIMEOUT        exit 0 if a TCP connection is established
 udp-echo HOST PORT SECONDS           echo datagrams back until SECONDS pass
 udp-ask HOST PORT TIMEOUT            send one datagram, exit 0 if the echo returns
-udp-sink HOST PORT IDLE OUTFILE      count datagrams until IDLE seconds pass without one
-udp-flood HOST PORT COUNT SECONDS [PPS]  send up to COUNT datagrams within SECONDS (paced to PPS), print how many
+udp-sink HOST PORT IDLE OUTFILE [LATEFILE]
+                                     count datagrams until IDLE seconds pass without one; with LATEFILE,
+                                     also write how many arrived after a later one of the same sender
+udp-flood HOST PORT COUNT SECONDS [PPS [FLOWS]]
+                                     send up to COUNT datagrams within SECONDS (paced to PPS), print how
+                                     many; from FLOWS sockets one after the other (a new flow every
+                                     COUNT/FLOWS datagrams); each datagram starts with its flow's
+                                     number and its sequence number in the flow (4 bytes each)
 """
 import socket
 import sys
@@ -73,31 +79,50 @@ def udp_ask(host, port, timeout):
     return 0
 
 
-def udp_sink(host, port, idle, outfile):
+def udp_sink(host, port, idle, outfile, latefile=None):
     s = socket.socket(family(host), socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, 33, 512 << 20)  # SO_RCVBUFFORCE (root)
     s.bind((host, int(port)))
     s.settimeout(float(idle))
     n = 0
+    late = 0
+    highest = {}
     print("ready", flush=True)
     try:
         while True:
-            s.recv(2048)
+            data, peer = s.recvfrom(2048)
             n += 1
+            flow = (peer, data[:4])
+            seq = int.from_bytes(data[4:8], "big")
+            if seq < highest.get(flow, -1):
+                late += 1
+            highest[flow] = max(seq, highest.get(flow, -1))
     except socket.timeout:
         pass
     with open(outfile, "w") as f:
         f.write(str(n))
+    if latefile:
+        with open(latefile, "w") as f:
+            f.write(str(late))
 
 
-def udp_flood(host, port, count, seconds, pps="0"):
-    s = socket.socket(family(host), socket.SOCK_DGRAM)
-    payload = b"x" * 36
+def udp_flood(host, port, count, seconds, pps="0", flows="1"):
+    count = int(count)
+    per_flow = max(1, count // max(1, int(flows)))
+    s = None
     start = time.time()
     end = start + float(seconds)
     pps = float(pps)
     sent = 0
-    for _ in range(int(count)):
+    seq = 0
+    flow = -1
+    for i in range(count):
+        if i % per_flow == 0:
+            if s:
+                s.close()
+            s = socket.socket(family(host), socket.SOCK_DGRAM)
+            seq = 0
+            flow += 1
         now = time.time()
         if now > end:
             break
@@ -106,8 +131,9 @@ def udp_flood(host, port, count, seconds, pps="0"):
             if ahead > 0:
                 time.sleep(ahead)
         try:
-            s.sendto(payload, (host, int(port)))
+            s.sendto(flow.to_bytes(4, "big") + seq.to_bytes(4, "big") + b"x" * 28, (host, int(port)))
             sent += 1
+            seq += 1
         except OSError:
             time.sleep(0.001)
     print(sent)
