@@ -54,7 +54,7 @@ pub fn render(engine: &Engine, queues: &[u16]) -> String {
     counter(
         &mut s,
         "labelgate_packets_total",
-        "Packets received from the queues.",
+        "Packets decided (received from the queues and answered).",
         vec![(String::new(), g(&c.packets))],
     );
     counter(
