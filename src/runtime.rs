@@ -107,14 +107,28 @@ impl Runtime {
         // One pool handle per queue thread, in order; none without workers.
         let mut pools = pools.into_iter();
         let mut threads = Vec::new();
-        for sock in sockets {
+        // With several queues (--queue-cpu-fanout sends CPU k's packets to
+        // the k-th queue), the k-th queue's thread runs on CPU k, next to
+        // the packets it serves.
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pin = cfg.queues.len() > 1 && ncpu > 1;
+        for (k, sock) in sockets.into_iter().enumerate() {
             let engine = engine.clone();
             let stop = stop.clone();
             let opts = LoopOpts { batch: cfg.batch.max(1), flow: cfg.flow };
             let pool = pools.next();
+            let cpu = pin.then_some(k % ncpu);
             let t = std::thread::Builder::new()
                 .name(format!("queue-{}", sock.queue()))
-                .spawn(move || queue_loop(sock, &engine, &stop, opts, pool))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        match crate::sys::pin_to_cpu(cpu) {
+                            Ok(()) => log::debug!("queue {}: thread pinned to CPU {cpu}", sock.queue()),
+                            Err(e) => log::warn!("queue {}: cannot pin to CPU {cpu}: {e}", sock.queue()),
+                        }
+                    }
+                    queue_loop(sock, &engine, &stop, opts, pool)
+                })
                 .map_err(RuntimeError::Thread)?;
             threads.push(t);
         }

@@ -273,3 +273,46 @@ fn daemon_keeps_only_the_capabilities_it_needs() {
     assert_ne!(status_field(d.pid(), "CapEff") & SYS_ADMIN, 0);
     d.stop();
 }
+
+#[test]
+fn two_queues_with_cpu_fanout_each_get_a_pinned_thread() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let policy =
+        write_policy(&ns, "default = \"accept\"\n[[rule]]\nname = \"out\"\nhook = \"output\"\nverdict = \"accept\"\n");
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "50-51", "--all-packets", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved = ns.sh("iptables-save -t security");
+    assert!(saved.contains("--queue-balance 50:51") && saved.contains("--queue-cpu-fanout"), "{saved}");
+    let d = Daemon::start(&ns, "default = \"accept\"\n", 50, &["--queues", "50-51"]);
+    assert!(ns.queue_stats(51).is_some(), "both queues bound");
+    // Traffic from each CPU: the fanout sends CPU k's packets to queue 50+k.
+    let _echo = ns.spawn_probe(&["udp-echo", "127.0.0.1", "5353", "30"]);
+    for cpu in ["0", "1"] {
+        for _ in 0..5 {
+            let st = ns
+                .cmd("taskset")
+                .args(["-c", cpu, "/usr/bin/python3", PROBE, "udp-ask", "127.0.0.1", "5353", "2"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
+    let seq = |q| ns.queue_stats(q).unwrap()[7];
+    assert!(seq(50) > 0 && seq(51) > 0, "both queues received packets: {} {}", seq(50), seq(51));
+    let mut pinned = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap().trim().to_string();
+        if let Some(q) = comm.strip_prefix("queue-") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
+            pinned.push((q.to_string(), cpus));
+        }
+    }
+    pinned.sort();
+    assert_eq!(pinned, vec![("50".to_string(), "0".to_string()), ("51".to_string(), "1".to_string())]);
+    d.stop();
+}

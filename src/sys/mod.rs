@@ -180,6 +180,21 @@ impl KernelAudit {
     }
 }
 
+/// Run the calling thread on `cpu` only.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes within
+    // it (it ignores CPU numbers beyond the set's size).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Set no_new_privs: no exec can gain privileges from now on.
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.

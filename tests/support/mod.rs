@@ -183,11 +183,15 @@ impl Daemon {
         let audit = ns.dir.path().join(format!("audit-{queue}.log"));
         let stderr = ns.dir.path().join(format!("stderr-{queue}.log"));
         let err = std::fs::File::create(&stderr).expect("stderr file");
+        // `--queues N-M` in `extra` replaces `--queue N` (N is then the first queue).
+        let queue_arg =
+            if extra.contains(&"--queues") { vec![] } else { vec!["--queue".to_string(), queue.to_string()] };
         let child = ns
             .cmd(LABELGATE)
             .args(["run", "--policy"])
             .arg(&pfile)
-            .args(["--queue", &queue.to_string(), "--audit"])
+            .args(&queue_arg)
+            .arg("--audit")
             .arg(&audit)
             .args(extra)
             .envs(env.iter().copied())
