@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub enum ContextError {
     #[error("security context {0:?} must have the form user:role:type[:level]")]
     Shape(String),
-    #[error("bad identifier {0:?} in security context (letters, digits, '_' and '.' only)")]
+    #[error("bad identifier {0:?} in security context (letters, digits, '_', '.' and '-' only)")]
     Identifier(String),
     #[error("bad MLS range in security context: {0}")]
     Mls(#[from] MlsError),
