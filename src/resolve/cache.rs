@@ -7,7 +7,6 @@
 use lru::LruCache;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -30,8 +29,14 @@ impl CacheCounters {
 }
 
 /// A bounded map: at most `capacity` entries in all, split over shards.
+///
+/// Each shard's map starts small and grows with its live entries (the `lru`
+/// crate's bounded constructor would allocate the whole capacity up front,
+/// and resident memory would then creep up for a long time as the table's
+/// pages were first touched); the bound is enforced on insertion.
 pub struct ShardedLru<K, V> {
     shards: Box<[Mutex<LruCache<K, V>>]>,
+    per_shard: usize,
     hasher: RandomState,
 }
 
@@ -40,8 +45,12 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
     /// `shards` shards (at least one).
     pub fn new(capacity: usize, shards: usize) -> Self {
         let shards = shards.max(1);
-        let per = NonZeroUsize::new(capacity.div_ceil(shards).max(1)).unwrap_or(NonZeroUsize::MIN);
-        ShardedLru { shards: (0..shards).map(|_| Mutex::new(LruCache::new(per))).collect(), hasher: RandomState::new() }
+        let per_shard = capacity.div_ceil(shards).max(1);
+        ShardedLru {
+            shards: (0..shards).map(|_| Mutex::new(LruCache::unbounded())).collect(),
+            per_shard,
+            hasher: RandomState::new(),
+        }
     }
 
     fn shard(&self, k: &K) -> MutexGuard<'_, LruCache<K, V>> {
@@ -75,11 +84,11 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
 
     fn insert_inner(&self, k: K, v: V, c: &CacheCounters, stale: Option<&dyn Fn(&V) -> bool>) {
         let mut s = self.shard(&k);
-        let evicted = match s.push(k, v) {
-            Some((old, _)) => !s.contains(&old),
-            None => false,
-        };
-        if evicted {
+        // Unbounded shards: `push` only ever returns the replaced value of
+        // the same key, which is not an eviction.
+        let _ = s.push(k, v);
+        while s.len() > self.per_shard {
+            s.pop_lru();
             CacheCounters::bump(&c.evictions);
         }
         if let Some(stale) = stale {
@@ -111,7 +120,7 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
 
     /// The most entries this cache will hold.
     pub fn capacity(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).cap().get()).sum()
+        self.per_shard * self.shards.len()
     }
 }
 
