@@ -84,11 +84,13 @@ tcp_echo_server() {
 }
 
 # tcp_try CTX PORT: connect from CTX to 127.0.0.1:PORT; succeed iff the
-# server's answer came back. Budget 5 s to connect (a dropped SYN is resent
+# server's answer came back. Budget 8 s to connect (a dropped SYN is resent
 # after 1 s and 3 s); generous because TCG on a busy 2-core host is slow.
+# -t8: stdin is empty, so socat half-closes at once; wait for the answer
+# (its default 0.5 s lost races under load).
 tcp_try() {
   local out
-  out="$(timeout 15 runcon "$1" socat -T5 - "TCP4:127.0.0.1:$2,connect-timeout=5" </dev/null 2>/dev/null)" || true
+  out="$(timeout 20 runcon "$1" socat -T8 -t8 - "TCP4:127.0.0.1:$2,connect-timeout=8" </dev/null 2>/dev/null)" || true
   [ "$out" = "pong-$2" ]
 }
 
@@ -112,6 +114,7 @@ lg_start() {
   "$LG_BIN" run --policy "$pol" --queue 0 --audit "$audit" "$@" \
     >"$LG_WORK/$SCENARIO-labelgate.out" 2>"$LG_WORK/$SCENARIO-labelgate.err" &
   LG_PID=$!
+  echo "$LG_PID" >"$LG_WORK/$SCENARIO-labelgate.pid"   # for the runner's clean-up
   local i
   for ((i = 0; i < 150; i++)); do   # 30 s
     awk '$1 == 0 {found=1} END {exit !found}' /proc/net/netfilter/nfnetlink_queue 2>/dev/null && return 0
@@ -192,6 +195,10 @@ write_policy() {
 SCENARIO_FAILS=0
 scenario_begin() {
   SCENARIO="$1"; SCENARIO_FAILS=0; LG_PIDS=(); LG_PID=""
+  # A command failing at the scenario's top level (set -e) is recorded, and
+  # whatever the scenario started is stopped however it ends.
+  trap 'fail aborted "line $LINENO: $BASH_COMMAND"' ERR
+  trap '[ -z "$LG_PID" ] || kill "$LG_PID" 2>/dev/null; stop_all' EXIT
   log "=== begin"
 }
 
@@ -218,6 +225,7 @@ check_no_grep() {
 
 # scenario_end: stop everything, reset the network; exit 1 if a check failed.
 scenario_end() {
+  trap - ERR   # the verdict below may be non-zero; that is not an abort
   [ -z "$LG_PID" ] || lg_stop || true
   stop_all
   net_reset

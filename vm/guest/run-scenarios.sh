@@ -18,6 +18,18 @@ selinux_setup "$LG_POLICY"
 net_setup
 log "kernel $(uname -r), booted-to-ready $(cut -d' ' -f1 /proc/uptime)s"
 
+# cleanup_after NAME: stop what a scenario may have left behind (after a
+# timeout its own EXIT trap may not have run): its labelgate, by the pid it
+# recorded, and every process still listening on TCP (only test servers
+# listen in this VM).
+cleanup_after() {
+  local pidf="$LG_WORK/$1-labelgate.pid" p
+  if [ -s "$pidf" ]; then kill -9 "$(cat "$pidf")" 2>/dev/null || true; fi
+  for p in $(ss -Htlnp | grep -oE 'pid=[0-9]+' | cut -d= -f2 | sort -u); do
+    SCENARIO=guest log "killing leftover listener pid $p"; kill -9 "$p" 2>/dev/null || true
+  done
+}
+
 rc=0
 for name in "$@"; do
   script="$HERE/../scenarios/$name.sh"
@@ -35,6 +47,7 @@ for name in "$@"; do
   [ "$src" = 0 ] || rc=1
   echo "SCENARIO $name $verdict ${took}s" >>"$LG_RESULTS"
   SCENARIO=guest log "scenario $name: $verdict (${took}s)"
+  cleanup_after "$name"
   net_reset
 done
 SCENARIO=guest log "all scenarios done in $(( $(date +%s) - t0 ))s"

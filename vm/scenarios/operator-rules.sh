@@ -26,8 +26,8 @@ tcp_echo_server "$CTX_PG" 5432
 # uid_try UID: like tcp_try, as UID (context unchanged).
 uid_try() {
   local out
-  out="$(timeout 15 setpriv --reuid="$1" --regid="$1" --clear-groups \
-    socat -T5 - "TCP4:127.0.0.1:5432,connect-timeout=5" </dev/null 2>/dev/null)" || true
+  out="$(timeout 20 setpriv --reuid="$1" --regid="$1" --clear-groups \
+    socat -T8 -t8 - "TCP4:127.0.0.1:5432,connect-timeout=8" </dev/null 2>/dev/null)" || true
   [ "$out" = "pong-5432" ]
 }
 
