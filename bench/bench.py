@@ -129,11 +129,11 @@ def cpu_seconds(pid):
         return float("nan")
 
 
-def vm_hwm_kib(pid):
+def vm_hwm_kib(pid, field="VmHWM:"):
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -284,6 +284,9 @@ def udp_run(ns, cons, seconds, pps=0, senders=((0,),), nports=1, naddrs=1, count
         "drops": d["drops"],
         "queued": d["queued"],
         "cpu_us_per_pkt": 1e6 * d["cpu"] / d["queued"] if d["queued"] else float("nan"),
+        # Packets the consumer answered per second: its throughput when overloaded (every
+        # datagram passes the queue twice, on OUTPUT and INPUT; a drop on INPUT wastes the first).
+        "answered_per_s": d["queued"] / seconds,
     }
     hd = hist_delta(ha, hb)
     if hd[1]:
@@ -400,6 +403,7 @@ def w_rss(nrules):
         r = udp_run(ns, cons, 10, pps=40000, nports=50000, naddrs=2, count=nflows)
         text = cons.scrape()
         r["hwm_kib"] = cons.hwm_kib()
+        r["rss_kib"] = vm_hwm_kib(cons.proc.pid, "VmRSS:")
         r["hwm_start_kib"] = start_kib
         r["resolver"] = resolver_events(text)
         cons.close()
@@ -516,6 +520,8 @@ def main():
     L.append("|---|---|---|---|---|")
     L.append("| UDP 64 B, delivered pps (full speed) | %s |" % " | ".join(fmt(med(udp[v], "pps")) for v in udp))
     L.append("| UDP sustained zero-drop pps | %s |" % " | ".join(fmt(med(udp[v], "sustained_pps")) for v in udp))
+    L.append("| queue packets answered per s at full speed | %s |" % " | ".join(
+        fmt(med(udp[v], "answered_per_s")) for v in udp))
     L.append("| UDP queue drops at full speed (sum of rounds) | %s |" % " | ".join(
         str(int(sum(x["drops"] + x["send_errors"] for x in udp[v]))) for v in udp))
     L.append("| consumer CPU µs per queued packet | %s |" % " | ".join(
@@ -555,7 +561,11 @@ def main():
     L.append("")
     L.append("| ratio | value | target | result |")
     L.append("|---|---|---|---|")
-    L.append("| B2/B1 UDP pps (sustained, zero drops) | %s | ≥ 0.95 | %s |" % (fmt(b2b1_pps), verdict(b2b1_pps >= 0.95)))
+    b2b1_ans = ratio(med(udp["B2"], "answered_per_s"), med(udp["B1"], "answered_per_s"))
+    L.append("| B2/B1 queue packets answered per second (full speed) | %s | ≥ 0.95 | %s |" % (
+        fmt(b2b1_ans), verdict(b2b1_ans >= 0.95)))
+    L.append("| B2/B1 UDP delivered pps (sustained, zero drops; distorted by overload, see docs) | %s | ≥ 0.95 | %s |" % (
+        fmt(b2b1_pps), verdict(b2b1_pps >= 0.95)))
     L.append("| B2/B1 CPU per packet | %s | ≤ 1.2 | %s |" % (fmt(b2b1_cpu), verdict(b2b1_cpu <= 1.2)))
     L.append("| B3/B0 TCP bulk throughput | %s | ≥ 0.95 | %s |" % (fmt(b3b0_tcp), verdict(b3b0_tcp >= 0.95)))
     L.append("| B3/B1 new TCP conn/s | %s | ≥ 0.8 | %s |" % (fmt(b3b1_conn), verdict(b3b1_conn >= 0.8)))
@@ -583,8 +593,9 @@ def main():
     L.append("")
     L.append("Decision-time quantiles come from labelgate's `labelgate_decision_seconds` histogram and are "
              "bucket upper bounds. RSS run: %d datagrams to 100,000 distinct flows, resolver events %s; "
-             "VmHWM right after start %s MiB." % (rss["sent"], json.dumps(rss["resolver"], sort_keys=True),
-                                                 fmt(rss["hwm_start_kib"] / 1024, 1)))
+             "VmHWM right after start (policy loaded) %s MiB; VmRSS at the end %s MiB." % (
+                 rss["sent"], json.dumps(rss["resolver"], sort_keys=True), fmt(rss["hwm_start_kib"] / 1024, 1),
+                 fmt(rss["rss_kib"] / 1024, 1)))
     report = "\n".join(L)
     print(report)
     if a.out:
