@@ -1,0 +1,103 @@
+//! Policy lookup cost against policy size: `Policy::decide` over generated
+//! policies of 10, 1,000 and 10,000 rules (the same shape as
+//! `bench/gen-policy.py`). The decision cost should stay flat: the type
+//! index means a packet is checked only against the rules naming its types.
+//!
+//! `LABELGATE_BENCH_RULES=10,1000,100000 cargo bench --bench policy` adds the
+//! 100,000-rule policy; it is not in the default list because compiling it
+//! takes minutes today (`policy::parse::line_col` rescans the file from the
+//! start for every rule, see docs/PERFORMANCE.md).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use labelgate::labels::{Hook, Label, Labels, Origin};
+use labelgate::packet::{self, build, PacketInfo};
+use labelgate::policy::{Facts, Policy};
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const PROTOS: [&str; 3] = ["tcp", "udp", "tcp"];
+
+/// A policy of `n` rules over many source/destination types, ports and uids,
+/// ending with the rule that accepts the benchmark traffic (udp to 9000 from
+/// `bench_client_t`, and anything from `unlabeled_t` to port 9000).
+fn policy_text(n: usize) -> String {
+    let mut s = String::from("mode = \"enforcing\"\ndefault = \"drop\"\n\n[sets]\nweb = [\"httpd_t\", \"nginx_t\"]\n");
+    let body = n.saturating_sub(1);
+    for i in 0..body {
+        let src = format!("app{}_t", i % 997);
+        let dst = format!("svc{}_t", i % 1009);
+        let proto = PROTOS[i % PROTOS.len()];
+        let port = 1024 + (i * 7) % 60000;
+        let verdict = if i % 5 == 0 { "drop" } else { "accept" };
+        let _ = write!(
+            s,
+            "\n[[rule]]\nname = \"r{i}\"\nhook = \"{}\"\nsource = \"{src}\"\ndest = \"{dst}\"\nproto = \"{proto}\"\ndport = {port}\n",
+            if i % 2 == 0 { "output" } else { "input" }
+        );
+        if i % 3 == 0 {
+            let _ = writeln!(s, "uid = {}", 1000 + i % 500);
+        }
+        let _ = writeln!(s, "verdict = \"{verdict}\"");
+    }
+    s.push_str("\n[[rule]]\nname = \"bench-traffic\"\nproto = \"udp\"\ndport = 9000\nverdict = \"accept\"\n");
+    s
+}
+
+fn labels(src: &str, dst: &str) -> Labels {
+    let mut l = Labels::unresolved("bench");
+    l.source = Label { context: src.parse().unwrap(), origin: Origin::Socket };
+    l.dest = Label { context: dst.parse().unwrap(), origin: Origin::Socket };
+    l.uid = Some(1000);
+    l
+}
+
+fn udp_to(dport: u16) -> PacketInfo {
+    let lo = Ipv4Addr::LOCALHOST;
+    packet::parse(&build::ipv4(lo, lo, 17, &[], &build::udp(40000, dport, b"x"))).unwrap()
+}
+
+fn tcp_to(dport: u16) -> PacketInfo {
+    let lo = Ipv4Addr::LOCALHOST;
+    packet::parse(&build::ipv4(lo, lo, 6, &[], &build::tcp(40000, dport, 0x02))).unwrap()
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy_decide");
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    let none = || None;
+    let sizes = std::env::var("LABELGATE_BENCH_RULES").unwrap_or_else(|_| "10,1000,10000".to_string());
+    for n in sizes.split(',').filter_map(|x| x.trim().parse::<usize>().ok()) {
+        let p = Policy::from_toml(&policy_text(n), "bench.toml").unwrap();
+        // The benchmark traffic: typed source, reaches the final catch rule.
+        let l = labels("system_u:system_r:app5_t:s0", "system_u:system_r:svc5_t:s0");
+        let pkt = udp_to(9000);
+        g.bench_with_input(BenchmarkId::new("final_rule", n), &n, |b, _| {
+            b.iter(|| {
+                let f = Facts { hook: Hook::Output, pkt: &pkt, labels: &l, iif: &none, oif: &none };
+                black_box(p.decide(black_box(&f), p.mode))
+            })
+        });
+        // Unlabeled traffic (what this host's kernel reports without SELinux).
+        let ul = Labels::unresolved("selinux_disabled");
+        g.bench_with_input(BenchmarkId::new("unlabeled", n), &n, |b, _| {
+            b.iter(|| {
+                let f = Facts { hook: Hook::Output, pkt: &pkt, labels: &ul, iif: &none, oif: &none };
+                black_box(p.decide(black_box(&f), p.mode))
+            })
+        });
+        // A packet that falls to the default verdict after every candidate rule of its type.
+        let tpkt = tcp_to(1);
+        g.bench_with_input(BenchmarkId::new("default_miss", n), &n, |b, _| {
+            b.iter(|| {
+                let f = Facts { hook: Hook::Output, pkt: &tpkt, labels: &l, iif: &none, oif: &none };
+                black_box(p.decide(black_box(&f), p.mode))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide);
+criterion_main!(benches);
