@@ -193,3 +193,18 @@ fn example_policies_compile() {
     }
     assert!(n >= 1, "no example policies found");
 }
+
+#[test]
+fn rule_lines_are_right_in_a_large_policy() {
+    let mut text = String::from("# big\n");
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\nproto = \"tcp\"\ndport = {}\nverdict = \"accept\"\n",
+            i % 60000
+        ));
+    }
+    let p = Policy::from_toml(&text, "big").unwrap();
+    assert_eq!(p.rules[0].line, 2);
+    assert_eq!(p.rules[19_999].line, 2 + 19_999 * 5);
+    assert_eq!(p.rules[12_345].line, 2 + 12_345 * 5);
+}
