@@ -147,16 +147,20 @@ fn parse_v4(buf: &[u8]) -> Result<PacketInfo, PacketError> {
     let proto = Proto::from_number(ip.get_next_level_protocol().0);
     let first_fragment = ip.get_fragment_offset() == 0;
     let l4 = buf.get(hlen..).unwrap_or_default();
-    let mut info = PacketInfo {
-        src: IpAddr::V4(ip.get_source()),
-        dst: IpAddr::V4(ip.get_destination()),
-        proto,
-        sport: None,
-        dport: None,
-        icmp: None,
-        tcp_syn: false,
-        label_option,
-    };
+    finish(IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination()), proto, label_option, first_fragment, l4)
+}
+
+/// The packet's facts from its network header; the transport header is read
+/// only on first fragments (later ones carry no ports).
+fn finish(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: Proto,
+    label_option: Option<LabelOption>,
+    first_fragment: bool,
+    l4: &[u8],
+) -> Result<PacketInfo, PacketError> {
+    let mut info = PacketInfo { src, dst, proto, sport: None, dport: None, icmp: None, tcp_syn: false, label_option };
     if first_fragment {
         parse_transport(&mut info, l4)?;
     }
@@ -208,20 +212,8 @@ fn parse_v6(buf: &[u8]) -> Result<PacketInfo, PacketError> {
                 off += len;
             }
             _ => {
-                let mut info = PacketInfo {
-                    src: IpAddr::V6(ip.get_source()),
-                    dst: IpAddr::V6(ip.get_destination()),
-                    proto: Proto::from_number(next.0),
-                    sport: None,
-                    dport: None,
-                    icmp: None,
-                    tcp_syn: false,
-                    label_option,
-                };
-                if first_fragment {
-                    parse_transport(&mut info, hdr)?;
-                }
-                return Ok(info);
+                let (src, dst) = (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()));
+                return finish(src, dst, Proto::from_number(next.0), label_option, first_fragment, hdr);
             }
         }
     }

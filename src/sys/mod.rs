@@ -159,25 +159,30 @@ impl KernelAudit {
         msg.extend_from_slice(body);
         msg.push(0);
         msg.resize((len + 3) & !3, 0);
-        // SAFETY: `addr` is a zeroed sockaddr_nl addressed to the kernel and
-        // `msg` is a valid buffer of the given length.
-        let rc = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        send_to_kernel(self.fd.as_raw_fd(), &msg)
     }
+}
+
+/// Send one netlink message to the kernel (destination nl_pid 0).
+pub(crate) fn send_to_kernel(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: `addr` is a zeroed sockaddr_nl addressed to the kernel and
+    // `msg` is a valid buffer of the given length.
+    let rc = unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Run the calling thread on `cpu` only.

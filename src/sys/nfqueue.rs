@@ -322,25 +322,8 @@ impl QueueSocket {
     }
 
     fn send(&mut self) -> io::Result<()> {
-        let msg = self.tx.finish();
-        // SAFETY: `msg` is a valid buffer of the given length; a zero
-        // destination address sends to the kernel (nl_pid 0).
-        let rc = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let fd = self.fd.as_raw_fd();
+        super::send_to_kernel(fd, self.tx.finish())
     }
 
     fn recv_raw(&mut self, flags: libc::c_int) -> io::Result<usize> {
