@@ -31,13 +31,28 @@ echo "================ labelgate demo: the article's scenario ================"
 echo "The policy (labelgate's table, TOML):"
 sed 's/^/    /' "$work/article-policy.toml" 2>/dev/null || echo "    (not written: see $work/e2e.out)"
 echo
-echo "What happened (each line a real connection in the VM, PASS = as the policy says):"
-grep -E '^(PASS|FAIL) (article|postgres) ' "$work/results.txt" 2>/dev/null \
-  | sed -E 's/^PASS /  ok    /; s/^FAIL /  WRONG /' || echo "  (no results: see $work/e2e.out)"
+echo "What happened (real connections in the VM; each outcome checked against the policy):"
+describe() {
+  case "$1" in
+    httpd-to-db-5432)       echo "httpd_t    -> postgresql_t tcp/5432   ALLOWED  (the web server reaches the database)";;
+    intruder-to-db-5432)    echo "intruder_t -> postgresql_t tcp/5432   REFUSED  (same uid, other domain)";;
+    httpd-to-db-8080)       echo "httpd_t    -> postgresql_t tcp/8080   REFUSED  (a port the table does not allow)";;
+    httpd-to-intruder-5433) echo "httpd_t    -> intruder_t   tcp/5433   REFUSED  (on input, by the receiving socket's context)";;
+    psql-httpd)             echo "psql in httpd_t    -> PostgreSQL in postgresql_t   ALLOWED  (select 42 answered)";;
+    psql-intruder-refused)  echo "psql in intruder_t -> PostgreSQL in postgresql_t   REFUSED";;
+    *) return 1;;
+  esac
+}
+while read -r verdict scenario check _; do
+  line="$(describe "$check")" || continue
+  if [ "$verdict" = PASS ]; then echo "  $line"; else echo "  UNEXPECTED: $line did not happen ($scenario $check)"; fi
+done < <(grep -E '^(PASS|FAIL) (article|postgres) ' "$work/results.txt" 2>/dev/null)
+echo "  all checks: $(grep -cE '^PASS (article|postgres) ' "$work/results.txt" 2>/dev/null) passed, $(grep -cE '^FAIL (article|postgres) ' "$work/results.txt" 2>/dev/null) failed"
 echo
-echo "Audit records labelgate wrote for the refused connections (USER_AVC, read by ausearch/audit2allow):"
+echo "The audit records behind the refusals (one per refused connection; USER_AVC, read by ausearch and audit2allow):"
 if [ -s "$work/article-audit.log" ]; then
-  grep 'denied' "$work/article-audit.log" | head -n 6 | sed 's/^/  /'
+  # One line per source/target/port: retransmissions of the same refused SYN are left out here.
+  awk '/denied/ { match($0, /scontext=[^ ]+ tcontext=[^ ]+/); k = substr($0, RSTART, RLENGTH); match($0, / dest=[0-9]+/); k = k substr($0, RSTART, RLENGTH); if (!(k in seen)) { seen[k] = 1; print "  " $0 } }' "$work/article-audit.log"
 else
   echo "  (none: see $work/e2e.out)"
 fi
