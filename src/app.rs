@@ -83,8 +83,9 @@ impl crate::labels::Resolver for PanicAfter {
     }
 }
 
-fn resolver_factory() -> crate::engine::ResolverFactory {
-    let real = crate::resolver_factory();
+fn resolver_factory(udp_recheck: Duration) -> crate::engine::ResolverFactory {
+    let cfg = crate::resolve::ResolverConfig { owner_revalidate_after: udp_recheck, ..Default::default() };
+    let real = crate::resolver_factory_with(cfg);
     match std::env::var("LABELGATE_FAULT_PANIC_AFTER").ok().and_then(|v| v.parse::<u64>().ok()) {
         None => real,
         Some(n) => {
@@ -348,7 +349,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
-    let engine = Arc::new(Engine::new(policy, resolver_factory(), args.mode, counters.clone(), sink));
+    let engine = Arc::new(Engine::new(
+        policy,
+        resolver_factory(Duration::from_millis(args.udp_recheck_ms)),
+        args.mode,
+        counters.clone(),
+        sink,
+    ));
     let cfg = RuntimeConfig {
         queues,
         copy_range: args.copy_range,

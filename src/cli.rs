@@ -149,6 +149,13 @@ pub struct RunArgs {
     /// 0: every packet is resolved on its queue thread.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// How long (ms) the process holding a cached UDP socket is trusted before it is checked again with one
+    /// readlink of /proc/PID/fd/N. 0 checks every packet; a few ms saves most of the cost per packet, at the
+    /// price of that long a window in which a closed UDP socket's reused 4-tuple keeps the old socket's label.
+    /// (TCP needs no such check: a TCP 4-tuple changes socket only through a handshake, and SYNs are always
+    /// looked up afresh.)
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub udp_recheck_ms: u64,
     /// Override the policy file's mode.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,

@@ -39,8 +39,13 @@ pub mod sys;
 /// Call it in the network namespace the daemon serves: its sock_diag sockets
 /// belong to the namespace they are opened in.
 pub fn resolver_factory() -> engine::ResolverFactory {
-    use resolve::{PeerConfig, ResolverConfig, SocketResolver};
-    match SocketResolver::new(PeerConfig::default(), ResolverConfig::default()) {
+    resolver_factory_with(resolve::ResolverConfig::default())
+}
+
+/// [`resolver_factory`] with the resolver tuned by `cfg`.
+pub fn resolver_factory_with(cfg: resolve::ResolverConfig) -> engine::ResolverFactory {
+    use resolve::{PeerConfig, SocketResolver};
+    match SocketResolver::new(PeerConfig::default(), cfg) {
         Ok(core) => {
             let core = std::sync::Arc::new(core);
             Box::new(move |p: &policy::Policy| {

@@ -507,7 +507,11 @@ fn closing_and_exiting() {
     let uc = cli.sock(&format!("connect udp 127.0.0.1 {}", u.local.port()));
     let keep = cli.sock(&format!("connect udp 127.0.0.1 {}", u.local.port()));
     let fly = cli.sock(&format!("connect udp 127.0.0.1 {}", u.local.port()));
-    let r = resolver();
+    // Flow entries expire quickly here, so that closed sockets are looked
+    // up again within the test.
+    let flow_ttl = Duration::from_millis(100);
+    let r = SocketResolver::new(PeerConfig::default(), ResolverConfig { flow_ttl, ..ResolverConfig::default() })
+        .expect("resolver");
     let out = |r: &SocketResolver, c: &Sock, proto| {
         r.resolve(&pkt(proto, c.local, c.peer.unwrap()), &meta(Hook::Output), &[])
     };
@@ -516,11 +520,23 @@ fn closing_and_exiting() {
         assert_eq!(got.source_process.map(|x| x.pid), Some(cli.pid), "{p} {c:?}");
     }
 
-    // The client closes one TCP and one UDP socket mid-flow.
+    let before = out(&r, &tc, Proto::Tcp);
+    // The client closes one TCP and one UDP socket mid-flow. The TCP socket
+    // lives on without a file (FIN_WAIT2, orphaned) until its shutdown ends:
+    // its packets keep the label and holder it had, also after its flow
+    // entry expired and sock_diag was asked again (same socket cookie).
     cli.cmd(&format!("close {}", tc.id));
     cli.cmd(&format!("close {}", uc.id));
-    let got = out(&r, &tc, Proto::Tcp);
-    assert_source_unlabeled(&got, "socket_closed");
+    for _ in 0..2 {
+        std::thread::sleep(flow_ttl + Duration::from_millis(50));
+        let ssm = ss();
+        let e = ss_for(&ssm, Proto::Tcp, tc.local, tc.peer.unwrap());
+        assert!(e.pids.is_empty() && e.ino == 0, "closed client socket still held: {e:?}");
+        let got = out(&r, &tc, Proto::Tcp);
+        assert_eq!(got.source_process.as_ref().map(|x| x.pid), Some(cli.pid), "{got:?}");
+        assert_eq!(got.source, before.source);
+        assert_eq!(got.uid, Some(CLIENT_UID));
+    }
     let got = out(&r, &uc, Proto::Udp);
     assert_source_unlabeled(&got, "socket_closed");
     // The server's end of the closed TCP flow is still held (CLOSE_WAIT).
@@ -602,4 +618,51 @@ fn half_open_connection_goes_to_the_listener() {
     assert_eq!(r.cached_socket_inode(Proto::Tcp, l.local, c.local), Some(ino));
     // The client's side is an ordinary established socket.
     assert_eq!(got.source_process.map(|p| p.pid), Some(cli.pid));
+}
+
+/// A new socket is found without a full `/proc` scan when its process held
+/// the sockets found last, or was born after the last full scan; a socket
+/// nobody holds costs one full scan, not one per packet.
+#[test]
+fn new_sockets_found_without_full_scan() {
+    let Some((_ns, mut srv, mut cli)) = setup() else {
+        return;
+    };
+    let l = srv.sock("listen tcp 127.0.0.1 0");
+    let r = resolver();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let st = r.stats();
+    let attribute = |a: &mut Agent, srv_pid: u32| {
+        let c = a.sock(&format!("connect tcp 127.0.0.1 {}", l.local.port()));
+        let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output), &[]);
+        assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(a.pid), "{got:?}");
+        assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv_pid), "{got:?}");
+    };
+    // The first connection: the client's socket is newer than the
+    // resolver's start-up scan and the client is not yet a known holder.
+    attribute(&mut cli, srv.pid);
+    let scans = n(&st.proc_scans);
+    let recent = n(&st.owner_found_recent);
+    // More connections from the same client: found among recent holders.
+    for _ in 0..5 {
+        attribute(&mut cli, srv.pid);
+    }
+    assert_eq!(n(&st.proc_scans), scans, "{:?}", st.snapshot());
+    assert_eq!(n(&st.owner_found_recent), recent + 5, "{:?}", st.snapshot());
+    // A process born after the last full scan: found among new processes
+    // (it is not a recent holder).
+    let mut late = Agent::start(CLIENT_UID);
+    let born = n(&st.owner_found_new_process);
+    attribute(&mut late, srv.pid);
+    assert_eq!(n(&st.proc_scans), scans, "{:?}", st.snapshot());
+    assert_eq!(n(&st.owner_found_new_process), born + 1, "{:?}", st.snapshot());
+    // A socket no process holds (its only reference in flight): one full
+    // scan finds nobody, and packets after it do not scan again.
+    let fly = cli.sock(&format!("connect udp 127.0.0.1 {}", l.local.port()));
+    cli.cmd(&format!("inflight {}", fly.id));
+    for _ in 0..20 {
+        let got = r.resolve(&pkt(Proto::Udp, fly.local, fly.peer.unwrap()), &meta(Hook::Output), &[]);
+        assert_source_unlabeled(&got, "kernel_socket");
+    }
+    assert_eq!(n(&st.proc_scans), scans + 1, "{:?}", st.snapshot());
 }

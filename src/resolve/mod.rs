@@ -8,9 +8,14 @@
 //!    lookup ([`sockdiag`]); the kernel's own lookup picks an established
 //!    4-tuple first, then the listener / bound socket (wildcard and IPv6
 //!    dual-stack binds included);
-//! 2. maps the socket inode to the process(es) holding it, from a map built
-//!    by one `/proc` scan and rebuilt lazily (rate limited) when an inode is
-//!    missing from it ([`procfs`]);
+//! 2. maps the socket inode to a process holding it ([`procfs`]): the
+//!    holders the last full `/proc` scan saw; else the processes that held
+//!    the sockets found most recently (a server's new connections, a
+//!    client's next socket); else the processes born since the last full
+//!    scan, newest first; and only when all of these fail, a new full scan
+//!    (single flight, shared by the threads that wait for it). A socket that
+//!    a full scan finds no process holding is not scanned for again within
+//!    [`ResolverConfig::negative_ttl`];
 //! 3. reads the socket's label (`security.selinux` of `/proc/PID/fd/N`), or
 //!    failing that the process's (`/proc/PID/attr/current`);
 //! 4. parses CIPSO/CALIPSO options ([`peer`]) and applies static address
@@ -18,21 +23,32 @@
 //!
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in
-//! bounded LRU maps ([`cache`]). A cached owner is re-validated on every use
+//! bounded LRU maps ([`cache`]). A cached flow is re-queried from sock_diag
+//! after [`ResolverConfig::flow_ttl`], at once when its holder no longer
+//! holds it, and always for a TCP SYN (a new connection may reuse a
+//! 4-tuple). The holder of a cached UDP socket is re-validated on every use
 //! with one `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`; see
-//! [`ResolverConfig::owner_revalidate_after`] to do that less often); a
-//! cached flow is re-queried from sock_diag after [`ResolverConfig::flow_ttl`],
-//! or at once when its holder no longer holds it. A flow whose socket has no
-//! holder is remembered for [`ResolverConfig::negative_ttl`], so it does not
-//! cause a `/proc` scan per packet.
+//! [`ResolverConfig::owner_revalidate_after`] to do that less often); a TCP
+//! socket's is not, because its 4-tuple can move to another socket only
+//! through a new handshake. A flow whose socket has no holder is remembered
+//! for [`ResolverConfig::negative_ttl`], so it does not cause a `/proc` scan
+//! per packet.
+//!
+//! A TCP connection without a socket of its own yet (a request
+//! mini-socket, or a child not yet accepted) is attributed to its listener,
+//! and looked up again on its next non-SYN packet. A TCP socket its process
+//! has closed but that is still finishing its shutdown (no file, same socket
+//! cookie) keeps the label and holder it had, so its FINs, ACKs and
+//! retransmissions are decided like the rest of the connection.
 //!
 //! # Cache-only answers
 //!
 //! [`Resolver::resolve_cached`] answers from the caches alone, so that a
 //! queue thread can decide a packet of a known flow without waiting on
 //! slow work. What it may do, per local end: look up the flow cache (an
-//! entry still within its TTL), look up the owner cache, and re-validate
-//! the cached holder exactly as [`Resolver::resolve`] would (the one
+//! entry still within its TTL, not a TCP SYN, not a listener standing in
+//! for a connection), look up the owner cache, and re-validate a UDP
+//! socket's cached holder exactly as [`Resolver::resolve`] would (the one
 //! `readlink` of `/proc/PID/fd/N`, skipped within
 //! [`ResolverConfig::owner_revalidate_after`]); plus parsing the packet's
 //! CIPSO/CALIPSO option and reading the set of local addresses while it is
@@ -53,7 +69,7 @@
 //! | reason              | situation |
 //! |---------------------|-----------|
 //! | `no_socket`         | sock_diag knows no socket for the flow: a packet the kernel made itself (TCP RST to a closed port, ICMP error) or a flow never attached to a socket |
-//! | `socket_closed`     | the flow's socket is gone: only a TIME_WAIT or orphaned socket is left (inode 0), or a flow that had a socket has none now |
+//! | `socket_closed`     | the flow's socket is gone: a flow that had a socket has none now, or only a socket without a file is left (TIME_WAIT, or closed by its process) that was not seen held before |
 //! | `kernel_socket`     | the socket exists (has an inode) but no process holds it, even after a fresh `/proc` scan: a kernel socket, or one whose only reference is an fd in flight (SCM_RIGHTS) |
 //! | `process_gone`      | the process known to hold the socket exited (while its label was being read, or since the last scan) and no other holder was found |
 //! | `selinux_disabled`  | no `security.selinux` xattr and `/proc/PID/attr/current` fails with EINVAL: no LSM providing labels is active |
@@ -134,15 +150,15 @@ pub struct ResolverConfig {
     pub flow_ttl: Duration,
     /// How long "no socket for this flow" is remembered.
     pub negative_ttl: Duration,
-    /// How long a cached socket holder is trusted without checking again
-    /// (one `readlink` of `/proc/PID/fd/N`) that it still holds the socket.
-    /// Zero (the default) checks on every packet; a few milliseconds saves
-    /// most of the per-packet cost at the price of that long a window in
-    /// which a packet of a just-closed socket's reused 4-tuple could be
-    /// attributed to the old holder.
+    /// How long the holder of a cached UDP socket is trusted without
+    /// checking again (one `readlink` of `/proc/PID/fd/N`) that it still
+    /// holds the socket. Zero (the default) checks on every packet; a few
+    /// milliseconds saves most of the per-packet cost at the price of that
+    /// long a window in which a packet of a just-closed socket's reused
+    /// 4-tuple could be attributed to the old socket. (TCP flows are not
+    /// checked per packet: a TCP 4-tuple gets a new socket only through a
+    /// new handshake, and a SYN is always looked up afresh.)
     pub owner_revalidate_after: Duration,
-    /// Least time between two `/proc` scans.
-    pub min_rescan_interval: Duration,
     /// How long the set of local addresses is trusted.
     pub local_addr_ttl: Duration,
     /// Where procfs is mounted.
@@ -158,7 +174,6 @@ impl Default for ResolverConfig {
             flow_ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_millis(500),
             owner_revalidate_after: Duration::ZERO,
-            min_rescan_interval: Duration::from_millis(20),
             local_addr_ttl: Duration::from_secs(2),
             proc_root: PathBuf::from("/proc"),
         }
@@ -187,6 +202,12 @@ pub struct ResolverStats {
     pub proc_scans: AtomicU64,
     /// Sockets seen by the last `/proc` scan.
     pub proc_scan_sockets: AtomicU64,
+    /// New sockets whose holder was found among the processes that held the
+    /// sockets found last ...
+    pub owner_found_recent: AtomicU64,
+    /// ... or among the processes born since the last full scan, so that no
+    /// full scan was needed.
+    pub owner_found_new_process: AtomicU64,
     pub peer_options: AtomicU64,
     pub bad_peer_options: AtomicU64,
     pub unknown_doi: AtomicU64,
@@ -211,6 +232,8 @@ impl ResolverStats {
             ("sock_diag_errors", g(&self.sock_diag_errors)),
             ("proc_scans", g(&self.proc_scans)),
             ("proc_scan_sockets", g(&self.proc_scan_sockets)),
+            ("owner_found_recent", g(&self.owner_found_recent)),
+            ("owner_found_new_process", g(&self.owner_found_new_process)),
             ("peer_options", g(&self.peer_options)),
             ("bad_peer_options", g(&self.bad_peer_options)),
             ("unknown_doi", g(&self.unknown_doi)),
@@ -247,6 +270,15 @@ struct FlowEntry {
     /// (`kernel_socket`, `process_gone`): remembered as briefly as a missing
     /// socket, so that such a flow does not ask for a `/proc` scan per packet.
     no_owner: Option<&'static str>,
+    /// The holder a TCP socket had before its process closed it, while the
+    /// same kernel socket (same cookie, now without a file) finishes its
+    /// shutdown: its FINs, ACKs and retransmissions keep its label.
+    closed: Option<Arc<Owner>>,
+    /// The answer is a listener standing in for a connection that has no
+    /// socket of its own yet (a SYN to it, a request mini-socket, or a child
+    /// not yet accepted): asked about again on the connection's next
+    /// non-SYN packet, which by then may have its own socket.
+    via_listener: bool,
     at: Instant,
 }
 
@@ -256,6 +288,7 @@ impl FlowEntry {
     fn fresh(&self, cfg: &ResolverConfig) -> bool {
         let ttl = match (self.socket, self.no_owner) {
             (Ok(_), None) => cfg.flow_ttl,
+            _ if self.closed.is_some() => cfg.flow_ttl,
             _ => cfg.negative_ttl,
         };
         self.at.elapsed() < ttl
@@ -284,7 +317,11 @@ struct Owner {
 impl Owner {
     /// The local end this holder makes of socket `ds`.
     fn end(&self, ds: &DiagSocket) -> LocalEnd {
-        LocalEnd { label: self.label.clone(), process: Some(self.process.clone()), uid: Some(ds.uid) }
+        self.end_of(Some(*ds))
+    }
+
+    fn end_of(&self, ds: Option<DiagSocket>) -> LocalEnd {
+        LocalEnd { label: self.label.clone(), process: Some(self.process.clone()), uid: ds.map(|d| d.uid) }
     }
 }
 
@@ -303,8 +340,26 @@ impl LocalEnd {
 }
 
 struct ScanState {
-    /// When the map in `owners` was started.
+    /// When the scan in `owners` was started.
     last_start: Instant,
+}
+
+/// How many recent holder processes are searched before anything else.
+const RECENT_HOLDERS: usize = 16;
+
+/// What one sock_diag lookup found for a local end.
+#[derive(Clone, Copy, Debug)]
+enum Found {
+    /// A socket with a file (inode), perhaps held by a process.
+    Socket(DiagSocket),
+    /// The listener that answers for a connection with no socket of its own
+    /// yet (request mini-socket, or a child not yet accepted).
+    Listener(DiagSocket),
+    /// A TCP socket without a file (inode 0): closed by its process and
+    /// finishing its shutdown, or TIME_WAIT.
+    Fileless(DiagSocket),
+    /// No socket; the reason token.
+    Nothing(&'static str),
 }
 
 struct LocalAddrs {
@@ -320,8 +375,15 @@ pub struct SocketResolver {
     diag: SockDiag,
     flows: ShardedLru<FlowKey, FlowEntry>,
     owners_cache: ShardedLru<u32, Arc<Owner>>,
-    /// inode → (pid, fd)s from the last `/proc` scan; swapped whole.
-    owners: RwLock<Arc<procfs::OwnerMap>>,
+    /// inode → (pid, fd)s and the pids from the last full `/proc` scan;
+    /// swapped whole.
+    owners: RwLock<Arc<procfs::Scan>>,
+    /// The processes that held the sockets found most recently, newest
+    /// first: where a new socket is looked for first.
+    recent: Mutex<std::collections::VecDeque<u32>>,
+    /// Sockets (by inode) that a full scan found no process holding, and
+    /// when: not scanned for again within `negative_ttl`.
+    holderless: ShardedLru<u32, Instant>,
     /// Held while scanning (single flight); readers of `owners` never wait on it.
     scan: Mutex<ScanState>,
     local: RwLock<LocalAddrs>,
@@ -338,11 +400,13 @@ impl SocketResolver {
             .map_err(|err| ResolveError::Proc { path: cfg.proc_root.display().to_string(), err })?;
         let stats = ResolverStats::default();
         bump(&stats.proc_scans);
-        stats.proc_scan_sockets.store(map.len() as u64, Ordering::Relaxed);
+        stats.proc_scan_sockets.store(map.owners.len() as u64, Ordering::Relaxed);
         Ok(SocketResolver {
             flows: ShardedLru::new(cfg.flow_cache_size, cfg.shards),
             owners_cache: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
             owners: RwLock::new(Arc::new(map)),
+            recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_HOLDERS)),
+            holderless: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
             scan: Mutex::new(ScanState { last_start: start }),
             local: RwLock::new(LocalAddrs { at: start, set: local_addrs() }),
             peer: RwLock::new(Arc::new(peer)),
@@ -432,59 +496,110 @@ impl SocketResolver {
         label
     }
 
-    /// Resolve the local socket at `local` talking to `remote`.
-    fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> LocalEnd {
+    /// Resolve the local socket at `local` talking to `remote`. `syn`: the
+    /// packet opens a TCP connection, so the flow cache is not asked (the
+    /// 4-tuple may belong to a new socket).
+    fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, syn: bool) -> LocalEnd {
         let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
-        let cached = self.flows.get(&key, &self.stats.flow);
-        let mut previous = None;
+        let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
         if let Some(e) = &cached {
-            let fresh = e.fresh(&self.cfg);
-            match (e.socket, e.no_owner) {
-                (Ok(_), Some(reason)) if fresh => return LocalEnd::unlabeled(reason),
-                (Ok(ds), _) => {
+            if e.fresh(&self.cfg) && !e.via_listener {
+                match (e.socket, e.no_owner, &e.closed) {
+                    (_, _, Some(o)) => return o.end_of(e.socket.ok()),
+                    (Ok(_), Some(reason), _) | (Err(reason), _, _) => return LocalEnd::unlabeled(reason),
                     // A held socket is answered from the caches; one whose
                     // holder is gone (or unknown) is asked about again.
-                    if fresh {
-                        if let Some(end) = self.owner_of(&ds, true) {
+                    (Ok(ds), None, None) => {
+                        if let Some(end) = self.owner_of(&ds, proto, true) {
                             return end;
                         }
                     }
-                    previous = Some(ds);
                 }
-                (Err(reason), _) if fresh => return LocalEnd::unlabeled(reason),
-                (Err(_), _) => {}
             }
         }
-        let socket = self.query(proto, key.local, key.remote, previous.is_some());
+        let previous = cached.as_ref().and_then(|e| e.socket.ok());
+        let found = self.query(proto, key.local, key.remote, previous.is_some());
+        let now_socket = match found {
+            Found::Socket(ds) | Found::Listener(ds) | Found::Fileless(ds) => Some(ds),
+            Found::Nothing(_) => None,
+        };
         if let Some(old) = previous {
-            if socket.map(|s| s.cookie) != Ok(old.cookie) {
+            if now_socket.map(|s| s.cookie) != Some(old.cookie) {
                 bump(&self.stats.flow.invalidations);
             }
         }
-        let end = match socket {
-            Ok(ds) => self.owner_of(&ds, false).unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket")),
-            Err(reason) => LocalEnd::unlabeled(reason),
+        let mut entry = FlowEntry {
+            socket: Err("no_socket"),
+            no_owner: None,
+            closed: None,
+            via_listener: false,
+            at: Instant::now(),
         };
-        let no_owner = match (&socket, &end.label.origin) {
-            (Ok(_), Origin::Unlabeled(r)) if end.process.is_none() => Some(*r),
-            _ => None,
+        let end = match found {
+            Found::Socket(ds) | Found::Listener(ds) => {
+                entry.socket = Ok(ds);
+                entry.via_listener = matches!(found, Found::Listener(_)) || ds.state == sockdiag::TCP_LISTEN;
+                let end = self.owner_of(&ds, proto, false).unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket"));
+                if end.process.is_none() {
+                    if let Origin::Unlabeled(r) = end.label.origin {
+                        entry.no_owner = Some(r);
+                    }
+                }
+                end
+            }
+            Found::Fileless(ds) => {
+                // The same kernel socket as before, now closed by its process:
+                // it keeps the holder it had (remembered by the flow, or still
+                // in the owner cache under its old inode).
+                // (sock_diag reports uid 0 for a socket without a file.)
+                let same = previous.filter(|old| old.cookie == ds.cookie);
+                let closed = same.and_then(|old| {
+                    cached.as_ref().and_then(|e| e.closed.clone()).or_else(|| self.owners_cache.remove(&old.inode))
+                });
+                let ds = DiagSocket { uid: same.map_or(ds.uid, |old| old.uid), ..ds };
+                entry.socket = Ok(ds);
+                match closed {
+                    Some(o) => {
+                        let end = o.end_of(Some(ds));
+                        entry.closed = Some(o);
+                        end
+                    }
+                    None => {
+                        entry.socket = Err("socket_closed");
+                        LocalEnd::unlabeled("socket_closed")
+                    }
+                }
+            }
+            Found::Nothing(reason) => {
+                entry.socket = Err(reason);
+                LocalEnd::unlabeled(reason)
+            }
         };
         let ttl = self.cfg.flow_ttl;
-        self.flows.insert_sweeping(key, FlowEntry { socket, no_owner, at: Instant::now() }, &self.stats.flow, |f| {
-            f.at.elapsed() > ttl
-        });
+        self.flows.insert_sweeping(key, entry, &self.stats.flow, |f| f.at.elapsed() > ttl);
         end
     }
 
     /// [`local_end`](Self::local_end) from the caches alone (see the
     /// module documentation); `None` when that needs slow work.
-    fn cached_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, hits: &Hits) -> Option<LocalEnd> {
+    fn cached_end(
+        &self,
+        proto: DiagProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        syn: bool,
+        hits: &Hits,
+    ) -> Option<LocalEnd> {
+        if syn {
+            return None;
+        }
         let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
-        let e = self.flows.get(&key, &CacheCounters::default()).filter(|e| e.fresh(&self.cfg))?;
-        let end = match (e.socket, e.no_owner) {
-            (Ok(_), Some(reason)) | (Err(reason), _) => LocalEnd::unlabeled(reason),
-            (Ok(ds), None) => {
-                let end = self.cached_owner(&ds, &CacheCounters::default()).ok()?;
+        let e = self.flows.get(&key, &CacheCounters::default()).filter(|e| e.fresh(&self.cfg) && !e.via_listener)?;
+        let end = match (e.socket, e.no_owner, &e.closed) {
+            (_, _, Some(o)) => o.end_of(e.socket.ok()),
+            (Ok(_), Some(reason), _) | (Err(reason), _, _) => LocalEnd::unlabeled(reason),
+            (Ok(ds), None, None) => {
+                let end = self.cached_owner(&ds, proto, true, &CacheCounters::default()).ok()?;
                 hits.owner.set(hits.owner.get() + 1);
                 end
             }
@@ -493,52 +608,56 @@ impl SocketResolver {
         Some(end)
     }
 
-    /// sock_diag lookup; a TCP request mini-socket (SYN_RECV) is attributed
-    /// to its listener.
-    fn query(
-        &self,
-        proto: DiagProto,
-        local: SocketAddr,
-        remote: SocketAddr,
-        had_socket: bool,
-    ) -> Result<DiagSocket, &'static str> {
+    /// sock_diag lookup. A TCP connection with no socket of its own yet (a
+    /// request mini-socket in SYN_RECV, or a child in the listener's accept
+    /// queue: ESTABLISHED or CLOSE_WAIT without a file) is answered by its
+    /// listener.
+    fn query(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, had_socket: bool) -> Found {
         let closed = if had_socket { "socket_closed" } else { "no_socket" };
         bump(&self.stats.sock_diag_queries);
         let ds = match self.diag.lookup(proto, local, remote) {
             Ok(Some(ds)) => ds,
-            Ok(None) => return Err(closed),
+            Ok(None) => return Found::Nothing(closed),
             Err(e) => {
                 bump(&self.stats.sock_diag_errors);
                 log::debug!("sock_diag {proto:?} {local} {remote}: {e}");
-                return Err("sock_diag_error");
+                return Found::Nothing("sock_diag_error");
             }
         };
         if ds.inode != 0 {
-            return Ok(ds);
+            return Found::Socket(ds);
         }
-        if proto == DiagProto::Tcp && ds.state == sockdiag::TCP_SYN_RECV {
-            let any = match remote {
-                SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-                SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-            };
-            bump(&self.stats.sock_diag_queries);
-            match self.diag.lookup(proto, local, any) {
-                Ok(Some(l)) if l.inode != 0 => return Ok(l),
-                Ok(_) => {}
-                Err(_) => {
-                    bump(&self.stats.sock_diag_errors);
-                    return Err("sock_diag_error");
-                }
+        if proto != DiagProto::Tcp {
+            return Found::Nothing("socket_closed");
+        }
+        if !matches!(ds.state, sockdiag::TCP_SYN_RECV | sockdiag::TCP_ESTABLISHED | sockdiag::TCP_CLOSE_WAIT) {
+            return Found::Fileless(ds);
+        }
+        let any = match remote {
+            SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        };
+        bump(&self.stats.sock_diag_queries);
+        match self.diag.lookup(proto, local, any) {
+            Ok(Some(l)) if l.inode != 0 => Found::Listener(l),
+            Ok(_) => Found::Nothing("socket_closed"),
+            Err(_) => {
+                bump(&self.stats.sock_diag_errors);
+                Found::Nothing("sock_diag_error")
             }
         }
-        Err("socket_closed")
     }
 
-    /// The holder of a socket. `None` when no process holds it (after a
-    /// rescan unless `cached_only`).
-    fn owner_of(&self, ds: &DiagSocket, cached_only: bool) -> Option<LocalEnd> {
-        let root = &self.cfg.proc_root;
-        match self.cached_owner(ds, &self.stats.owner) {
+    /// The holder of a socket. `None` when no process holds it. With
+    /// `cached_only`, only the owner cache is asked (a TCP socket's holder
+    /// is then trusted without re-validation, see
+    /// [`ResolverConfig::owner_revalidate_after`]); otherwise the holder is
+    /// looked for in this order, stopping at the first found: the holders
+    /// the last full scan saw, the processes that held the sockets found
+    /// last, the processes born since the last full scan, and only then a
+    /// new full scan of `/proc`.
+    fn owner_of(&self, ds: &DiagSocket, proto: DiagProto, cached_only: bool) -> Option<LocalEnd> {
+        match self.cached_owner(ds, proto, cached_only, &self.stats.owner) {
             Ok(end) => return Some(end),
             Err(true) => {
                 bump(&self.stats.owner.invalidations);
@@ -549,49 +668,110 @@ impl SocketResolver {
         if cached_only {
             return None;
         }
+        let no_count = CacheCounters::default();
+        if self.holderless.get(&ds.inode, &no_count).is_some_and(|at| at.elapsed() < self.cfg.negative_ttl) {
+            return None;
+        }
         let t0 = Instant::now();
         let mut gone = false;
-        for attempt in 0..2 {
-            if attempt == 1 {
-                self.rescan(t0);
-            }
-            let map = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
-            for &(pid, fd) in map.get(&ds.inode).map(Vec::as_slice).unwrap_or_default() {
-                if !procfs::holds(root, pid, fd, ds.inode) {
-                    // The fd was closed (or passed on); only a holder that
-                    // exited counts as a process gone.
-                    gone |= !procfs::alive(root, pid);
-                    continue;
-                }
-                let label = match procfs::socket_label(root, pid, fd) {
-                    Ok(l) => l,
-                    Err(procfs::LabelMiss::Gone) => {
-                        gone = true;
-                        continue;
-                    }
-                };
-                let Some(process) = procfs::process_info(root, pid) else {
-                    gone = true;
-                    continue;
-                };
-                let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(self.now_ns()) });
-                let now = self.now_ns();
-                // An owner unused for a minute belongs to a socket long idle or gone.
-                self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
-                    now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
-                });
-                return Some(o.end(ds));
+        let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let known = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
+        if let Some(end) = self.adopt(ds, known, &mut gone) {
+            return Some(end);
+        }
+        if let Some((holder, new_process)) = self.search_likely(ds.inode, &scan.pids) {
+            if let Some(end) = self.adopt(ds, &[holder], &mut gone) {
+                bump(if new_process { &self.stats.owner_found_new_process } else { &self.stats.owner_found_recent });
+                return Some(end);
             }
         }
-        gone.then(|| LocalEnd::unlabeled("process_gone"))
+        drop(scan);
+        self.rescan(t0);
+        let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(end) = self.adopt(ds, scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default(), &mut gone)
+        {
+            return Some(end);
+        }
+        if gone {
+            return Some(LocalEnd::unlabeled("process_gone"));
+        }
+        self.holderless.insert_sweeping(ds.inode, Instant::now(), &no_count, |at| at.elapsed() > self.cfg.negative_ttl);
+        None
     }
 
-    /// The cached holder of a socket, re-validated (one `readlink`, unless
-    /// done within `owner_revalidate_after`). `Err(true)`: the cached holder
-    /// no longer holds it; `Err(false)`: none cached. Lookups are counted
-    /// into `counters`.
-    fn cached_owner(&self, ds: &DiagSocket, counters: &CacheCounters) -> Result<LocalEnd, bool> {
+    /// The first of `holders` that still holds socket `ds`, with its label
+    /// and process read, cached as the socket's owner. Sets `gone` when a
+    /// holder exited on the way.
+    fn adopt(&self, ds: &DiagSocket, holders: &[(u32, u32)], gone: &mut bool) -> Option<LocalEnd> {
+        let root = &self.cfg.proc_root;
+        for &(pid, fd) in holders {
+            if !procfs::holds(root, pid, fd, ds.inode) {
+                // The fd was closed (or passed on); only a holder that
+                // exited counts as a process gone.
+                *gone |= !procfs::alive(root, pid);
+                continue;
+            }
+            let label = match procfs::socket_label(root, pid, fd) {
+                Ok(l) => l,
+                Err(procfs::LabelMiss::Gone) => {
+                    *gone = true;
+                    continue;
+                }
+            };
+            let Some(process) = procfs::process_info(root, pid) else {
+                *gone = true;
+                continue;
+            };
+            let now = self.now_ns();
+            let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(now) });
+            // An owner unused for a minute belongs to a socket long idle or gone.
+            self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
+                now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
+            });
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.retain(|&p| p != pid);
+            recent.push_front(pid);
+            recent.truncate(RECENT_HOLDERS);
+            return Some(o.end(ds));
+        }
+        None
+    }
+
+    /// Look for the holder of a new socket where it most likely is, without
+    /// a full scan: among the processes that held the sockets found last,
+    /// then among the processes that `known_pids` (the last full scan) did
+    /// not see, newest first. The holder as (pid, fd), and whether it was a
+    /// new process.
+    fn search_likely(&self, inode: u32, known_pids: &HashSet<u32>) -> Option<((u32, u32), bool)> {
+        let root = &self.cfg.proc_root;
+        let recent: Vec<u32> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        for &pid in &recent {
+            if let Some(fd) = procfs::find_in(root, pid, inode) {
+                return Some(((pid, fd), false));
+            }
+        }
+        let mut born: Vec<u32> =
+            procfs::pids(root).ok()?.into_iter().filter(|p| !known_pids.contains(p) && !recent.contains(p)).collect();
+        born.sort_unstable_by(|a, b| b.cmp(a));
+        born.into_iter().find_map(|pid| procfs::find_in(root, pid, inode).map(|fd| ((pid, fd), true)))
+    }
+
+    /// The cached holder of a socket, re-validated (one `readlink`) unless
+    /// `trust_tcp` and the socket is TCP, or it was done within
+    /// `owner_revalidate_after`. `Err(true)`: the cached holder no longer
+    /// holds it; `Err(false)`: none cached. Lookups are counted into
+    /// `counters`.
+    fn cached_owner(
+        &self,
+        ds: &DiagSocket,
+        proto: DiagProto,
+        trust_tcp: bool,
+        counters: &CacheCounters,
+    ) -> Result<LocalEnd, bool> {
         let o = self.owners_cache.get(&ds.inode, counters).ok_or(false)?;
+        if trust_tcp && proto == DiagProto::Tcp {
+            return Ok(o.end(ds));
+        }
         let now = self.now_ns();
         let recent =
             now.saturating_sub(o.checked.load(Ordering::Relaxed)) < self.cfg.owner_revalidate_after.as_nanos() as u64;
@@ -604,21 +784,17 @@ impl SocketResolver {
         Ok(o.end(ds))
     }
 
-    /// Rebuild the inode map unless a scan started after `t0`; at most one
-    /// scan per `min_rescan_interval`, one at a time.
+    /// Rebuild the scan unless one started after `t0` (single flight: a
+    /// caller that waited for another's scan uses its result).
     fn rescan(&self, t0: Instant) {
         let mut st = self.scan.lock().unwrap_or_else(|e| e.into_inner());
         if st.last_start >= t0 {
             return;
         }
-        let since = st.last_start.elapsed();
-        if since < self.cfg.min_rescan_interval {
-            std::thread::sleep(self.cfg.min_rescan_interval - since);
-        }
         let start = Instant::now();
         match procfs::scan(&self.cfg.proc_root) {
             Ok(map) => {
-                self.stats.proc_scan_sockets.store(map.len() as u64, Ordering::Relaxed);
+                self.stats.proc_scan_sockets.store(map.owners.len() as u64, Ordering::Relaxed);
                 *self.owners.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             }
             Err(e) => log::warn!("scan of {}: {e}", self.cfg.proc_root.display()),
@@ -715,10 +891,11 @@ impl SocketResolver {
             (Proto::Udp, Some(_), Some(_)) => Some(DiagProto::Udp),
             _ => None,
         };
+        let syn = pkt.tcp_syn;
         let resolve_end = |local: SocketAddr, remote: SocketAddr| match (diag_proto, cached) {
             (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
-            (Some(p), None) => Some(self.local_end(p, local, remote)),
-            (Some(p), Some(hits)) => self.cached_end(p, local, remote, hits),
+            (Some(p), None) => Some(self.local_end(p, local, remote, syn)),
+            (Some(p), Some(hits)) => self.cached_end(p, local, remote, syn, hits),
         };
         let is_local = |ip: IpAddr| match cached {
             None => Some(self.is_local(ip)),

@@ -7,55 +7,104 @@
 
 use crate::context::SecurityContext;
 use crate::labels::{Label, Origin, ProcessInfo};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Which processes hold a socket, as (pid, fd) pairs, by socket inode.
 pub type OwnerMap = HashMap<u32, Vec<(u32, u32)>>;
 
+/// What one full scan of `/proc` saw.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Every socket inode and its holders.
+    pub owners: OwnerMap,
+    /// Every process that existed, to tell processes born since.
+    pub pids: HashSet<u32>,
+}
+
 /// The inode of a `socket:[N]` link target.
-fn socket_inode(target: &Path) -> Option<u32> {
-    let s = target.to_str()?;
-    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+fn socket_inode(target: &[u8]) -> Option<u32> {
+    let digits = target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn link_inode(path: &Path) -> Option<u32> {
+    let t = std::fs::read_link(path).ok()?;
+    socket_inode(t.as_os_str().as_bytes())
+}
+
+/// The numeric entries of `<proc>`: the pids of every process.
+pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(proc_root)? {
+        let Ok(entry) = entry else { continue };
+        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            out.push(pid);
+        }
+    }
+    Ok(out)
+}
+
+/// The (fd, socket inode) pairs of one process, in the directory's order;
+/// nothing when it has exited (or its fds are unreadable).
+fn socket_fds(proc_root: &Path, pid: u32) -> impl Iterator<Item = (u32, u32)> {
+    let dir = proc_root.join(pid.to_string()).join("fd");
+    std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|fd| {
+        let n = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok())?;
+        Some((n, link_inode(&fd.path())?))
+    })
 }
 
 /// One scan of `<proc>/*/fd/*`: every socket inode and the (pid, fd)s that
 /// hold it. Processes and fds that vanish during the scan are skipped.
-pub fn scan(proc_root: &Path) -> io::Result<OwnerMap> {
-    let mut map: OwnerMap = HashMap::new();
-    for entry in std::fs::read_dir(proc_root)? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let fd_dir = entry.path().join("fd");
-        let Ok(fds) = std::fs::read_dir(&fd_dir) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Some(fdn) = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(ino) = std::fs::read_link(fd.path()).ok().and_then(|t| socket_inode(&t)) {
-                map.entry(ino).or_default().push((pid, fdn));
-            }
+pub fn scan(proc_root: &Path) -> io::Result<Scan> {
+    let mut out = Scan::default();
+    for pid in pids(proc_root)? {
+        out.pids.insert(pid);
+        for (fd, ino) in socket_fds(proc_root, pid) {
+            out.owners.entry(ino).or_default().push((pid, fd));
         }
     }
-    for owners in map.values_mut() {
+    for owners in out.owners.values_mut() {
         owners.sort_unstable();
     }
-    Ok(map)
+    Ok(out)
+}
+
+/// The fd at which process `pid` holds socket `inode`, if it does: one
+/// directory read and one `readlink` per fd of that process only.
+pub fn find_in(proc_root: &Path, pid: u32, inode: u32) -> Option<u32> {
+    socket_fds(proc_root, pid).find(|&(_, ino)| ino == inode).map(|(fd, _)| fd)
 }
 
 fn fd_path(proc_root: &Path, pid: u32, fd: u32) -> PathBuf {
     proc_root.join(pid.to_string()).join("fd").join(fd.to_string())
 }
 
-/// Whether process `pid` still holds socket `inode` at `fd` (one readlink).
+/// Whether process `pid` still holds socket `inode` at `fd`: one `readlink`,
+/// with the path and the target on the stack (this runs per packet).
 pub fn holds(proc_root: &Path, pid: u32, fd: u32, inode: u32) -> bool {
-    std::fs::read_link(fd_path(proc_root, pid, fd)).ok().and_then(|t| socket_inode(&t)) == Some(inode)
+    use std::io::Write as _;
+    let mut path = [0u8; 128];
+    let len = {
+        let mut w = &mut path[..];
+        // A root too long for the buffer takes the allocating way.
+        if w.write_all(proc_root.as_os_str().as_bytes()).is_err() || write!(w, "/{pid}/fd/{fd}\0").is_err() {
+            return link_inode(&fd_path(proc_root, pid, fd)) == Some(inode);
+        }
+        128 - w.len()
+    };
+    let Some(Ok(cpath)) = path.get(..len).map(std::ffi::CStr::from_bytes_with_nul) else {
+        return false;
+    };
+    let mut target = [0u8; 64];
+    match crate::sys::readlink(cpath, &mut target) {
+        Ok(n) => target.get(..n).and_then(socket_inode) == Some(inode),
+        Err(_) => false,
+    }
 }
 
 /// Whether `/proc/PID` exists.
@@ -129,10 +178,11 @@ mod tests {
 
     #[test]
     fn socket_link_targets() {
-        assert_eq!(socket_inode(Path::new("socket:[12345]")), Some(12345));
-        assert_eq!(socket_inode(Path::new("pipe:[12345]")), None);
-        assert_eq!(socket_inode(Path::new("socket:[x]")), None);
-        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+        assert_eq!(socket_inode(b"socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode(b"pipe:[12345]"), None);
+        assert_eq!(socket_inode(b"socket:[x]"), None);
+        assert_eq!(socket_inode(b"socket:[]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
     }
 
     /// The real /proc: this test's own socket is found by the scan and its
@@ -147,7 +197,10 @@ mod tests {
         let pid = std::process::id();
         let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino() as u32;
         let map = scan(proc_root).unwrap();
-        assert!(map[&ino].contains(&(pid, fd)), "{:?}", map.get(&ino));
+        assert!(map.owners[&ino].contains(&(pid, fd)), "{:?}", map.owners.get(&ino));
+        assert!(map.pids.contains(&pid));
+        assert_eq!(find_in(proc_root, pid, ino), Some(fd));
+        assert_eq!(find_in(proc_root, pid, ino.wrapping_add(1_000_000)), None);
         assert!(holds(proc_root, pid, fd, ino));
         assert!(!holds(proc_root, pid, fd, ino.wrapping_add(1)));
         let info = process_info(proc_root, pid).unwrap();
@@ -155,5 +208,6 @@ mod tests {
         assert_eq!(&*info.exe, std::env::current_exe().unwrap().to_str().unwrap());
         drop(s);
         assert!(!holds(proc_root, pid, fd, ino));
+        assert_eq!(find_in(proc_root, pid, ino), None);
     }
 }

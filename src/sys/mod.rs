@@ -210,6 +210,18 @@ pub fn set_no_new_privs() -> io::Result<()> {
     Ok(())
 }
 
+/// `readlink(2)` of `path` into `buf`: the length of the target, which is
+/// cut at `buf.len()` when longer (the kernel does not NUL-terminate it).
+pub fn readlink(path: &std::ffi::CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `path` is NUL-terminated; the kernel writes at most
+    // `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Interface index to name, with a cache (per thread that owns it).
 #[derive(Default)]
 pub struct IfNames(HashMap<u32, Option<String>>);
