@@ -447,6 +447,8 @@ def main():
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--big-rules", type=int, default=10000,
                     help="size of the large policy (default 10,000: labelgate loads 100,000 rules too slowly today)")
+    ap.add_argument("--only", help="comma-separated workloads to run (udp,tcp,conn,lat,rules,queues,crowd,rss); "
+                    "prints their raw figures as JSON instead of the report, for a quick check")
     a = ap.parse_args()
     C.labelgate = os.path.abspath(a.labelgate)
     C.nfq_accept = os.path.join(a.tools, "nfq-accept")
@@ -472,6 +474,29 @@ def main():
     log("labelgate with %d rules bound its queue after %.1f s (%.1f s CPU)" % (big, C.big_load_s, C.big_load_cpu))
 
     R = {k: [] for k in ["udp", "tcp", "conn", "lat", "rules", "queues", "crowd"]}
+    if a.only:
+        run = {
+            "udp": lambda: {v: w_udp(v) for v in ["B0", "B1", "B2", "B3"]},
+            "tcp": lambda: {v: w_tcp(v) for v in ["B0", "B1", "B2", "B3"]},
+            "conn": lambda: {v: w_conn(v) for v in ["B0", "B1", "B2", "B3"]},
+            "lat": lambda: {v: w_latency(v) for v in ["B0", "B1", "B2", "B3"]},
+            "rules": lambda: {n: w_udp("B2", nrules=n) for n in [10, big]},
+            "queues": lambda: {n: w_udp_queues(n) for n in [1, 2]},
+            "crowd": lambda: w_crowd(*crowd),
+            "rss": lambda: w_rss(big),
+        }
+        C.order = lambda xs: xs
+        out = {}
+        for w in a.only.split(","):
+            if w not in run:
+                sys.exit("unknown workload %r (one of %s)" % (w, ", ".join(run)))
+            out[w] = [run[w]() for _ in range(C.rounds)]
+        text = json.dumps(out, indent=1, default=str)
+        print(text)
+        if a.json:
+            with open(a.json, "w") as f:
+                f.write(text)
+        return
     for rnd in range(C.rounds):
         rot = rnd
         C.order = lambda xs, rot=rot: xs[rot % len(xs):] + xs[:rot % len(xs)]

@@ -1,7 +1,7 @@
 #!/bin/sh
 # labelgate's end-to-end benchmark: one command, as root.
 #
-#   bench/run.sh [--quick] [--rounds N] [--out FILE] [--json FILE] [LABELGATE_BINARY]
+#   bench/run.sh [--quick] [--rounds N] [--out FILE] [--json FILE] [--only W1,W2] [--big-rules N] [LABELGATE_BINARY]
 #
 # The labelgate binary is the positional argument, else $LABELGATE, else
 # ${CARGO_TARGET_DIR:-target}/release/labelgate (build it with
@@ -18,7 +18,7 @@ bin=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) args="$args --quick" ;;
-        --rounds|--out|--json) args="$args $1 $2"; shift ;;
+        --rounds|--out|--json|--only|--big-rules) args="$args $1 $2"; shift ;;
         -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) bin=$1 ;;

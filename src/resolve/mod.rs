@@ -676,11 +676,11 @@ impl SocketResolver {
         let mut gone = false;
         let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
         let known = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
-        if let Some(end) = self.adopt(ds, known, &mut gone) {
+        if let Some(end) = self.adopt(ds, known, false, &mut gone) {
             return Some(end);
         }
         if let Some((holder, new_process)) = self.search_likely(ds.inode, &scan.pids) {
-            if let Some(end) = self.adopt(ds, &[holder], &mut gone) {
+            if let Some(end) = self.adopt(ds, &[holder], true, &mut gone) {
                 bump(if new_process { &self.stats.owner_found_new_process } else { &self.stats.owner_found_recent });
                 return Some(end);
             }
@@ -688,8 +688,8 @@ impl SocketResolver {
         drop(scan);
         self.rescan(t0);
         let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(end) = self.adopt(ds, scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default(), &mut gone)
-        {
+        let fresh = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
+        if let Some(end) = self.adopt(ds, fresh, true, &mut gone) {
             return Some(end);
         }
         if gone {
@@ -701,11 +701,12 @@ impl SocketResolver {
 
     /// The first of `holders` that still holds socket `ds`, with its label
     /// and process read, cached as the socket's owner. Sets `gone` when a
-    /// holder exited on the way.
-    fn adopt(&self, ds: &DiagSocket, holders: &[(u32, u32)], gone: &mut bool) -> Option<LocalEnd> {
+    /// holder exited on the way. `just_seen`: the holders were read from
+    /// `/proc` a moment ago, so they are not checked again.
+    fn adopt(&self, ds: &DiagSocket, holders: &[(u32, u32)], just_seen: bool, gone: &mut bool) -> Option<LocalEnd> {
         let root = &self.cfg.proc_root;
         for &(pid, fd) in holders {
-            if !procfs::holds(root, pid, fd, ds.inode) {
+            if !just_seen && !procfs::holds(root, pid, fd, ds.inode) {
                 // The fd was closed (or passed on); only a holder that
                 // exited counts as a process gone.
                 *gone |= !procfs::alive(root, pid);
