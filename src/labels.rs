@@ -76,6 +76,10 @@ pub struct QueueMeta {
     pub outdev: u32,
     /// Packet mark.
     pub mark: u32,
+    /// When labelgate had read the packet from the queue (it was queued
+    /// before then): a socket holder checked after this instant was still
+    /// holding its socket when the packet was sent. `None`: unknown.
+    pub received: Option<std::time::Instant>,
 }
 
 /// Why a label is what it is; carried into audit records.

@@ -398,7 +398,7 @@ fn service(
     out.clear();
     let n = sock.recv(
         opts.batch,
-        |p| {
+        |p, received| {
             let meta = QueueMeta {
                 hook: p.hook,
                 uid: p.uid,
@@ -407,6 +407,7 @@ fn service(
                 indev: p.indev,
                 outdev: p.outdev,
                 mark: p.mark,
+                received: Some(received),
             };
             let verdict = match pool.as_deref_mut() {
                 None => Some(engine.handle(p.payload, &meta, scratch)),

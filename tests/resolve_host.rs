@@ -527,6 +527,10 @@ fn closing_and_exiting() {
     // entry expired and sock_diag was asked again (same socket cookie).
     cli.cmd(&format!("close {}", tc.id));
     cli.cmd(&format!("close {}", uc.id));
+    // The UDP socket is gone at once (asked before its flow entry expires:
+    // an expired entry may be swept, and then nothing says it had a socket).
+    let got = out(&r, &uc, Proto::Udp);
+    assert_source_unlabeled(&got, "socket_closed");
     for _ in 0..2 {
         std::thread::sleep(flow_ttl + Duration::from_millis(50));
         let ssm = ss();
@@ -537,8 +541,6 @@ fn closing_and_exiting() {
         assert_eq!(got.source, before.source);
         assert_eq!(got.uid, Some(CLIENT_UID));
     }
-    let got = out(&r, &uc, Proto::Udp);
-    assert_source_unlabeled(&got, "socket_closed");
     // The server's end of the closed TCP flow is still held (CLOSE_WAIT).
     let got = r.resolve(&pkt(Proto::Tcp, l.local, tc.local), &meta(Hook::Output), &[]);
     assert_eq!(got.source_process.map(|x| x.pid), Some(srv.pid));
@@ -665,4 +667,32 @@ fn new_sockets_found_without_full_scan() {
         assert_source_unlabeled(&got, "kernel_socket");
     }
     assert_eq!(n(&st.proc_scans), scans + 1, "{:?}", st.snapshot());
+}
+
+/// A UDP socket's holder is checked once per batch read from the queue, not
+/// once per packet: a check made after a packet was read covers it (the
+/// holder still held the socket after the packet was sent), a packet read
+/// after the check is checked again.
+#[test]
+fn holder_checked_after_receipt_covers_the_packet() {
+    let Some((_ns, mut srv, mut cli)) = setup() else {
+        return;
+    };
+    let u = srv.sock("listen udp 127.0.0.1 0");
+    let c = cli.sock(&format!("connect udp 127.0.0.1 {}", u.local.port()));
+    let r = resolver();
+    let at = |received: Instant| {
+        let m = QueueMeta { received: Some(received), ..meta(Hook::Output) };
+        r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m, &[])
+    };
+    let batch = Instant::now();
+    let first = at(batch);
+    assert_eq!(first.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{first:?}");
+    cli.cmd(&format!("close {}", c.id));
+    // Read in the same batch as the first packet: covered by its check.
+    let same_batch = at(batch);
+    assert_eq!(same_batch.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{same_batch:?}");
+    // Read after the socket closed: checked, and found closed.
+    let later = at(Instant::now());
+    assert_source_unlabeled(&later, "socket_closed");
 }

@@ -26,9 +26,14 @@
 //! bounded LRU maps ([`cache`]). A cached flow is re-queried from sock_diag
 //! after [`ResolverConfig::flow_ttl`], at once when its holder no longer
 //! holds it, and always for a TCP SYN (a new connection may reuse a
-//! 4-tuple). The holder of a cached UDP socket is re-validated on every use
-//! with one `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`; see
-//! [`ResolverConfig::owner_revalidate_after`] to do that less often); a TCP
+//! 4-tuple). The holder of a cached UDP socket is re-validated with one
+//! `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`) unless it was
+//! last checked after the packet was read from the queue
+//! ([`QueueMeta::received`]): the queue thread reads a batch of packets and
+//! then decides them, so one check covers the batch (an inode that was
+//! still held after a packet was sent sent it; inodes are never reused
+//! while held). [`ResolverConfig::owner_revalidate_after`] relaxes the
+//! check further, at a price in precision; a TCP
 //! socket's is not, because its 4-tuple can move to another socket only
 //! through a new handshake. A flow whose socket has no holder is remembered
 //! for [`ResolverConfig::negative_ttl`], so it does not cause a `/proc` scan
@@ -152,8 +157,9 @@ pub struct ResolverConfig {
     pub negative_ttl: Duration,
     /// How long the holder of a cached UDP socket is trusted without
     /// checking again (one `readlink` of `/proc/PID/fd/N`) that it still
-    /// holds the socket. Zero (the default) checks on every packet; a few
-    /// milliseconds saves most of the per-packet cost at the price of that
+    /// holds the socket. Zero (the default) checks every packet that was
+    /// read from the queue after the last check (once per batch read); a
+    /// few milliseconds saves most of the remaining cost at the price of that
     /// long a window in which a packet of a just-closed socket's reused
     /// 4-tuple could be attributed to the old socket. (TCP flows are not
     /// checked per packet: a TCP 4-tuple gets a new socket only through a
@@ -310,7 +316,8 @@ struct Owner {
     label: Label,
     process: ProcessInfo,
     /// When the holder was last seen holding the socket, as nanoseconds
-    /// since the resolver's `epoch`.
+    /// since the resolver's `epoch`: a time taken before the read that saw
+    /// it, never after.
     checked: AtomicU64,
 }
 
@@ -342,6 +349,15 @@ impl LocalEnd {
 struct ScanState {
     /// When the scan in `owners` was started.
     last_start: Instant,
+}
+
+/// What a local end's lookup needs to know of the packet.
+#[derive(Clone, Copy, Debug)]
+struct PacketFacts {
+    /// A TCP SYN: the flow cache is not asked.
+    syn: bool,
+    /// When the packet was read from the queue ([`QueueMeta::received`]).
+    received: Option<Instant>,
 }
 
 /// How many recent holder processes are searched before anything else.
@@ -499,7 +515,8 @@ impl SocketResolver {
     /// Resolve the local socket at `local` talking to `remote`. `syn`: the
     /// packet opens a TCP connection, so the flow cache is not asked (the
     /// 4-tuple may belong to a new socket).
-    fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, syn: bool) -> LocalEnd {
+    fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, pk: PacketFacts) -> LocalEnd {
+        let syn = pk.syn;
         let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
         let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
         if let Some(e) = &cached {
@@ -510,7 +527,7 @@ impl SocketResolver {
                     // A held socket is answered from the caches; one whose
                     // holder is gone (or unknown) is asked about again.
                     (Ok(ds), None, None) => {
-                        if let Some(end) = self.owner_of(&ds, proto, true) {
+                        if let Some(end) = self.owner_of(&ds, proto, true, pk.received) {
                             return end;
                         }
                     }
@@ -539,7 +556,9 @@ impl SocketResolver {
             Found::Socket(ds) | Found::Listener(ds) => {
                 entry.socket = Ok(ds);
                 entry.via_listener = matches!(found, Found::Listener(_)) || ds.state == sockdiag::TCP_LISTEN;
-                let end = self.owner_of(&ds, proto, false).unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket"));
+                let end = self
+                    .owner_of(&ds, proto, false, pk.received)
+                    .unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket"));
                 if end.process.is_none() {
                     if let Origin::Unlabeled(r) = end.label.origin {
                         entry.no_owner = Some(r);
@@ -587,10 +606,10 @@ impl SocketResolver {
         proto: DiagProto,
         local: SocketAddr,
         remote: SocketAddr,
-        syn: bool,
+        pk: PacketFacts,
         hits: &Hits,
     ) -> Option<LocalEnd> {
-        if syn {
+        if pk.syn {
             return None;
         }
         let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
@@ -599,7 +618,7 @@ impl SocketResolver {
             (_, _, Some(o)) => o.end_of(e.socket.ok()),
             (Ok(_), Some(reason), _) | (Err(reason), _, _) => LocalEnd::unlabeled(reason),
             (Ok(ds), None, None) => {
-                let end = self.cached_owner(&ds, proto, true, &CacheCounters::default()).ok()?;
+                let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
                 hits.owner.set(hits.owner.get() + 1);
                 end
             }
@@ -656,8 +675,14 @@ impl SocketResolver {
     /// the last full scan saw, the processes that held the sockets found
     /// last, the processes born since the last full scan, and only then a
     /// new full scan of `/proc`.
-    fn owner_of(&self, ds: &DiagSocket, proto: DiagProto, cached_only: bool) -> Option<LocalEnd> {
-        match self.cached_owner(ds, proto, cached_only, &self.stats.owner) {
+    fn owner_of(
+        &self,
+        ds: &DiagSocket,
+        proto: DiagProto,
+        cached_only: bool,
+        received: Option<Instant>,
+    ) -> Option<LocalEnd> {
+        match self.cached_owner(ds, proto, cached_only, received, &self.stats.owner) {
             Ok(end) => return Some(end),
             Err(true) => {
                 bump(&self.stats.owner.invalidations);
@@ -673,14 +698,16 @@ impl SocketResolver {
             return None;
         }
         let t0 = Instant::now();
+        // Every /proc read below happens after this: the owner's check time.
+        let t0_ns = self.now_ns();
         let mut gone = false;
         let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
         let known = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
-        if let Some(end) = self.adopt(ds, known, false, &mut gone) {
+        if let Some(end) = self.adopt(ds, known, false, t0_ns, &mut gone) {
             return Some(end);
         }
         if let Some((holder, new_process)) = self.search_likely(ds.inode, &scan.pids) {
-            if let Some(end) = self.adopt(ds, &[holder], true, &mut gone) {
+            if let Some(end) = self.adopt(ds, &[holder], true, t0_ns, &mut gone) {
                 bump(if new_process { &self.stats.owner_found_new_process } else { &self.stats.owner_found_recent });
                 return Some(end);
             }
@@ -689,7 +716,7 @@ impl SocketResolver {
         self.rescan(t0);
         let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
         let fresh = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
-        if let Some(end) = self.adopt(ds, fresh, true, &mut gone) {
+        if let Some(end) = self.adopt(ds, fresh, false, t0_ns, &mut gone) {
             return Some(end);
         }
         if gone {
@@ -702,8 +729,16 @@ impl SocketResolver {
     /// The first of `holders` that still holds socket `ds`, with its label
     /// and process read, cached as the socket's owner. Sets `gone` when a
     /// holder exited on the way. `just_seen`: the holders were read from
-    /// `/proc` a moment ago, so they are not checked again.
-    fn adopt(&self, ds: &DiagSocket, holders: &[(u32, u32)], just_seen: bool, gone: &mut bool) -> Option<LocalEnd> {
+    /// `/proc` a moment ago, so they are not checked again. `checked`: a
+    /// time (ns since `epoch`) before every read of `/proc` that found them.
+    fn adopt(
+        &self,
+        ds: &DiagSocket,
+        holders: &[(u32, u32)],
+        just_seen: bool,
+        checked: u64,
+        gone: &mut bool,
+    ) -> Option<LocalEnd> {
         let root = &self.cfg.proc_root;
         for &(pid, fd) in holders {
             if !just_seen && !procfs::holds(root, pid, fd, ds.inode) {
@@ -724,7 +759,7 @@ impl SocketResolver {
                 continue;
             };
             let now = self.now_ns();
-            let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(now) });
+            let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(checked) });
             // An owner unused for a minute belongs to a socket long idle or gone.
             self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
                 now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
@@ -758,15 +793,18 @@ impl SocketResolver {
     }
 
     /// The cached holder of a socket, re-validated (one `readlink`) unless
-    /// `trust_tcp` and the socket is TCP, or it was done within
-    /// `owner_revalidate_after`. `Err(true)`: the cached holder no longer
-    /// holds it; `Err(false)`: none cached. Lookups are counted into
-    /// `counters`.
+    /// `trust_tcp` and the socket is TCP, or the last check came after the
+    /// packet was `received` from the queue (the holder still held the
+    /// socket after the packet was sent, so it sent it: an inode never comes
+    /// back), or came within `owner_revalidate_after`. `Err(true)`: the
+    /// cached holder no longer holds it; `Err(false)`: none cached. Lookups
+    /// are counted into `counters`.
     fn cached_owner(
         &self,
         ds: &DiagSocket,
         proto: DiagProto,
         trust_tcp: bool,
+        received: Option<Instant>,
         counters: &CacheCounters,
     ) -> Result<LocalEnd, bool> {
         let o = self.owners_cache.get(&ds.inode, counters).ok_or(false)?;
@@ -774,9 +812,11 @@ impl SocketResolver {
             return Ok(o.end(ds));
         }
         let now = self.now_ns();
-        let recent =
-            now.saturating_sub(o.checked.load(Ordering::Relaxed)) < self.cfg.owner_revalidate_after.as_nanos() as u64;
-        if !recent {
+        let checked = o.checked.load(Ordering::Relaxed);
+        let after_receipt =
+            received.is_some_and(|r| checked > r.saturating_duration_since(self.epoch).as_nanos() as u64);
+        let recent = now.saturating_sub(checked) < self.cfg.owner_revalidate_after.as_nanos() as u64;
+        if !recent && !after_receipt {
             if !procfs::holds(&self.cfg.proc_root, o.pid, o.fd, ds.inode) {
                 return Err(true);
             }
@@ -892,11 +932,11 @@ impl SocketResolver {
             (Proto::Udp, Some(_), Some(_)) => Some(DiagProto::Udp),
             _ => None,
         };
-        let syn = pkt.tcp_syn;
+        let pk = PacketFacts { syn: pkt.tcp_syn, received: meta.received };
         let resolve_end = |local: SocketAddr, remote: SocketAddr| match (diag_proto, cached) {
             (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
-            (Some(p), None) => Some(self.local_end(p, local, remote, syn)),
-            (Some(p), Some(hits)) => self.cached_end(p, local, remote, syn, hits),
+            (Some(p), None) => Some(self.local_end(p, local, remote, pk)),
+            (Some(p), Some(hits)) => self.cached_end(p, local, remote, pk, hits),
         };
         let is_local = |ip: IpAddr| match cached {
             None => Some(self.is_local(ip)),

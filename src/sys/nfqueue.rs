@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
@@ -238,6 +239,13 @@ pub struct QueueSocket {
     rx: Vec<u8>,
     /// Packet messages that arrived while waiting for a configuration ACK.
     pending: VecDeque<Vec<u8>>,
+    /// The datagrams of one [`recv`](Self::recv) batch, back to back, and
+    /// where each ends.
+    batch: Vec<u8>,
+    ends: Vec<usize>,
+    /// A receive error met after part of a batch was read: reported by the
+    /// next `recv`, once the packets read before it had their turn.
+    deferred: Option<io::Error>,
 }
 
 const NETLINK_ACK_TIMEOUT_MS: i32 = 5000;
@@ -274,6 +282,9 @@ impl QueueSocket {
             tx: MsgBuf(Vec::with_capacity(256)),
             rx: vec![0u8; 65536 + 8192],
             pending: VecDeque::new(),
+            batch: Vec::new(),
+            ends: Vec::new(),
+            deferred: None,
         };
         s.command(NFQNL_CFG_CMD_BIND)?;
         s.config(|m| {
@@ -361,39 +372,80 @@ impl QueueSocket {
         }
     }
 
-    /// Receive without blocking and call `f` for each packet, up to `max`
-    /// packets. Returns how many were delivered; 0 means nothing was waiting.
-    /// Messages that cannot be parsed are reported through `bad`.
+    /// Read up to `max` queued packets without blocking, then call `f` for
+    /// each with the instant the last of them was read (every packet of the
+    /// batch was queued before it) and `bad` for each packet message that
+    /// does not parse. Messages held back while waiting for a configuration
+    /// ACK come first. Returns how many packet messages were handled. A
+    /// receive error after part of a batch was read is returned by the next
+    /// call, so that the packets read before it are still handed out.
     pub fn recv(
         &mut self,
         max: usize,
-        mut f: impl FnMut(&PacketMsg<'_>),
+        mut f: impl FnMut(&PacketMsg<'_>, Instant),
         mut bad: impl FnMut(MsgError),
     ) -> io::Result<usize> {
-        let mut delivered = 0;
-        while delivered < max {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        self.batch.clear();
+        self.ends.clear();
+        let mut held = 0;
+        while held < max {
             let Some(msg) = self.pending.pop_front() else {
                 break;
             };
-            match parse_packet(msg.get(NLMSG_HDRLEN..).unwrap_or(&[])) {
-                Ok(p) => f(&p),
-                Err(e) => bad(e),
-            }
-            delivered += 1;
+            self.batch.extend_from_slice(&msg);
+            self.ends.push(self.batch.len());
+            held += 1;
         }
-        while delivered < max {
+        // Datagrams from the socket; each may hold several messages, of
+        // which only packet messages count towards `max`.
+        let mut packets = held;
+        let mut from = self.batch.len();
+        while packets < max {
             let n = match self.recv_raw(libc::MSG_DONTWAIT) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) if self.ends.is_empty() => return Err(e),
+                Err(e) => {
+                    self.deferred = Some(e);
+                    break;
+                }
             };
+            self.batch.extend_from_slice(self.rx.get(..n).unwrap_or(&[]));
             let mut off = 0;
-            let buf = self.rx.get(..n).unwrap_or(&[]);
-            while let Some((ty, _, msg)) = next_msg(buf, &mut off) {
+            let buf = self.batch.get(from..).unwrap_or(&[]);
+            while let Some((ty, _, _)) = next_msg(buf, &mut off) {
+                if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
+                    packets += 1;
+                }
+            }
+            from = self.batch.len();
+            self.ends.push(from);
+        }
+        let received = Instant::now();
+
+        let mut delivered = 0;
+        let mut start = 0;
+        for (i, &end) in self.ends.iter().enumerate() {
+            let chunk = self.batch.get(start..end).unwrap_or(&[]);
+            start = end;
+            if i < held {
+                // A held-back message is one packet message.
+                match parse_packet(chunk.get(NLMSG_HDRLEN..).unwrap_or(&[])) {
+                    Ok(p) => f(&p, received),
+                    Err(e) => bad(e),
+                }
+                delivered += 1;
+                continue;
+            }
+            let mut off = 0;
+            while let Some((ty, _, msg)) = next_msg(chunk, &mut off) {
                 if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
                     match parse_packet(msg.get(NLMSG_HDRLEN..).unwrap_or(&[])) {
-                        Ok(p) => f(&p),
+                        Ok(p) => f(&p, received),
                         Err(e) => bad(e),
                     }
                     delivered += 1;
