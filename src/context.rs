@@ -54,9 +54,14 @@ impl SecurityContext {
     /// The context given to packets and sockets labelgate could not label:
     /// `system_u:object_r:unlabeled_t:s0`, the kernel's own unlabeled SID.
     pub fn unlabeled() -> Self {
-        // The parts are constant and valid.
-        Self::new("system_u", "object_r", "unlabeled_t", Some(Range::single(crate::mls::Level::s0())))
-            .unwrap_or_else(|_| unreachable!("constant context is valid"))
+        // Built once and shared: it stands in for every missing label, on
+        // the per-packet path.
+        static UNLABELED: std::sync::LazyLock<SecurityContext> = std::sync::LazyLock::new(|| {
+            // The parts are constant and valid.
+            SecurityContext::new("system_u", "object_r", "unlabeled_t", Some(Range::single(crate::mls::Level::s0())))
+                .unwrap_or_else(|_| unreachable!("constant context is valid"))
+        });
+        UNLABELED.clone()
     }
 
     pub fn user(&self) -> &str {
