@@ -1,15 +1,16 @@
 //! Policy lookup cost against policy size: `Policy::decide` over generated
-//! policies of 10, 1,000 and 10,000 rules (the same shape as
+//! policies of 10, 1,000, 10,000 and 100,000 rules (the same shape as
 //! `bench/gen-policy.py`). The decision cost should stay flat: the type
 //! index means a packet is checked only against the rules naming its types.
+//! `policy_load` times compiling the 10,000-rule text (`Policy::from_toml`)
+//! and linting it (`lint::lint`).
 //!
-//! `LABELGATE_BENCH_RULES=10,1000,100000 cargo bench --bench policy` adds the
-//! 100,000-rule policy; it is not in the default list because compiling it
-//! takes minutes today (`policy::parse::line_col` rescans the file from the
-//! start for every rule, see docs/PERFORMANCE.md).
+//! `LABELGATE_BENCH_RULES=10,1000` chooses other sizes for `policy_decide`
+//! (compiling 100,000 rules takes about 2 s of the run).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use labelgate::labels::{Hook, Label, Labels, Origin};
+use labelgate::lint;
 use labelgate::packet::{self, build, PacketInfo};
 use labelgate::policy::{Facts, Policy};
 use std::fmt::Write as _;
@@ -67,7 +68,7 @@ fn bench_decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("policy_decide");
     g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     let none = || None;
-    let sizes = std::env::var("LABELGATE_BENCH_RULES").unwrap_or_else(|_| "10,1000,10000".to_string());
+    let sizes = std::env::var("LABELGATE_BENCH_RULES").unwrap_or_else(|_| "10,1000,10000,100000".to_string());
     for n in sizes.split(',').filter_map(|x| x.trim().parse::<usize>().ok()) {
         let p = Policy::from_toml(&policy_text(n), "bench.toml").unwrap();
         // The benchmark traffic: typed source, reaches the final catch rule.
@@ -99,5 +100,18 @@ fn bench_decide(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide);
+fn bench_load(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy_load");
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+    let n = 10_000;
+    let text = policy_text(n);
+    g.bench_with_input(BenchmarkId::new("compile", n), &n, |b, _| {
+        b.iter(|| black_box(Policy::from_toml(black_box(&text), "bench.toml").unwrap()))
+    });
+    let p = Policy::from_toml(&text, "bench.toml").unwrap();
+    g.bench_with_input(BenchmarkId::new("lint", n), &n, |b, _| b.iter(|| black_box(lint::lint(black_box(&p)))));
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_load);
 criterion_main!(benches);

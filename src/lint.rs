@@ -4,6 +4,12 @@
 
 use crate::policy::pattern::{ContextPattern, TypePattern};
 use crate::policy::{HookSel, Policy, Rule};
+use std::collections::HashMap;
+
+/// At most this many rule pairs are compared in the shadowed-rule check
+/// (after pruning by type, a generated 100,000-rule policy needs about
+/// 7 million); past it the check stops and says so.
+pub const SHADOW_BUDGET: u64 = 200_000_000;
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +35,7 @@ fn opt_covers<T>(a: &Option<T>, b: &Option<T>, covers: impl Fn(&T, &T) -> bool) 
 
 /// Whether rule `a` matches every packet rule `b` matches (conservative).
 pub fn covers(a: &Rule, b: &Rule) -> bool {
-    let pat = |x: &ContextPattern, y: &ContextPattern| x.covers(y);
+    let pat = |x: &std::sync::Arc<ContextPattern>, y: &std::sync::Arc<ContextPattern>| x.covers(y);
     (a.hook == HookSel::Any || a.hook == b.hook)
         && opt_covers(&a.proto, &b.proto, |x, y| x == y)
         && opt_covers(&a.sport, &b.sport, |x, y| x.covers(y))
@@ -68,20 +74,110 @@ pub fn named_types(p: &Policy) -> Vec<String> {
     v
 }
 
+/// One type a context pattern names, if it names any (`covers` needs an
+/// earlier pattern to match every named type, so in particular this one).
+fn some_type(p: &Option<std::sync::Arc<ContextPattern>>) -> Option<&str> {
+    match &p.as_ref()?.type_ {
+        TypePattern::Any => None,
+        TypePattern::One(t) => Some(t),
+        TypePattern::Set { types, .. } => types.iter().next().map(|t| &**t),
+    }
+}
+
+/// Rules grouped by the source and destination types they name, so that the
+/// shadowed-rule check compares a rule only with earlier rules that can
+/// cover it. A rule that names a source type can only be covered by rules
+/// whose source names that type or no type at all; likewise for dest.
+#[derive(Default)]
+struct ShadowIndex<'a> {
+    /// Neither source nor dest names a type.
+    neither: Vec<u32>,
+    /// Source names no type; by the dest types named.
+    by_dest: HashMap<&'a str, Vec<u32>>,
+    /// Dest names no type; by the source types named.
+    by_source: HashMap<&'a str, Vec<u32>>,
+    /// Both name types; by the source types named.
+    by_both: HashMap<&'a str, Vec<u32>>,
+}
+
+impl<'a> ShadowIndex<'a> {
+    fn build(rules: &'a [Rule]) -> Self {
+        let mut ix = ShadowIndex::default();
+        for (i, r) in rules.iter().enumerate() {
+            let i = i as u32;
+            let src = r.source.as_ref().and_then(|p| p.type_.named_types());
+            let dst = r.dest.as_ref().and_then(|p| p.type_.named_types());
+            match (src, dst) {
+                (None, None) => ix.neither.push(i),
+                (None, Some(d)) => d.into_iter().for_each(|t| ix.by_dest.entry(t).or_default().push(i)),
+                (Some(s), None) => s.into_iter().for_each(|t| ix.by_source.entry(t).or_default().push(i)),
+                (Some(s), Some(_)) => s.into_iter().for_each(|t| ix.by_both.entry(t).or_default().push(i)),
+            }
+        }
+        ix
+    }
+
+    /// Indices of the rules before `j` that may cover `b`, ascending (a
+    /// superset of those that do).
+    fn candidates(&self, b: &Rule, j: u32, out: &mut Vec<u32>) {
+        out.clear();
+        let (s, d) = (some_type(&b.source), some_type(&b.dest));
+        let none: &[u32] = &[];
+        fn get<'m>(m: &'m HashMap<&str, Vec<u32>>, t: Option<&str>) -> &'m [u32] {
+            t.and_then(|t| m.get(t)).map_or(&[], |v| v)
+        }
+        let lists: [&[u32]; 4] = [
+            &self.neither,
+            get(&self.by_dest, d),
+            get(&self.by_source, s),
+            // Both must name types for an earlier rule naming both to cover.
+            if d.is_some() { get(&self.by_both, s) } else { none },
+        ];
+        for l in lists {
+            out.extend(l.iter().copied().take_while(|&i| i < j));
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
 /// Findings that need no SELinux.
 pub fn lint(p: &Policy) -> Vec<Finding> {
+    lint_with_budget(p, SHADOW_BUDGET)
+}
+
+/// [`lint`] with a bound on the rule pairs the shadowed-rule check compares.
+pub fn lint_with_budget(p: &Policy, budget: u64) -> Vec<Finding> {
     let mut out = Vec::new();
     let warn = |line, message| Finding { severity: Severity::Warning, line, message };
+    let ix = ShadowIndex::build(&p.rules);
+    let mut cands = Vec::new();
+    let mut compared: u64 = 0;
+    let mut shadow_check = true;
     for (j, b) in p.rules.iter().enumerate() {
-        if let Some((_, a)) = p.rules.iter().enumerate().take(j).find(|(_, a)| covers(a, b)) {
-            let what = if a.verdict == b.verdict { "redundant" } else { "never used, and its verdict differs" };
-            out.push(warn(
-                b.line,
-                format!(
-                    "rule {:?} is shadowed by rule {:?} (line {}), which matches everything it does: {what}",
-                    b.name, a.name, a.line
-                ),
-            ));
+        if shadow_check {
+            ix.candidates(b, j as u32, &mut cands);
+            compared += cands.len() as u64;
+            if compared > budget {
+                shadow_check = false;
+                out.push(warn(
+                    b.line,
+                    format!(
+                        "shadowed-rule check stopped at rule {:?} after comparing {budget} rule pairs: \
+                         it and the rules after it were not checked for shadowing",
+                        b.name
+                    ),
+                ));
+            } else if let Some(a) = cands.iter().filter_map(|&i| p.rules.get(i as usize)).find(|a| covers(a, b)) {
+                let what = if a.verdict == b.verdict { "redundant" } else { "never used, and its verdict differs" };
+                out.push(warn(
+                    b.line,
+                    format!(
+                        "rule {:?} is shadowed by rule {:?} (line {}), which matches everything it does: {what}",
+                        b.name, a.name, a.line
+                    ),
+                ));
+            }
         }
         if (b.peer.is_some() || b.peer_level.is_some()) && p.dois.is_empty() && p.address_labels.is_empty() {
             out.push(warn(
@@ -181,5 +277,64 @@ verdict = "drop"
         if selinux::kernel_support() == selinux::KernelSupport::Unsupported {
             assert_eq!(unknown_types(&p), None);
         }
+    }
+
+    /// The shadowed-rule check as it was: every earlier rule, in order.
+    fn shadowed_by_all_pairs(p: &Policy) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (j, b) in p.rules.iter().enumerate() {
+            if let Some(i) = p.rules.iter().take(j).position(|a| covers(a, b)) {
+                out.push((j, i));
+            }
+        }
+        out
+    }
+
+    fn shadowed(p: &Policy, findings: &[Finding]) -> Vec<(usize, usize)> {
+        let line_of = |l: usize| p.rules.iter().position(|r| r.line == l).unwrap();
+        findings
+            .iter()
+            .filter(|f| f.message.contains("is shadowed by"))
+            .map(|f| {
+                let by = f.message.split("(line ").nth(1).unwrap().split(')').next().unwrap();
+                (line_of(f.line), line_of(by.parse().unwrap()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pruned_shadow_check_finds_what_all_pairs_find() {
+        // Few types, sets, wildcards, full contexts and ports, so that many
+        // rules shadow others through every index bucket.
+        let mut t = String::from("[sets]\nab = [\"a_t\", \"b_t\"]\nbc = [\"b_t\", \"c_t\"]\n");
+        let pats = ["a_t", "b_t", "c_t", "@ab", "@bc", "*", "u:r:a_t", "*:*:b_t:s0", ""];
+        for i in 0..600usize {
+            t.push_str(&format!("[[rule]]\nname = \"r{i}\"\n"));
+            let (s, d) = (pats[i * 7 % pats.len()], pats[i * 5 / 3 % pats.len()]);
+            if !s.is_empty() {
+                t.push_str(&format!("source = \"{s}\"\n"));
+            }
+            if !d.is_empty() {
+                t.push_str(&format!("dest = \"{d}\"\n"));
+            }
+            if i % 3 != 0 {
+                t.push_str(&format!("proto = \"tcp\"\ndport = \"{}-{}\"\n", i % 5 * 10, i % 5 * 10 + i % 4 * 20));
+            }
+            t.push_str(&format!("verdict = \"{}\"\n", if i % 2 == 0 { "accept" } else { "drop" }));
+        }
+        let p = Policy::from_toml(&t, "t").unwrap();
+        let want = shadowed_by_all_pairs(&p);
+        assert!(want.len() > 100, "{}", want.len());
+        assert_eq!(shadowed(&p, &lint(&p)), want);
+    }
+
+    #[test]
+    fn shadow_check_stops_at_its_budget_and_says_so() {
+        let t = "[[rule]]\nname = \"a\"\nverdict = \"drop\"\n[[rule]]\nname = \"b\"\nverdict = \"drop\"\n[[rule]]\nname = \"c\"\nverdict = \"drop\"\n";
+        let p = Policy::from_toml(t, "t").unwrap();
+        assert_eq!(lint(&p).len(), 2);
+        let f = lint_with_budget(&p, 1);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[1].message.contains("shadowed-rule check stopped at rule \"c\""), "{f:?}");
     }
 }

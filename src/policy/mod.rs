@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What happens to a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -92,18 +93,19 @@ pub enum DoiMap {
     Pass,
 }
 
-/// One compiled rule.
+/// One compiled rule. Context patterns and level conditions are shared
+/// (`Arc`) among the rules that write them the same way.
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
     pub hook: HookSel,
-    pub source: Option<ContextPattern>,
-    pub dest: Option<ContextPattern>,
-    pub secmark: Option<ContextPattern>,
-    pub peer: Option<ContextPattern>,
-    pub source_level: Option<LevelCond>,
-    pub dest_level: Option<LevelCond>,
-    pub peer_level: Option<LevelCond>,
+    pub source: Option<Arc<ContextPattern>>,
+    pub dest: Option<Arc<ContextPattern>>,
+    pub secmark: Option<Arc<ContextPattern>>,
+    pub peer: Option<Arc<ContextPattern>>,
+    pub source_level: Option<Arc<LevelCond>>,
+    pub dest_level: Option<Arc<LevelCond>>,
+    pub peer_level: Option<Arc<LevelCond>>,
     pub mls: Option<MlsRelation>,
     pub uid: Option<IdSet>,
     pub gid: Option<IdSet>,
@@ -112,8 +114,8 @@ pub struct Rule {
     pub dport: Option<PortSet>,
     pub saddr: Option<NetSet>,
     pub daddr: Option<NetSet>,
-    pub iif: Option<String>,
-    pub oif: Option<String>,
+    pub iif: Option<Box<str>>,
+    pub oif: Option<Box<str>>,
     pub verdict: Verdict,
     pub permissive: bool,
     pub audit: bool,
@@ -181,7 +183,7 @@ impl fmt::Display for Mismatch {
     }
 }
 
-fn level_ok(cond: &Option<LevelCond>, ctx: Option<&crate::context::SecurityContext>) -> bool {
+fn level_ok(cond: &Option<Arc<LevelCond>>, ctx: Option<&crate::context::SecurityContext>) -> bool {
     match cond {
         None => true,
         Some(c) => ctx.and_then(|c| c.range()).is_some_and(|r| c.matches(r)),
@@ -209,8 +211,8 @@ impl Rule {
         check(self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)), Mismatch::Daddr)?;
         check(self.uid.as_ref().is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))), Mismatch::Uid)?;
         check(self.gid.as_ref().is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))), Mismatch::Gid)?;
-        check(self.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(n)), Mismatch::Iif)?;
-        check(self.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(n)), Mismatch::Oif)?;
+        check(self.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(&**n)), Mismatch::Iif)?;
+        check(self.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(&**n)), Mismatch::Oif)?;
         check(self.source.as_ref().is_none_or(|c| c.matches(&l.source.context)), Mismatch::Source)?;
         check(self.dest.as_ref().is_none_or(|c| c.matches(&l.dest.context)), Mismatch::Dest)?;
         check(
@@ -330,8 +332,7 @@ fn merged<'a>(a: &'a [u32], b: &'a [u32], c: &'a [u32]) -> impl Iterator<Item = 
 impl Policy {
     /// Read and compile a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, e))?;
-        Policy::from_toml(&text, &path.display().to_string())
+        parse::load(path)
     }
 
     /// Compile policy text; `origin` names it in error messages.

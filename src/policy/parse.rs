@@ -27,37 +27,39 @@ impl PolicyError {
     }
 }
 
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let upto = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line = upto.matches('\n').count() + 1;
-    let column = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
 struct Ctx<'a> {
     text: &'a str,
     origin: &'a str,
-    /// Byte offset where each line starts, so a rule's line number is a
-    /// binary search rather than a scan from the top (100,000 rules).
+    /// Line number of `text`'s first line in the file (`text` may be one
+    /// `[[rule]]` section of it).
+    first_line: usize,
+    /// Byte offset where each line starts, so a line number is a binary
+    /// search rather than a scan from the top (100,000 rules).
     line_starts: Vec<usize>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(text: &'a str, origin: &'a str) -> Self {
+    fn new(text: &'a str, origin: &'a str, first_line: usize) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Ctx { text, origin, line_starts }
+        Ctx { text, origin, first_line, line_starts }
     }
 
-    /// 1-based line of a byte offset.
+    /// 1-based line (in the file) of a byte offset.
     fn line(&self, offset: usize) -> usize {
-        self.line_starts.partition_point(|&s| s <= offset).max(1)
+        self.line_starts.partition_point(|&s| s <= offset).max(1) + self.first_line - 1
     }
-}
 
-impl Ctx<'_> {
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let i = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts.get(i - 1).copied().unwrap_or(0);
+        let column = self.text.get(start..offset).map_or(0, |l| l.chars().count()) + 1;
+        (i + self.first_line - 1, column)
+    }
+
     fn err(&self, span: Range<usize>, message: impl fmt::Display) -> PolicyError {
-        let (line, column) = line_col(self.text, span.start);
+        let (line, column) = self.line_col(span.start);
         PolicyError::Invalid { origin: self.origin.to_string(), line, column, message: message.to_string() }
     }
 }
@@ -144,13 +146,332 @@ fn scalar_items(v: &toml::Value) -> Option<Vec<String>> {
 
 type SetMap = HashMap<String, Arc<HashSet<Box<str>>>>;
 
-pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-    let cx = Ctx::new(text, origin);
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        cx.err(span, e.message().trim_end())
-    })?;
+/// One `[[rule]]` section parsed on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    rule: Vec<Spanned<RawRule>>,
+}
 
+/// Everything in a policy but its rules, compiled.
+struct Head {
+    mode: Mode,
+    default: Verdict,
+    malformed: Verdict,
+    permissive_domains: Vec<String>,
+    sets: SetMap,
+    set_lists: HashMap<String, Vec<String>>,
+    address_labels: Vec<AddressLabel>,
+    dois: HashMap<u32, DoiMap>,
+}
+
+fn toml_err(cx: &Ctx<'_>, e: toml::de::Error) -> PolicyError {
+    let span = e.span().unwrap_or(0..0);
+    cx.err(span, e.message().trim_end())
+}
+
+pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+    compile_sections(&mut TextLines(text), origin).or_else(|_| compile_whole(text, origin))
+}
+
+/// Read and compile a policy file without holding its whole text: the file
+/// is read twice, line by line (see [`compile_sections`]). On any error the
+/// file is read whole and compiled as one document for the precise message.
+pub(super) fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
+    let origin = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| PolicyError::io(path, e))?;
+    // Only a regular file can be read twice (not a pipe or /dev/stdin).
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        let text = std::io::read_to_string(file).map_err(|e| PolicyError::io(path, e))?;
+        return compile(&text, &origin);
+    }
+    compile_sections(&mut FileLines { path, file }, &origin).or_else(|_| {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, e))?;
+        compile_whole(&text, &origin)
+    })
+}
+
+/// Compile the policy as one TOML document (the reference path).
+pub(super) fn compile_whole(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+    let cx = Ctx::new(text, origin, 1);
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_err(&cx, e))?;
+    // Sets, then rules, then address labels and DOIs: the first error found
+    // in that order is the one reported.
+    let mut head = head_sets(&cx, &raw)?;
+    let mut rc = RuleCompiler::default();
+    let mut rules = Vec::with_capacity(raw.rule.len());
+    let mut names = HashSet::new();
+    for r in &raw.rule {
+        let rule = rc.compile(&cx, r, &head.sets)?;
+        if !names.insert(rule.name.clone()) {
+            return Err(cx.err(r.get_ref().name.span(), format!("duplicate rule name {:?}", rule.name)));
+        }
+        rules.push(rule);
+    }
+    head_labels(&cx, &raw, &mut head)?;
+    Ok(assemble(head, rules))
+}
+
+/// A source of policy lines (each with its newline), read from the start
+/// on every call.
+pub(super) trait Lines {
+    fn each(&mut self, f: &mut dyn FnMut(&str) -> Result<(), PolicyError>) -> Result<(), PolicyError>;
+}
+
+pub(super) struct TextLines<'a>(pub(super) &'a str);
+
+impl Lines for TextLines<'_> {
+    fn each(&mut self, f: &mut dyn FnMut(&str) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
+        self.0.split_inclusive('\n').try_for_each(f)
+    }
+}
+
+/// A regular file, read from the start on every pass through the same open
+/// descriptor (a file replaced by rename in between is still the old one).
+struct FileLines<'a> {
+    path: &'a std::path::Path,
+    file: std::fs::File,
+}
+
+impl Lines for FileLines<'_> {
+    fn each(&mut self, f: &mut dyn FnMut(&str) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
+        use std::io::{BufRead as _, Seek as _};
+        let io = |e| PolicyError::io(self.path, e);
+        self.file.rewind().map_err(io)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, &self.file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(io)? == 0 {
+                return Ok(());
+            }
+            f(&line)?;
+        }
+    }
+}
+
+/// The fast path: the document without its `[[rule]]` sections first (each
+/// replaced by its newlines, so lines and columns stay the file's), then
+/// each `[[rule]]` section parsed and compiled on its own, so that only one
+/// rule's TOML tree (with spans) exists at a time. It refuses every error
+/// and layouts it does not split (`[["rule"]]` headers, rules written as an
+/// inline array): the caller then compiles the text as one document, whose
+/// result and error message are authoritative.
+pub(super) fn compile_sections(src: &mut dyn Lines, origin: &str) -> Result<Policy, PolicyError> {
+    let refuse = |what: &str| PolicyError::Invalid { origin: origin.into(), line: 0, column: 0, message: what.into() };
+    let mut rest = String::new();
+    let mut sections = 0usize;
+    let mut split = Splitter::default();
+    src.each(&mut |line| {
+        match split.next(line) {
+            Part::Rest => rest.push_str(line),
+            Part::RuleStart | Part::Rule => {
+                if line.ends_with('\n') {
+                    rest.push('\n');
+                }
+            }
+        }
+        if split.started {
+            sections += 1;
+        }
+        Ok(())
+    })?;
+    if !split.lex.neutral() {
+        return Err(refuse("unterminated string or brackets"));
+    }
+    let head = {
+        let cx = Ctx::new(&rest, origin, 1);
+        let raw: RawPolicy = toml::from_str(&rest).map_err(|e| toml_err(&cx, e))?;
+        if !raw.rule.is_empty() {
+            return Err(refuse("rules outside [[rule]] sections"));
+        }
+        compile_head(&cx, &raw)?
+    };
+    drop(rest);
+
+    let mut rc = RuleCompiler::default();
+    let mut rules = Vec::with_capacity(sections);
+    let mut chunk = String::new();
+    let mut chunk_line = 0;
+    let mut flush = |chunk: &mut String, line: usize, rules: &mut Vec<Rule>| -> Result<(), PolicyError> {
+        if line > 0 {
+            let cx = Ctx::new(chunk, origin, line);
+            let section: RuleSection = toml::from_str(chunk).map_err(|e| toml_err(&cx, e))?;
+            for r in &section.rule {
+                rules.push(rc.compile(&cx, r, &head.sets)?);
+            }
+        }
+        chunk.clear();
+        Ok(())
+    };
+    let mut split = Splitter::default();
+    src.each(&mut |line| {
+        match split.next(line) {
+            Part::RuleStart => {
+                flush(&mut chunk, chunk_line, &mut rules)?;
+                chunk_line = split.line;
+                chunk.push_str(line);
+            }
+            Part::Rule => chunk.push_str(line),
+            Part::Rest => {
+                flush(&mut chunk, chunk_line, &mut rules)?;
+                chunk_line = 0;
+            }
+        }
+        Ok(())
+    })?;
+    flush(&mut chunk, chunk_line, &mut rules)?;
+    if rules.len() != sections {
+        return Err(refuse("the file changed while it was read"));
+    }
+
+    // Duplicate names: sort indices by name rather than keep a second copy of
+    // every name in a set.
+    let mut order: Vec<u32> = (0..rules.len() as u32).collect();
+    let name = |i: &u32| rules.get(*i as usize).map_or("", |r| r.name.as_str());
+    order.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+    if order.windows(2).any(|w| w.first().map(name) == w.get(1).map(name)) {
+        return Err(refuse("duplicate rule name"));
+    }
+    drop(order);
+    Ok(assemble(head, rules))
+}
+
+/// Which part of the policy a line belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Rest,
+    /// The `[[rule]]` header line of a section.
+    RuleStart,
+    Rule,
+}
+
+/// Finds the `[[rule]]` sections line by line: table headers are lines
+/// starting with `[` outside strings and bracketed values.
+#[derive(Default)]
+struct Splitter {
+    lex: Lexer,
+    /// 1-based number of the last line seen.
+    line: usize,
+    in_rule: bool,
+    /// Whether the last line started a `[[rule]]` section.
+    started: bool,
+}
+
+impl Splitter {
+    fn next(&mut self, line: &str) -> Part {
+        self.line += 1;
+        self.started = false;
+        if self.lex.neutral() {
+            if let Some(is_rule) = header(line) {
+                self.in_rule = is_rule;
+                self.started = is_rule;
+            }
+        }
+        self.lex.scan(line);
+        match (self.in_rule, self.started) {
+            (_, true) => Part::RuleStart,
+            (true, false) => Part::Rule,
+            (false, false) => Part::Rest,
+        }
+    }
+}
+
+fn assemble(h: Head, rules: Vec<Rule>) -> Policy {
+    Policy::assemble(h.mode, h.default, h.malformed, h.permissive_domains, rules, h.address_labels, h.dois, h.set_lists)
+}
+
+/// Whether a line outside values is a table header, and if so whether it is
+/// exactly `[[rule]]` (spaces and a comment allowed).
+fn header(line: &str) -> Option<bool> {
+    let t = line.trim_start();
+    if !t.starts_with('[') {
+        return None;
+    }
+    let is_rule = t
+        .strip_prefix("[[")
+        .map(str::trim_start)
+        .and_then(|t| t.strip_prefix("rule"))
+        .map(str::trim_start)
+        .and_then(|t| t.strip_prefix("]]"))
+        .map(str::trim)
+        .is_some_and(|t| t.is_empty() || t.starts_with('#'));
+    Some(is_rule)
+}
+
+/// Just enough TOML lexing to know whether a line starts outside every
+/// string and bracketed value.
+#[derive(Default)]
+struct Lexer {
+    depth: usize,
+    /// Inside a multi-line string ended by this quote character (three of them).
+    multiline: Option<u8>,
+}
+
+impl Lexer {
+    fn neutral(&self) -> bool {
+        self.depth == 0 && self.multiline.is_none()
+    }
+
+    fn scan(&mut self, line: &str) {
+        let b = line.as_bytes();
+        let at = |i: usize| b.get(i).copied();
+        let triple = |i: usize, q: u8| b.get(i..i + 3).is_some_and(|s| s.iter().all(|&c| c == q));
+        let mut i = 0;
+        while let Some(c) = at(i) {
+            if let Some(q) = self.multiline {
+                if q == b'"' && c == b'\\' {
+                    i += 2;
+                } else if triple(i, q) {
+                    // Up to two more quotes belong to the string's content.
+                    i += 3;
+                    let mut extra = 0;
+                    while extra < 2 && at(i) == Some(q) {
+                        i += 1;
+                        extra += 1;
+                    }
+                    self.multiline = None;
+                } else {
+                    i += 1;
+                }
+                continue;
+            }
+            match c {
+                b'#' => return,
+                b'"' | b'\'' if triple(i, c) => {
+                    self.multiline = Some(c);
+                    i += 3;
+                    continue;
+                }
+                b'"' | b'\'' => {
+                    i += 1;
+                    while let Some(d) = at(i) {
+                        if d == c {
+                            break;
+                        }
+                        if c == b'"' && d == b'\\' {
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                }
+                b'[' | b'{' => self.depth += 1,
+                b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+fn compile_head(cx: &Ctx<'_>, raw: &RawPolicy) -> Result<Head, PolicyError> {
+    let mut head = head_sets(cx, raw)?;
+    head_labels(cx, raw, &mut head)?;
+    Ok(head)
+}
+
+/// Sets and permissive domains (what rules need), and the global settings.
+fn head_sets(cx: &Ctx<'_>, raw: &RawPolicy) -> Result<Head, PolicyError> {
     let mut sets: SetMap = HashMap::new();
     let mut set_lists = HashMap::new();
     for (name, members) in &raw.sets {
@@ -178,17 +499,20 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         }
         permissive_domains.push(d.get_ref().clone());
     }
+    Ok(Head {
+        mode: raw.mode.unwrap_or(Mode::Enforcing),
+        default: raw.default.unwrap_or(Verdict::Drop),
+        malformed: raw.malformed.unwrap_or(Verdict::Drop),
+        permissive_domains,
+        sets,
+        set_lists,
+        address_labels: Vec::new(),
+        dois: HashMap::new(),
+    })
+}
 
-    let mut rules = Vec::with_capacity(raw.rule.len());
-    let mut names = HashSet::new();
-    for r in &raw.rule {
-        let rule = compile_rule(&cx, r, &sets)?;
-        if !names.insert(rule.name.clone()) {
-            return Err(cx.err(r.get_ref().name.span(), format!("duplicate rule name {:?}", rule.name)));
-        }
-        rules.push(rule);
-    }
-
+/// Address labels and DOIs.
+fn head_labels(cx: &Ctx<'_>, raw: &RawPolicy, head: &mut Head) -> Result<(), PolicyError> {
     let mut address_labels = Vec::new();
     for a in &raw.address_label {
         let a = a.get_ref();
@@ -211,17 +535,9 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         }
         dois.insert(d.doi, map);
     }
-
-    Ok(Policy::assemble(
-        raw.mode.unwrap_or(Mode::Enforcing),
-        raw.default.unwrap_or(Verdict::Drop),
-        raw.malformed.unwrap_or(Verdict::Drop),
-        permissive_domains,
-        rules,
-        address_labels,
-        dois,
-        set_lists,
-    ))
+    head.address_labels = address_labels;
+    head.dois = dois;
+    Ok(())
 }
 
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
@@ -232,19 +548,57 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("bad address or CIDR {s:?}"))
 }
 
-fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Rule, PolicyError> {
+/// Compiles rules, sharing one copy of each distinct context pattern and
+/// level condition among all the rules that write it the same way.
+#[derive(Default)]
+struct RuleCompiler {
+    patterns: HashMap<Box<str>, Arc<ContextPattern>>,
+    levels: HashMap<Box<str>, Arc<LevelCond>>,
+}
+
+impl RuleCompiler {
+    fn pattern(
+        &mut self,
+        cx: &Ctx<'_>,
+        p: &Option<Spanned<String>>,
+        sets: &SetMap,
+    ) -> Result<Option<Arc<ContextPattern>>, PolicyError> {
+        let Some(p) = p else { return Ok(None) };
+        if let Some(c) = self.patterns.get(p.get_ref().as_str()) {
+            return Ok(Some(c.clone()));
+        }
+        let lookup = |n: &str| sets.get(n).cloned();
+        let c = Arc::new(ContextPattern::parse(p.get_ref(), &lookup).map_err(|m| cx.err(p.span(), m))?);
+        self.patterns.insert(p.get_ref().as_str().into(), c.clone());
+        Ok(Some(c))
+    }
+
+    fn level(&mut self, cx: &Ctx<'_>, p: &Option<Spanned<String>>) -> Result<Option<Arc<LevelCond>>, PolicyError> {
+        let Some(p) = p else { return Ok(None) };
+        if let Some(c) = self.levels.get(p.get_ref().as_str()) {
+            return Ok(Some(c.clone()));
+        }
+        let c = Arc::new(LevelCond::parse(p.get_ref()).map_err(|m| cx.err(p.span(), m))?);
+        self.levels.insert(p.get_ref().as_str().into(), c.clone());
+        Ok(Some(c))
+    }
+
+    fn compile(&mut self, cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Rule, PolicyError> {
+        compile_rule(self, cx, sr, sets)
+    }
+}
+
+fn compile_rule(
+    rc: &mut RuleCompiler,
+    cx: &Ctx<'_>,
+    sr: &Spanned<RawRule>,
+    sets: &SetMap,
+) -> Result<Rule, PolicyError> {
     let r = sr.get_ref();
     let name = r.name.get_ref().trim().to_string();
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
         return Err(cx.err(r.name.span(), "rule name must be non-empty, without spaces or quotes"));
     }
-    let lookup = |n: &str| sets.get(n).cloned();
-    let pattern = |p: &Option<Spanned<String>>| -> Result<Option<ContextPattern>, PolicyError> {
-        p.as_ref().map(|p| ContextPattern::parse(p.get_ref(), &lookup).map_err(|m| cx.err(p.span(), m))).transpose()
-    };
-    let level = |p: &Option<Spanned<String>>| -> Result<Option<LevelCond>, PolicyError> {
-        p.as_ref().map(|p| LevelCond::parse(p.get_ref()).map_err(|m| cx.err(p.span(), m))).transpose()
-    };
     let ports = |p: &Option<Spanned<toml::Value>>| -> Result<Option<PortSet>, PolicyError> {
         let Some(p) = p else { return Ok(None) };
         let items = scalar_items(p.get_ref())
@@ -275,7 +629,7 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
             };
             out.push(id);
         }
-        Ok(Some(IdSet(out)))
+        Ok(Some(IdSet(out.into())))
     };
     let nets = |p: &Option<Spanned<toml::Value>>| -> Result<Option<NetSet>, PolicyError> {
         let Some(p) = p else { return Ok(None) };
@@ -285,7 +639,7 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
             return Err(cx.err(p.span(), "empty address list"));
         }
         let nets: Result<Vec<_>, _> = items.iter().map(|s| parse_net(s)).collect();
-        nets.map(|n| Some(NetSet(n))).map_err(|m| cx.err(p.span(), m))
+        nets.map(|n| Some(NetSet(n.into()))).map_err(|m| cx.err(p.span(), m))
     };
     let proto = match &r.proto {
         None => None,
@@ -309,11 +663,11 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
         let span = r.sport.as_ref().or(r.dport.as_ref()).map_or(0..0, |s| s.span());
         return Err(cx.err(span, "sport/dport need proto = \"tcp\", \"udp\" or \"sctp\""));
     }
-    let iface = |p: &Option<Spanned<String>>| -> Result<Option<String>, PolicyError> {
+    let iface = |p: &Option<Spanned<String>>| -> Result<Option<Box<str>>, PolicyError> {
         match p {
             None => Ok(None),
             Some(s) if !s.get_ref().is_empty() && s.get_ref().len() < 16 && !s.get_ref().contains('/') => {
-                Ok(Some(s.get_ref().clone()))
+                Ok(Some(s.get_ref().as_str().into()))
             }
             Some(s) => Err(cx.err(s.span(), format!("bad interface name {:?}", s.get_ref()))),
         }
@@ -321,13 +675,13 @@ fn compile_rule(cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Ru
     Ok(Rule {
         name,
         hook: r.hook.unwrap_or(HookSel::Any),
-        source: pattern(&r.source)?,
-        dest: pattern(&r.dest)?,
-        secmark: pattern(&r.secmark)?,
-        peer: pattern(&r.peer)?,
-        source_level: level(&r.source_level)?,
-        dest_level: level(&r.dest_level)?,
-        peer_level: level(&r.peer_level)?,
+        source: rc.pattern(cx, &r.source, sets)?,
+        dest: rc.pattern(cx, &r.dest, sets)?,
+        secmark: rc.pattern(cx, &r.secmark, sets)?,
+        peer: rc.pattern(cx, &r.peer, sets)?,
+        source_level: rc.level(cx, &r.source_level)?,
+        dest_level: rc.level(cx, &r.dest_level)?,
+        peer_level: rc.level(cx, &r.peer_level)?,
         mls: r.mls,
         uid: ids(&r.uid, false)?,
         gid: ids(&r.gid, true)?,

@@ -198,7 +198,7 @@ impl fmt::Display for ContextPattern {
 
 /// A set of ports: single ports and inclusive ranges.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortSet(Vec<(u16, u16)>);
+pub struct PortSet(Box<[(u16, u16)]>);
 
 impl PortSet {
     /// Parse `5432`, `"5000-5100"` or a list item of either.
@@ -226,7 +226,7 @@ impl PortSet {
         if items.is_empty() {
             return Err("empty port list".into());
         }
-        Ok(PortSet(items))
+        Ok(PortSet(items.into()))
     }
 
     pub fn contains(&self, p: u16) -> bool {
@@ -258,7 +258,7 @@ impl fmt::Display for PortSet {
 
 /// A set of numeric ids (uids or gids).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdSet(pub Vec<u32>);
+pub struct IdSet(pub Box<[u32]>);
 
 impl IdSet {
     pub fn contains(&self, id: u32) -> bool {
@@ -272,7 +272,7 @@ impl IdSet {
 
 /// A set of networks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetSet(pub Vec<IpNet>);
+pub struct NetSet(pub Box<[IpNet]>);
 
 impl NetSet {
     pub fn contains(&self, a: &IpAddr) -> bool {
