@@ -5,7 +5,7 @@
 //! and evictions are counted into the [`CacheCounters`] given at creation.
 
 use lru::LruCache;
-use std::collections::hash_map::RandomState;
+use foldhash::fast::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -35,7 +35,7 @@ impl CacheCounters {
 /// and resident memory would then creep up for a long time as the table's
 /// pages were first touched); the bound is enforced on insertion.
 pub struct ShardedLru<K, V> {
-    shards: Box<[Mutex<LruCache<K, V>>]>,
+    shards: Box<[Mutex<LruCache<K, V, RandomState>>]>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -47,13 +47,13 @@ impl<K: Hash + Eq, V: Clone> ShardedLru<K, V> {
         let shards = shards.max(1);
         let per_shard = capacity.div_ceil(shards).max(1);
         ShardedLru {
-            shards: (0..shards).map(|_| Mutex::new(LruCache::unbounded())).collect(),
+            shards: (0..shards).map(|_| Mutex::new(LruCache::unbounded_with_hasher(RandomState::default()))).collect(),
             per_shard,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 
-    fn shard(&self, k: &K) -> MutexGuard<'_, LruCache<K, V>> {
+    fn shard(&self, k: &K) -> MutexGuard<'_, LruCache<K, V, RandomState>> {
         let i = (self.hasher.hash_one(k) as usize) % self.shards.len();
         // A poisoned shard only means another thread panicked mid-operation
         // on a plain map; its content is still a valid cache.
