@@ -1,5 +1,6 @@
 //! Audit records of decisions (USER_AVC text or JSON lines), written by one
-//! writer thread fed through a bounded channel, with counted rate limiting.
+//! writer thread fed through a channel with a bounded backlog, with counted
+//! rate limiting.
 //!
 //! The packet path only builds a [`Record`] and hands it over; formatting and
 //! I/O happen on the writer thread. Nothing is dropped silently: records the
@@ -10,7 +11,8 @@ use crate::context::SecurityContext;
 use crate::counters::Counters;
 use crate::labels::{Hook, Label, ProcessInfo};
 use crate::packet::PacketInfo;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
@@ -233,7 +235,9 @@ pub struct Config {
     pub format: Format,
     /// Records per second; 0 means unlimited.
     pub rate: u32,
-    /// Capacity of the channel between the packet path and the writer.
+    /// Most records waiting for the writer; beyond it records are counted
+    /// as lost. Memory follows the records actually waiting (the channel
+    /// grows and shrinks in small blocks), not this bound.
     pub capacity: usize,
 }
 
@@ -242,26 +246,32 @@ pub struct Config {
 pub struct AuditSink {
     tx: Option<Sender<Record>>,
     counters: Arc<Counters>,
+    /// Records sent and not yet taken by the writer, and their bound.
+    backlog: Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 impl AuditSink {
     /// A sink that records nothing (no `--audit`).
     pub fn disabled(counters: Arc<Counters>) -> Self {
-        AuditSink { tx: None, counters }
+        AuditSink { tx: None, counters, backlog: Arc::default(), capacity: 0 }
+    }
+
+    fn new(tx: Sender<Record>, counters: Arc<Counters>, backlog: Arc<AtomicUsize>, capacity: usize) -> Self {
+        AuditSink { tx: Some(tx), counters, backlog, capacity: capacity.max(1) }
     }
 
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
     }
 
-    /// Hand a record to the writer; a full channel counts the record as lost.
+    /// Hand a record to the writer; a full backlog (or a writer that is
+    /// gone) counts the record as lost.
     pub fn submit(&self, r: Record) {
         if let Some(tx) = &self.tx {
-            match tx.try_send(r) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    Counters::bump(&self.counters.audit_lost)
-                }
+            if self.backlog.fetch_add(1, Ordering::AcqRel) >= self.capacity || tx.send(r).is_err() {
+                self.backlog.fetch_sub(1, Ordering::AcqRel);
+                Counters::bump(&self.counters.audit_lost);
             }
         }
     }
@@ -283,15 +293,18 @@ impl Writer {
             Some(Target::File(p)) => Output::open(p)?,
         };
         let kernel = if cfg.kernel { Some(crate::sys::KernelAudit::open()?) } else { None };
-        let (tx, rx) = crossbeam_channel::bounded(cfg.capacity.max(1));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let taken = backlog.clone();
+        let capacity = cfg.capacity;
         let c = counters.clone();
         let id = Identity::current();
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = closing.clone();
         let handle = std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(rx, out, kernel, cfg, id, c, &done))?;
-        Ok((AuditSink { tx: Some(tx), counters }, Writer { handle, closing }))
+            .spawn(move || write_loop(rx, &taken, out, kernel, cfg, id, c, &done))?;
+        Ok((AuditSink::new(tx, counters, backlog, capacity), Writer { handle, closing }))
     }
 
     /// Write everything submitted so far, flush, and stop the writer. Call
@@ -349,8 +362,10 @@ impl Output {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_loop(
     rx: Receiver<Record>,
+    backlog: &AtomicUsize,
     mut out: Output,
     kernel: Option<crate::sys::KernelAudit>,
     cfg: Config,
@@ -382,7 +397,10 @@ fn write_loop(
             break;
         }
         let r = match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                backlog.fetch_sub(1, Ordering::AcqRel);
+                Some(r)
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
@@ -545,12 +563,27 @@ mod tests {
     #[test]
     fn full_channel_counts_lost_records() {
         let c = Arc::new(Counters::default());
-        let (tx, _rx) = crossbeam_channel::bounded(2);
-        let sink = AuditSink { tx: Some(tx), counters: c.clone() };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let sink = AuditSink::new(tx, c.clone(), backlog.clone(), 2);
         for _ in 0..5 {
             sink.submit(record());
         }
         assert_eq!(Counters::get(&c.audit_lost), 3);
+        assert_eq!(rx.len(), 2);
+        // The writer takes one: room for one more.
+        let _ = rx.try_recv().unwrap();
+        backlog.fetch_sub(1, Ordering::AcqRel);
+        sink.submit(record());
+        sink.submit(record());
+        assert_eq!(Counters::get(&c.audit_lost), 4);
+        assert_eq!(rx.len(), 2);
+        // A writer that is gone: lost, and the backlog is not left counting it.
+        drop(rx);
+        backlog.store(0, Ordering::Release);
+        sink.submit(record());
+        assert_eq!(Counters::get(&c.audit_lost), 5);
+        assert_eq!(backlog.load(Ordering::Acquire), 0);
     }
 }
 
