@@ -445,8 +445,8 @@ def main():
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--out", help="also write the report (markdown) here")
     ap.add_argument("--json", help="write the raw results here")
-    ap.add_argument("--big-rules", type=int, default=10000,
-                    help="size of the large policy (default 10,000: labelgate loads 100,000 rules too slowly today)")
+    ap.add_argument("--big-rules", type=int, default=100000,
+                    help="size of the large policy (default 100,000)")
     ap.add_argument("--only", help="comma-separated workloads to run (udp,tcp,conn,lat,rules,queues,crowd,rss); "
                     "prints their raw figures as JSON instead of the report, for a quick check")
     a = ap.parse_args()
