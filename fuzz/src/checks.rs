@@ -8,12 +8,14 @@
 //! check it. Only `std` and `labelgate` may be used here: the replay test has
 //! no other dependencies.
 
+use labelgate::auditlog::{self, Entry};
 use labelgate::context::{is_identifier, SecurityContext};
 use labelgate::labels::{Hook, Label, Labels, Origin};
-use labelgate::mls::{Level, Range};
+use labelgate::mls::{Level, Range, CATEGORY_COUNT};
 use labelgate::packet::{self, LabelOption, PacketInfo, Proto};
 use labelgate::policy::pattern::{ContextPattern, LevelCond, PortSet, TypePattern, TypeSet};
-use labelgate::policy::{Facts, Mode, Policy, PolicyError, Verdict};
+use labelgate::policy::{AddressLabel, DoiMap, Facts, Mode, Policy, PolicyError, Verdict};
+use labelgate::resolve::{self, peer, PeerConfig, PeerOutcome};
 use labelgate::sys::nfqueue;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -96,9 +98,8 @@ fn check_packet(data: &[u8]) {
         }
         v => panic!("parsed a packet of IP version {v}"),
     }
-    // The CIPSO/CALIPSO parsers (resolve::peer, not written yet) will read
-    // `&data[range]` of `info.label_option` here, as the daemon does; see the
-    // note at the end of this file.
+    // What the daemon does with the options area: resolve::peer reads it.
+    check_peer_label(&info, data);
 }
 
 // ------------------------------------------------------------------ nfqueue_msg
@@ -361,20 +362,400 @@ fn check_decisions(p: &Policy) {
     }
 }
 
-// ------------------------------------------------------------------ later targets
-//
-// Parsers that other engineers are adding; give each a function here, a
-// `[[bin]]` in fuzz/Cargo.toml (commented out there now), a target file in
-// fuzz/fuzz_targets/, seeds in fuzz/seeds/<target>/ and a line in
-// tests/fuzz_corpus.rs:
-//
-// - `peer_option` — resolve::peer's CIPSO (IPv4 option 134) and CALIPSO
-//   (IPv6 option 7) parsers. Suggested input: the options area alone, tried
-//   as both kinds. Invariants: never panics; a parsed label's level is a
-//   valid mls::Level whose Display round-trips; categories past c1023 are
-//   refused, not truncated. fuzz/seeds/packet/ already holds CIPSO
-//   (v4-cipso-*) and CALIPSO (v6-hbh-calipso-*) packets to cut seeds from,
-//   and check_packet above should also feed its label_option range to them.
-// - `audit_log` — the audit2rules reader of labelgate audit records (and
-//   kernel AVC lines). Invariants: never panics; a record it reads back and
-//   prints reads back the same; rules it proposes compile with Policy::from_toml.
+// ------------------------------------------------------------------ peer_option
+
+/// The DOI the fuzz peer configuration maps (`DoiMap::Pass`).
+const FUZZ_DOI: u32 = 16;
+
+/// The peer configuration of the `peer_option` checks: DOI 16 passed
+/// through, and one static label, 127.0.0.0/8 (which `::ffff:127.0.0.1`
+/// also reaches, since peer_label unmaps IPv4-mapped addresses).
+fn peer_config() -> PeerConfig {
+    let context = "system_u:object_r:lab_peer_t:s0".parse().unwrap_or_else(|e| panic!("static label: {e}"));
+    let net = "127.0.0.0/8".parse().unwrap_or_else(|e| panic!("static net: {e:?}"));
+    PeerConfig {
+        address_labels: vec![AddressLabel { net, context }],
+        dois: [(FUZZ_DOI, DoiMap::Pass)].into_iter().collect(),
+    }
+}
+
+/// `peer_option`: the input as a bare options area through
+/// `resolve::peer::parse_cipso` (IPv4 options) and `parse_calipso` (IPv6
+/// hop-by-hop option data), then wrapped as the options of an IPv4 packet
+/// (first 40 bytes) and the hop-by-hop header of an IPv6 packet, each from a
+/// statically labelled and an unlabelled source, through `packet::parse` and
+/// `resolve::peer_label`.
+pub fn peer_option(data: &[u8]) {
+    check_peer_result(data, peer::parse_cipso(data), peer::parse_cipso);
+    check_peer_result(data, peer::parse_calipso(data), peer::parse_calipso);
+
+    let opts = &data[..data.len().min(40)];
+    let udp = packet::build::udp(40000, 9, b"x");
+    for src in [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(198, 18, 0, 7)] {
+        check_packet(&packet::build::ipv4(src, Ipv4Addr::LOCALHOST, 17, opts, &udp));
+    }
+    // Hop-by-hop header: next header (UDP), length in 8-byte units past the
+    // first 8, then the option data padded with Pad1 (0) bytes.
+    let body = &data[..data.len().min(2046)];
+    let mut hbh = vec![17, 0];
+    hbh.extend_from_slice(body);
+    while hbh.len() % 8 != 0 {
+        hbh.push(0);
+    }
+    hbh[1] = u8::try_from(hbh.len() / 8 - 1).unwrap_or_else(|_| unreachable!("at most 2048 bytes"));
+    let mapped = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped();
+    for src in [mapped, Ipv6Addr::LOCALHOST] {
+        check_packet(&packet::build::ipv6(src, Ipv6Addr::LOCALHOST, 0, &hbh, &udp));
+    }
+}
+
+/// A CIPSO/CALIPSO parse result: deterministic, errors with a reason, and a
+/// label with a non-zero DOI whose level prints and parses back and encodes
+/// back into options that parse to the same label.
+/// What `peer::parse_cipso` and `peer::parse_calipso` return.
+type PeerParse = Result<Option<(u32, Level)>, peer::PeerError>;
+
+fn check_peer_result(data: &[u8], got: PeerParse, parse: fn(&[u8]) -> PeerParse) {
+    assert_eq!(parse(data), got, "peer option parse is not deterministic");
+    let (doi, level) = match got {
+        Ok(Some(label)) => label,
+        Ok(None) => return,
+        Err(e) => {
+            assert!(!e.reason().is_empty() && !e.to_string().is_empty());
+            return;
+        }
+    };
+    assert_ne!(doi, 0, "reserved DOI 0 accepted");
+    assert!(level.sensitivity <= 255, "sensitivity {} from one byte", level.sensitivity);
+    check_level(&level);
+    assert!(level.categories.iter().all(|c| c < CATEGORY_COUNT));
+    let want = Ok(Some((doi, level)));
+    assert_eq!(peer::parse_calipso(&calipso_encode(doi, &level)), want, "CALIPSO re-encoding of {doi} {level}");
+    for tag in cipso_encode(doi, &level) {
+        assert_eq!(peer::parse_cipso(&tag), want, "CIPSO re-encoding {tag:02x?}");
+    }
+}
+
+fn bitmap_encode(level: &Level, bytes: usize) -> Vec<u8> {
+    let mut map = vec![0u8; bytes];
+    for c in level.categories.iter() {
+        map[c / 8] |= 0x80 >> (c % 8);
+    }
+    map
+}
+
+/// A CALIPSO option as the kernel's calipso_genopt builds it.
+fn calipso_encode(doi: u32, level: &Level) -> Vec<u8> {
+    let words = level.categories.iter().last().map_or(0, |c| c / 32 + 1);
+    let mut v = vec![peer::IPV6_TLV_CALIPSO, (8 + words * 4) as u8];
+    v.extend_from_slice(&doi.to_be_bytes());
+    v.extend_from_slice(&[words as u8, level.sensitivity as u8, 0, 0]);
+    v.extend_from_slice(&bitmap_encode(level, words * 4));
+    let sum = peer::calipso_checksum(&v);
+    v[8..10].copy_from_slice(&sum.to_le_bytes());
+    v
+}
+
+/// The CIPSO options (tag 1 bitmap, tag 2 enumerated, tag 5 ranges) that
+/// can carry `level`, each a whole options area.
+fn cipso_encode(doi: u32, level: &Level) -> Vec<Vec<u8>> {
+    let cats: Vec<usize> = level.categories.iter().collect();
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &c in &cats {
+        match ranges.last_mut() {
+            Some((_, hi)) if *hi + 1 == c => *hi = c,
+            _ => ranges.push((c, c)),
+        }
+    }
+    let mut tags: Vec<(u8, Vec<u8>)> = Vec::new();
+    if cats.last().is_none_or(|&c| c < 240) {
+        tags.push((1, bitmap_encode(level, cats.last().map_or(0, |c| c / 8 + 1))));
+    }
+    if cats.len() <= 15 {
+        tags.push((2, cats.iter().flat_map(|&c| (c as u16).to_be_bytes()).collect()));
+    }
+    if ranges.len() <= 7 {
+        let body = ranges.iter().rev().flat_map(|&(lo, hi)| [hi as u16, lo as u16]).flat_map(u16::to_be_bytes);
+        tags.push((5, body.collect()));
+    }
+    tags.into_iter()
+        .map(|(ty, cats)| {
+            let mut v = vec![peer::IPOPT_CIPSO, (10 + cats.len()) as u8];
+            v.extend_from_slice(&doi.to_be_bytes());
+            v.extend_from_slice(&[ty, (4 + cats.len()) as u8, 0, level.sensitivity as u8]);
+            v.extend_from_slice(&cats);
+            v
+        })
+        .collect()
+}
+
+/// `resolve::peer_label` on a parsed packet: the outcome is what the
+/// option parser says about the packet's own options range, and the label
+/// is the static label, `netlabel_peer_t`, or unlabeled, as documented.
+fn check_peer_label(info: &PacketInfo, data: &[u8]) {
+    let cfg = peer_config();
+    let (label, outcome) = resolve::peer_label(&cfg, info, data);
+    assert_eq!(resolve::peer_label(&cfg, info, data), (label.clone(), outcome), "peer_label is not deterministic");
+    let parsed = match &info.label_option {
+        None => Ok(None),
+        Some(LabelOption::Ipv4Options(r)) => {
+            let got = peer::parse_cipso(&data[r.clone()]);
+            check_peer_result(&data[r.clone()], got, peer::parse_cipso);
+            got
+        }
+        Some(LabelOption::Ipv6HopByHop(r)) => {
+            let got = peer::parse_calipso(&data[r.clone()]);
+            check_peer_result(&data[r.clone()], got, peer::parse_calipso);
+            got
+        }
+    };
+    let static_label = cfg.static_label(info.src).cloned();
+    match parsed {
+        Err(e) => {
+            assert_eq!(outcome, PeerOutcome::Malformed(e));
+            assert_eq!(label, Some(Label::unlabeled("bad_peer_option")));
+        }
+        Ok(Some((doi, _))) if doi != FUZZ_DOI => {
+            assert_eq!(outcome, PeerOutcome::UnknownDoi);
+            assert_eq!(label, Some(Label::unlabeled("unknown_doi")));
+        }
+        Ok(Some((_, level))) => {
+            assert_eq!(outcome, PeerOutcome::Option);
+            let label = label.unwrap_or_else(|| panic!("no peer label for a mapped option"));
+            assert_eq!(label.origin, Origin::PeerOption);
+            let want = match static_label {
+                Some(c) => c.with_range(Range::single(level)),
+                None => resolve::netlabel_peer(level),
+            };
+            assert_eq!(label.context, want);
+            // Prints to text that reads back the same (the context target
+            // checks contexts in depth; this one only the peer label's text).
+            let shown = label.context.to_string();
+            assert_eq!(shown.parse::<SecurityContext>().as_ref(), Ok(&label.context), "peer label {shown:?}");
+        }
+        Ok(None) => {
+            assert_eq!(outcome, PeerOutcome::None);
+            assert_eq!(label, static_label.map(|context| Label { context, origin: Origin::Static }));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ audit_log
+
+/// `audit_log`: the input as the text of an audit file (read as
+/// `labelgate audit2rules` reads one, invalid UTF-8 replaced) through
+/// `auditlog::parse_text` (and each line through `parse_line`), then
+/// `audit2rules`, whose proposal must compile with `Policy::from_toml` and
+/// accept every denial it was made from, and `would_break`.
+///
+/// Entries that trigger a known open bug of `audit2rules` (see
+/// [`KNOWN_OPEN_BUGS`]) are left out of the `audit2rules` check, so that
+/// fuzzing goes on looking for other bugs; [`audit_log_strict`] keeps them.
+pub fn audit_log(data: &[u8]) {
+    audit_log_with(data, true);
+}
+
+/// [`audit_log`] without leaving out the entries of known open bugs: what
+/// their files in `fuzz/regressions/audit_log/` fail on until the bug is fixed.
+pub fn audit_log_strict(data: &[u8]) {
+    audit_log_with(data, false);
+}
+
+fn audit_log_with(data: &[u8], skip_known_bugs: bool) {
+    // As `labelgate audit2rules` reads a file: invalid UTF-8 replaced.
+    let text = String::from_utf8_lossy(data);
+    let text = text.as_ref();
+    let (entries, skipped) = auditlog::parse_text(text);
+    assert_eq!(auditlog::parse_text(text), (entries.clone(), skipped), "parse_text is not deterministic");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let per_line: Vec<Entry> = lines.iter().filter_map(|l| auditlog::parse_line(l)).collect();
+    assert_eq!(per_line, entries, "parse_text is not parse_line on each line");
+    assert_eq!(entries.len() + skipped, lines.len(), "every non-empty line is an entry or skipped");
+    for e in &entries {
+        check_entry(e);
+    }
+    check_would_break(&entries);
+    if skip_known_bugs {
+        let open: Vec<Entry> = entries.into_iter().filter(|e| !KNOWN_OPEN_BUGS.iter().any(|(_, hit)| hit(e))).collect();
+        check_audit2rules(&open);
+    } else {
+        check_audit2rules(&entries);
+    }
+}
+
+/// An entry prints back to a JSON line (always) and a USER_AVC line (when
+/// its free-text fields are ones labelgate writes) that read back the same.
+fn check_entry(e: &Entry) {
+    // Contexts print to text that reads back the same (the `context` target
+    // checks the context parser in depth).
+    for c in [&e.scontext, &e.tcontext] {
+        let shown = c.to_string();
+        assert_eq!(shown.parse::<SecurityContext>().as_ref(), Ok(c), "context {shown:?}");
+    }
+    let json = entry_json(e);
+    assert_eq!(auditlog::parse_line(&json).as_ref(), Some(e), "JSON line {json}");
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"\"'={}".contains(&b));
+    if token(&e.perm) && token(&e.rule) {
+        let avc = entry_avc(e);
+        assert_eq!(auditlog::parse_line(&avc).as_ref(), Some(e), "USER_AVC line {avc}");
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The fields `auditlog` reads, in the layout of `audit::format_json`.
+fn entry_json(e: &Entry) -> String {
+    let mut s = format!(
+        "{{\"outcome\":{},\"perm\":{},\"scontext\":{},\"tcontext\":{},\"permissive\":{},\"rule\":{}",
+        json_str(if e.denied { "denied" } else { "granted" }),
+        json_str(&e.perm),
+        json_str(&e.scontext.to_string()),
+        json_str(&e.tcontext.to_string()),
+        u8::from(e.permissive),
+        json_str(&e.rule),
+    );
+    if let Some(p) = e.proto {
+        s.push_str(&format!(",\"proto\":{}", json_str(&p.to_string())));
+    }
+    if let Some(d) = e.dport {
+        s.push_str(&format!(",\"dest\":{d}"));
+    }
+    s.push('}');
+    s
+}
+
+/// The fields `auditlog` reads, in the layout of `audit::format_avc`.
+fn entry_avc(e: &Entry) -> String {
+    let mut s = format!(
+        "type=USER_AVC msg=audit(1764100000.123:42): pid=99 uid=0 auid=4294967295 ses=4294967295 subj=unconfined \
+         msg='avc:  {}  {{ {} }} for  pid=1234 comm=\"psql\" src_addr=127.0.0.1 src=43210",
+        if e.denied { "denied" } else { "granted" },
+        e.perm
+    );
+    if let Some(d) = e.dport {
+        s.push_str(&format!(" dest={d}"));
+    }
+    if let Some(p) = e.proto {
+        s.push_str(&format!(" proto={}", p.number()));
+    }
+    s.push_str(&format!(
+        " slabel=socket tlabel=socket scontext={} tcontext={} tclass=packet permissive={} rule={} \
+         exe=\"/usr/sbin/labelgate\" sauid=0 hostname=? addr=? terminal=?'",
+        e.scontext,
+        e.tcontext,
+        u8::from(e.permissive),
+        e.rule
+    ));
+    s
+}
+
+/// The hook labelgate records a permission at (the inverse of
+/// `Hook::permission`; `recv` is also PREROUTING).
+fn hook_of_perm(perm: &str) -> Option<Hook> {
+    match perm {
+        "send" => Some(Hook::Output),
+        "recv" => Some(Hook::Input),
+        "forward_in" => Some(Hook::Forward),
+        "forward_out" => Some(Hook::Postrouting),
+        _ => None,
+    }
+}
+
+/// Known, reported and not yet fixed bugs of `auditlog::audit2rules`: the
+/// file of each one's minimized input in `fuzz/regressions/audit_log/`, and
+/// whether an entry triggers it. [`audit_log`] leaves such entries out of the
+/// `audit2rules` check; `tests/fuzz_corpus.rs` checks that each file still
+/// fails [`audit_log_strict`] and passes [`audit_log`], and fails once the bug
+/// is fixed, so that its line here is removed.
+pub type KnownBug = (&'static str, fn(&Entry) -> bool);
+pub const KNOWN_OPEN_BUGS: &[KnownBug] = &[
+    // A `forward_out` denial is recorded at POSTROUTING (`Hook::permission`),
+    // which policy hook "output" matches, but `Entry::hook` maps every
+    // permission other than send/recv to "forward", so `audit2rules`
+    // proposes a rule that does not accept the packet it was made from.
+    ("forward-out-proposed-at-forward", |e| e.denied && e.perm == "forward_out"),
+    // `audit2rules` writes the names of the rules that denied (the records'
+    // `rule` field, read from the log) unescaped into a TOML comment line: a
+    // control character there (CR, or LF from a JSON record) makes the
+    // proposal fail to compile, and an LF lets a record inject TOML (whole
+    // rules) into the proposal.
+    // A record with a destination port and a protocol without ports (ICMP,
+    // say: `proto=1 dest=5432`) gets a proposed rule with `dport` and that
+    // protocol, which `Policy::from_toml` refuses.
+    ("dport-with-portless-proto", |e| e.denied && e.dport.is_some() && e.proto.is_some_and(|p| !p.has_ports())),
+    // A record of a protocol the policy has no name for (`proto=47`, GRE,
+    // which labelgate records as a number) gets `proto = "47"`, which
+    // `Policy::from_toml` refuses (only tcp/udp/icmp/icmpv6/sctp/any).
+    ("unnamed-proto", |e| e.denied && matches!(e.proto, Some(Proto::Other(_)))),
+    ("rule-name-control-char-in-comment", |e| {
+        e.denied && e.rule.chars().any(|c| matches!(c, '\0'..='\x08' | '\n'..='\x1f' | '\x7f'))
+    }),
+];
+
+fn check_audit2rules(entries: &[Entry]) {
+    let proposal = auditlog::audit2rules(entries);
+    assert_eq!(auditlog::audit2rules(entries), proposal, "audit2rules is not deterministic");
+    let p = Policy::from_toml(&proposal, "proposal.toml")
+        .unwrap_or_else(|e| panic!("audit2rules proposes a policy that does not compile: {e}\n{proposal}"));
+    let denials: Vec<&Entry> = entries.iter().filter(|e| e.denied).collect();
+    assert_eq!(denials.is_empty(), p.rules.is_empty(), "{proposal}");
+    assert!(p.rules.len() <= denials.len());
+    for r in &p.rules {
+        assert_eq!(r.verdict, Verdict::Accept, "{proposal}");
+    }
+    // Every denial, replayed as a packet with its contexts, protocol and port
+    // at the hook it was recorded at, is accepted by a proposed rule.
+    for e in denials {
+        let Some(hook) = hook_of_perm(&e.perm) else {
+            continue;
+        };
+        let proto = e.proto.unwrap_or(Proto::Other(253));
+        let (sport, dport) = match e.dport {
+            Some(d) if proto.has_ports() => (Some(40000), Some(d)),
+            _ => (None, None),
+        };
+        let pkt = PacketInfo {
+            src: Ipv4Addr::LOCALHOST.into(),
+            dst: Ipv4Addr::LOCALHOST.into(),
+            proto,
+            sport,
+            dport,
+            icmp: None,
+            tcp_syn: false,
+            label_option: None,
+        };
+        let mut l = Labels::unresolved("fuzz");
+        l.source = Label { context: e.scontext.clone(), origin: Origin::Socket };
+        l.dest = Label { context: e.tcontext.clone(), origin: Origin::Process };
+        let none = || None::<String>;
+        let f = Facts { hook, pkt: &pkt, labels: &l, iif: &none, oif: &none };
+        let d = p.decide(&f, Mode::Enforcing);
+        assert!(
+            d.rule.is_some() && d.verdict == Verdict::Accept,
+            "the proposal does not accept the denial {e:?} at {hook:?} ({d:?}):\n{proposal}"
+        );
+    }
+}
+
+fn check_would_break(entries: &[Entry]) {
+    let report = auditlog::would_break(entries);
+    let n = entries.iter().filter(|e| e.denied && e.permissive).count();
+    if n == 0 {
+        assert!(report.starts_with("nothing would break"), "{report}");
+    } else {
+        let head = format!("switching to enforcing would block {n} recorded packet(s):\n");
+        assert!(report.starts_with(&head), "{report}");
+    }
+}

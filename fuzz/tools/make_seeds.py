@@ -487,6 +487,155 @@ verdict = "accept"
 }
 
 
+# ---------------------------------------------------------------- peer options and audit logs
+
+def cipso_opt(doi, tag, level, cats):
+    """A CIPSO option (type 134) with one tag; `cats` is the tag's category bytes."""
+    t = bytes([tag, 4 + len(cats), 0, level]) + cats
+    return bytes([0x86, 6 + len(t)]) + struct.pack("!I", doi) + t
+
+
+def peer_options():
+    """Bare options areas for the peer_option target: IPv4 options (CIPSO) and IPv6 hop-by-hop data (CALIPSO)."""
+    out = {}
+    out["cipso-kernel-tag1"] = CIPSO
+    out["cipso-tag1-bitmap"] = cipso_opt(7, 1, 3, b"\x50\x01")
+    out["cipso-tag1-no-cats"] = cipso_opt(16, 1, 2, b"")
+    out["cipso-tag1-c239"] = cipso_opt(16, 1, 15, bytes(29) + b"\x01")
+    out["cipso-tag2-enum"] = cipso_opt(16, 2, 2, struct.pack("!3H", 0, 7, 300))
+    out["cipso-tag2-max"] = cipso_opt(16, 2, 255, struct.pack("!2H", 1022, 1023))
+    out["cipso-tag5-ranges"] = cipso_opt(16, 5, 4, struct.pack("!4H", 22, 20, 5, 3))
+    out["cipso-tag5-last-low-omitted"] = cipso_opt(9, 5, 4, struct.pack("!3H", 9, 2, 1))
+    tags = bytes([1, 5, 0, 1, 0x80]) + bytes([5, 8, 0, 1, 0, 4, 0, 2])  # tag 1 gives the label, tag 5 is checked
+    out["cipso-two-tags"] = bytes([0x86, 6 + len(tags)]) + struct.pack("!I", 16) + tags
+    out["cipso-after-nop-timestamp"] = bytes([1, 68, 4, 0, 0]) + CIPSO
+    out["cipso-after-eol"] = b"\x00" + CIPSO
+    out["cipso-record-route"] = bytes([7, 11, 4]) + bytes(9)
+    out["bad-cipso-truncated"] = CIPSO[:8]
+    out["bad-cipso-option-length-lies"] = bytes([0x86, 40]) + CIPSO[2:]
+    out["bad-cipso-tag-length-lies"] = CIPSO[:7] + bytes([9]) + CIPSO[8:]
+    out["bad-cipso-length-zero"] = bytes([0x86, 0, 0, 0])
+    out["bad-cipso-doi-zero"] = cipso_opt(0, 1, 1, b"\x80")
+    out["bad-cipso-tag7"] = cipso_opt(16, 7, 1, b"\x80")
+    out["bad-cipso-tag2-unordered"] = cipso_opt(16, 2, 2, struct.pack("!2H", 7, 7))
+    out["bad-cipso-tag2-c4096"] = cipso_opt(16, 2, 2, struct.pack("!H", 4096))
+    out["bad-cipso-tag5-ascending"] = cipso_opt(16, 5, 4, struct.pack("!4H", 2, 1, 9, 0))
+    out["bad-cipso-duplicate"] = CIPSO[:11] + CIPSO[:11]
+    # CALIPSO (RFC 5570) in hop-by-hop option data, checksums as the kernel computes them.
+    out["calipso-kernel-like"] = calipso_option()
+    out["calipso-after-pads"] = bytes([0, 1, 2, 0, 0]) + calipso_option()
+    out["calipso-two-words"] = calipso_option(3, 7, bytes([0, 0, 0, 0, 1, 0, 0, 3]))
+    out["calipso-no-cats"] = calipso_option(3, 0, b"")
+    out["calipso-c1023"] = calipso_option(16, 255, bytes(127) + b"\x01")
+    out["calipso-after-router-alert"] = ROUTER_ALERT + calipso_option()
+    out["hbh-router-alert-only"] = ROUTER_ALERT + bytes([1, 0])
+    bad = bytearray(calipso_option())
+    bad[8] ^= 1
+    out["bad-calipso-checksum"] = bytes(bad)
+    out["bad-calipso-truncated"] = calipso_option()[:10]
+    lie = bytearray(calipso_option())
+    lie[6] = 2
+    out["bad-calipso-cat-words-lie"] = bytes(lie)
+    out["bad-calipso-data-short"] = bytes([7, 4, 0, 0, 0, 1])
+    out["bad-calipso-doi-zero"] = calipso_option(0, 1, b"")
+    out["bad-calipso-c1055"] = calipso_option(1, 0, bytes(131) + b"\x01")
+    out["bad-calipso-duplicate"] = calipso_option() * 2
+    out["bad-empty"] = b""
+    return out
+
+
+def real_peer_options():
+    """The options areas of the captured packets (seeds/packet/real-*): IPv4 options and IPv6 hop-by-hop option data."""
+    out = {}
+    d = os.path.join(SEEDS, "packet")
+    for f in sorted(os.listdir(d)):
+        if not f.startswith("real-"):
+            continue
+        with open(os.path.join(d, f), "rb") as fh:
+            b = fh.read()
+        if b and b[0] >> 4 == 4 and (b[0] & 15) > 5:
+            opts = b[20:(b[0] & 15) * 4]
+        elif b and b[0] >> 4 == 6 and len(b) >= 48 and b[6] == 0:
+            opts = b[42:40 + (b[41] + 1) * 8]
+        else:
+            continue
+        out["real-" + hashlib.sha1(opts).hexdigest()[:12]] = opts
+    return out
+
+
+AVC_DENY = ("type=USER_AVC msg=audit(1764100000.123:42): pid=99 uid=0 auid=4294967295 ses=4294967295 subj=unconfined "
+            "msg='avc:  denied  { send } for  pid=1234 comm=\"psql\" path=\"/usr/bin/psql\" src_addr=127.0.0.1 "
+            "src=43210 dst_addr=127.0.0.1 dest=5432 netif=lo proto=6 ouid=48 slabel=socket tlabel=socket "
+            "scontext=system_u:system_r:httpd_t:s0 tcontext=system_u:system_r:postgresql_t:s0 tclass=packet "
+            "permissive=1 rule=db-port-others exe=\"/usr/sbin/labelgate\" sauid=0 hostname=? addr=? terminal=?'")
+
+
+def avc(outcome="denied", perm="send", proto=6, dport=5432, s="system_u:system_r:httpd_t:s0",
+        t="system_u:system_r:postgresql_t:s0", permissive=1, rule="db-port-others", extra=""):
+    f = f" dest={dport}" if dport is not None else ""
+    f += " netif=lo"
+    f += f" proto={proto}" if proto is not None else ""
+    return ("type=USER_AVC msg=audit(1764100001.000:43): pid=99 uid=0 auid=4294967295 ses=4294967295 "
+            f"subj=unconfined msg='avc:  {outcome}  {{ {perm} }} for  pid=1234 comm=\"app\" path=\"/usr/bin/app\""
+            f" src_addr=127.0.0.1 src=43210 dst_addr=127.0.0.1{f}{extra} slabel=socket tlabel=process"
+            f" scontext={s} tcontext={t} tclass=packet permissive={permissive} rule={rule}"
+            " exe=\"/usr/sbin/labelgate\" sauid=0 hostname=? addr=? terminal=?'")
+
+
+def jline(**kw):
+    import json
+    base = {"time": "1764100002.500", "serial": 9, "pid": 99, "subj": "unconfined", "outcome": "denied",
+            "perm": "recv", "hook": "input", "scontext": "u:r:a_t:s0", "tcontext": "u:r:b_t:s0", "proto": "udp",
+            "dest": 53, "permissive": 0, "rule": "default"}
+    base.update(kw)
+    return json.dumps({k: v for k, v in base.items() if v is not None}, separators=(",", ":"))
+
+
+def audit_logs():
+    out = {}
+    out["avc-deny-permissive"] = AVC_DENY + "\n"
+    out["avc-deny-twice-and-other-port"] = "\n".join([AVC_DENY, AVC_DENY, AVC_DENY.replace("dest=5432", "dest=5433")]) + "\n"
+    out["avc-granted"] = avc(outcome="granted", permissive=0, rule="web-to-db") + "\n"
+    out["avc-recv-udp-enforcing"] = avc(perm="recv", proto=17, dport=53, permissive=0, rule="default") + "\n"
+    out["avc-forward-in-icmp"] = avc(perm="forward_in", proto=1, dport=None, rule="icmp-forward") + "\n"
+    out["avc-forward-out-tcp"] = avc(perm="forward_out", proto=6, dport=443, rule="default") + "\n"
+    out["avc-sctp-mls"] = avc(proto=132, dport=7000, s="staff_u:staff_r:staff_t:s0-s15:c0.c1023",
+                              t="system_u:object_r:lab_peer_t:s1:c0", rule="peer-levels") + "\n"
+    out["avc-no-proto"] = avc(proto=None, dport=None, rule="default") + "\n"
+    out["avc-peer-secmark"] = avc(extra=" ouid=48 secmark=system_u:object_r:postgresql_packet_t:s0"
+                                        " peer=system_u:object_r:netlabel_peer_t:s1:c0 peer_label=option") + "\n"
+    out["avc-malformed"] = avc(proto=None, dport=None, extra=" malformed=ipv4_header", rule="malformed") + "\n"
+    out["avc-quoted-comm-with-equals"] = AVC_DENY.replace('comm="psql"', 'comm="a=b scontext=x { y }"') + "\n"
+    out["json-deny-udp"] = jline() + "\n"
+    out["json-deny-permissive-tcp"] = jline(perm="send", hook="output", proto="tcp", dest=5432, permissive=1,
+                                            scontext="system_u:system_r:httpd_t:s0",
+                                            tcontext="system_u:system_r:postgresql_t:s0", rule="db") + "\n"
+    out["json-granted"] = jline(outcome="granted", rule="allow-dns") + "\n"
+    out["json-icmpv6-no-dest"] = jline(proto="icmpv6", dest=None, perm="forward_in", hook="forward") + "\n"
+    out["json-proto-number"] = jline(proto="6", dest=22) + "\n"
+    out["json-no-proto"] = jline(proto=None, dest=None) + "\n"
+    out["mixed-log"] = "\n".join([
+        "type=SYSCALL msg=audit(1764100000.100:41): arch=c000003e syscall=44 success=yes exit=15",
+        AVC_DENY,
+        "",
+        "type=AVC msg=audit(1764100000.200:44): avc:  denied  { name_connect } for  pid=1 comm=\"x\" "
+        "scontext=system_u:system_r:httpd_t:s0 tcontext=system_u:object_r:postgresql_port_t:s0 tclass=tcp_socket",
+        jline(),
+        "garbage line",
+        "{not json",
+        avc(perm="recv", proto=17, dport=53, permissive=0, rule="default"),
+        "   ",
+        jline(perm="send", hook="output", proto="sctp", dest=7000, permissive=1),
+    ]) + "\n"
+    out["crlf-lines"] = AVC_DENY + "\r\n" + jline() + "\r\n"
+    out["bad-avc-bad-context"] = "type=USER_AVC msg='avc:  denied  { send } for scontext=bad tcontext=u:r:t'\n"
+    out["bad-avc-unterminated"] = "type=USER_AVC msg='avc:  denied  { send for scontext=\"u:r:t:s0\n"
+    out["bad-json-missing-fields"] = '{"outcome":"denied","perm":"send"}\n'
+    out["bad-garbage"] = "\x00\x01 = \" { } ' \n==\n"
+    out["empty"] = ""
+    return out
+
+
 # ---------------------------------------------------------------- writing
 
 def write(target, name, data):
@@ -512,6 +661,10 @@ def write_synthetic():
             shutil.copyfile(os.path.join(ex, f), os.path.join(SEEDS, "policy", "example-" + f[:-5]))
     for name, text in POLICY_VARIANTS.items():
         write("policy", name, text.lstrip("\n"))
+    for name, data in peer_options().items():
+        write("peer_option", name, data)
+    for name, text in audit_logs().items():
+        write("audit_log", name, text)
     return pkts
 
 
@@ -750,12 +903,14 @@ def main():
     if args.capture_child:
         capture_child(packets())
         return
-    for t in ("packet", "nfqueue_msg", "context", "policy"):
+    for t in ("packet", "nfqueue_msg", "context", "policy", "peer_option", "audit_log"):
         shutil.rmtree(os.path.join(SEEDS, t), ignore_errors=True)
         os.makedirs(os.path.join(SEEDS, t))
     pkts = write_synthetic()
     if args.capture:
         capture(pkts)
+        for name, data in real_peer_options().items():
+            write("peer_option", name, data)
     for t in sorted(os.listdir(SEEDS)):
         print(f"{t}: {len(os.listdir(os.path.join(SEEDS, t)))} seeds")
 
