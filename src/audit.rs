@@ -12,10 +12,10 @@ use crate::counters::Counters;
 use crate::labels::{Hook, Label, ProcessInfo};
 use crate::packet::PacketInfo;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

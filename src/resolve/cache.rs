@@ -4,8 +4,8 @@
 //! one shard for a hash-map operation only, never across I/O. Hits, misses
 //! and evictions are counted into the [`CacheCounters`] given at creation.
 
-use lru::LruCache;
 use foldhash::fast::RandomState;
+use lru::LruCache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
