@@ -24,13 +24,28 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The policy hook the permission corresponds to.
+    /// The policy hook that matches where the permission was recorded
+    /// (`Hook::permission`): `send` at OUTPUT and `forward_out` at
+    /// POSTROUTING are both `output`, `recv` is `input`, `forward_in` is
+    /// `forward`; a permission labelgate does not write is `any`.
     pub fn hook(&self) -> &'static str {
         match self.perm.as_str() {
-            "send" => "output",
+            "send" | "forward_out" => "output",
             "recv" => "input",
-            _ => "forward",
+            "forward_in" => "forward",
+            _ => "any",
         }
+    }
+
+    /// The protocol as a policy names it; `None` also for protocols a
+    /// policy has no name for (numbers).
+    fn policy_proto(&self) -> Option<Proto> {
+        self.proto.filter(|p| !matches!(p, Proto::Other(_)))
+    }
+
+    /// The destination port, for protocols that have ports.
+    fn port(&self) -> Option<u16> {
+        self.dport.filter(|_| self.policy_proto().is_some_and(|p| p.has_ports()))
     }
 }
 
@@ -138,8 +153,8 @@ fn key(e: &Entry) -> Key {
         e.hook().to_string(),
         e.scontext.type_().to_string(),
         e.tcontext.type_().to_string(),
-        e.proto.map(|p| p.to_string()),
-        e.dport,
+        e.policy_proto().map(|p| p.to_string()),
+        e.port(),
     )
 }
 
@@ -147,11 +162,15 @@ fn key(e: &Entry) -> Key {
 /// deduplicated by hook, source type, destination type, protocol and port
 /// (most frequent first), as TOML ready to paste before the deny rules.
 pub fn audit2rules(entries: &[Entry]) -> String {
-    let mut groups: BTreeMap<Key, (usize, std::collections::BTreeSet<String>)> = BTreeMap::new();
+    type Group = (usize, std::collections::BTreeSet<String>, std::collections::BTreeSet<u8>);
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for e in entries.iter().filter(|e| e.denied) {
         let g = groups.entry(key(e)).or_default();
         g.0 += 1;
         g.1.insert(e.rule.clone());
+        if let Some(Proto::Other(n)) = e.proto {
+            g.2.insert(n);
+        }
     }
     let mut v: Vec<_> = groups.into_iter().collect();
     v.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
@@ -159,7 +178,20 @@ pub fn audit2rules(entries: &[Entry]) -> String {
     if v.is_empty() {
         s.push_str("# no denials found\n");
     }
-    for ((hook, st, tt, proto, dport), (n, rules)) in v {
+    for ((hook, st, tt, proto, dport), (n, rules, unnamed)) in v {
+        // Rule names come from the log: escaped, so that no control
+        // character (a newline least of all) can end the comment and put
+        // text of the log's choosing into the proposal.
+        let denied_by: Vec<String> = rules.iter().map(|r| r.escape_debug().to_string()).collect();
+        let _ = writeln!(s, "# {n} denial(s), denied by: {}", denied_by.join(", "));
+        if !unnamed.is_empty() {
+            let list: Vec<String> = unnamed.iter().map(u8::to_string).collect();
+            let _ = writeln!(
+                s,
+                "# protocol(s) {} have no name in a policy: this rule matches every protocol",
+                list.join(", ")
+            );
+        }
         let mut name = format!("allow-{st}-to-{tt}");
         if let Some(p) = &proto {
             name.push('-');
@@ -169,7 +201,6 @@ pub fn audit2rules(entries: &[Entry]) -> String {
             let _ = write!(name, "-{d}");
         }
         let _ = write!(name, "-{hook}");
-        let _ = writeln!(s, "# {n} denial(s), denied by: {}", rules.into_iter().collect::<Vec<_>>().join(", "));
         let _ = writeln!(s, "[[rule]]\nname = \"{name}\"\nhook = \"{hook}\"\nsource = \"{st}\"\ndest = \"{tt}\"");
         if let Some(p) = proto {
             let _ = writeln!(s, "proto = \"{p}\"");
@@ -243,6 +274,38 @@ mod tests {
         let p = crate::policy::Policy::from_toml(&out, "proposed").unwrap();
         assert_eq!(p.rules.len(), 2);
         assert_eq!(audit2rules(&[]), "# no denials found\n");
+    }
+
+    /// Found by the `audit_log` fuzz target: each proposal compiles and
+    /// accepts the packet its denial was recorded for.
+    #[test]
+    fn proposals_from_odd_records_compile_and_accept() {
+        use crate::policy::HookSel;
+        let rec = |perm: &str, proto: u8, dest: u16, rule: &str| {
+            format!(
+                "{{\"outcome\":\"denied\",\"perm\":\"{perm}\",\"scontext\":\"u:r:a_t:s0\",\
+                 \"tcontext\":\"u:r:b_t:s0\",\"proto\":\"{proto}\",\"dest\":{dest},\"permissive\":0,\"rule\":{rule}}}"
+            )
+        };
+        for (line, hook) in [
+            (rec("forward_out", 6, 5432, "\"r\""), HookSel::Output),
+            (rec("send", 1, 5432, "\"r\""), HookSel::Output),
+            (rec("recv", 47, 0, "\"r\""), HookSel::Input),
+            (rec("send", 6, 80, "\"x\\n[[rule]]\\nname = \\\"evil\\\"\\nverdict = \\\"accept\\\"\""), HookSel::Output),
+        ] {
+            let (entries, skipped) = parse_text(&line);
+            assert_eq!((entries.len(), skipped), (1, 0), "{line}");
+            let text = audit2rules(&entries);
+            let p = crate::policy::Policy::from_toml(&text, "p.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(p.rules.len(), 1, "one rule, nothing injected:\n{text}");
+            assert!(!text.contains("evil\"\n"), "{text}");
+            let r = &p.rules[0];
+            assert_eq!(r.hook, hook, "{text}");
+            let e = &entries[0];
+            if e.proto.is_some_and(|p| !p.has_ports()) {
+                assert!(r.dport.is_none(), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -680,29 +680,7 @@ fn hook_of_perm(perm: &str) -> Option<Hook> {
 /// fails [`audit_log_strict`] and passes [`audit_log`], and fails once the bug
 /// is fixed, so that its line here is removed.
 pub type KnownBug = (&'static str, fn(&Entry) -> bool);
-pub const KNOWN_OPEN_BUGS: &[KnownBug] = &[
-    // A `forward_out` denial is recorded at POSTROUTING (`Hook::permission`),
-    // which policy hook "output" matches, but `Entry::hook` maps every
-    // permission other than send/recv to "forward", so `audit2rules`
-    // proposes a rule that does not accept the packet it was made from.
-    ("forward-out-proposed-at-forward", |e| e.denied && e.perm == "forward_out"),
-    // `audit2rules` writes the names of the rules that denied (the records'
-    // `rule` field, read from the log) unescaped into a TOML comment line: a
-    // control character there (CR, or LF from a JSON record) makes the
-    // proposal fail to compile, and an LF lets a record inject TOML (whole
-    // rules) into the proposal.
-    // A record with a destination port and a protocol without ports (ICMP,
-    // say: `proto=1 dest=5432`) gets a proposed rule with `dport` and that
-    // protocol, which `Policy::from_toml` refuses.
-    ("dport-with-portless-proto", |e| e.denied && e.dport.is_some() && e.proto.is_some_and(|p| !p.has_ports())),
-    // A record of a protocol the policy has no name for (`proto=47`, GRE,
-    // which labelgate records as a number) gets `proto = "47"`, which
-    // `Policy::from_toml` refuses (only tcp/udp/icmp/icmpv6/sctp/any).
-    ("unnamed-proto", |e| e.denied && matches!(e.proto, Some(Proto::Other(_)))),
-    ("rule-name-control-char-in-comment", |e| {
-        e.denied && e.rule.chars().any(|c| matches!(c, '\0'..='\x08' | '\n'..='\x1f' | '\x7f'))
-    }),
-];
+pub const KNOWN_OPEN_BUGS: &[KnownBug] = &[];
 
 fn check_audit2rules(entries: &[Entry]) {
     let proposal = auditlog::audit2rules(entries);
