@@ -75,9 +75,17 @@ pub fn scan(proc_root: &Path) -> io::Result<Scan> {
 }
 
 /// The fd at which process `pid` holds socket `inode`, if it does: one
-/// directory read and one `readlink` per fd of that process only.
+/// directory read and one `readlink` per fd of that process only, highest
+/// fd first (a process's newest descriptor is most often its highest).
 pub fn find_in(proc_root: &Path, pid: u32, inode: u32) -> Option<u32> {
-    socket_fds(proc_root, pid).find(|&(_, ino)| ino == inode).map(|(fd, _)| fd)
+    let dir = proc_root.join(pid.to_string()).join("fd");
+    let mut fds: Vec<u32> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .collect();
+    fds.sort_unstable_by(|a, b| b.cmp(a));
+    fds.into_iter().find(|&fd| holds(proc_root, pid, fd, inode))
 }
 
 fn fd_path(proc_root: &Path, pid: u32, fd: u32) -> PathBuf {
