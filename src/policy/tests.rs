@@ -325,3 +325,104 @@ fn identical_patterns_are_shared() {
 fn compiled_rules_stay_small() {
     assert!(std::mem::size_of::<Rule>() <= 240, "{}", std::mem::size_of::<Rule>());
 }
+
+/// Context patterns for the randomized index test: absent, wildcards,
+/// single types, sets (small, and large enough that a rule naming two of
+/// them is indexed by one side only), full contexts with and without a type.
+const PATTERNS: &[Option<&str>] = &[
+    None,
+    Some("*"),
+    Some("t0_t"),
+    Some("t1_t"),
+    Some("t2_t"),
+    Some("@small"),
+    Some("@other"),
+    Some("@big"),
+    Some("u:r:t0_t"),
+    Some("u:*:t1_t:s0"),
+    Some("v:*:@small"),
+    Some("*:*:*"),
+    Some("u:*:*:s0"),
+    Some("*:*:@big:s0"),
+];
+
+/// Packet types: named by patterns, only in a set, or named nowhere.
+const TYPES: &[&str] = &["t0_t", "t1_t", "t2_t", "t3_t", "t7_t", "t11_t", "zz_t"];
+
+fn random_policy_text(rules: &[(usize, usize, u8)]) -> String {
+    let mut s = String::from(
+        "default = \"drop\"\n[sets]\nsmall = [\"t0_t\", \"t3_t\"]\nother = [\"t1_t\", \"t2_t\", \"t3_t\"]\n\
+         big = [\"t0_t\", \"t1_t\", \"t2_t\", \"t3_t\", \"t4_t\", \"t5_t\", \"t6_t\", \"t7_t\", \"t8_t\", \"t9_t\"]\n",
+    );
+    for (i, &(src, dst, extra)) in rules.iter().enumerate() {
+        s.push_str(&format!("\n[[rule]]\nname = \"r{i}\"\n"));
+        if let Some(p) = PATTERNS[src % PATTERNS.len()] {
+            s.push_str(&format!("source = \"{p}\"\n"));
+        }
+        if let Some(p) = PATTERNS[dst % PATTERNS.len()] {
+            s.push_str(&format!("dest = \"{p}\"\n"));
+        }
+        match extra % 4 {
+            0 => s.push_str("proto = \"tcp\"\ndport = 1\n"),
+            1 => s.push_str("hook = \"input\"\n"),
+            _ => {}
+        }
+        s.push_str(if extra % 3 == 0 { "verdict = \"drop\"\n" } else { "verdict = \"accept\"\n" });
+    }
+    s
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// The indexed decision is the linear scan's, for random policies mixing
+    /// type pairs, single types, sets and wildcards; candidates come in rule
+    /// order without repeats.
+    #[test]
+    fn index_agrees_with_linear_scan(
+        rules in proptest::collection::vec((0usize..64, 0usize..64, 0u8..12), 0..40),
+        packets in proptest::collection::vec((0usize..16, 0usize..16, 0u8..2, 0u8..4, 1u16..3), 1..24),
+    ) {
+        let p = Policy::from_toml(&random_policy_text(&rules), "t").unwrap();
+        for (s, d, user, hook, port) in packets {
+            let ctx = |t: usize| {
+                let user = if user == 0 { "u" } else { "v" };
+                format!("{user}:r:{}:s0", TYPES[t % TYPES.len()])
+            };
+            let l = labels(&ctx(s), &ctx(d));
+            let hook = [Hook::Input, Hook::Output, Hook::Forward, Hook::Prerouting][hook as usize];
+            let pkt = tcp_to(port);
+            let none = || None;
+            let f = Facts { hook, pkt: &pkt, labels: &l, iif: &none, oif: &none };
+            let scan = p.rules.iter().position(|r| r.check(&f).is_ok());
+            proptest::prop_assert_eq!(p.first_match(&f), scan);
+            let c: Vec<u32> = p.candidates(&l).collect();
+            proptest::prop_assert!(c.windows(2).all(|w| w[0] < w[1]), "{:?}", c);
+            // Every rule that matches is a candidate (not only the first).
+            for (i, r) in p.rules.iter().enumerate() {
+                if r.check(&f).is_ok() {
+                    proptest::prop_assert!(c.contains(&(i as u32)), "rule {} matches but is no candidate", i);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pairs_narrow_the_candidates() {
+    // Many rules share a source type; a packet is checked only against those
+    // naming its (source, dest) pair, its source alone, its dest alone, or neither.
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&format!(
+            "[[rule]]\nname = \"p{i}\"\nsource = \"a_t\"\ndest = \"d{i}_t\"\nverdict = \"accept\"\n"
+        ));
+    }
+    text.push_str("[[rule]]\nname = \"src\"\nsource = \"a_t\"\nproto = \"udp\"\nverdict = \"drop\"\n");
+    text.push_str("[[rule]]\nname = \"dst\"\ndest = \"d5_t\"\nproto = \"udp\"\nverdict = \"drop\"\n");
+    text.push_str("[[rule]]\nname = \"any\"\nproto = \"udp\"\nverdict = \"drop\"\n");
+    let p = Policy::from_toml(&text, "t").unwrap();
+    assert_eq!(p.candidates(&labels("u:r:a_t", "u:r:d5_t")).collect::<Vec<_>>(), vec![5, 100, 101, 102]);
+    assert_eq!(p.candidates(&labels("u:r:a_t", "u:r:x_t")).collect::<Vec<_>>(), vec![100, 102]);
+    assert_eq!(p.candidates(&labels("u:r:x_t", "u:r:d7_t")).collect::<Vec<_>>(), vec![102]);
+    assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &labels("u:r:a_t", "u:r:d7_t")).rule), "p7");
+}
