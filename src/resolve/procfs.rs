@@ -31,11 +31,6 @@ fn socket_inode(target: &[u8]) -> Option<u32> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn link_inode(path: &Path) -> Option<u32> {
-    let t = std::fs::read_link(path).ok()?;
-    socket_inode(t.as_os_str().as_bytes())
-}
-
 /// The numeric entries of `<proc>`: the pids of every process.
 pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
     let mut out = Vec::new();
@@ -48,14 +43,24 @@ pub fn pids(proc_root: &Path) -> io::Result<Vec<u32>> {
     Ok(out)
 }
 
+/// The fd numbers of one process, in the directory's order; `None` when it
+/// has exited (or its fds are unreadable).
+fn fd_numbers(proc_root: &Path, pid: u32) -> Option<Vec<u32>> {
+    let dir = proc_root.join(pid.to_string()).join("fd");
+    Some(
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .collect(),
+    )
+}
+
 /// The (fd, socket inode) pairs of one process, in the directory's order;
 /// nothing when it has exited (or its fds are unreadable).
-fn socket_fds(proc_root: &Path, pid: u32) -> impl Iterator<Item = (u32, u32)> {
-    let dir = proc_root.join(pid.to_string()).join("fd");
-    std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|fd| {
-        let n = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok())?;
-        Some((n, link_inode(&fd.path())?))
-    })
+fn socket_fds(proc_root: &Path, pid: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let fds = fd_numbers(proc_root, pid).unwrap_or_default();
+    fds.into_iter().filter_map(move |fd| Some((fd, fd_inode(proc_root, pid, fd)?)))
 }
 
 /// One scan of `<proc>/*/fd/*`: every socket inode and the (pid, fd)s that
@@ -78,12 +83,7 @@ pub fn scan(proc_root: &Path) -> io::Result<Scan> {
 /// directory read and one `readlink` per fd of that process only, highest
 /// fd first (a process's newest descriptor is most often its highest).
 pub fn find_in(proc_root: &Path, pid: u32, inode: u32) -> Option<u32> {
-    let dir = proc_root.join(pid.to_string()).join("fd");
-    let mut fds: Vec<u32> = std::fs::read_dir(&dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .collect();
+    let mut fds = fd_numbers(proc_root, pid)?;
     fds.sort_unstable_by(|a, b| b.cmp(a));
     fds.into_iter().find(|&fd| holds(proc_root, pid, fd, inode))
 }
@@ -92,27 +92,30 @@ fn fd_path(proc_root: &Path, pid: u32, fd: u32) -> PathBuf {
     proc_root.join(pid.to_string()).join("fd").join(fd.to_string())
 }
 
-/// Whether process `pid` still holds socket `inode` at `fd`: one `readlink`,
-/// with the path and the target on the stack (this runs per packet).
+/// Whether process `pid` still holds socket `inode` at `fd` (one `readlink`;
+/// this runs per packet).
 pub fn holds(proc_root: &Path, pid: u32, fd: u32, inode: u32) -> bool {
+    fd_inode(proc_root, pid, fd) == Some(inode)
+}
+
+/// The socket inode `/proc/PID/fd/FD` links to, if it is a socket: one
+/// `readlink`, with the path and the target on the stack.
+fn fd_inode(proc_root: &Path, pid: u32, fd: u32) -> Option<u32> {
     use std::io::Write as _;
     let mut path = [0u8; 128];
     let len = {
         let mut w = &mut path[..];
         // A root too long for the buffer takes the allocating way.
         if w.write_all(proc_root.as_os_str().as_bytes()).is_err() || write!(w, "/{pid}/fd/{fd}\0").is_err() {
-            return link_inode(&fd_path(proc_root, pid, fd)) == Some(inode);
+            let t = std::fs::read_link(fd_path(proc_root, pid, fd)).ok()?;
+            return socket_inode(t.as_os_str().as_bytes());
         }
         128 - w.len()
     };
-    let Some(Ok(cpath)) = path.get(..len).map(std::ffi::CStr::from_bytes_with_nul) else {
-        return false;
-    };
+    let cpath = std::ffi::CStr::from_bytes_with_nul(path.get(..len)?).ok()?;
     let mut target = [0u8; 64];
-    match crate::sys::readlink(cpath, &mut target) {
-        Ok(n) => target.get(..n).and_then(socket_inode) == Some(inode),
-        Err(_) => false,
-    }
+    let n = crate::sys::readlink(cpath, &mut target).ok()?;
+    target.get(..n).and_then(socket_inode)
 }
 
 /// Whether `/proc/PID` exists.
