@@ -390,19 +390,18 @@ impl QueueSocket {
         }
         self.batch.clear();
         self.ends.clear();
-        let mut held = 0;
-        while held < max {
+        // Held-back packet messages first (each a whole message, as it came
+        // in), then datagrams from the socket; each datagram may hold
+        // several messages, of which only packet messages count to `max`.
+        let mut packets = 0;
+        while packets < max {
             let Some(msg) = self.pending.pop_front() else {
                 break;
             };
             self.batch.extend_from_slice(&msg);
             self.ends.push(self.batch.len());
-            held += 1;
+            packets += 1;
         }
-        // Datagrams from the socket; each may hold several messages, of
-        // which only packet messages count towards `max`.
-        let mut packets = held;
-        let mut from = self.batch.len();
         while packets < max {
             let n = match self.recv_raw(libc::MSG_DONTWAIT) {
                 Ok(n) => n,
@@ -414,43 +413,24 @@ impl QueueSocket {
                     break;
                 }
             };
+            let from = self.batch.len();
             self.batch.extend_from_slice(self.rx.get(..n).unwrap_or(&[]));
-            let mut off = 0;
-            let buf = self.batch.get(from..).unwrap_or(&[]);
-            while let Some((ty, _, _)) = next_msg(buf, &mut off) {
-                if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-                    packets += 1;
-                }
-            }
-            from = self.batch.len();
-            self.ends.push(from);
+            packets += packet_msgs(self.batch.get(from..).unwrap_or(&[])).count();
+            self.ends.push(self.batch.len());
         }
         let received = Instant::now();
 
         let mut delivered = 0;
         let mut start = 0;
-        for (i, &end) in self.ends.iter().enumerate() {
-            let chunk = self.batch.get(start..end).unwrap_or(&[]);
-            start = end;
-            if i < held {
-                // A held-back message is one packet message.
-                match parse_packet(chunk.get(NLMSG_HDRLEN..).unwrap_or(&[])) {
+        for &end in &self.ends {
+            for msg in packet_msgs(self.batch.get(start..end).unwrap_or(&[])) {
+                match parse_packet(msg.get(NLMSG_HDRLEN..).unwrap_or(&[])) {
                     Ok(p) => f(&p, received),
                     Err(e) => bad(e),
                 }
                 delivered += 1;
-                continue;
             }
-            let mut off = 0;
-            while let Some((ty, _, msg)) = next_msg(chunk, &mut off) {
-                if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-                    match parse_packet(msg.get(NLMSG_HDRLEN..).unwrap_or(&[])) {
-                        Ok(p) => f(&p, received),
-                        Err(e) => bad(e),
-                    }
-                    delivered += 1;
-                }
-            }
+            start = end;
         }
         Ok(delivered)
     }
@@ -493,6 +473,14 @@ impl QueueSocket {
 }
 
 /// Next netlink message in `buf` at `*off`: (type, seq, whole message).
+/// The packet messages (header included) of one datagram, in order.
+fn packet_msgs(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut off = 0;
+    std::iter::from_fn(move || next_msg(buf, &mut off))
+        .filter(|(ty, _, _)| *ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)
+        .map(|(_, _, msg)| msg)
+}
+
 fn next_msg<'a>(buf: &'a [u8], off: &mut usize) -> Option<(u16, u32, &'a [u8])> {
     let rest = buf.get(*off..)?;
     let len = u32_at(rest, 0)? as usize;
