@@ -299,6 +299,21 @@ impl FlowEntry {
         };
         self.at.elapsed() < ttl
     }
+
+    /// What this entry answers without asking the kernel, if it may answer
+    /// at all (within its TTL, and not a listener standing in for a
+    /// connection): a remembered reason, the holder a closed socket had, or
+    /// for a socket with a holder whatever `held` finds in the owner cache.
+    fn answer(&self, cfg: &ResolverConfig, held: impl FnOnce(DiagSocket) -> Option<LocalEnd>) -> Option<LocalEnd> {
+        if !self.fresh(cfg) || self.via_listener {
+            return None;
+        }
+        match (self.socket, self.no_owner, &self.closed) {
+            (_, _, Some(o)) => Some(o.end_of(self.socket.ok())),
+            (Ok(_), Some(reason), _) | (Err(reason), _, _) => Some(LocalEnd::unlabeled(reason)),
+            (Ok(ds), None, None) => held(ds),
+        }
+    }
 }
 
 /// Cache hits of a cache-only resolution, counted only if it answers.
@@ -519,20 +534,12 @@ impl SocketResolver {
         let syn = pk.syn;
         let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
         let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
-        if let Some(e) = &cached {
-            if e.fresh(&self.cfg) && !e.via_listener {
-                match (e.socket, e.no_owner, &e.closed) {
-                    (_, _, Some(o)) => return o.end_of(e.socket.ok()),
-                    (Ok(_), Some(reason), _) | (Err(reason), _, _) => return LocalEnd::unlabeled(reason),
-                    // A held socket is answered from the caches; one whose
-                    // holder is gone (or unknown) is asked about again.
-                    (Ok(ds), None, None) => {
-                        if let Some(end) = self.owner_of(&ds, proto, true, pk.received) {
-                            return end;
-                        }
-                    }
-                }
-            }
+        // A held socket is answered from the caches; one whose holder is
+        // gone (or unknown) is asked about again.
+        let answer =
+            cached.as_ref().and_then(|e| e.answer(&self.cfg, |ds| self.owner_of(&ds, proto, true, pk.received)));
+        if let Some(end) = answer {
+            return end;
         }
         let previous = cached.as_ref().and_then(|e| e.socket.ok());
         let found = self.query(proto, key.local, key.remote, previous.is_some());
@@ -613,16 +620,12 @@ impl SocketResolver {
             return None;
         }
         let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
-        let e = self.flows.get(&key, &CacheCounters::default()).filter(|e| e.fresh(&self.cfg) && !e.via_listener)?;
-        let end = match (e.socket, e.no_owner, &e.closed) {
-            (_, _, Some(o)) => o.end_of(e.socket.ok()),
-            (Ok(_), Some(reason), _) | (Err(reason), _, _) => LocalEnd::unlabeled(reason),
-            (Ok(ds), None, None) => {
-                let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
-                hits.owner.set(hits.owner.get() + 1);
-                end
-            }
-        };
+        let e = self.flows.get(&key, &CacheCounters::default())?;
+        let end = e.answer(&self.cfg, |ds| {
+            let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
+            hits.owner.set(hits.owner.get() + 1);
+            Some(end)
+        })?;
         hits.flow.set(hits.flow.get() + 1);
         Some(end)
     }
