@@ -21,7 +21,7 @@ pub enum Severity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub severity: Severity,
-    pub line: usize,
+    pub line: u32,
     pub message: String,
 }
 
@@ -36,6 +36,7 @@ fn opt_covers<T>(a: &Option<T>, b: &Option<T>, covers: impl Fn(&T, &T) -> bool) 
 /// Whether rule `a` matches every packet rule `b` matches (conservative).
 pub fn covers(a: &Rule, b: &Rule) -> bool {
     let pat = |x: &std::sync::Arc<ContextPattern>, y: &std::sync::Arc<ContextPattern>| x.covers(y);
+    let (ra, rb) = (a.rare(), b.rare());
     (a.hook == HookSel::Any || a.hook == b.hook)
         && opt_covers(&a.proto, &b.proto, |x, y| x == y)
         && opt_covers(&a.sport, &b.sport, |x, y| x.covers(y))
@@ -43,17 +44,17 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
         && opt_covers(&a.saddr, &b.saddr, |x, y| x.covers(y))
         && opt_covers(&a.daddr, &b.daddr, |x, y| x.covers(y))
         && opt_covers(&a.uid, &b.uid, |x, y| x.covers(y))
-        && opt_covers(&a.gid, &b.gid, |x, y| x.covers(y))
-        && opt_covers(&a.iif, &b.iif, |x, y| x == y)
-        && opt_covers(&a.oif, &b.oif, |x, y| x == y)
+        && opt_covers(&ra.gid, &rb.gid, |x, y| x.covers(y))
+        && opt_covers(&ra.iif, &rb.iif, |x, y| x == y)
+        && opt_covers(&ra.oif, &rb.oif, |x, y| x == y)
         && opt_covers(&a.source, &b.source, pat)
         && opt_covers(&a.dest, &b.dest, pat)
-        && opt_covers(&a.secmark, &b.secmark, pat)
-        && opt_covers(&a.peer, &b.peer, pat)
-        && opt_covers(&a.source_level, &b.source_level, |x, y| x == y)
-        && opt_covers(&a.dest_level, &b.dest_level, |x, y| x == y)
-        && opt_covers(&a.peer_level, &b.peer_level, |x, y| x == y)
-        && opt_covers(&a.mls, &b.mls, |x, y| x == y)
+        && opt_covers(&ra.secmark, &rb.secmark, pat)
+        && opt_covers(&ra.peer, &rb.peer, pat)
+        && opt_covers(&ra.source_level, &rb.source_level, |x, y| x == y)
+        && opt_covers(&ra.dest_level, &rb.dest_level, |x, y| x == y)
+        && opt_covers(&ra.peer_level, &rb.peer_level, |x, y| x == y)
+        && opt_covers(&ra.mls, &rb.mls, |x, y| x == y)
 }
 
 /// Every type a policy names (patterns, sets, permissive domains).
@@ -63,7 +64,7 @@ pub fn named_types(p: &Policy) -> Vec<String> {
         v.extend(types.iter().cloned());
     }
     for r in &p.rules {
-        for pat in [&r.source, &r.dest, &r.secmark, &r.peer].into_iter().flatten() {
+        for pat in [&r.source, &r.dest, &r.rare().secmark, &r.rare().peer].into_iter().flatten() {
             if let TypePattern::One(t) = &pat.type_ {
                 v.push(t.to_string());
             }
@@ -179,7 +180,10 @@ pub fn lint_with_budget(p: &Policy, budget: u64) -> Vec<Finding> {
                 ));
             }
         }
-        if (b.peer.is_some() || b.peer_level.is_some()) && p.dois.is_empty() && p.address_labels.is_empty() {
+        if (b.rare().peer.is_some() || b.rare().peer_level.is_some())
+            && p.dois.is_empty()
+            && p.address_labels.is_empty()
+        {
             out.push(warn(
                 b.line,
                 format!("rule {:?} can never match: it needs a peer label, but the policy has no [[doi]] and no [[address_label]]", b.name),
@@ -291,7 +295,7 @@ verdict = "drop"
     }
 
     fn shadowed(p: &Policy, findings: &[Finding]) -> Vec<(usize, usize)> {
-        let line_of = |l: usize| p.rules.iter().position(|r| r.line == l).unwrap();
+        let line_of = |l: u32| p.rules.iter().position(|r| r.line == l).unwrap();
         findings
             .iter()
             .filter(|f| f.message.contains("is shadowed by"))

@@ -36,12 +36,41 @@ impl std::str::FromStr for Endpoint {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// A label value escaped for the text format (`\\`, `\"`, `\n`).
+struct Esc<'a>(&'a str);
+
+impl std::fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Render every metric.
-pub fn render(engine: &Engine, queues: &[u16]) -> String {
+/// Write every metric to `out`. The per-rule hit counters (one line per
+/// rule: 100,000 lines for 100,000 rules) are streamed rather than built up
+/// in memory first.
+pub fn write_all(out: &mut dyn Write, engine: &Engine, queues: &[u16]) -> std::io::Result<()> {
+    let loaded = engine.current();
+    out.write_all(render_counters(engine, queues).as_bytes())?;
+    writeln!(
+        out,
+        "# HELP labelgate_rule_hits_total Packets decided by each rule of the running policy.\n# TYPE labelgate_rule_hits_total counter"
+    )?;
+    for r in &loaded.policy.rules {
+        writeln!(out, "labelgate_rule_hits_total{{rule=\"{}\"}} {}", Esc(&r.name), r.hits.load(Relaxed))?;
+    }
+    Ok(())
+}
+
+/// Every metric but the per-rule hits.
+fn render_counters(engine: &Engine, queues: &[u16]) -> String {
     let c: &Counters = &engine.counters;
     let mut s = String::with_capacity(4096);
     let counter = |s: &mut String, name: &str, help: &str, rows: Vec<(String, u64)>| {
@@ -101,12 +130,6 @@ pub fn render(engine: &Engine, queues: &[u16]) -> String {
         ],
     );
     let loaded = engine.current();
-    counter(
-        &mut s,
-        "labelgate_rule_hits_total",
-        "Packets decided by each rule of the running policy.",
-        loaded.policy.rules.iter().map(|r| (format!("{{rule=\"{}\"}}", esc(&r.name)), r.hits.load(Relaxed))).collect(),
-    );
     let kstats: Vec<KernelQueueStats> = queues.iter().filter_map(|q| KernelQueueStats::read(*q)).collect();
     counter(
         &mut s,
@@ -183,12 +206,13 @@ fn respond(mut conn: impl Read + Write, engine: &Engine, queues: &[u16]) {
     // Read (and ignore) the request head; any path gets the metrics.
     let mut buf = [0u8; 2048];
     let _ = conn.read(&mut buf);
-    let body = render(engine, queues);
-    let _ = write!(
-        conn,
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    // HTTP/1.0 without a length: the body ends when the connection closes,
+    // so it can be streamed.
+    let mut out = std::io::BufWriter::with_capacity(16 * 1024, conn);
+    let _ = out
+        .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n\r\n")
+        .and_then(|()| write_all(&mut out, engine, queues))
+        .and_then(|()| out.flush());
 }
 
 /// Start the metrics server thread.
@@ -254,6 +278,12 @@ mod tests {
         let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
         assert_eq!(uid, Some(me));
         drop(c);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(Esc("web-to-db").to_string(), "web-to-db");
+        assert_eq!(Esc("a\\b\"c\nd").to_string(), "a\\\\b\\\"c\\nd");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use labelgate::labels::{Hook, Label, Labels, Origin};
 use labelgate::mls::{Level, Range, CATEGORY_COUNT};
 use labelgate::packet::{self, LabelOption, PacketInfo, Proto};
 use labelgate::policy::pattern::{ContextPattern, LevelCond, PortSet, TypePattern, TypeSet};
-use labelgate::policy::{AddressLabel, DoiMap, Facts, Mode, Policy, PolicyError, Verdict};
+use labelgate::policy::{AddressLabel, DoiMap, Facts, Mode, Policy, PolicyError, RareConds, Verdict};
 use labelgate::resolve::{self, peer, PeerConfig, PeerOutcome};
 use labelgate::sys::nfqueue;
 use std::collections::HashSet;
@@ -245,20 +245,24 @@ pub fn policy(data: &[u8]) {
     for r in &p.rules {
         assert!(names.insert(r.name.as_str()), "duplicate rule {:?}", r.name);
         assert!(!r.name.is_empty() && !r.name.contains(char::is_whitespace));
-        assert!((1..=lines).contains(&r.line), "rule {:?} at line {}", r.name, r.line);
-        for pat in [&r.source, &r.dest, &r.secmark, &r.peer].into_iter().flatten() {
+        assert!((1..=lines).contains(&(r.line as usize)), "rule {:?} at line {}", r.name, r.line);
+        let rare = r.rare();
+        if let Some(boxed) = &r.rare {
+            assert!(**boxed != RareConds::default(), "rule {:?} boxes no rare condition", r.name);
+        }
+        for pat in [&r.source, &r.dest, &rare.secmark, &rare.peer].into_iter().flatten() {
             check_pattern(pat, &sets);
         }
-        for cond in [&r.source_level, &r.dest_level, &r.peer_level].into_iter().flatten() {
+        for cond in [&rare.source_level, &rare.dest_level, &rare.peer_level].into_iter().flatten() {
             check_level_cond(cond);
         }
         for ports in [&r.sport, &r.dport].into_iter().flatten() {
             let shown = ports.to_string();
             let items = shown.split(',').map(PortSet::parse_item).collect::<Result<Vec<_>, _>>();
-            assert_eq!(items.and_then(PortSet::new).as_ref(), Ok(ports), "ports {shown:?}");
+            assert_eq!(items.and_then(PortSet::new).as_ref(), Ok(&**ports), "ports {shown:?}");
             assert!(r.proto.is_some_and(Proto::has_ports));
         }
-        for iface in [&r.iif, &r.oif].into_iter().flatten() {
+        for iface in [&rare.iif, &rare.oif].into_iter().flatten() {
             assert!(!iface.is_empty() && iface.len() < 16 && !iface.contains('/'));
         }
     }

@@ -93,35 +93,71 @@ pub enum DoiMap {
     Pass,
 }
 
-/// One compiled rule. Context patterns and level conditions are shared
-/// (`Arc`) among the rules that write them the same way.
+/// One compiled rule. Context patterns, level conditions and port, id and
+/// address sets are shared (`Arc`) among the rules that write them the same
+/// way, and the conditions few rules use live out of line in [`RareConds`],
+/// so a rule is about 110 bytes (at 100,000 rules memory is a budget: see
+/// docs/PERFORMANCE.md).
 #[derive(Debug)]
 pub struct Rule {
-    pub name: String,
-    pub hook: HookSel,
+    pub name: compact_str::CompactString,
     pub source: Option<Arc<ContextPattern>>,
     pub dest: Option<Arc<ContextPattern>>,
+    pub uid: Option<Arc<IdSet>>,
+    pub sport: Option<Arc<PortSet>>,
+    pub dport: Option<Arc<PortSet>>,
+    pub saddr: Option<Arc<NetSet>>,
+    pub daddr: Option<Arc<NetSet>>,
+    /// The rarely written conditions; `None` when the rule has none of them.
+    pub rare: Option<Box<RareConds>>,
+    pub hits: AtomicU64,
+    /// Line of the rule in the policy file.
+    pub line: u32,
+    pub hook: HookSel,
+    pub proto: Option<Proto>,
+    pub verdict: Verdict,
+    pub permissive: bool,
+    pub audit: bool,
+}
+
+/// The conditions of a rule that few rules write.
+#[derive(Debug, Default, PartialEq)]
+pub struct RareConds {
     pub secmark: Option<Arc<ContextPattern>>,
     pub peer: Option<Arc<ContextPattern>>,
     pub source_level: Option<Arc<LevelCond>>,
     pub dest_level: Option<Arc<LevelCond>>,
     pub peer_level: Option<Arc<LevelCond>>,
     pub mls: Option<MlsRelation>,
-    pub uid: Option<IdSet>,
-    pub gid: Option<IdSet>,
-    pub proto: Option<Proto>,
-    pub sport: Option<PortSet>,
-    pub dport: Option<PortSet>,
-    pub saddr: Option<NetSet>,
-    pub daddr: Option<NetSet>,
+    pub gid: Option<Arc<IdSet>>,
     pub iif: Option<Box<str>>,
     pub oif: Option<Box<str>>,
-    pub verdict: Verdict,
-    pub permissive: bool,
-    pub audit: bool,
-    /// Line of the rule in the policy file.
-    pub line: usize,
-    pub hits: AtomicU64,
+}
+
+static NO_RARE: RareConds = RareConds {
+    secmark: None,
+    peer: None,
+    source_level: None,
+    dest_level: None,
+    peer_level: None,
+    mls: None,
+    gid: None,
+    iif: None,
+    oif: None,
+};
+
+impl RareConds {
+    /// Boxed if any condition is set (a rule without any stores nothing).
+    pub fn boxed(self) -> Option<Box<RareConds>> {
+        (self != NO_RARE).then(|| Box::new(self))
+    }
+}
+
+impl Rule {
+    /// The rule's rare conditions (all `None` when it has none).
+    pub fn rare(&self) -> &RareConds {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
 }
 
 /// The facts a decision is made on.
@@ -203,6 +239,7 @@ impl Rule {
     pub fn check(&self, f: &Facts<'_>) -> Result<(), Mismatch> {
         let l = f.labels;
         let p = f.pkt;
+        let rare = self.rare();
         check(self.hook.matches(f.hook), Mismatch::Hook)?;
         check(self.proto.is_none_or(|x| x == p.proto), Mismatch::Proto)?;
         check(self.sport.as_ref().is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))), Mismatch::Sport)?;
@@ -210,23 +247,23 @@ impl Rule {
         check(self.saddr.as_ref().is_none_or(|s| s.contains(&p.src)), Mismatch::Saddr)?;
         check(self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)), Mismatch::Daddr)?;
         check(self.uid.as_ref().is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))), Mismatch::Uid)?;
-        check(self.gid.as_ref().is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))), Mismatch::Gid)?;
-        check(self.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(&**n)), Mismatch::Iif)?;
-        check(self.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(&**n)), Mismatch::Oif)?;
+        check(rare.gid.as_ref().is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))), Mismatch::Gid)?;
+        check(rare.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(&**n)), Mismatch::Iif)?;
+        check(rare.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(&**n)), Mismatch::Oif)?;
         check(self.source.as_ref().is_none_or(|c| c.matches(&l.source.context)), Mismatch::Source)?;
         check(self.dest.as_ref().is_none_or(|c| c.matches(&l.dest.context)), Mismatch::Dest)?;
         check(
-            self.secmark.as_ref().is_none_or(|c| l.secmark.as_ref().is_some_and(|s| c.matches(s))),
+            rare.secmark.as_ref().is_none_or(|c| l.secmark.as_ref().is_some_and(|s| c.matches(s))),
             Mismatch::Secmark,
         )?;
         check(
-            self.peer.as_ref().is_none_or(|c| l.peer.as_ref().is_some_and(|s| c.matches(&s.context))),
+            rare.peer.as_ref().is_none_or(|c| l.peer.as_ref().is_some_and(|s| c.matches(&s.context))),
             Mismatch::Peer,
         )?;
-        check(level_ok(&self.source_level, Some(&l.source.context)), Mismatch::SourceLevel)?;
-        check(level_ok(&self.dest_level, Some(&l.dest.context)), Mismatch::DestLevel)?;
-        check(level_ok(&self.peer_level, l.peer.as_ref().map(|p| &p.context)), Mismatch::PeerLevel)?;
-        if let Some(rel) = self.mls {
+        check(level_ok(&rare.source_level, Some(&l.source.context)), Mismatch::SourceLevel)?;
+        check(level_ok(&rare.dest_level, Some(&l.dest.context)), Mismatch::DestLevel)?;
+        check(level_ok(&rare.peer_level, l.peer.as_ref().map(|p| &p.context)), Mismatch::PeerLevel)?;
+        if let Some(rel) = rare.mls {
             let ok = match (l.source.context.range(), l.dest.context.range()) {
                 (Some(s), Some(d)) => match rel {
                     MlsRelation::SourceDominatesDest => s.low().dominates(d.low()),

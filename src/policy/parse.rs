@@ -2,7 +2,7 @@
 //! refusal names the file, line and column.
 
 use super::pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortSet};
-use super::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, Policy, Rule, Verdict};
+use super::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, Policy, RareConds, Rule, Verdict};
 use crate::packet::Proto;
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -554,6 +554,19 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 struct RuleCompiler {
     patterns: HashMap<Box<str>, Arc<ContextPattern>>,
     levels: HashMap<Box<str>, Arc<LevelCond>>,
+    ports: HashSet<Arc<PortSet>>,
+    ids: HashSet<Arc<IdSet>>,
+    nets: HashSet<Arc<NetSet>>,
+}
+
+/// The shared copy of `v` in `seen`, added if it is new.
+fn intern<T: std::hash::Hash + Eq>(seen: &mut HashSet<Arc<T>>, v: T) -> Arc<T> {
+    if let Some(a) = seen.get(&v) {
+        return a.clone();
+    }
+    let a = Arc::new(v);
+    seen.insert(a.clone());
+    a
 }
 
 impl RuleCompiler {
@@ -672,30 +685,36 @@ fn compile_rule(
             Some(s) => Err(cx.err(s.span(), format!("bad interface name {:?}", s.get_ref()))),
         }
     };
-    Ok(Rule {
-        name,
-        hook: r.hook.unwrap_or(HookSel::Any),
-        source: rc.pattern(cx, &r.source, sets)?,
-        dest: rc.pattern(cx, &r.dest, sets)?,
+    let uid = ids(&r.uid, false)?.map(|v| intern(&mut rc.ids, v));
+    let gid = ids(&r.gid, true)?.map(|v| intern(&mut rc.ids, v));
+    let (saddr, daddr) = (nets(&r.saddr)?, nets(&r.daddr)?);
+    let rare = RareConds {
         secmark: rc.pattern(cx, &r.secmark, sets)?,
         peer: rc.pattern(cx, &r.peer, sets)?,
         source_level: rc.level(cx, &r.source_level)?,
         dest_level: rc.level(cx, &r.dest_level)?,
         peer_level: rc.level(cx, &r.peer_level)?,
         mls: r.mls,
-        uid: ids(&r.uid, false)?,
-        gid: ids(&r.gid, true)?,
-        proto,
-        sport,
-        dport,
-        saddr: nets(&r.saddr)?,
-        daddr: nets(&r.daddr)?,
+        gid,
         iif: iface(&r.iif)?,
         oif: iface(&r.oif)?,
+    };
+    Ok(Rule {
+        name: name.into(),
+        source: rc.pattern(cx, &r.source, sets)?,
+        dest: rc.pattern(cx, &r.dest, sets)?,
+        uid,
+        sport: sport.map(|v| intern(&mut rc.ports, v)),
+        dport: dport.map(|v| intern(&mut rc.ports, v)),
+        saddr: saddr.map(|v| intern(&mut rc.nets, v)),
+        daddr: daddr.map(|v| intern(&mut rc.nets, v)),
+        rare: rare.boxed(),
+        hits: AtomicU64::new(0),
+        line: u32::try_from(cx.line(sr.span().start)).unwrap_or(u32::MAX),
+        hook: r.hook.unwrap_or(HookSel::Any),
+        proto,
         verdict: r.verdict,
         permissive: r.permissive,
         audit: r.audit,
-        line: cx.line(sr.span().start),
-        hits: AtomicU64::new(0),
     })
 }

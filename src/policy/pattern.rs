@@ -197,7 +197,7 @@ impl fmt::Display for ContextPattern {
 }
 
 /// A set of ports: single ports and inclusive ranges.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortSet(Box<[(u16, u16)]>);
 
 impl PortSet {
@@ -257,7 +257,7 @@ impl fmt::Display for PortSet {
 }
 
 /// A set of numeric ids (uids or gids).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdSet(pub Box<[u32]>);
 
 impl IdSet {
@@ -271,7 +271,7 @@ impl IdSet {
 }
 
 /// A set of networks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NetSet(pub Box<[IpNet]>);
 
 impl NetSet {

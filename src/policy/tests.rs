@@ -426,3 +426,41 @@ fn pairs_narrow_the_candidates() {
     assert_eq!(p.candidates(&labels("u:r:x_t", "u:r:d7_t")).collect::<Vec<_>>(), vec![102]);
     assert_eq!(p.rule_name(decide(&p, Hook::Output, &tcp_to(1), &labels("u:r:a_t", "u:r:d7_t")).rule), "p7");
 }
+
+#[test]
+fn a_rule_stays_small() {
+    // At 100,000 rules every byte of `Rule` is 100 kB of resident memory
+    // (docs/PERFORMANCE.md); the rare conditions live out of line.
+    assert!(std::mem::size_of::<Rule>() <= 112, "Rule is {} bytes", std::mem::size_of::<Rule>());
+}
+
+#[test]
+fn equal_sets_are_shared_and_rare_conditions_boxed_only_when_written() {
+    let p = Policy::from_toml(
+        r#"
+        [[rule]]
+        name = "a"
+        proto = "tcp"
+        dport = [80, 443]
+        daddr = "198.18.0.0/15"
+        uid = 48
+        verdict = "accept"
+        [[rule]]
+        name = "b"
+        proto = "tcp"
+        dport = [80, 443]
+        daddr = "198.18.0.0/15"
+        uid = 48
+        gid = 0
+        verdict = "accept"
+        "#,
+        "t",
+    )
+    .unwrap();
+    let (a, b) = (&p.rules[0], &p.rules[1]);
+    assert!(Arc::ptr_eq(a.dport.as_ref().unwrap(), b.dport.as_ref().unwrap()));
+    assert!(Arc::ptr_eq(a.daddr.as_ref().unwrap(), b.daddr.as_ref().unwrap()));
+    assert!(Arc::ptr_eq(a.uid.as_ref().unwrap(), b.uid.as_ref().unwrap()));
+    assert!(a.rare.is_none(), "rule a writes no rare condition");
+    assert_eq!(b.rare().gid.as_deref().map(|g| &*g.0), Some(&[0u32][..]));
+}
