@@ -11,13 +11,20 @@
 //! 2. maps the socket inode to a process holding it ([`procfs`]): the
 //!    holders the last full `/proc` scan saw; else the processes that held
 //!    the sockets found most recently (a server's new connections, a
-//!    client's next socket); else the processes born since the last full
+//!    client's next socket), each first at the fd number it held its last
+//!    socket at (one `readlink`: a closed descriptor's number is the next
+//!    one `socket()` or `accept()` returns), then all its fds; else the
+//!    processes born since the last full
 //!    scan, newest first; and only when all of these fail, a new full scan
 //!    (single flight, shared by the threads that wait for it). A socket that
 //!    a full scan finds no process holding is not scanned for again within
 //!    [`ResolverConfig::negative_ttl`];
-//! 3. reads the socket's label (`security.selinux` of `/proc/PID/fd/N`), or
-//!    failing that the process's (`/proc/PID/attr/current`);
+//! 3. reads the socket's label (`security.selinux` of `/proc/PID/fd/N`, one
+//!    `getxattr`), or failing that the process's (`/proc/PID/attr/current`,
+//!    not read again once it answered that no LSM provides it), and the
+//!    holder's comm and exe for audit records (a recent holder's are reused
+//!    for its next sockets for up to a second, then while its exe link is
+//!    unchanged);
 //! 4. parses CIPSO/CALIPSO options ([`peer`]) and applies static address
 //!    labels from the policy ([`PeerConfig`]).
 //!
@@ -116,7 +123,7 @@ use sockdiag::{DiagProto, DiagSocket, SockDiag};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -347,6 +354,16 @@ impl Owner {
     }
 }
 
+/// Where [`SocketResolver::search_likely`] found a socket's holder.
+struct Likely {
+    pid: u32,
+    fd: u32,
+    /// Born since the last full scan (not a recent holder).
+    new_process: bool,
+    /// The recent holder it was.
+    recent: Option<Recent>,
+}
+
 /// One local end, resolved.
 #[derive(Clone, Debug)]
 struct LocalEnd {
@@ -377,6 +394,23 @@ struct PacketFacts {
 
 /// How many recent holder processes are searched before anything else.
 const RECENT_HOLDERS: usize = 16;
+
+/// How long comm and exe read for a recent holder are used for its next
+/// sockets without reading them again (then its exe link is compared).
+const PROCESS_INFO_REUSE_NS: u64 = 1_000_000_000;
+
+/// A process that held one of the sockets found most recently.
+#[derive(Clone)]
+struct Recent {
+    /// Its process (pid, comm and exe as read then).
+    process: ProcessInfo,
+    /// When comm and exe were read (ns since the resolver's epoch).
+    read_ns: u64,
+    /// The fd it held that socket at: looked at first for its next socket
+    /// (a closed descriptor's number is the next one `socket()` or
+    /// `accept()` returns).
+    fd: u32,
+}
 
 /// What one sock_diag lookup found for a local end.
 #[derive(Clone, Copy, Debug)]
@@ -411,7 +445,9 @@ pub struct SocketResolver {
     owners: RwLock<Arc<procfs::Scan>>,
     /// The processes that held the sockets found most recently, newest
     /// first: where a new socket is looked for first.
-    recent: Mutex<std::collections::VecDeque<u32>>,
+    recent: Mutex<std::collections::VecDeque<Recent>>,
+    /// `/proc/PID/attr/current` answered `EINVAL`: no LSM provides it.
+    no_attr_current: AtomicBool,
     /// Sockets (by inode) that a full scan found no process holding, and
     /// when: not scanned for again within `negative_ttl`.
     holderless: ShardedLru<u32, Instant>,
@@ -437,6 +473,7 @@ impl SocketResolver {
             owners_cache: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
             owners: RwLock::new(Arc::new(map)),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_HOLDERS)),
+            no_attr_current: AtomicBool::new(false),
             holderless: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
             scan: Mutex::new(ScanState { last_start: start }),
             local: RwLock::new(LocalAddrs { at: start, set: local_addrs() }),
@@ -709,9 +746,9 @@ impl SocketResolver {
         if let Some(end) = self.adopt(ds, known, false, t0_ns, &mut gone) {
             return Some(end);
         }
-        if let Some((holder, new_process)) = self.search_likely(ds.inode, &scan.pids) {
-            if let Some(end) = self.adopt(ds, &[holder], true, t0_ns, &mut gone) {
-                bump(if new_process { &self.stats.owner_found_new_process } else { &self.stats.owner_found_recent });
+        if let Some(l) = self.search_likely(ds.inode, &scan.pids) {
+            if let Some(end) = self.adopt_one(ds, (l.pid, l.fd), true, l.recent.as_ref(), t0_ns, &mut gone) {
+                bump(if l.new_process { &self.stats.owner_found_new_process } else { &self.stats.owner_found_recent });
                 return Some(end);
             }
         }
@@ -742,57 +779,84 @@ impl SocketResolver {
         checked: u64,
         gone: &mut bool,
     ) -> Option<LocalEnd> {
+        holders.iter().find_map(|&h| self.adopt_one(ds, h, just_seen, None, checked, gone))
+    }
+
+    /// [`adopt`](Self::adopt) for one holder (pid, fd); `known`: the same
+    /// process as a recent holder, whose comm and exe are reused as they are
+    /// within [`PROCESS_INFO_REUSE_NS`] of their reading, and after that if
+    /// its exe is unchanged.
+    fn adopt_one(
+        &self,
+        ds: &DiagSocket,
+        (pid, fd): (u32, u32),
+        just_seen: bool,
+        known: Option<&Recent>,
+        checked: u64,
+        gone: &mut bool,
+    ) -> Option<LocalEnd> {
         let root = &self.cfg.proc_root;
-        for &(pid, fd) in holders {
-            if !just_seen && !procfs::holds(root, pid, fd, ds.inode) {
-                // The fd was closed (or passed on); only a holder that
-                // exited counts as a process gone.
-                *gone |= !procfs::alive(root, pid);
-                continue;
-            }
-            let label = match procfs::socket_label(root, pid, fd) {
-                Ok(l) => l,
-                Err(procfs::LabelMiss::Gone) => {
-                    *gone = true;
-                    continue;
-                }
-            };
-            let Some(process) = procfs::process_info(root, pid) else {
-                *gone = true;
-                continue;
-            };
-            let now = self.now_ns();
-            let o = Arc::new(Owner { pid, fd, label, process, checked: AtomicU64::new(checked) });
-            // An owner unused for a minute belongs to a socket long idle or gone.
-            self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
-                now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
-            });
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.retain(|&p| p != pid);
-            recent.push_front(pid);
-            recent.truncate(RECENT_HOLDERS);
-            return Some(o.end(ds));
+        if !just_seen && !procfs::holds(root, pid, fd, ds.inode) {
+            // The fd was closed (or passed on); only a holder that
+            // exited counts as a process gone.
+            *gone |= !procfs::alive(root, pid);
+            return None;
         }
-        None
+        let label = match procfs::socket_label(root, pid, fd, &self.no_attr_current) {
+            Ok(l) => l,
+            Err(procfs::LabelMiss::Gone) => {
+                *gone = true;
+                return None;
+            }
+        };
+        let now = self.now_ns();
+        let known = known.filter(|k| k.process.pid == pid);
+        let (process, read_ns) = match known {
+            Some(k) if now.saturating_sub(k.read_ns) < PROCESS_INFO_REUSE_NS => (k.process.clone(), k.read_ns),
+            _ => match procfs::process_info(root, pid, known.map(|k| &k.process)) {
+                Some(p) => (p, now),
+                None => {
+                    *gone = true;
+                    return None;
+                }
+            },
+        };
+        let o = Arc::new(Owner { pid, fd, label, process: process.clone(), checked: AtomicU64::new(checked) });
+        // An owner unused for a minute belongs to a socket long idle or gone.
+        self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
+            now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
+        });
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|r| r.process.pid != pid);
+        recent.push_front(Recent { process, read_ns, fd });
+        recent.truncate(RECENT_HOLDERS);
+        Some(o.end(ds))
     }
 
     /// Look for the holder of a new socket where it most likely is, without
-    /// a full scan: among the processes that held the sockets found last,
-    /// then among the processes that `known_pids` (the last full scan) did
-    /// not see, newest first. The holder as (pid, fd), and whether it was a
-    /// new process.
-    fn search_likely(&self, inode: u32, known_pids: &HashSet<u32>) -> Option<((u32, u32), bool)> {
+    /// a full scan: among the processes that held the sockets found last
+    /// (at the fd each held its last one, then all their fds), then among
+    /// the processes that `known_pids` (the last full scan) did not see,
+    /// newest first.
+    fn search_likely(&self, inode: u32, known_pids: &HashSet<u32>) -> Option<Likely> {
         let root = &self.cfg.proc_root;
-        let recent: Vec<u32> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
-        for &pid in &recent {
-            if let Some(fd) = procfs::find_in(root, pid, inode) {
-                return Some(((pid, fd), false));
+        let recent: Vec<Recent> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        for r in &recent {
+            let pid = r.process.pid;
+            let fd = if procfs::holds(root, pid, r.fd, inode) { Some(r.fd) } else { procfs::find_in(root, pid, inode) };
+            if let Some(fd) = fd {
+                return Some(Likely { pid, fd, new_process: false, recent: Some(r.clone()) });
             }
         }
-        let mut born: Vec<u32> =
-            procfs::pids(root).ok()?.into_iter().filter(|p| !known_pids.contains(p) && !recent.contains(p)).collect();
+        let mut born: Vec<u32> = procfs::pids(root)
+            .ok()?
+            .into_iter()
+            .filter(|p| !known_pids.contains(p) && !recent.iter().any(|r| r.process.pid == *p))
+            .collect();
         born.sort_unstable_by(|a, b| b.cmp(a));
-        born.into_iter().find_map(|pid| procfs::find_in(root, pid, inode).map(|fd| ((pid, fd), true)))
+        born.into_iter().find_map(|pid| {
+            procfs::find_in(root, pid, inode).map(|fd| Likely { pid, fd, new_process: true, recent: None })
+        })
     }
 
     /// The cached holder of a socket, re-validated (one `readlink`) unless

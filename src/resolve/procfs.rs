@@ -8,9 +8,11 @@
 use crate::context::SecurityContext;
 use crate::labels::{Label, Origin, ProcessInfo};
 use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Which processes hold a socket, as (pid, fd) pairs, by socket inode.
@@ -98,21 +100,33 @@ pub fn holds(proc_root: &Path, pid: u32, fd: u32, inode: u32) -> bool {
     fd_inode(proc_root, pid, fd) == Some(inode)
 }
 
+/// `<proc>/PID/<tail>` as a C string in `buf`, built on the stack; `None`
+/// when it does not fit (a proc root of more than ~100 bytes), for which
+/// callers take an allocating way.
+fn proc_cpath<'a>(
+    buf: &'a mut [u8; 128],
+    proc_root: &Path,
+    pid: u32,
+    tail: std::fmt::Arguments<'_>,
+) -> Option<&'a CStr> {
+    use std::io::Write as _;
+    let len = {
+        let mut w = &mut buf[..];
+        w.write_all(proc_root.as_os_str().as_bytes()).ok()?;
+        write!(w, "/{pid}/{tail}\0").ok()?;
+        128 - w.len()
+    };
+    CStr::from_bytes_with_nul(buf.get(..len)?).ok()
+}
+
 /// The socket inode `/proc/PID/fd/FD` links to, if it is a socket: one
 /// `readlink`, with the path and the target on the stack.
 fn fd_inode(proc_root: &Path, pid: u32, fd: u32) -> Option<u32> {
-    use std::io::Write as _;
     let mut path = [0u8; 128];
-    let len = {
-        let mut w = &mut path[..];
-        // A root too long for the buffer takes the allocating way.
-        if w.write_all(proc_root.as_os_str().as_bytes()).is_err() || write!(w, "/{pid}/fd/{fd}\0").is_err() {
-            let t = std::fs::read_link(fd_path(proc_root, pid, fd)).ok()?;
-            return socket_inode(t.as_os_str().as_bytes());
-        }
-        128 - w.len()
+    let Some(cpath) = proc_cpath(&mut path, proc_root, pid, format_args!("fd/{fd}")) else {
+        let t = std::fs::read_link(fd_path(proc_root, pid, fd)).ok()?;
+        return socket_inode(t.as_os_str().as_bytes());
     };
-    let cpath = std::ffi::CStr::from_bytes_with_nul(path.get(..len)?).ok()?;
     let mut target = [0u8; 64];
     let n = crate::sys::readlink(cpath, &mut target).ok()?;
     target.get(..n).and_then(socket_inode)
@@ -123,12 +137,27 @@ pub fn alive(proc_root: &Path, pid: u32) -> bool {
     proc_root.join(pid.to_string()).exists()
 }
 
-/// comm and exe of a process; `None` when it has exited.
-pub fn process_info(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
-    let dir = proc_root.join(pid.to_string());
-    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+/// comm and exe of a process; `None` when it has exited. `known`: what was
+/// read for this pid before; it is returned again, without reading comm,
+/// when the pid and the exe link are the same (a process's comm changes at
+/// exec, which here almost always changes the exe too; a rename with
+/// `prctl(PR_SET_NAME)` in between is not seen).
+pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
     // exe is unreadable for kernel threads and without ptrace rights.
-    let exe = std::fs::read_link(dir.join("exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut path = [0u8; 128];
+    let mut target = [0u8; 4096];
+    let exe = match proc_cpath(&mut path, proc_root, pid, format_args!("exe")) {
+        Some(c) => String::from_utf8_lossy(
+            crate::sys::readlink(c, &mut target).ok().and_then(|n| target.get(..n)).unwrap_or_default(),
+        ),
+        None => std::fs::read_link(proc_root.join(pid.to_string()).join("exe"))
+            .map(|p| p.to_string_lossy().into_owned().into())
+            .unwrap_or_default(),
+    };
+    if let Some(k) = known.filter(|k| k.pid == pid && *k.exe == *exe) {
+        return Some(k.clone());
+    }
+    let comm = std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm")).ok()?;
     Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe) })
 }
 
@@ -146,8 +175,26 @@ fn is_gone(e: &io::Error) -> bool {
 /// The label of the socket at `/proc/PID/fd/FD`: its `security.selinux`
 /// xattr, else the process's `/proc/PID/attr/current`, else an unlabeled
 /// label whose reason says why (see the table in `resolve/mod.rs`).
-pub fn socket_label(proc_root: &Path, pid: u32, fd: u32) -> Result<Label, LabelMiss> {
-    match xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux") {
+/// `no_attr_current` is set the first time `attr/current` answers `EINVAL`
+/// (no LSM provides it: a property of the boot), and later reads are then
+/// skipped.
+pub fn socket_label(proc_root: &Path, pid: u32, fd: u32, no_attr_current: &AtomicBool) -> Result<Label, LabelMiss> {
+    let mut path = [0u8; 128];
+    let mut value = [0u8; 1024];
+    let got = match proc_cpath(&mut path, proc_root, pid, format_args!("fd/{fd}")) {
+        // One syscall, nothing allocated; a context longer than the buffer
+        // (many categories) takes the allocating way.
+        Some(c) => match crate::sys::getxattr(c, c"security.selinux", &mut value) {
+            Ok(n) => Ok(value.get(..n).map(<[u8]>::to_vec)),
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux")
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+            Err(e) => Err(e),
+        },
+        None => xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux"),
+    };
+    match got {
         Ok(Some(v)) => {
             return Ok(match parse_context(&v) {
                 Some(context) => Label { context, origin: Origin::Socket },
@@ -156,10 +203,17 @@ pub fn socket_label(proc_root: &Path, pid: u32, fd: u32) -> Result<Label, LabelM
         }
         Ok(None) => {}
         Err(e) if is_gone(&e) => return Err(LabelMiss::Gone),
-        // ENODATA, EOPNOTSUPP (no LSM labels sockets), EACCES...: fall back.
+        // EOPNOTSUPP (no LSM labels sockets), EACCES...: fall back.
         Err(_) => {}
     }
-    process_label(proc_root, pid)
+    if no_attr_current.load(Ordering::Relaxed) {
+        return Ok(Label::unlabeled("selinux_disabled"));
+    }
+    let l = process_label(proc_root, pid)?;
+    if matches!(l.origin, Origin::Unlabeled("selinux_disabled")) {
+        no_attr_current.store(true, Ordering::Relaxed);
+    }
+    Ok(l)
 }
 
 /// The process's label from `/proc/PID/attr/current`.
@@ -214,9 +268,17 @@ mod tests {
         assert_eq!(find_in(proc_root, pid, ino.wrapping_add(1_000_000)), None);
         assert!(holds(proc_root, pid, fd, ino));
         assert!(!holds(proc_root, pid, fd, ino.wrapping_add(1)));
-        let info = process_info(proc_root, pid).unwrap();
+        let info = process_info(proc_root, pid, None).unwrap();
         assert_eq!(info.pid, pid);
         assert_eq!(&*info.exe, std::env::current_exe().unwrap().to_str().unwrap());
+        // What was read before is reused while the exe is the same; another
+        // pid's or another exe's is not.
+        let stale = ProcessInfo { pid, comm: "renamed".into(), exe: info.exe.clone() };
+        assert_eq!(process_info(proc_root, pid, Some(&stale)).unwrap().comm, stale.comm);
+        let other_exe = ProcessInfo { exe: "/other".into(), ..stale.clone() };
+        assert_eq!(process_info(proc_root, pid, Some(&other_exe)).unwrap(), info);
+        let other_pid = ProcessInfo { pid: pid + 1, ..stale };
+        assert_eq!(process_info(proc_root, pid, Some(&other_pid)).unwrap(), info);
         drop(s);
         assert!(!holds(proc_root, pid, fd, ino));
         assert_eq!(find_in(proc_root, pid, ino), None);

@@ -52,7 +52,8 @@ pub struct DiagSocket {
 /// A pool of NETLINK_SOCK_DIAG sockets so that queue threads do not wait for
 /// each other's lookups (each lookup takes one socket out of the pool).
 pub struct SockDiag {
-    pool: Mutex<Vec<Socket>>,
+    /// Idle sockets, each with its receive buffer.
+    pool: Mutex<Vec<(Socket, Vec<u8>)>>,
     seq: AtomicU32,
 }
 
@@ -68,7 +69,7 @@ impl SockDiag {
     /// support shows at start-up.
     pub fn new() -> io::Result<SockDiag> {
         let s = open()?;
-        Ok(SockDiag { pool: Mutex::new(vec![s]), seq: AtomicU32::new(1) })
+        Ok(SockDiag { pool: Mutex::new(vec![(s, Vec::with_capacity(RX_BUF))]), seq: AtomicU32::new(1) })
     }
 
     /// The socket that owns the flow between `local` and `remote` (both of
@@ -101,14 +102,14 @@ impl SockDiag {
             },
         };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let sock = match self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        let (sock, mut rx) = match self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             Some(s) => s,
-            None => open()?,
+            None => (open()?, Vec::with_capacity(RX_BUF)),
         };
-        let res = exchange(&sock, req, seq);
+        let res = exchange(&sock, &mut rx, req, seq);
         // A socket whose exchange failed may hold a stale reply: drop it.
         if res.is_ok() {
-            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(sock);
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push((sock, rx));
         }
         res
     }
@@ -131,22 +132,27 @@ fn open() -> io::Result<Socket> {
     Ok(s)
 }
 
-fn exchange(sock: &Socket, req: InetRequest, seq: u32) -> io::Result<Option<DiagSocket>> {
+/// Receive buffer of a pooled socket: an exact lookup's answer is one
+/// message of about 100 bytes; room for a few stale ones besides.
+const RX_BUF: usize = 8192;
+
+fn exchange(sock: &Socket, rx: &mut Vec<u8>, req: InetRequest, seq: u32) -> io::Result<Option<DiagSocket>> {
     let mut hdr = NetlinkHeader::default();
     hdr.flags = NLM_F_REQUEST;
     hdr.sequence_number = seq;
     let mut msg = NetlinkMessage::new(hdr, SockDiagMessage::InetRequest(req).into());
     msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    sock.send(&buf, 0)?;
+    // The request (header + inet_diag_req_v2) is 72 bytes.
+    let mut buf = [0u8; 128];
+    let tx = buf.get_mut(..msg.buffer_len()).ok_or_else(|| io::Error::other("sock_diag request too long"))?;
+    msg.serialize(tx);
+    sock.send(tx, 0)?;
 
     // An exact lookup answers with one message (or an error message).
     // `recv` appends into spare capacity of the Vec.
-    let mut rx: Vec<u8> = Vec::with_capacity(8192);
     loop {
         rx.clear();
-        let n = sock.recv(&mut rx, libc::MSG_DONTWAIT)?;
+        let n = sock.recv(rx, libc::MSG_DONTWAIT)?;
         if n > rx.len() {
             return Err(io::Error::other("sock_diag reply truncated"));
         }

@@ -222,6 +222,18 @@ pub fn readlink(path: &std::ffi::CStr, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `getxattr(2)` of attribute `name` of `path` (symlinks followed) into
+/// `buf`: the value's length; `ERANGE` when `buf` is too small.
+pub fn getxattr(path: &std::ffi::CStr, name: &std::ffi::CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `path` and `name` are NUL-terminated; the kernel writes at
+    // most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Interface index to name, with a cache (per thread that owns it).
 #[derive(Default)]
 pub struct IfNames(HashMap<u32, Option<String>>);
