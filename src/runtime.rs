@@ -393,11 +393,13 @@ fn service(
     opts: LoopOpts,
     out: &mut Vec<Answer>,
     mut pool: Option<&mut Pool>,
+    wait: bool,
 ) -> std::io::Result<usize> {
     let c = &engine.counters;
     out.clear();
     let n = sock.recv(
         opts.batch,
+        wait,
         |p, received| {
             let meta = QueueMeta {
                 hook: p.hook,
@@ -537,8 +539,17 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, opts: L
     let mut scratch = Scratch::default();
     let mut out = Vec::with_capacity(opts.batch);
     let mut handled: u64 = 0;
+    // Without workers there is nothing but the queue to wait for: the first
+    // read of a batch blocks (up to 100 ms, to see `stop`), and an idle
+    // thread's wake-up costs one system call instead of a poll and a read.
+    let blocking = pool.is_none()
+        && sock
+            .set_wait_timeout(std::time::Duration::from_millis(100))
+            .map_err(|e| log::warn!("queue {q}: no receive timeout ({e}); waiting with poll"))
+            .is_ok();
     while !stop.load(Ordering::Relaxed) {
         let ready = match &pool {
+            None if blocking => Ok((true, false)),
             None => crate::sys::poll_readable(sock.fd(), 100).map(|r| (r, false)),
             Some(p) => crate::sys::poll_either(sock.fd(), p.wake.fd(), 100),
         };
@@ -557,7 +568,7 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, opts: L
                 continue;
             }
         }
-        match service(&mut sock, engine, &mut scratch, opts, &mut out, pool.as_mut()) {
+        match service(&mut sock, engine, &mut scratch, opts, &mut out, pool.as_mut(), blocking) {
             Ok(n) => handled += n as u64,
             Err(e) => {
                 Counters::bump(&c.recv_errors);
@@ -578,7 +589,7 @@ fn queue_loop(mut sock: QueueSocket, engine: &Engine, stop: &AtomicBool, opts: L
         log::info!("queue {q}: {} packets still at resolver workers", p.inflight.values().sum::<u32>());
     }
     loop {
-        match service(&mut sock, engine, &mut scratch, opts, &mut out, pool.as_mut()) {
+        match service(&mut sock, engine, &mut scratch, opts, &mut out, pool.as_mut(), false) {
             Ok(0) => match pool.as_mut().filter(|p| p.busy()) {
                 Some(p) => wait_for_workers(&mut sock, p, c, opts, &mut out),
                 None => break,

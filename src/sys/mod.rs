@@ -22,6 +22,29 @@ fn sock_opt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     Ok(v)
 }
 
+/// Bound a blocking receive on `fd` to `timeout` (`SO_RCVTIMEO`); calls
+/// with `MSG_DONTWAIT` are not affected.
+pub fn set_recv_timeout(fd: RawFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: `tv` is a valid timeval for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Raise the socket receive buffer past `rmem_max` (needs CAP_NET_ADMIN);
 /// falls back to SO_RCVBUF. Returns the size the kernel reports.
 pub fn set_rcvbuf(fd: RawFd, bytes: usize) -> io::Result<usize> {

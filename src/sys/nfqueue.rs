@@ -7,7 +7,8 @@
 //! (no poll, no SO_RCVBUFFORCE) and has no batch verdicts or connmark
 //! (NFQA_CT). This module keeps every packet message that arrives while it
 //! waits for an ACK, and offers those features. Message building and parsing
-//! are safe code over byte slices; the only `unsafe` is the four socket calls.
+//! are safe code over byte slices; the only `unsafe` is the four socket calls (and `SO_RCVTIMEO`, set
+//! through `sys`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -372,16 +373,26 @@ impl QueueSocket {
         }
     }
 
-    /// Read up to `max` queued packets without blocking, then call `f` for
-    /// each with the instant the last of them was read (every packet of the
-    /// batch was queued before it) and `bad` for each packet message that
-    /// does not parse. Messages held back while waiting for a configuration
-    /// ACK come first. Returns how many packet messages were handled. A
-    /// receive error after part of a batch was read is returned by the next
-    /// call, so that the packets read before it are still handed out.
+    /// Make [`recv`](Self::recv) with `wait` return empty-handed after
+    /// `timeout` without packets.
+    pub fn set_wait_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        super::set_recv_timeout(self.fd(), timeout)
+    }
+
+    /// Read up to `max` queued packets, then call `f` for each with the
+    /// instant the last of them was read (every packet of the batch was
+    /// queued before it) and `bad` for each packet message that does not
+    /// parse. Messages held back while waiting for a configuration ACK come
+    /// first. `wait`: when none is held back, the first read blocks (up to
+    /// the [`set_wait_timeout`](Self::set_wait_timeout) bound, after which
+    /// nothing is handled), so an idle thread needs no `poll` before it;
+    /// the rest never block. Returns how many packet messages were handled.
+    /// A receive error after part of a batch was read is returned by the
+    /// next call, so that the packets read before it are still handed out.
     pub fn recv(
         &mut self,
         max: usize,
+        wait: bool,
         mut f: impl FnMut(&PacketMsg<'_>, Instant),
         mut bad: impl FnMut(MsgError),
     ) -> io::Result<usize> {
@@ -402,8 +413,10 @@ impl QueueSocket {
             self.ends.push(self.batch.len());
             packets += 1;
         }
+        let mut block = wait && packets == 0;
         while packets < max {
-            let n = match self.recv_raw(libc::MSG_DONTWAIT) {
+            let flags = if std::mem::take(&mut block) { 0 } else { libc::MSG_DONTWAIT };
+            let n = match self.recv_raw(flags) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
