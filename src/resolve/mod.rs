@@ -30,10 +30,10 @@
 //!
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in
-//! bounded LRU maps ([`cache`]). A cached flow is re-queried from sock_diag
-//! after [`ResolverConfig::flow_ttl`], at once when its holder no longer
-//! holds it, and always for a TCP SYN (a new connection may reuse a
-//! 4-tuple). The holder of a cached UDP socket is re-validated with one
+//! bounded maps that keep the recently used entries ([`cache`]). A cached
+//! flow is re-queried from sock_diag after [`ResolverConfig::flow_ttl`], at
+//! once when its holder no longer holds it, and always for a TCP SYN (a new
+//! connection may reuse a 4-tuple). The holder of a cached UDP socket is re-validated with one
 //! `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`) unless it was
 //! last checked after the packet was read from the queue
 //! ([`QueueMeta::received`]): the queue thread reads a batch of packets and
@@ -118,7 +118,7 @@ use crate::labels::{secmark_context, Hook, Label, Labels, Origin, ProcessInfo, Q
 use crate::mls::{Level, Range};
 use crate::packet::{LabelOption, PacketInfo, Proto};
 use crate::policy::{AddressLabel, DoiMap, Policy};
-use cache::{CacheCounters, ShardedLru};
+use cache::{CacheCounters, ShardedCache};
 use sockdiag::{DiagProto, DiagSocket, SockDiag};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -152,7 +152,12 @@ impl PeerConfig {
 /// Tuning of the resolver's caches.
 #[derive(Clone, Debug)]
 pub struct ResolverConfig {
-    /// Most flows remembered (flow → socket).
+    /// Most flows remembered (flow → socket); rounded up to a multiple of
+    /// 2 × `shards`. A table slot takes 73 bytes; a full cache costs about
+    /// 85 bytes per entry when `flow_cache_size / (2 × shards)` is 7/8 of a
+    /// power of two, as for the default (114,688 = 2 × 16 × 3,584: about
+    /// 9.3 MiB), and up to twice that just above one (131,072: about 18.5
+    /// MiB). See [`cache`].
     pub flow_cache_size: usize,
     /// Most socket owners remembered (inode → pid, fd, label, process).
     pub owner_cache_size: usize,
@@ -181,7 +186,7 @@ pub struct ResolverConfig {
 impl Default for ResolverConfig {
     fn default() -> Self {
         ResolverConfig {
-            flow_cache_size: 65_536,
+            flow_cache_size: 114_688,
             owner_cache_size: 16_384,
             shards: 16,
             flow_ttl: Duration::from_secs(5),
@@ -269,56 +274,179 @@ fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
 
+/// How long an unused socket owner stays in the owner cache: an owner
+/// unused for a minute belongs to a socket long idle or gone.
+const OWNER_MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// A flow as the flow cache keys it (38 bytes): the addresses as IPv6
+/// octets, an IPv4 address v4-mapped (so it and its mapped IPv6 form are one
+/// key, as sock_diag looks them up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
     proto: DiagProto,
-    local: SocketAddr,
-    remote: SocketAddr,
 }
 
+impl FlowKey {
+    fn new(proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> FlowKey {
+        let octets = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        FlowKey {
+            local: octets(local.ip()),
+            remote: octets(remote.ip()),
+            local_port: local.port(),
+            remote_port: remote.port(),
+            proto,
+        }
+    }
+
+    /// The local end, unmapped (an IPv4 end as IPv4).
+    fn local(&self) -> SocketAddr {
+        SocketAddr::new(unmap_ip(IpAddr::V6(self.local.into())), self.local_port)
+    }
+
+    /// The remote end, unmapped.
+    fn remote(&self) -> SocketAddr {
+        SocketAddr::new(unmap_ip(IpAddr::V6(self.remote.into())), self.remote_port)
+    }
+}
+
+/// Why a local end has no holder to answer with: the reason tokens a flow
+/// entry remembers (see the table at the top).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    /// No socket: `no_socket`.
+    NoSocket,
+    /// No socket any more: `socket_closed`.
+    SocketClosed,
+    /// The lookup failed: `sock_diag_error`.
+    SockDiagError,
+    /// A socket that no process holds: `kernel_socket`.
+    KernelSocket,
+    /// A socket whose holder exited: `process_gone`.
+    ProcessGone,
+}
+
+impl Reason {
+    const ALL: [Reason; 5] =
+        [Reason::NoSocket, Reason::SocketClosed, Reason::SockDiagError, Reason::KernelSocket, Reason::ProcessGone];
+
+    fn token(self) -> &'static str {
+        match self {
+            Reason::NoSocket => "no_socket",
+            Reason::SocketClosed => "socket_closed",
+            Reason::SockDiagError => "sock_diag_error",
+            Reason::KernelSocket => "kernel_socket",
+            Reason::ProcessGone => "process_gone",
+        }
+    }
+
+    /// The reason with this token, if a flow entry can remember it.
+    fn of(token: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.token() == token)
+    }
+
+    /// Whether there is a socket (without a holder) for this reason.
+    fn has_socket(self) -> bool {
+        matches!(self, Reason::KernelSocket | Reason::ProcessGone)
+    }
+}
+
+/// What the flow cache remembers of a flow, in 32 bytes (a [`DiagSocket`]
+/// flattened, both reasons in one byte, the time in five).
 #[derive(Clone, Debug)]
 struct FlowEntry {
-    socket: Result<DiagSocket, &'static str>,
-    /// Set when the socket was found but no process could be named for it
-    /// (`kernel_socket`, `process_gone`): remembered as briefly as a missing
-    /// socket, so that such a flow does not ask for a `/proc` scan per packet.
-    no_owner: Option<&'static str>,
+    /// The socket found: `cookie`, `inode`, `uid`, `state` (meaningless
+    /// when `gap` is a reason without a socket).
+    cookie: u64,
     /// The holder a TCP socket had before its process closed it, while the
     /// same kernel socket (same cookie, now without a file) finishes its
     /// shutdown: its FINs, ACKs and retransmissions keep its label.
     closed: Option<Arc<Owner>>,
+    inode: u32,
+    uid: u32,
+    state: u8,
+    /// `None`: a socket, held by a process. A reason without a socket
+    /// (`no_socket`, ...): none found. A reason with a socket
+    /// (`kernel_socket`, `process_gone`): the socket was found but no
+    /// process could be named for it, remembered as briefly as a missing
+    /// socket so that such a flow does not ask for a `/proc` scan per packet.
+    gap: Option<Reason>,
     /// The answer is a listener standing in for a connection that has no
     /// socket of its own yet (a SYN to it, a request mini-socket, or a child
     /// not yet accepted): asked about again on the connection's next
     /// non-SYN packet, which by then may have its own socket.
     via_listener: bool,
-    at: Instant,
+    /// When the flow was looked up: milliseconds since the resolver's
+    /// `epoch`, 40 bits little-endian (they wrap after 34 years).
+    at: [u8; 5],
 }
 
+/// The 40 bits of a [`FlowEntry`]'s time.
+const AT_MASK: u64 = (1 << 40) - 1;
+
 impl FlowEntry {
-    /// Whether the entry is still within its TTL (a flow with a held
-    /// socket: `flow_ttl`; no socket or no holder: `negative_ttl`).
-    fn fresh(&self, cfg: &ResolverConfig) -> bool {
-        let ttl = match (self.socket, self.no_owner) {
-            (Ok(_), None) => cfg.flow_ttl,
-            _ if self.closed.is_some() => cfg.flow_ttl,
-            _ => cfg.negative_ttl,
+    /// An entry for `socket` (or why there is none), looked up `now_ms`
+    /// after the epoch. `no_owner`: why a socket found has no holder.
+    fn new(socket: Result<DiagSocket, Reason>, no_owner: Option<Reason>, now_ms: u64) -> FlowEntry {
+        let [a, b, c, d, e, ..] = now_ms.to_le_bytes();
+        let (ds, gap) = match socket {
+            Ok(ds) => (ds, no_owner.filter(|r| r.has_socket())),
+            Err(r) => (DiagSocket { inode: 0, uid: 0, state: 0, cookie: 0 }, Some(r)),
         };
-        self.at.elapsed() < ttl
+        FlowEntry {
+            cookie: ds.cookie,
+            closed: None,
+            inode: ds.inode,
+            uid: ds.uid,
+            state: ds.state,
+            gap,
+            via_listener: false,
+            at: [a, b, c, d, e],
+        }
     }
 
-    /// What this entry answers without asking the kernel, if it may answer
-    /// at all (within its TTL, and not a listener standing in for a
-    /// connection): a remembered reason, the holder a closed socket had, or
-    /// for a socket with a holder whatever `held` finds in the owner cache.
-    fn answer(&self, cfg: &ResolverConfig, held: impl FnOnce(DiagSocket) -> Option<LocalEnd>) -> Option<LocalEnd> {
-        if !self.fresh(cfg) || self.via_listener {
+    /// The socket, or why there is none.
+    fn socket(&self) -> Result<DiagSocket, Reason> {
+        match self.gap {
+            Some(r) if !r.has_socket() => Err(r),
+            _ => Ok(DiagSocket { inode: self.inode, uid: self.uid, state: self.state, cookie: self.cookie }),
+        }
+    }
+
+    /// Whether the entry is still within its TTL (a flow with a held
+    /// socket, or a closed one's former holder: `flow_ttl`; no socket or
+    /// no holder: `negative_ttl`) at `now_ms`.
+    fn fresh(&self, cfg: &ResolverConfig, now_ms: u64) -> bool {
+        let ttl = if self.gap.is_none() || self.closed.is_some() { cfg.flow_ttl } else { cfg.negative_ttl };
+        let [a, b, c, d, e] = self.at;
+        let age = now_ms.wrapping_sub(u64::from_le_bytes([a, b, c, d, e, 0, 0, 0])) & AT_MASK;
+        u128::from(age) < ttl.as_millis()
+    }
+
+    /// What this entry answers at `now_ms` without asking the kernel, if it
+    /// may answer at all (within its TTL, and not a listener standing in
+    /// for a connection): a remembered reason, the holder a closed socket
+    /// had, or for a socket with a holder whatever `held` finds in the
+    /// owner cache.
+    fn answer(
+        &self,
+        cfg: &ResolverConfig,
+        now_ms: u64,
+        held: impl FnOnce(DiagSocket) -> Option<LocalEnd>,
+    ) -> Option<LocalEnd> {
+        if !self.fresh(cfg, now_ms) || self.via_listener {
             return None;
         }
-        match (self.socket, self.no_owner, &self.closed) {
-            (_, _, Some(o)) => Some(o.end_of(self.socket.ok())),
-            (Ok(_), Some(reason), _) | (Err(reason), _, _) => Some(LocalEnd::unlabeled(reason)),
-            (Ok(ds), None, None) => held(ds),
+        match (&self.closed, self.gap) {
+            (Some(o), _) => Some(o.end_of(self.socket().ok())),
+            (None, Some(reason)) => Some(LocalEnd::unlabeled(reason.token())),
+            (None, None) => held(self.socket().ok()?),
         }
     }
 }
@@ -423,8 +551,8 @@ enum Found {
     /// A TCP socket without a file (inode 0): closed by its process and
     /// finishing its shutdown, or TIME_WAIT.
     Fileless(DiagSocket),
-    /// No socket; the reason token.
-    Nothing(&'static str),
+    /// No socket; why.
+    Nothing(Reason),
 }
 
 struct LocalAddrs {
@@ -438,8 +566,8 @@ pub struct SocketResolver {
     cfg: ResolverConfig,
     peer: RwLock<Arc<PeerConfig>>,
     diag: SockDiag,
-    flows: ShardedLru<FlowKey, FlowEntry>,
-    owners_cache: ShardedLru<u32, Arc<Owner>>,
+    flows: ShardedCache<FlowKey, FlowEntry>,
+    owners_cache: ShardedCache<u32, Arc<Owner>>,
     /// inode → (pid, fd)s and the pids from the last full `/proc` scan;
     /// swapped whole.
     owners: RwLock<Arc<procfs::Scan>>,
@@ -450,7 +578,7 @@ pub struct SocketResolver {
     no_attr_current: AtomicBool,
     /// Sockets (by inode) that a full scan found no process holding, and
     /// when: not scanned for again within `negative_ttl`.
-    holderless: ShardedLru<u32, Instant>,
+    holderless: ShardedCache<u32, Instant>,
     /// Held while scanning (single flight); readers of `owners` never wait on it.
     scan: Mutex<ScanState>,
     local: RwLock<LocalAddrs>,
@@ -469,12 +597,12 @@ impl SocketResolver {
         bump(&stats.proc_scans);
         stats.proc_scan_sockets.store(map.owners.len() as u64, Ordering::Relaxed);
         Ok(SocketResolver {
-            flows: ShardedLru::new(cfg.flow_cache_size, cfg.shards),
-            owners_cache: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
+            flows: ShardedCache::new(cfg.flow_cache_size, cfg.shards),
+            owners_cache: ShardedCache::new(cfg.owner_cache_size, cfg.shards),
             owners: RwLock::new(Arc::new(map)),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_HOLDERS)),
             no_attr_current: AtomicBool::new(false),
-            holderless: ShardedLru::new(cfg.owner_cache_size, cfg.shards),
+            holderless: ShardedCache::new(cfg.owner_cache_size, cfg.shards),
             scan: Mutex::new(ScanState { last_start: start }),
             local: RwLock::new(LocalAddrs { at: start, set: local_addrs() }),
             peer: RwLock::new(Arc::new(peer)),
@@ -487,6 +615,10 @@ impl SocketResolver {
 
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// The resolver's counters.
@@ -512,9 +644,9 @@ impl SocketResolver {
             Proto::Udp => DiagProto::Udp,
             _ => return None,
         };
-        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
+        let key = FlowKey::new(proto, local, remote);
         let counters = CacheCounters::default();
-        self.flows.get(&key, &counters)?.socket.ok().map(|s| s.inode)
+        self.flows.get(&key, &counters)?.socket().ok().map(|s| s.inode)
     }
 
     /// Whether `ip` is an address of this host (loopback included).
@@ -569,17 +701,19 @@ impl SocketResolver {
     /// 4-tuple may belong to a new socket).
     fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, pk: PacketFacts) -> LocalEnd {
         let syn = pk.syn;
-        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
+        let key = FlowKey::new(proto, local, remote);
         let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
         // A held socket is answered from the caches; one whose holder is
         // gone (or unknown) is asked about again.
-        let answer =
-            cached.as_ref().and_then(|e| e.answer(&self.cfg, |ds| self.owner_of(&ds, proto, true, pk.received)));
+        let now_ms = self.now_ms();
+        let answer = cached
+            .as_ref()
+            .and_then(|e| e.answer(&self.cfg, now_ms, |ds| self.owner_of(&ds, proto, true, pk.received)));
         if let Some(end) = answer {
             return end;
         }
-        let previous = cached.as_ref().and_then(|e| e.socket.ok());
-        let found = self.query(proto, key.local, key.remote, previous.is_some());
+        let previous = cached.as_ref().and_then(|e| e.socket().ok());
+        let found = self.query(proto, key.local(), key.remote(), previous.is_some());
         let now_socket = match found {
             Found::Socket(ds) | Found::Listener(ds) | Found::Fileless(ds) => Some(ds),
             Found::Nothing(_) => None,
@@ -589,26 +723,19 @@ impl SocketResolver {
                 bump(&self.stats.flow.invalidations);
             }
         }
-        let mut entry = FlowEntry {
-            socket: Err("no_socket"),
-            no_owner: None,
-            closed: None,
-            via_listener: false,
-            at: Instant::now(),
-        };
-        let end = match found {
+        let now_ms = self.now_ms();
+        let (entry, end) = match found {
             Found::Socket(ds) | Found::Listener(ds) => {
-                entry.socket = Ok(ds);
-                entry.via_listener = matches!(found, Found::Listener(_)) || ds.state == sockdiag::TCP_LISTEN;
                 let end = self
                     .owner_of(&ds, proto, false, pk.received)
-                    .unwrap_or_else(|| LocalEnd::unlabeled("kernel_socket"));
-                if end.process.is_none() {
-                    if let Origin::Unlabeled(r) = end.label.origin {
-                        entry.no_owner = Some(r);
-                    }
-                }
-                end
+                    .unwrap_or_else(|| LocalEnd::unlabeled(Reason::KernelSocket.token()));
+                let no_owner = match (&end.process, &end.label.origin) {
+                    (None, Origin::Unlabeled(r)) => Reason::of(r),
+                    _ => None,
+                };
+                let mut entry = FlowEntry::new(Ok(ds), no_owner, now_ms);
+                entry.via_listener = matches!(found, Found::Listener(_)) || ds.state == sockdiag::TCP_LISTEN;
+                (entry, end)
             }
             Found::Fileless(ds) => {
                 // The same kernel socket as before, now closed by its process:
@@ -620,26 +747,22 @@ impl SocketResolver {
                     cached.as_ref().and_then(|e| e.closed.clone()).or_else(|| self.owners_cache.remove(&old.inode))
                 });
                 let ds = DiagSocket { uid: same.map_or(ds.uid, |old| old.uid), ..ds };
-                entry.socket = Ok(ds);
                 match closed {
                     Some(o) => {
                         let end = o.end_of(Some(ds));
+                        let mut entry = FlowEntry::new(Ok(ds), None, now_ms);
                         entry.closed = Some(o);
-                        end
+                        (entry, end)
                     }
                     None => {
-                        entry.socket = Err("socket_closed");
-                        LocalEnd::unlabeled("socket_closed")
+                        let r = Reason::SocketClosed;
+                        (FlowEntry::new(Err(r), None, now_ms), LocalEnd::unlabeled(r.token()))
                     }
                 }
             }
-            Found::Nothing(reason) => {
-                entry.socket = Err(reason);
-                LocalEnd::unlabeled(reason)
-            }
+            Found::Nothing(r) => (FlowEntry::new(Err(r), None, now_ms), LocalEnd::unlabeled(r.token())),
         };
-        let ttl = self.cfg.flow_ttl;
-        self.flows.insert_sweeping(key, entry, &self.stats.flow, |f| f.at.elapsed() > ttl);
+        self.flows.insert_sweeping(key, entry, &self.stats.flow, self.cfg.flow_ttl);
         end
     }
 
@@ -656,9 +779,9 @@ impl SocketResolver {
         if pk.syn {
             return None;
         }
-        let key = FlowKey { proto, local: unmap(local), remote: unmap(remote) };
+        let key = FlowKey::new(proto, local, remote);
         let e = self.flows.get(&key, &CacheCounters::default())?;
-        let end = e.answer(&self.cfg, |ds| {
+        let end = e.answer(&self.cfg, self.now_ms(), |ds| {
             let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
             hits.owner.set(hits.owner.get() + 1);
             Some(end)
@@ -672,7 +795,7 @@ impl SocketResolver {
     /// queue: ESTABLISHED or CLOSE_WAIT without a file) is answered by its
     /// listener.
     fn query(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, had_socket: bool) -> Found {
-        let closed = if had_socket { "socket_closed" } else { "no_socket" };
+        let closed = if had_socket { Reason::SocketClosed } else { Reason::NoSocket };
         bump(&self.stats.sock_diag_queries);
         let ds = match self.diag.lookup(proto, local, remote) {
             Ok(Some(ds)) => ds,
@@ -680,14 +803,14 @@ impl SocketResolver {
             Err(e) => {
                 bump(&self.stats.sock_diag_errors);
                 log::debug!("sock_diag {proto:?} {local} {remote}: {e}");
-                return Found::Nothing("sock_diag_error");
+                return Found::Nothing(Reason::SockDiagError);
             }
         };
         if ds.inode != 0 {
             return Found::Socket(ds);
         }
         if proto != DiagProto::Tcp {
-            return Found::Nothing("socket_closed");
+            return Found::Nothing(Reason::SocketClosed);
         }
         if !matches!(ds.state, sockdiag::TCP_SYN_RECV | sockdiag::TCP_ESTABLISHED | sockdiag::TCP_CLOSE_WAIT) {
             return Found::Fileless(ds);
@@ -699,10 +822,10 @@ impl SocketResolver {
         bump(&self.stats.sock_diag_queries);
         match self.diag.lookup(proto, local, any) {
             Ok(Some(l)) if l.inode != 0 => Found::Listener(l),
-            Ok(_) => Found::Nothing("socket_closed"),
+            Ok(_) => Found::Nothing(Reason::SocketClosed),
             Err(_) => {
                 bump(&self.stats.sock_diag_errors);
-                Found::Nothing("sock_diag_error")
+                Found::Nothing(Reason::SockDiagError)
             }
         }
     }
@@ -760,9 +883,9 @@ impl SocketResolver {
             return Some(end);
         }
         if gone {
-            return Some(LocalEnd::unlabeled("process_gone"));
+            return Some(LocalEnd::unlabeled(Reason::ProcessGone.token()));
         }
-        self.holderless.insert_sweeping(ds.inode, Instant::now(), &no_count, |at| at.elapsed() > self.cfg.negative_ttl);
+        self.holderless.insert_sweeping(ds.inode, Instant::now(), &no_count, self.cfg.negative_ttl);
         None
     }
 
@@ -822,10 +945,7 @@ impl SocketResolver {
             },
         };
         let o = Arc::new(Owner { pid, fd, label, process: process.clone(), checked: AtomicU64::new(checked) });
-        // An owner unused for a minute belongs to a socket long idle or gone.
-        self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, |old| {
-            now.saturating_sub(old.checked.load(Ordering::Relaxed)) > 60_000_000_000
-        });
+        self.owners_cache.insert_sweeping(ds.inode, o.clone(), &self.stats.owner, OWNER_MAX_IDLE);
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent.retain(|r| r.process.pid != pid);
         recent.push_front(Recent { process, read_ns, fd });
@@ -1127,10 +1247,6 @@ fn unmap_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-fn unmap(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(unmap_ip(a.ip()), a.port())
 }
 
 fn local_addrs() -> HashSet<IpAddr> {

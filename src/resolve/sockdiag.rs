@@ -43,8 +43,6 @@ pub struct DiagSocket {
     /// `idiag_state` (TCP state number; UDP reports 7 = CLOSE when
     /// unconnected, 1 = ESTABLISHED when connected).
     pub state: u8,
-    /// The socket's local end, as the kernel reports it.
-    pub local: SocketAddr,
     /// The kernel's socket cookie: unique per socket for the boot.
     pub cookie: u64,
 }
@@ -165,12 +163,10 @@ fn exchange(sock: &Socket, rx: &mut Vec<u8>, req: InetRequest, seq: u32) -> io::
                 return match m.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                         let h = &r.header;
-                        let local = SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port);
                         Ok(Some(DiagSocket {
                             inode: h.inode,
                             uid: h.uid,
                             state: h.state,
-                            local,
                             cookie: u64::from_ne_bytes(h.socket_id.cookie),
                         }))
                     }

@@ -111,9 +111,9 @@ fn inode(fd: &impl AsRawFd) -> u64 {
 
 /// The socket inode the flow cache holds for a flow.
 fn cached_inode(r: &SocketResolver, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> u64 {
-    let k = FlowKey { proto, local, remote };
+    let k = FlowKey::new(proto, local, remote);
     let e = r.flows.get(&k, &CacheCounters::default()).expect("flow cached");
-    u64::from(e.socket.expect("flow has a socket").inode)
+    u64::from(e.socket().expect("flow has a socket").inode)
 }
 
 fn my_uid() -> u32 {
@@ -188,16 +188,16 @@ fn tcp_listener_established_and_ipv6() {
         assert_eq!(l.source_process.map(|p| p.pid), Some(std::process::id()));
         assert_eq!(l.dest_process.map(|p| p.pid), Some(std::process::id()));
         // The flows were attributed to the right sockets (by inode).
-        let fk = |local, remote| FlowKey { proto: DiagProto::Tcp, local, remote };
-        let c_ino = r.flows.get(&fk(ca, la), &CacheCounters::default()).unwrap().socket.unwrap().inode;
-        let s_ino = r.flows.get(&fk(la, ca), &CacheCounters::default()).unwrap().socket.unwrap().inode;
+        let fk = |local, remote| FlowKey::new(DiagProto::Tcp, local, remote);
+        let c_ino = r.flows.get(&fk(ca, la), &CacheCounters::default()).unwrap().socket().unwrap().inode;
+        let s_ino = r.flows.get(&fk(la, ca), &CacheCounters::default()).unwrap().socket().unwrap().inode;
         assert_eq!(u64::from(c_ino), inode(&c));
         assert_eq!(u64::from(s_ino), inode(&s));
         // A SYN from a port no one connected from goes to the listener.
         let stranger: SocketAddr = SocketAddr::new(la.ip(), 1);
         let l = r.resolve(&tcp(stranger, la), &meta(Hook::Input), &[]);
         assert!(l.dest_process.is_some(), "{l:?}");
-        let l_ino = r.flows.get(&fk(la, stranger), &CacheCounters::default()).unwrap().socket.unwrap().inode;
+        let l_ino = r.flows.get(&fk(la, stranger), &CacheCounters::default()).unwrap().socket().unwrap().inode;
         assert_eq!(u64::from(l_ino), inode(&lst));
     }
 }
@@ -311,4 +311,64 @@ fn cache_only_needs_fresh_local_addresses_for_non_loopback_ends() {
     let pkt = packet::parse(&p).unwrap();
     assert_eq!(view.resolve_cached(&pkt, &m, &p), None);
     assert_eq!(view.resolve(&pkt, &m, &p).source.context.type_(), "db_peer_t");
+}
+
+#[test]
+fn flow_cache_entries_stay_small() {
+    use std::mem::size_of;
+    // The flow cache's memory is about (key + entry + 1) bytes per table slot.
+    assert!(size_of::<FlowKey>() <= 38, "FlowKey: {}", size_of::<FlowKey>());
+    assert!(size_of::<FlowEntry>() <= 32, "FlowEntry: {}", size_of::<FlowEntry>());
+    assert!(size_of::<(FlowKey, FlowEntry)>() <= 72, "slot: {}", size_of::<(FlowKey, FlowEntry)>());
+}
+
+#[test]
+fn flow_keys_and_entries_round_trip() {
+    // A v4-mapped IPv6 end and its IPv4 form are one key, given back as IPv4.
+    let v4: SocketAddr = "10.1.2.3:80".parse().unwrap();
+    let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+    let k = FlowKey::new(DiagProto::Udp, mapped, v6);
+    assert_eq!(k, FlowKey::new(DiagProto::Udp, v4, v6));
+    assert_ne!(k, FlowKey::new(DiagProto::Tcp, v4, v6));
+    assert_ne!(k, FlowKey::new(DiagProto::Udp, v6, v4));
+    assert_eq!((k.local(), k.remote()), (v4, v6));
+
+    let cfg = ResolverConfig::default();
+    let ds = DiagSocket { inode: 7, uid: 1000, state: sockdiag::TCP_ESTABLISHED, cookie: u64::MAX - 1 };
+    // Times past 2^32 ms (49 days) keep their freshness.
+    let t0 = (1u64 << 33) + 5;
+    let held = FlowEntry::new(Ok(ds), None, t0);
+    assert_eq!(held.socket(), Ok(ds));
+    assert!(held.fresh(&cfg, t0) && held.fresh(&cfg, t0 + 4_999));
+    assert!(!held.fresh(&cfg, t0 + 5_000));
+    assert!(!held.fresh(&cfg, t0 + (1 << 32) + 1));
+    // A socket without a holder keeps the socket and the reason; both
+    // reasons are remembered for negative_ttl only.
+    for r in [Reason::KernelSocket, Reason::ProcessGone] {
+        let e = FlowEntry::new(Ok(ds), Some(r), t0);
+        assert_eq!((e.socket(), e.gap), (Ok(ds), Some(r)));
+        assert!(e.fresh(&cfg, t0 + 499) && !e.fresh(&cfg, t0 + 500));
+        let end = e.answer(&cfg, t0, |_| panic!("no holder to look up")).unwrap();
+        assert_eq!(end.label.origin, Origin::Unlabeled(r.token()));
+    }
+    for r in [Reason::NoSocket, Reason::SocketClosed, Reason::SockDiagError] {
+        let e = FlowEntry::new(Err(r), None, t0);
+        assert_eq!(e.socket(), Err(r));
+        assert!(!e.fresh(&cfg, t0 + 500));
+        assert_eq!(e.answer(&cfg, t0, |_| None).unwrap().label.origin, Origin::Unlabeled(r.token()));
+    }
+    for r in Reason::ALL {
+        assert_eq!(Reason::of(r.token()), Some(r));
+    }
+    assert_eq!(Reason::of("remote"), None);
+    // A held socket answers with what the owner cache finds; a listener
+    // never answers from the cache.
+    assert_eq!(
+        held.answer(&cfg, t0, |d| Some(LocalEnd { uid: Some(d.uid), ..LocalEnd::unlabeled("x") })).unwrap().uid,
+        Some(1000)
+    );
+    let mut l = FlowEntry::new(Ok(ds), None, t0);
+    l.via_listener = true;
+    assert!(l.answer(&cfg, t0, |_| panic!("listener answered")).is_none());
 }
