@@ -176,7 +176,7 @@ pub fn summary(p: &Policy) -> String {
             show(r.source.as_ref().map(|p| p.to_string())),
             show(r.dest.as_ref().map(|p| p.to_string())),
             show(r.proto.map(|p| p.to_string())),
-            show(r.dport.as_ref().map(|p| p.to_string())),
+            show(r.dport.get().map(|p| p.to_string())),
             r.verdict,
             if r.permissive { " (permissive)" } else { "" },
             if r.audit { " (audit)" } else { "" },
@@ -296,6 +296,7 @@ fn read_audit(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<crate::auditlo
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy = Policy::load(&args.policy)?;
+    crate::sys::release_free_heap();
     let queues = match (&args.queue, &args.queues) {
         (Some(q), _) => vec![*q],
         (None, Some(r)) => cli::parse_queues(r).map_err(anyhow::Error::msg).context("--queues")?,
@@ -383,6 +384,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 Ok(p) => {
                     let n = p.rules.len();
                     engine.replace(p);
+                    crate::sys::release_free_heap();
                     log::info!("reloaded {} ({n} rules)", args.policy.display());
                 }
                 Err(e) => log::error!("reload refused, keeping the running policy: {e}"),

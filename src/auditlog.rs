@@ -303,7 +303,7 @@ mod tests {
             assert_eq!(r.hook, hook, "{text}");
             let e = &entries[0];
             if e.proto.is_some_and(|p| !p.has_ports()) {
-                assert!(r.dport.is_none(), "{text}");
+                assert!(r.dport.get().is_none(), "{text}");
             }
         }
     }

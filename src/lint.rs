@@ -39,8 +39,8 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
     let (ra, rb) = (a.rare(), b.rare());
     (a.hook == HookSel::Any || a.hook == b.hook)
         && opt_covers(&a.proto, &b.proto, |x, y| x == y)
-        && opt_covers(&a.sport, &b.sport, |x, y| x.covers(y))
-        && opt_covers(&a.dport, &b.dport, |x, y| x.covers(y))
+        && opt_covers(&ra.sport, &rb.sport, |x, y| x.covers(y))
+        && opt_covers(&a.dport.get(), &b.dport.get(), |x, y| x.covers(y))
         && opt_covers(&a.saddr, &b.saddr, |x, y| x.covers(y))
         && opt_covers(&a.daddr, &b.daddr, |x, y| x.covers(y))
         && opt_covers(&a.uid, &b.uid, |x, y| x.covers(y))

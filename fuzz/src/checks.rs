@@ -256,10 +256,10 @@ pub fn policy(data: &[u8]) {
         for cond in [&rare.source_level, &rare.dest_level, &rare.peer_level].into_iter().flatten() {
             check_level_cond(cond);
         }
-        for ports in [&r.sport, &r.dport].into_iter().flatten() {
+        for ports in [rare.sport.as_ref(), r.dport.get()].into_iter().flatten() {
             let shown = ports.to_string();
             let items = shown.split(',').map(PortSet::parse_item).collect::<Result<Vec<_>, _>>();
-            assert_eq!(items.and_then(PortSet::new).as_ref(), Ok(&**ports), "ports {shown:?}");
+            assert_eq!(items.and_then(PortSet::new).as_ref(), Ok(ports), "ports {shown:?}");
             assert!(r.proto.is_some_and(Proto::has_ports));
         }
         for iface in [&rare.iif, &rare.oif].into_iter().flatten() {

@@ -8,7 +8,7 @@ mod parse;
 pub mod pattern;
 
 pub use parse::{PolicyError, RawPolicy};
-use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortSet};
+use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
 
 use crate::labels::{Hook, Labels};
 use crate::packet::{PacketInfo, Proto};
@@ -96,7 +96,7 @@ pub enum DoiMap {
 /// One compiled rule. Context patterns, level conditions and port, id and
 /// address sets are shared (`Arc`) among the rules that write them the same
 /// way, and the conditions few rules use live out of line in [`RareConds`],
-/// so a rule is about 110 bytes (at 100,000 rules memory is a budget: see
+/// so a rule is 112 bytes (at 100,000 rules memory is a budget: see
 /// docs/PERFORMANCE.md).
 #[derive(Debug)]
 pub struct Rule {
@@ -104,8 +104,8 @@ pub struct Rule {
     pub source: Option<Arc<ContextPattern>>,
     pub dest: Option<Arc<ContextPattern>>,
     pub uid: Option<Arc<IdSet>>,
-    pub sport: Option<Arc<PortSet>>,
-    pub dport: Option<Arc<PortSet>>,
+    /// Held inline: most port sets are one port, and most differ per rule.
+    pub dport: PortCond,
     pub saddr: Option<Arc<NetSet>>,
     pub daddr: Option<Arc<NetSet>>,
     /// The rarely written conditions; `None` when the rule has none of them.
@@ -123,6 +123,7 @@ pub struct Rule {
 /// The conditions of a rule that few rules write.
 #[derive(Debug, Default, PartialEq)]
 pub struct RareConds {
+    pub sport: Option<PortSet>,
     pub secmark: Option<Arc<ContextPattern>>,
     pub peer: Option<Arc<ContextPattern>>,
     pub source_level: Option<Arc<LevelCond>>,
@@ -135,6 +136,7 @@ pub struct RareConds {
 }
 
 static NO_RARE: RareConds = RareConds {
+    sport: None,
     secmark: None,
     peer: None,
     source_level: None,
@@ -242,8 +244,8 @@ impl Rule {
         let rare = self.rare();
         check(self.hook.matches(f.hook), Mismatch::Hook)?;
         check(self.proto.is_none_or(|x| x == p.proto), Mismatch::Proto)?;
-        check(self.sport.as_ref().is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))), Mismatch::Sport)?;
-        check(self.dport.as_ref().is_none_or(|s| p.dport.is_some_and(|v| s.contains(v))), Mismatch::Dport)?;
+        check(rare.sport.as_ref().is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))), Mismatch::Sport)?;
+        check(self.dport.get().is_none_or(|s| p.dport.is_some_and(|v| s.contains(v))), Mismatch::Dport)?;
         check(self.saddr.as_ref().is_none_or(|s| s.contains(&p.src)), Mismatch::Saddr)?;
         check(self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)), Mismatch::Daddr)?;
         check(self.uid.as_ref().is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))), Mismatch::Uid)?;

@@ -554,7 +554,6 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 struct RuleCompiler {
     patterns: HashMap<Box<str>, Arc<ContextPattern>>,
     levels: HashMap<Box<str>, Arc<LevelCond>>,
-    ports: HashSet<Arc<PortSet>>,
     ids: HashSet<Arc<IdSet>>,
     nets: HashSet<Arc<NetSet>>,
 }
@@ -689,6 +688,7 @@ fn compile_rule(
     let gid = ids(&r.gid, true)?.map(|v| intern(&mut rc.ids, v));
     let (saddr, daddr) = (nets(&r.saddr)?, nets(&r.daddr)?);
     let rare = RareConds {
+        sport,
         secmark: rc.pattern(cx, &r.secmark, sets)?,
         peer: rc.pattern(cx, &r.peer, sets)?,
         source_level: rc.level(cx, &r.source_level)?,
@@ -704,8 +704,7 @@ fn compile_rule(
         source: rc.pattern(cx, &r.source, sets)?,
         dest: rc.pattern(cx, &r.dest, sets)?,
         uid,
-        sport: sport.map(|v| intern(&mut rc.ports, v)),
-        dport: dport.map(|v| intern(&mut rc.ports, v)),
+        dport: dport.into(),
         saddr: saddr.map(|v| intern(&mut rc.nets, v)),
         daddr: daddr.map(|v| intern(&mut rc.nets, v)),
         rare: rare.boxed(),

@@ -153,10 +153,10 @@ impl PeerConfig {
 #[derive(Clone, Debug)]
 pub struct ResolverConfig {
     /// Most flows remembered (flow → socket); rounded up to a multiple of
-    /// 2 × `shards`. A table slot takes 73 bytes; a full cache costs about
-    /// 85 bytes per entry when `flow_cache_size / (2 × shards)` is 7/8 of a
+    /// 2 × `shards`. A table slot takes 65 bytes; a full cache costs about
+    /// 75 bytes per entry when `flow_cache_size / (2 × shards)` is 7/8 of a
     /// power of two, as for the default (114,688 = 2 × 16 × 3,584: about
-    /// 9.3 MiB), and up to twice that just above one (131,072: about 18.5
+    /// 8.3 MiB), and up to twice that just above one (131,072: about 16.5
     /// MiB). See [`cache`].
     pub flow_cache_size: usize,
     /// Most socket owners remembered (inode → pid, fd, label, process).
@@ -357,17 +357,14 @@ impl Reason {
     }
 }
 
-/// What the flow cache remembers of a flow, in 32 bytes (a [`DiagSocket`]
-/// flattened, both reasons in one byte, the time in five).
+/// What the flow cache remembers of a flow, in 24 bytes (a [`DiagSocket`]
+/// flattened, both reasons in one byte, two flags in one, the time in
+/// five).
 #[derive(Clone, Debug)]
 struct FlowEntry {
     /// The socket found: `cookie`, `inode`, `uid`, `state` (meaningless
     /// when `gap` is a reason without a socket).
     cookie: u64,
-    /// The holder a TCP socket had before its process closed it, while the
-    /// same kernel socket (same cookie, now without a file) finishes its
-    /// shutdown: its FINs, ACKs and retransmissions keep its label.
-    closed: Option<Arc<Owner>>,
     inode: u32,
     uid: u32,
     state: u8,
@@ -377,15 +374,24 @@ struct FlowEntry {
     /// process could be named for it, remembered as briefly as a missing
     /// socket so that such a flow does not ask for a `/proc` scan per packet.
     gap: Option<Reason>,
-    /// The answer is a listener standing in for a connection that has no
-    /// socket of its own yet (a SYN to it, a request mini-socket, or a child
-    /// not yet accepted): asked about again on the connection's next
-    /// non-SYN packet, which by then may have its own socket.
-    via_listener: bool,
+    /// [`VIA_LISTENER`] and [`CLOSED`].
+    flags: u8,
     /// When the flow was looked up: milliseconds since the resolver's
     /// `epoch`, 40 bits little-endian (they wrap after 34 years).
     at: [u8; 5],
 }
+
+/// A [`FlowEntry`] flag: the answer is a listener standing in for a
+/// connection that has no socket of its own yet (a SYN to it, a request
+/// mini-socket, or a child not yet accepted): asked about again on the
+/// connection's next non-SYN packet, which by then may have its own socket.
+const VIA_LISTENER: u8 = 1;
+
+/// A [`FlowEntry`] flag: a TCP socket its process closed, finishing its
+/// shutdown (same cookie, no file); the holder it had is kept in the
+/// resolver's `closed_holders` under its cookie, so that its FINs, ACKs and
+/// retransmissions keep its label.
+const CLOSED: u8 = 2;
 
 /// The 40 bits of a [`FlowEntry`]'s time.
 const AT_MASK: u64 = (1 << 40) - 1;
@@ -401,14 +407,17 @@ impl FlowEntry {
         };
         FlowEntry {
             cookie: ds.cookie,
-            closed: None,
             inode: ds.inode,
             uid: ds.uid,
             state: ds.state,
             gap,
-            via_listener: false,
+            flags: 0,
             at: [a, b, c, d, e],
         }
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
     }
 
     /// The socket, or why there is none.
@@ -423,7 +432,7 @@ impl FlowEntry {
     /// socket, or a closed one's former holder: `flow_ttl`; no socket or
     /// no holder: `negative_ttl`) at `now_ms`.
     fn fresh(&self, cfg: &ResolverConfig, now_ms: u64) -> bool {
-        let ttl = if self.gap.is_none() || self.closed.is_some() { cfg.flow_ttl } else { cfg.negative_ttl };
+        let ttl = if self.gap.is_none() { cfg.flow_ttl } else { cfg.negative_ttl };
         let [a, b, c, d, e] = self.at;
         let age = now_ms.wrapping_sub(u64::from_le_bytes([a, b, c, d, e, 0, 0, 0])) & AT_MASK;
         u128::from(age) < ttl.as_millis()
@@ -432,21 +441,22 @@ impl FlowEntry {
     /// What this entry answers at `now_ms` without asking the kernel, if it
     /// may answer at all (within its TTL, and not a listener standing in
     /// for a connection): a remembered reason, the holder a closed socket
-    /// had, or for a socket with a holder whatever `held` finds in the
-    /// owner cache.
+    /// had (whatever `closed` finds for its cookie), or for a socket with a
+    /// holder whatever `held` finds in the owner cache.
     fn answer(
         &self,
         cfg: &ResolverConfig,
         now_ms: u64,
         held: impl FnOnce(DiagSocket) -> Option<LocalEnd>,
+        closed: impl FnOnce(u64) -> Option<Arc<Owner>>,
     ) -> Option<LocalEnd> {
-        if !self.fresh(cfg, now_ms) || self.via_listener {
+        if !self.fresh(cfg, now_ms) || self.has(VIA_LISTENER) {
             return None;
         }
-        match (&self.closed, self.gap) {
-            (Some(o), _) => Some(o.end_of(self.socket().ok())),
-            (None, Some(reason)) => Some(LocalEnd::unlabeled(reason.token())),
-            (None, None) => held(self.socket().ok()?),
+        match self.gap {
+            Some(reason) => Some(LocalEnd::unlabeled(reason.token())),
+            None if self.has(CLOSED) => Some(closed(self.cookie)?.end_of(self.socket().ok())),
+            None => held(self.socket().ok()?),
         }
     }
 }
@@ -568,6 +578,10 @@ pub struct SocketResolver {
     diag: SockDiag,
     flows: ShardedCache<FlowKey, FlowEntry>,
     owners_cache: ShardedCache<u32, Arc<Owner>>,
+    /// The holders TCP sockets had before their processes closed them, by
+    /// socket cookie, while the sockets finish their shutdown (see
+    /// [`CLOSED`]).
+    closed_holders: ShardedCache<u64, Arc<Owner>>,
     /// inode → (pid, fd)s and the pids from the last full `/proc` scan;
     /// swapped whole.
     owners: RwLock<Arc<procfs::Scan>>,
@@ -599,6 +613,7 @@ impl SocketResolver {
         Ok(SocketResolver {
             flows: ShardedCache::new(cfg.flow_cache_size, cfg.shards),
             owners_cache: ShardedCache::new(cfg.owner_cache_size, cfg.shards),
+            closed_holders: ShardedCache::new(cfg.owner_cache_size, cfg.shards),
             owners: RwLock::new(Arc::new(map)),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_HOLDERS)),
             no_attr_current: AtomicBool::new(false),
@@ -706,9 +721,9 @@ impl SocketResolver {
         // A held socket is answered from the caches; one whose holder is
         // gone (or unknown) is asked about again.
         let now_ms = self.now_ms();
-        let answer = cached
-            .as_ref()
-            .and_then(|e| e.answer(&self.cfg, now_ms, |ds| self.owner_of(&ds, proto, true, pk.received)));
+        let answer = cached.as_ref().and_then(|e| {
+            e.answer(&self.cfg, now_ms, |ds| self.owner_of(&ds, proto, true, pk.received), |c| self.closed_holder(c))
+        });
         if let Some(end) = answer {
             return end;
         }
@@ -734,7 +749,9 @@ impl SocketResolver {
                     _ => None,
                 };
                 let mut entry = FlowEntry::new(Ok(ds), no_owner, now_ms);
-                entry.via_listener = matches!(found, Found::Listener(_)) || ds.state == sockdiag::TCP_LISTEN;
+                if matches!(found, Found::Listener(_)) || ds.state == sockdiag::TCP_LISTEN {
+                    entry.flags |= VIA_LISTENER;
+                }
                 (entry, end)
             }
             Found::Fileless(ds) => {
@@ -744,14 +761,19 @@ impl SocketResolver {
                 // (sock_diag reports uid 0 for a socket without a file.)
                 let same = previous.filter(|old| old.cookie == ds.cookie);
                 let closed = same.and_then(|old| {
-                    cached.as_ref().and_then(|e| e.closed.clone()).or_else(|| self.owners_cache.remove(&old.inode))
+                    cached
+                        .as_ref()
+                        .filter(|e| e.has(CLOSED))
+                        .and_then(|e| self.closed_holder(e.cookie))
+                        .or_else(|| self.owners_cache.remove(&old.inode))
                 });
                 let ds = DiagSocket { uid: same.map_or(ds.uid, |old| old.uid), ..ds };
                 match closed {
                     Some(o) => {
                         let end = o.end_of(Some(ds));
                         let mut entry = FlowEntry::new(Ok(ds), None, now_ms);
-                        entry.closed = Some(o);
+                        entry.flags |= CLOSED;
+                        self.closed_holders.insert_sweeping(ds.cookie, o, &CacheCounters::default(), self.cfg.flow_ttl);
                         (entry, end)
                     }
                     None => {
@@ -764,6 +786,11 @@ impl SocketResolver {
         };
         self.flows.insert_sweeping(key, entry, &self.stats.flow, self.cfg.flow_ttl);
         end
+    }
+
+    /// The holder a closed TCP socket had, by its cookie.
+    fn closed_holder(&self, cookie: u64) -> Option<Arc<Owner>> {
+        self.closed_holders.get(&cookie, &CacheCounters::default())
     }
 
     /// [`local_end`](Self::local_end) from the caches alone (see the
@@ -781,11 +808,16 @@ impl SocketResolver {
         }
         let key = FlowKey::new(proto, local, remote);
         let e = self.flows.get(&key, &CacheCounters::default())?;
-        let end = e.answer(&self.cfg, self.now_ms(), |ds| {
-            let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
-            hits.owner.set(hits.owner.get() + 1);
-            Some(end)
-        })?;
+        let end = e.answer(
+            &self.cfg,
+            self.now_ms(),
+            |ds| {
+                let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
+                hits.owner.set(hits.owner.get() + 1);
+                Some(end)
+            },
+            |c| self.closed_holder(c),
+        )?;
         hits.flow.set(hits.flow.get() + 1);
         Some(end)
     }

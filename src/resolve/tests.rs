@@ -318,8 +318,8 @@ fn flow_cache_entries_stay_small() {
     use std::mem::size_of;
     // The flow cache's memory is about (key + entry + 1) bytes per table slot.
     assert!(size_of::<FlowKey>() <= 38, "FlowKey: {}", size_of::<FlowKey>());
-    assert!(size_of::<FlowEntry>() <= 32, "FlowEntry: {}", size_of::<FlowEntry>());
-    assert!(size_of::<(FlowKey, FlowEntry)>() <= 72, "slot: {}", size_of::<(FlowKey, FlowEntry)>());
+    assert!(size_of::<FlowEntry>() <= 24, "FlowEntry: {}", size_of::<FlowEntry>());
+    assert!(size_of::<(FlowKey, FlowEntry)>() <= 64, "slot: {}", size_of::<(FlowKey, FlowEntry)>());
 }
 
 #[test]
@@ -349,14 +349,14 @@ fn flow_keys_and_entries_round_trip() {
         let e = FlowEntry::new(Ok(ds), Some(r), t0);
         assert_eq!((e.socket(), e.gap), (Ok(ds), Some(r)));
         assert!(e.fresh(&cfg, t0 + 499) && !e.fresh(&cfg, t0 + 500));
-        let end = e.answer(&cfg, t0, |_| panic!("no holder to look up")).unwrap();
+        let end = e.answer(&cfg, t0, |_| panic!("no holder to look up"), |_| None).unwrap();
         assert_eq!(end.label.origin, Origin::Unlabeled(r.token()));
     }
     for r in [Reason::NoSocket, Reason::SocketClosed, Reason::SockDiagError] {
         let e = FlowEntry::new(Err(r), None, t0);
         assert_eq!(e.socket(), Err(r));
         assert!(!e.fresh(&cfg, t0 + 500));
-        assert_eq!(e.answer(&cfg, t0, |_| None).unwrap().label.origin, Origin::Unlabeled(r.token()));
+        assert_eq!(e.answer(&cfg, t0, |_| None, |_| None).unwrap().label.origin, Origin::Unlabeled(r.token()));
     }
     for r in Reason::ALL {
         assert_eq!(Reason::of(r.token()), Some(r));
@@ -365,10 +365,17 @@ fn flow_keys_and_entries_round_trip() {
     // A held socket answers with what the owner cache finds; a listener
     // never answers from the cache.
     assert_eq!(
-        held.answer(&cfg, t0, |d| Some(LocalEnd { uid: Some(d.uid), ..LocalEnd::unlabeled("x") })).unwrap().uid,
+        held.answer(&cfg, t0, |d| Some(LocalEnd { uid: Some(d.uid), ..LocalEnd::unlabeled("x") }), |_| None)
+            .unwrap()
+            .uid,
         Some(1000)
     );
     let mut l = FlowEntry::new(Ok(ds), None, t0);
-    l.via_listener = true;
-    assert!(l.answer(&cfg, t0, |_| panic!("listener answered")).is_none());
+    l.flags |= VIA_LISTENER;
+    assert!(l.answer(&cfg, t0, |_| panic!("listener answered"), |_| None).is_none());
+    // A closed socket answers with the holder kept for its cookie, and not
+    // at all once that is gone.
+    let mut c = FlowEntry::new(Ok(ds), None, t0);
+    c.flags |= CLOSED;
+    assert!(c.answer(&cfg, t0, |_| panic!("a closed socket has no holder to check"), |_| None).is_none());
 }
