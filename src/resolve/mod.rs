@@ -636,6 +636,17 @@ impl SocketResolver {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The time a cache entry is judged at for a packet: when the packet
+    /// was read from the queue, if known (no clock read per packet; an
+    /// entry is then at most one batch's handling time more lenient), else
+    /// now. In ms since `epoch`.
+    fn judge_ms(&self, received: Option<Instant>) -> u64 {
+        match received {
+            Some(r) => r.saturating_duration_since(self.epoch).as_millis() as u64,
+            None => self.now_ms(),
+        }
+    }
+
     /// The resolver's counters.
     pub fn stats(&self) -> &ResolverStats {
         &self.stats
@@ -720,7 +731,7 @@ impl SocketResolver {
         let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
         // A held socket is answered from the caches; one whose holder is
         // gone (or unknown) is asked about again.
-        let now_ms = self.now_ms();
+        let now_ms = self.judge_ms(pk.received);
         let answer = cached.as_ref().and_then(|e| {
             e.answer(&self.cfg, now_ms, |ds| self.owner_of(&ds, proto, true, pk.received), |c| self.closed_holder(c))
         });
@@ -810,7 +821,7 @@ impl SocketResolver {
         let e = self.flows.get(&key, &CacheCounters::default())?;
         let end = e.answer(
             &self.cfg,
-            self.now_ms(),
+            self.judge_ms(pk.received),
             |ds| {
                 let end = self.cached_owner(&ds, proto, true, pk.received, &CacheCounters::default()).ok()?;
                 hits.owner.set(hits.owner.get() + 1);
@@ -1030,12 +1041,13 @@ impl SocketResolver {
         if trust_tcp && proto == DiagProto::Tcp {
             return Ok(o.end(ds));
         }
-        let now = self.now_ns();
         let checked = o.checked.load(Ordering::Relaxed);
-        let after_receipt =
-            received.is_some_and(|r| checked > r.saturating_duration_since(self.epoch).as_nanos() as u64);
+        if received.is_some_and(|r| checked > r.saturating_duration_since(self.epoch).as_nanos() as u64) {
+            return Ok(o.end(ds));
+        }
+        let now = self.now_ns();
         let recent = now.saturating_sub(checked) < self.cfg.owner_revalidate_after.as_nanos() as u64;
-        if !recent && !after_receipt {
+        if !recent {
             if !procfs::holds(&self.cfg.proc_root, o.pid, o.fd, ds.inode) {
                 return Err(true);
             }

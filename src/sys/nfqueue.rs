@@ -7,8 +7,8 @@
 //! (no poll, no SO_RCVBUFFORCE) and has no batch verdicts or connmark
 //! (NFQA_CT). This module keeps every packet message that arrives while it
 //! waits for an ACK, and offers those features. Message building and parsing
-//! are safe code over byte slices; the only `unsafe` is the four socket calls (and `SO_RCVTIMEO`, set
-//! through `sys`).
+//! are safe code over byte slices; the only `unsafe` is the socket calls (socket, bind, recv, recvmmsg,
+//! and `SO_RCVTIMEO` set through `sys`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -238,6 +238,11 @@ pub struct QueueSocket {
     seq: u32,
     tx: MsgBuf,
     rx: Vec<u8>,
+    /// `slot_count` receive slots of `slot_len` bytes each, for reading
+    /// several datagrams with one `recvmmsg`.
+    slots: Vec<u8>,
+    slot_len: usize,
+    slot_count: usize,
     /// Packet messages that arrived while waiting for a configuration ACK.
     pending: VecDeque<Vec<u8>>,
     /// The datagrams of one [`recv`](Self::recv) batch, back to back, and
@@ -250,6 +255,21 @@ pub struct QueueSocket {
 }
 
 const NETLINK_ACK_TIMEOUT_MS: i32 = 5000;
+
+/// Datagrams read per `recvmmsg` at most.
+const MAX_SLOTS: usize = 32;
+
+/// Room in a receive slot besides the copied packet bytes: the netlink and
+/// nfnetlink headers and every attribute the queue may add (security
+/// context, conntrack, interface and hardware addresses...).
+const SLOT_HEADROOM: usize = 8192;
+
+/// The receive slots for `copy_range`: (slot length, slot count), at most
+/// 4 MiB in all (only the pages datagrams are written to become resident).
+fn slot_shape(copy_range: u32) -> (usize, usize) {
+    let len = (copy_range as usize).min(65535) + SLOT_HEADROOM;
+    (len, ((4 << 20) / len).clamp(1, MAX_SLOTS))
+}
 
 impl QueueSocket {
     /// Open a socket and bind it to `queue` with `params`.
@@ -276,12 +296,16 @@ impl QueueSocket {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        let (slot_len, slot_count) = slot_shape(params.copy_range);
         let mut s = QueueSocket {
             fd,
             queue,
             seq: 0,
             tx: MsgBuf(Vec::with_capacity(256)),
             rx: vec![0u8; 65536 + 8192],
+            slots: vec![0u8; slot_len * slot_count],
+            slot_len,
+            slot_count,
             pending: VecDeque::new(),
             batch: Vec::new(),
             ends: Vec::new(),
@@ -345,6 +369,45 @@ impl QueueSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+
+    /// `recvmmsg(2)` of up to `want` (≤ `slot_count`) datagrams into the
+    /// slots: how many were read; each one's length and whether it was
+    /// truncated go into `lens`.
+    fn recv_many(
+        &mut self,
+        want: usize,
+        flags: libc::c_int,
+        lens: &mut [(usize, bool); MAX_SLOTS],
+    ) -> io::Result<usize> {
+        let want = want.min(self.slot_count).min(MAX_SLOTS);
+        let base = self.slots.as_mut_ptr();
+        // SAFETY: all-zero iovec and mmsghdr values are valid (null
+        // pointers, zero lengths); the used ones are filled in below.
+        let mut iov: [libc::iovec; MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        for (i, (v, h)) in iov.iter_mut().zip(hdrs.iter_mut()).take(want).enumerate() {
+            // SAFETY: slot i lies within `slots` (i < slot_count, which
+            // `slots` was sized for).
+            v.iov_base = unsafe { base.add(i * self.slot_len) }.cast();
+            v.iov_len = self.slot_len;
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `hdrs[..want]` point at `iov[..want]`, each at a distinct
+        // slot of `slots` of `slot_len` bytes, all alive for the call; no
+        // timeout is passed.
+        let n = unsafe {
+            libc::recvmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), want as libc::c_uint, flags, std::ptr::null_mut())
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = (n as usize).min(want);
+        for (l, h) in lens.iter_mut().zip(hdrs.iter()).take(n) {
+            *l = (h.msg_len as usize, h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0);
+        }
+        Ok(n)
     }
 
     fn wait_ack(&mut self, seq: u32) -> io::Result<()> {
@@ -413,11 +476,17 @@ impl QueueSocket {
             self.ends.push(self.batch.len());
             packets += 1;
         }
+        // One recvmmsg reads what is waiting (up to the slots and `max`);
+        // fewer datagrams than asked for means the socket is drained, so an
+        // idle socket costs no extra call. With `wait` the first call
+        // blocks until one datagram is there (MSG_WAITFORONE).
         let mut block = wait && packets == 0;
         while packets < max {
-            let flags = if std::mem::take(&mut block) { 0 } else { libc::MSG_DONTWAIT };
-            let n = match self.recv_raw(flags) {
-                Ok(n) => n,
+            let flags = if std::mem::take(&mut block) { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
+            let want = (max - packets).min(self.slot_count);
+            let mut lens = [(0usize, false); MAX_SLOTS];
+            let got = match self.recv_many(want, flags, &mut lens) {
+                Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if self.ends.is_empty() => return Err(e),
@@ -426,10 +495,22 @@ impl QueueSocket {
                     break;
                 }
             };
-            let from = self.batch.len();
-            self.batch.extend_from_slice(self.rx.get(..n).unwrap_or(&[]));
-            packets += packet_msgs(self.batch.get(from..).unwrap_or(&[])).count();
-            self.ends.push(self.batch.len());
+            for (i, &(n, truncated)) in lens.iter().take(got).enumerate() {
+                if truncated {
+                    // Cannot happen with the slots sized for the copy range;
+                    // its packet id may be unreadable, so say so loudly.
+                    bad(MsgError::Truncated);
+                    continue;
+                }
+                let from = self.batch.len();
+                let slot = self.slots.get(i * self.slot_len..i * self.slot_len + n).unwrap_or(&[]);
+                self.batch.extend_from_slice(slot);
+                packets += packet_msgs(self.batch.get(from..).unwrap_or(&[])).count();
+                self.ends.push(self.batch.len());
+            }
+            if got < want {
+                break;
+            }
         }
         let received = Instant::now();
 
