@@ -333,6 +333,39 @@ struct Index {
     lists: Vec<u32>,
     /// Rules naming no source and no destination type, ascending.
     wild: Vec<u32>,
+    /// Hook, protocol and destination ports of each rule of `wild`, in the
+    /// same order: every packet scans `wild`, and with these beside it the
+    /// scan reads one dense array instead of one rule each (at 100,000
+    /// rules, each in its own cold cache line).
+    wild_pre: Vec<Prefilter>,
+}
+
+/// What can be told about a rule from the packet's hook, protocol and
+/// destination port alone: a rule it refuses cannot match (a rule it admits
+/// may still not).
+#[derive(Clone, Copy, Debug)]
+struct Prefilter {
+    hook: HookSel,
+    proto: Option<Proto>,
+    /// The hull of the rule's destination ports; (0, 65535) when it has
+    /// no dport condition.
+    dport: (u16, u16),
+}
+
+impl Prefilter {
+    fn of(r: &Rule) -> Prefilter {
+        let dport = r.dport.get().map_or((0, u16::MAX), |p| {
+            let rs = p.ranges();
+            (rs.iter().map(|r| r.0).min().unwrap_or(0), rs.iter().map(|r| r.1).max().unwrap_or(u16::MAX))
+        });
+        Prefilter { hook: r.hook, proto: r.proto, dport }
+    }
+
+    fn admits(&self, f: &Facts<'_>) -> bool {
+        self.hook.matches(f.hook)
+            && self.proto.is_none_or(|p| p == f.pkt.proto)
+            && (self.dport == (0, u16::MAX) || f.pkt.dport.is_some_and(|d| self.dport.0 <= d && d <= self.dport.1))
+    }
 }
 
 /// A run of `Index::lists` or `Index::pairs`.
@@ -417,7 +450,10 @@ impl Index {
         for (i, r) in rules.iter().enumerate() {
             let i = i as u32;
             match index_keys(r) {
-                (None, None) => ix.wild.push(i),
+                (None, None) => {
+                    ix.wild.push(i);
+                    ix.wild_pre.push(Prefilter::of(r));
+                }
                 (Some(s), None) => s.into_iter().for_each(|t| entries.push((intern(&mut ix.types, t), NO_TYPE, i))),
                 (None, Some(d)) => d.into_iter().for_each(|t| entries.push((NO_TYPE, intern(&mut ix.types, t), i))),
                 (Some(s), Some(d)) => {
@@ -430,6 +466,7 @@ impl Index {
         }
         ix.types.shrink_to_fit();
         ix.wild.shrink_to_fit();
+        ix.wild_pre.shrink_to_fit();
         entries.sort_unstable();
         entries.dedup();
         let groups = entries.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1));
@@ -538,9 +575,27 @@ impl Policy {
         Merged { lists: self.index.lists(labels.source.context.type_(), labels.dest.context.type_()) }
     }
 
-    /// The first matching rule, if any.
+    /// The first matching rule, if any: the candidates in rule order, the
+    /// rules naming no type only if their [`Prefilter`] admits the packet.
     pub fn first_match(&self, f: &Facts<'_>) -> Option<usize> {
-        self.candidates(f.labels).map(|i| i as usize).find(|&i| self.rules.get(i).is_some_and(|r| r.check(f).is_ok()))
+        let [pair, source, dest, wild] =
+            self.index.lists(f.labels.source.context.type_(), f.labels.dest.context.type_());
+        let mut typed = Merged { lists: [pair, source, dest] }.peekable();
+        let mut wild =
+            wild.iter().zip(&self.index.wild_pre).filter(|(_, pre)| pre.admits(f)).map(|(&i, _)| i).peekable();
+        let matches = |i: u32| self.rules.get(i as usize).is_some_and(|r| r.check(f).is_ok());
+        loop {
+            // A rule is in `wild` or in the typed lists, never both.
+            let next = match (typed.peek(), wild.peek()) {
+                (Some(&t), Some(&w)) if t < w => typed.next(),
+                (_, Some(_)) => wild.next(),
+                (Some(_), None) => typed.next(),
+                (None, None) => return None,
+            }?;
+            if matches(next) {
+                return Some(next as usize);
+            }
+        }
     }
 
     /// Whether a source domain runs permissive.

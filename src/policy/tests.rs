@@ -354,9 +354,12 @@ fn random_policy_text(rules: &[(usize, usize, u8)]) -> String {
         if let Some(p) = PATTERNS[dst % PATTERNS.len()] {
             s.push_str(&format!("dest = \"{p}\"\n"));
         }
-        match extra % 4 {
+        match extra % 6 {
             0 => s.push_str("proto = \"tcp\"\ndport = 1\n"),
             1 => s.push_str("hook = \"input\"\n"),
+            2 => s.push_str("proto = \"udp\"\n"),
+            3 => s.push_str("proto = \"tcp\"\ndport = [0, \"3-7\"]\n"),
+            4 => s.push_str("hook = \"output\"\nproto = \"tcp\"\ndport = \"2-9\"\n"),
             _ => {}
         }
         s.push_str(if extra % 3 == 0 { "verdict = \"drop\"\n" } else { "verdict = \"accept\"\n" });
@@ -372,7 +375,7 @@ proptest::proptest! {
     #[test]
     fn index_agrees_with_linear_scan(
         rules in proptest::collection::vec((0usize..64, 0usize..64, 0u8..12), 0..40),
-        packets in proptest::collection::vec((0usize..16, 0usize..16, 0u8..2, 0u8..4, 1u16..3), 1..24),
+        packets in proptest::collection::vec((0usize..16, 0usize..16, 0u8..2, 0u8..4, 0u16..12), 1..24),
     ) {
         let p = Policy::from_toml(&random_policy_text(&rules), "t").unwrap();
         for (s, d, user, hook, port) in packets {
