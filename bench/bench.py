@@ -149,12 +149,18 @@ def policy(n):
 
 
 class Consumer:
-    """B1 (nfq-accept), B2 (labelgate, every packet or new only), B3 (labelgate --flow) or B0 (none)."""
+    """B1 (nfq-accept), B2 (labelgate, every packet or new only), B3 (labelgate --flow), B0 (none), or B0ct
+    (no queue, but a rule that tracks connections, as every queue rule set here does)."""
 
     def __init__(self, ns, variant, rules_mode, nrules=1000, queues=(0,), cpu=1):
         self.ns, self.variant, self.queues = ns, variant, list(queues)
         self.proc = None
         self.metrics = os.path.join(C.tmp, ns.name + ".metrics.sock")
+        if variant == "B0ct":
+            for chain in ["INPUT", "OUTPUT"]:
+                ns.x(["iptables", "-t", "security", "-A", chain, "-m", "conntrack", "--ctstate", "INVALID", "-j",
+                      "DROP"])
+            return
         if variant == "B0":
             return
         qarg = "%d-%d" % (self.queues[0], self.queues[-1]) if len(self.queues) > 1 else str(self.queues[0])
@@ -477,7 +483,7 @@ def main():
     if a.only:
         run = {
             "udp": lambda: {v: w_udp(v) for v in ["B0", "B1", "B2", "B3"]},
-            "tcp": lambda: {v: w_tcp(v) for v in ["B0", "B1", "B2", "B3"]},
+            "tcp": lambda: {v: w_tcp(v) for v in ["B0", "B0ct", "B1", "B2", "B3"]},
             "conn": lambda: {v: w_conn(v) for v in ["B0", "B1", "B2", "B3"]},
             "lat": lambda: {v: w_latency(v) for v in ["B0", "B1", "B2", "B3"]},
             "rules": lambda: {n: w_udp("B2", nrules=n) for n in [10, big]},
@@ -503,7 +509,7 @@ def main():
         log("round %d/%d" % (rnd + 1, C.rounds))
         R["udp"].append({v: w_udp(v) for v in C.order(["B0", "B1", "B2", "B3"])})
         log("  udp %s" % {v: round(x["pps"]) for v, x in R["udp"][-1].items()})
-        R["tcp"].append({v: w_tcp(v) for v in C.order(["B0", "B1", "B2", "B3"])})
+        R["tcp"].append({v: w_tcp(v) for v in C.order(["B0", "B0ct", "B1", "B2", "B3"])})
         log("  tcp %s" % {v: round(x["gbps"], 2) for v, x in R["tcp"][-1].items()})
         R["conn"].append({v: w_conn(v) for v in C.order(["B0", "B1", "B2", "B3"])})
         log("  conn %s" % {v: round(x["conn_s"]) for v, x in R["conn"][-1].items()})
@@ -525,6 +531,7 @@ def main():
 
     udp = {v: col("udp", v) for v in ["B0", "B1", "B2", "B3"]}
     tcp = {v: col("tcp", v) for v in ["B0", "B1", "B2", "B3"]}
+    tcp_ct = col("tcp", "B0ct")
     conn = {v: col("conn", v) for v in ["B0", "B1", "B2", "B3"]}
     lat = {v: col("lat", v) for v in ["B0", "B1", "B2", "B3"]}
     rules = {n: col("rules", n) for n in [10, big]}
@@ -554,6 +561,7 @@ def main():
     L.append("| consumer CPU s per million packets | %s |" % " | ".join(
         fmt(med(udp[v], "cpu_us_per_pkt"), 2) for v in udp))
     L.append("| TCP bulk (iperf3) Gbit/s | %s |" % " | ".join(fmt(med(tcp[v], "gbps")) for v in tcp))
+    L.append("| TCP bulk, no queue but connection tracking on (B0ct) | %s | | | |" % fmt(med(tcp_ct, "gbps")))
     L.append("| new TCP conn/s | %s |" % " | ".join(fmt(med(conn[v], "conn_s")) for v in conn))
     L.append("| connect() p50 / p99 µs | %s |" % " | ".join(
         "%s / %s" % (fmt(med(conn[v], "p50_us"), 1), fmt(med(conn[v], "p99_us"), 1)) for v in conn))
@@ -593,6 +601,9 @@ def main():
         fmt(b2b1_pps), verdict(b2b1_pps >= 0.95)))
     L.append("| B2/B1 CPU per packet | %s | ≤ 1.2 | %s |" % (fmt(b2b1_cpu), verdict(b2b1_cpu <= 1.2)))
     L.append("| B3/B0 TCP bulk throughput | %s | ≥ 0.95 | %s |" % (fmt(b3b0_tcp), verdict(b3b0_tcp >= 0.95)))
+    b3ct_tcp = ratio(med(tcp["B3"], "gbps"), med(tcp_ct, "gbps"))
+    L.append("| B3/B0ct TCP bulk throughput (B0 with connection tracking on, which every queue rule set needs) "
+             "| %s | (info) | |" % fmt(b3ct_tcp))
     L.append("| B3/B1 new TCP conn/s | %s | ≥ 0.8 | %s |" % (fmt(b3b1_conn), verdict(b3b1_conn >= 0.8)))
     bn = "{:,}".format(big)
     L.append("| %s/10 rules: decision mean time | %s | within 10%% (≤ 1.10) at 100,000 | %s |" % (
