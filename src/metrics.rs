@@ -2,7 +2,7 @@
 //! (mode 0600) or a loopback TCP port; off unless `--metrics` is given.
 
 use crate::counters::{Counters, LATENCY_BOUNDS};
-use crate::engine::Engine;
+use crate::engine::{Engine, Loaded};
 use crate::runtime::KernelQueueStats;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -58,7 +58,7 @@ impl std::fmt::Display for Esc<'_> {
 /// in memory first.
 pub fn write_all(out: &mut dyn Write, engine: &Engine, queues: &[u16]) -> std::io::Result<()> {
     let loaded = engine.current();
-    out.write_all(render_counters(engine, queues).as_bytes())?;
+    out.write_all(render_counters(engine, &loaded, queues).as_bytes())?;
     writeln!(
         out,
         "# HELP labelgate_rule_hits_total Packets decided by each rule of the running policy.\n# TYPE labelgate_rule_hits_total counter"
@@ -69,8 +69,9 @@ pub fn write_all(out: &mut dyn Write, engine: &Engine, queues: &[u16]) -> std::i
     Ok(())
 }
 
-/// Every metric but the per-rule hits.
-fn render_counters(engine: &Engine, queues: &[u16]) -> String {
+/// Every metric but the per-rule hits (resolver counters from `loaded`,
+/// the same snapshot the rule hits are read from).
+fn render_counters(engine: &Engine, loaded: &Loaded, queues: &[u16]) -> String {
     let c: &Counters = &engine.counters;
     let mut s = String::with_capacity(4096);
     let counter = |s: &mut String, name: &str, help: &str, rows: Vec<(String, u64)>| {
@@ -129,7 +130,6 @@ fn render_counters(engine: &Engine, queues: &[u16]) -> String {
             ("{event=\"full\"}".into(), g(&c.worker_full)),
         ],
     );
-    let loaded = engine.current();
     let kstats: Vec<KernelQueueStats> = queues.iter().filter_map(|q| KernelQueueStats::read(*q)).collect();
     counter(
         &mut s,

@@ -181,18 +181,18 @@ fn is_gone(e: &io::Error) -> bool {
 pub fn socket_label(proc_root: &Path, pid: u32, fd: u32, no_attr_current: &AtomicBool) -> Result<Label, LabelMiss> {
     let mut path = [0u8; 128];
     let mut value = [0u8; 1024];
+    // The allocating way: for a proc root too long for the stack path, or
+    // a context longer than the buffer (many categories).
+    let allocating = || xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux");
     let got = match proc_cpath(&mut path, proc_root, pid, format_args!("fd/{fd}")) {
-        // One syscall, nothing allocated; a context longer than the buffer
-        // (many categories) takes the allocating way.
+        // One syscall, nothing allocated.
         Some(c) => match crate::sys::getxattr(c, c"security.selinux", &mut value) {
             Ok(n) => Ok(value.get(..n).map(<[u8]>::to_vec)),
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
-                xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux")
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => allocating(),
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
             Err(e) => Err(e),
         },
-        None => xattr::get_deref(fd_path(proc_root, pid, fd), "security.selinux"),
+        None => allocating(),
     };
     match got {
         Ok(Some(v)) => {

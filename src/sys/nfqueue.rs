@@ -7,8 +7,8 @@
 //! (no poll, no SO_RCVBUFFORCE) and has no batch verdicts or connmark
 //! (NFQA_CT). This module keeps every packet message that arrives while it
 //! waits for an ACK, and offers those features. Message building and parsing
-//! are safe code over byte slices; the only `unsafe` is the socket calls (socket, bind, recv, recvmmsg,
-//! and `SO_RCVTIMEO` set through `sys`).
+//! are safe code over byte slices; the only `unsafe` is the socket calls
+//! (socket, bind, recv, recvmmsg; `SO_RCVTIMEO` is set through `sys`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -566,7 +566,6 @@ impl QueueSocket {
     }
 }
 
-/// Next netlink message in `buf` at `*off`: (type, seq, whole message).
 /// The packet messages (header included) of one datagram, in order.
 fn packet_msgs(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut off = 0;
@@ -575,6 +574,7 @@ fn packet_msgs(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(|(_, _, msg)| msg)
 }
 
+/// Next netlink message in `buf` at `*off`: (type, seq, whole message).
 fn next_msg<'a>(buf: &'a [u8], off: &mut usize) -> Option<(u16, u32, &'a [u8])> {
     let rest = buf.get(*off..)?;
     let len = u32_at(rest, 0)? as usize;
