@@ -2,15 +2,18 @@
 //! between two of this process's own UDP sockets once its caches are warm
 //! (flow cache and owner cache hits): the owner re-validated with one
 //! readlink per packet (no receive time known), once per batch of 64 packets
-//! read together (as the queue threads do), or every 5 ms; and CIPSO option
-//! parsing.
+//! read together (as the queue threads do), or every 5 ms; the first packet
+//! of a new TCP connection between two of its sockets (a SYN: both ends
+//! looked up afresh, the new client socket attributed, the listener's holder
+//! re-validated); and CIPSO option parsing.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use labelgate::labels::{QueueMeta, Resolver};
 use labelgate::packet::{self, build, Proto};
 use labelgate::resolve::{flow_packet, peer, PeerConfig, ResolverConfig, SocketResolver};
 use std::hint::black_box;
-use std::net::UdpSocket;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 const KERNEL_CIPSO: [u8; 12] = [0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00];
@@ -46,6 +49,32 @@ fn bench_resolve(c: &mut Criterion) {
             });
         }
     }
+
+    // A SYN: the client socket stays in SYN_SENT (the listener's accept
+    // queue is full, so it drops SYNs), the listener is its own process's.
+    let (listener, to) = full_listener();
+    let r = SocketResolver::new(PeerConfig::default(), ResolverConfig::default()).expect("socket resolver");
+    let syn_from = |c: &SynSent| {
+        let mut p = flow_packet(Proto::Tcp, c.1, to);
+        p.tcp_syn = true;
+        p
+    };
+    let first = syn_sent(to);
+    let l = r.resolve(&syn_from(&first), &out, &[]);
+    assert_eq!(l.source_process.as_ref().map(|p| p.pid), Some(std::process::id()), "client attributed: {l:?}");
+    assert_eq!(l.dest_process.map(|p| p.pid), Some(std::process::id()), "listener attributed");
+    g.bench_function("new_tcp_connection_syn", |bch| {
+        bch.iter_batched(
+            || syn_sent(to),
+            |c| {
+                let m = QueueMeta { received: Some(std::time::Instant::now()), ..out.clone() };
+                black_box(r.resolve(black_box(&syn_from(&c)), &m, &[]));
+                c
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    drop(listener);
     g.finish();
 
     let mut g = c.benchmark_group("peer");
@@ -62,6 +91,69 @@ fn bench_resolve(c: &mut Criterion) {
         bch.iter(|| black_box(labelgate::resolve::peer_label(&cfg, black_box(&cpkt), &bytes)))
     });
     g.finish();
+}
+
+/// A listening TCP socket on 127.0.0.1 whose accept queue is full (backlog
+/// 0, one connection never accepted), and its address.
+fn full_listener() -> (OwnedFd, SocketAddr) {
+    let l = tcp_socket(0);
+    let a = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `a` is a valid sockaddr_in of `len` bytes; `l` is open.
+    let rc = unsafe { libc::bind(l.as_raw_fd(), (&a as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "bind");
+    // SAFETY: plain listen(2) on an open socket.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0, "listen");
+    let to = local_addr(&l);
+    // Fill the accept queue (backlog 0 holds one), then let the handshake end.
+    let filler = std::net::TcpStream::connect(to).expect("connect");
+    std::mem::forget(filler);
+    std::thread::sleep(Duration::from_millis(50));
+    (l, to)
+}
+
+/// A client socket whose SYN the full listener drops: it stays in SYN_SENT
+/// (closed when dropped), and its address.
+struct SynSent(#[allow(dead_code)] OwnedFd, SocketAddr);
+
+fn syn_sent(to: SocketAddr) -> SynSent {
+    let s = tcp_socket(libc::SOCK_NONBLOCK);
+    let SocketAddr::V4(v4) = to else { panic!("IPv4 listener") };
+    let a = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `a` is a valid sockaddr_in of `len` bytes; `s` is open.
+    let rc = unsafe { libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_in).cast(), len) };
+    assert!(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS), "connect");
+    let local = local_addr(&s);
+    SynSent(s, local)
+}
+
+fn tcp_socket(flags: libc::c_int) -> OwnedFd {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0) };
+    assert!(fd >= 0, "socket");
+    // SAFETY: a fresh descriptor nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn local_addr(s: &OwnedFd) -> SocketAddr {
+    // SAFETY: all-zero sockaddr_in is valid; getsockname writes at most `len` bytes.
+    let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: as above.
+    let rc = unsafe { libc::getsockname(s.as_raw_fd(), (&mut a as *mut libc::sockaddr_in).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockname");
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))), u16::from_be(a.sin_port))
 }
 
 criterion_group!(benches, bench_resolve);

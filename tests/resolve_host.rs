@@ -696,3 +696,34 @@ fn holder_checked_after_receipt_covers_the_packet() {
     let later = at(Instant::now());
     assert_source_unlabeled(&later, "socket_closed");
 }
+
+/// A SYN between two local sockets asks sock_diag about both ends in one
+/// exchange: each end still gets its own process and inode, IPv4 and IPv6,
+/// at OUTPUT and INPUT, and each SYN is two lookups.
+#[test]
+fn syn_between_local_sockets_resolves_both_ends_together() {
+    let Some((_ns, mut srv, mut cli)) = setup() else {
+        return;
+    };
+    let l = srv.sock("listen tcp 127.0.0.1 0");
+    let l6 = srv.sock("listen tcp ::1 0");
+    let r = resolver();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    for (listener, hook) in [(&l, Hook::Output), (&l6, Hook::Input), (&l, Hook::Input)] {
+        let c = cli.sock(&format!("connect tcp {} {}", unmap(listener.local.ip()), listener.local.port()));
+        // Accepted, so the server's end is a socket of its own (one lookup;
+        // a connection still in the accept queue would ask for the listener).
+        srv.sock(&format!("accept {}", listener.id));
+        let mut syn = pkt(Proto::Tcp, c.local, listener.local);
+        syn.tcp_syn = true;
+        let before = n(&r.stats().sock_diag_queries);
+        let got = r.resolve(&syn, &meta(hook), &[]);
+        assert_eq!(n(&r.stats().sock_diag_queries), before + 2, "{:?}", r.stats().snapshot());
+        assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
+        assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
+        let ssm = ss();
+        for (a, b) in [(c.local, listener.local), (listener.local, c.local)] {
+            assert_eq!(r.cached_socket_inode(Proto::Tcp, a, b), Some(ss_for(&ssm, Proto::Tcp, a, b).ino), "{a} {b}");
+        }
+    }
+}

@@ -119,7 +119,7 @@ use crate::mls::{Level, Range};
 use crate::packet::{LabelOption, PacketInfo, Proto};
 use crate::policy::{AddressLabel, DoiMap, Policy};
 use cache::{CacheCounters, ShardedCache};
-use sockdiag::{DiagProto, DiagSocket, SockDiag};
+use sockdiag::{DiagProto, DiagSocket, Lookup, SockDiag};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -725,7 +725,16 @@ impl SocketResolver {
     /// Resolve the local socket at `local` talking to `remote`. `syn`: the
     /// packet opens a TCP connection, so the flow cache is not asked (the
     /// 4-tuple may belong to a new socket).
-    fn local_end(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, pk: PacketFacts) -> LocalEnd {
+    /// `pre`: this flow's sock_diag answer, when it was already asked (with
+    /// the other end's, see [`labels_with`](Self::labels_with)).
+    fn local_end(
+        &self,
+        proto: DiagProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        pk: PacketFacts,
+        pre: Option<Lookup>,
+    ) -> LocalEnd {
         let syn = pk.syn;
         let key = FlowKey::new(proto, local, remote);
         let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
@@ -739,7 +748,7 @@ impl SocketResolver {
             return end;
         }
         let previous = cached.as_ref().and_then(|e| e.socket().ok());
-        let found = self.query(proto, key.local(), key.remote(), previous.is_some());
+        let found = self.query(proto, key.local(), key.remote(), previous.is_some(), pre);
         let now_socket = match found {
             Found::Socket(ds) | Found::Listener(ds) | Found::Fileless(ds) => Some(ds),
             Found::Nothing(_) => None,
@@ -837,10 +846,21 @@ impl SocketResolver {
     /// request mini-socket in SYN_RECV, or a child in the listener's accept
     /// queue: ESTABLISHED or CLOSE_WAIT without a file) is answered by its
     /// listener.
-    fn query(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr, had_socket: bool) -> Found {
+    /// `pre`: the exact lookup's answer, already asked.
+    fn query(
+        &self,
+        proto: DiagProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        had_socket: bool,
+        pre: Option<Lookup>,
+    ) -> Found {
         let closed = if had_socket { Reason::SocketClosed } else { Reason::NoSocket };
-        bump(&self.stats.sock_diag_queries);
-        let ds = match self.diag.lookup(proto, local, remote) {
+        let answer = pre.unwrap_or_else(|| {
+            bump(&self.stats.sock_diag_queries);
+            self.diag.lookup(proto, local, remote)
+        });
+        let ds = match answer {
             Ok(Some(ds)) => ds,
             Ok(None) => return Found::Nothing(closed),
             Err(e) => {
@@ -1164,9 +1184,9 @@ impl SocketResolver {
             _ => None,
         };
         let pk = PacketFacts { syn: pkt.tcp_syn, received: meta.received };
-        let resolve_end = |local: SocketAddr, remote: SocketAddr| match (diag_proto, cached) {
+        let resolve_end = |local: SocketAddr, remote: SocketAddr, pre: Option<Lookup>| match (diag_proto, cached) {
             (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
-            (Some(p), None) => Some(self.local_end(p, local, remote, pk)),
+            (Some(p), None) => Some(self.local_end(p, local, remote, pk, pre)),
             (Some(p), Some(hits)) => self.cached_end(p, local, remote, pk, hits),
         };
         let is_local = |ip: IpAddr| match cached {
@@ -1177,9 +1197,20 @@ impl SocketResolver {
             (SocketAddr::new(pkt.src, pkt.sport.unwrap_or(0)), SocketAddr::new(pkt.dst, pkt.dport.unwrap_or(0)));
 
         let src_local = matches!(hook, Some(Hook::Output)) || is_local(pkt.src)?;
-        let src_end = if src_local { Some(resolve_end(src, dst)?) } else { None };
         let dst_local = matches!(hook, Some(Hook::Input)) || is_local(pkt.dst)?;
-        let dst_end = if dst_local { Some(resolve_end(dst, src)?) } else { None };
+        // A SYN between two local sockets is looked up afresh at both ends
+        // (the flow cache is not asked for SYNs): both sock_diag lookups go
+        // to the kernel together.
+        let (src_pre, dst_pre) = match diag_proto {
+            Some(p) if cached.is_none() && pk.syn && src_local && dst_local => {
+                self.stats.sock_diag_queries.fetch_add(2, Ordering::Relaxed);
+                let (a, b) = self.diag.lookup_two(p, (src, dst), Some((dst, src)));
+                (Some(a), b)
+            }
+            _ => (None, None),
+        };
+        let src_end = if src_local { Some(resolve_end(src, dst, src_pre)?) } else { None };
+        let dst_end = if dst_local { Some(resolve_end(dst, src, dst_pre)?) } else { None };
 
         let mut l = Labels::unresolved("not_resolved");
         l.secmark = secmark_context(meta);

@@ -176,9 +176,15 @@ fn is_gone(e: &io::Error) -> bool {
 /// xattr, else the process's `/proc/PID/attr/current`, else an unlabeled
 /// label whose reason says why (see the table in `resolve/mod.rs`).
 /// `no_attr_current` is set the first time `attr/current` answers `EINVAL`
-/// (no LSM provides it: a property of the boot), and later reads are then
-/// skipped.
+/// (no LSM provides it: a property of the boot); later calls then read
+/// nothing (neither the xattr, which no LSM can then provide, nor
+/// `attr/current`).
 pub fn socket_label(proc_root: &Path, pid: u32, fd: u32, no_attr_current: &AtomicBool) -> Result<Label, LabelMiss> {
+    // No LSM provides attr/current, so none labels sockets either (SELinux
+    // would do both): the socket's xattr read would fail too.
+    if no_attr_current.load(Ordering::Relaxed) {
+        return Ok(Label::unlabeled("selinux_disabled"));
+    }
     let mut path = [0u8; 128];
     let mut value = [0u8; 1024];
     // The allocating way: for a proc root too long for the stack path, or
@@ -205,9 +211,6 @@ pub fn socket_label(proc_root: &Path, pid: u32, fd: u32, no_attr_current: &Atomi
         Err(e) if is_gone(&e) => return Err(LabelMiss::Gone),
         // EOPNOTSUPP (no LSM labels sockets), EACCES...: fall back.
         Err(_) => {}
-    }
-    if no_attr_current.load(Ordering::Relaxed) {
-        return Ok(Label::unlabeled("selinux_disabled"));
     }
     let l = process_label(proc_root, pid)?;
     if matches!(l.origin, Origin::Unlabeled("selinux_disabled")) {

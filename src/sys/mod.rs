@@ -1,5 +1,6 @@
 //! The one place with `unsafe`: thin, checked wrappers over the libc calls
-//! labelgate needs, and the raw NFQUEUE netlink protocol ([`nfqueue`]).
+//! labelgate needs, and the raw netlink protocols: NFQUEUE ([`nfqueue`]) and
+//! sock_diag exact lookups ([`sockdiag`]).
 //!
 //! Each call is wrapped once, with a SAFETY comment; callers get safe
 //! functions returning `io::Result`.
@@ -9,6 +10,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 pub mod nfqueue;
+pub mod sockdiag;
 
 fn sock_opt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
@@ -195,6 +197,33 @@ impl KernelAudit {
         msg.resize((len + 3) & !3, 0);
         send_to_kernel(self.fd.as_raw_fd(), &msg)
     }
+}
+
+/// A netlink socket of `protocol`, bound to a port id the kernel picks.
+pub(crate) fn netlink_socket(protocol: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2) call; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_nl is valid; nl_pid 0 lets the kernel pick.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// Send one netlink message to the kernel (destination nl_pid 0).

@@ -8,11 +8,11 @@
 //! (NFQA_CT). This module keeps every packet message that arrives while it
 //! waits for an ACK, and offers those features. Message building and parsing
 //! are safe code over byte slices; the only `unsafe` is the socket calls
-//! (socket, bind, recv, recvmmsg; `SO_RCVTIMEO` is set through `sys`).
+//! (recv, recvmmsg; the socket is opened and `SO_RCVTIMEO` set through `sys`).
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -274,28 +274,7 @@ fn slot_shape(copy_range: u32) -> (usize, usize) {
 impl QueueSocket {
     /// Open a socket and bind it to `queue` with `params`.
     pub fn bind(queue: u16, params: &QueueParams) -> io::Result<QueueSocket> {
-        // SAFETY: plain socket(2) call; the result is checked below.
-        let fd =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an all-zero sockaddr_nl is valid; nl_pid 0 lets the kernel pick.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = super::netlink_socket(libc::NETLINK_NETFILTER)?;
         let (slot_len, slot_count) = slot_shape(params.copy_range);
         let mut s = QueueSocket {
             fd,
