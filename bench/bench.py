@@ -443,6 +443,11 @@ def machine():
                                                                    " ".join(load))
 
 
+def xs_rot(xs, k):
+    """`xs` rotated left by `k`: the interleaving order of one run of the variants."""
+    return xs[k % len(xs):] + xs[:k % len(xs)]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--labelgate", required=True)
@@ -462,6 +467,8 @@ def main():
     C.netprobe = os.path.join(a.tools, "netprobe")
     C.rounds = a.rounds or (1 if a.quick else 3)
     C.dur = 1.5 if a.quick else 3.0
+    # Runs per round of the two noisiest workloads (full runs only).
+    C.tcp_reps, C.conn_reps = (1, 1) if a.quick else (3, 2)
     crowd = (2000, 10)
     C.tmp = tempfile.mkdtemp(prefix="labelgate-bench-")
     started = time.time()
@@ -482,21 +489,24 @@ def main():
     R = {k: [] for k in ["udp", "tcp", "conn", "lat", "rules", "queues", "crowd"]}
     if a.only:
         run = {
-            "udp": lambda: {v: w_udp(v) for v in ["B0", "B1", "B2", "B3"]},
-            "tcp": lambda: {v: w_tcp(v) for v in ["B0", "B0ct", "B1", "B2", "B3"]},
-            "conn": lambda: {v: w_conn(v) for v in ["B0", "B1", "B2", "B3"]},
-            "lat": lambda: {v: w_latency(v) for v in ["B0", "B1", "B2", "B3"]},
-            "rules": lambda: {n: w_udp("B2", nrules=n) for n in [10, big]},
-            "queues": lambda: {n: w_udp_queues(n) for n in [1, 2]},
+            "udp": lambda: {v: w_udp(v) for v in C.order(["B0", "B1", "B2", "B3"])},
+            "tcp": lambda: {v: w_tcp(v) for v in C.order(["B0", "B0ct", "B1", "B2", "B3"])},
+            "conn": lambda: {v: w_conn(v) for v in C.order(["B0", "B1", "B2", "B3"])},
+            "lat": lambda: {v: w_latency(v) for v in C.order(["B0", "B1", "B2", "B3"])},
+            "rules": lambda: {n: w_udp("B2", nrules=n) for n in C.order([10, big])},
+            "queues": lambda: {n: w_udp_queues(n) for n in C.order([1, 2])},
             "crowd": lambda: w_crowd(*crowd),
             "rss": lambda: w_rss(big),
         }
-        C.order = lambda xs: xs
         out = {}
         for w in a.only.split(","):
             if w not in run:
                 sys.exit("unknown workload %r (one of %s)" % (w, ", ".join(run)))
-            out[w] = [run[w]() for _ in range(C.rounds)]
+            out[w] = []
+            for rnd in range(C.rounds):
+                # Rotate the variants' order from round to round, as the full run does.
+                C.order = lambda xs, rot=rnd: xs_rot(xs, rot)
+                out[w].append(run[w]())
         text = json.dumps(out, indent=1, default=str)
         print(text)
         if a.json:
@@ -505,14 +515,19 @@ def main():
         return
     for rnd in range(C.rounds):
         rot = rnd
-        C.order = lambda xs, rot=rot: xs[rot % len(xs):] + xs[:rot % len(xs)]
+        C.order = lambda xs, rot=rot: xs_rot(xs, rot)
         log("round %d/%d" % (rnd + 1, C.rounds))
         R["udp"].append({v: w_udp(v) for v in C.order(["B0", "B1", "B2", "B3"])})
         log("  udp %s" % {v: round(x["pps"]) for v, x in R["udp"][-1].items()})
-        R["tcp"].append({v: w_tcp(v) for v in C.order(["B0", "B0ct", "B1", "B2", "B3"])})
-        log("  tcp %s" % {v: round(x["gbps"], 2) for v, x in R["tcp"][-1].items()})
-        R["conn"].append({v: w_conn(v) for v in C.order(["B0", "B1", "B2", "B3"])})
-        log("  conn %s" % {v: round(x["conn_s"]) for v, x in R["conn"][-1].items()})
+        # TCP bulk and new connections vary most from run to run on a shared
+        # machine: more samples per round (each rotated again) for their medians.
+        for rep in range(C.tcp_reps):
+            order = xs_rot(["B0", "B0ct", "B1", "B2", "B3"], rnd + rep)
+            R["tcp"].append({v: w_tcp(v) for v in order})
+            log("  tcp %s" % {v: round(x["gbps"], 2) for v, x in R["tcp"][-1].items()})
+        for rep in range(C.conn_reps):
+            R["conn"].append({v: w_conn(v) for v in xs_rot(["B0", "B1", "B2", "B3"], rnd + rep)})
+            log("  conn %s" % {v: round(x["conn_s"]) for v, x in R["conn"][-1].items()})
         R["lat"].append({v: w_latency(v) for v in C.order(["B0", "B1", "B2", "B3"])})
         log("  lat %s" % {v: (x["p50_us"], x["p99_us"]) for v, x in R["lat"][-1].items()})
         R["rules"].append({n: w_udp("B2", nrules=n) for n in C.order([10, big])})
@@ -543,8 +558,9 @@ def main():
         return x / y if y else float("nan")
 
     L = []
-    L.append("Machine: %s. Run took %.0f s, %d round(s) of %.1f s measurements, medians over rounds." % (
-        mach, elapsed, C.rounds, C.dur))
+    L.append("Machine: %s. Run took %.0f s, %d round(s) of %.1f s measurements, medians over rounds "
+             "(TCP bulk %d and new connections %d runs of every variant per round)." % (
+                 mach, elapsed, C.rounds, C.dur, C.tcp_reps, C.conn_reps))
     L.append("")
     L.append("### Raw figures (medians)")
     L.append("")
