@@ -897,10 +897,11 @@ impl SocketResolver {
     /// `cached_only`, only the owner cache is asked (a TCP socket's holder
     /// is then trusted without re-validation, see
     /// [`ResolverConfig::owner_revalidate_after`]); otherwise the holder is
-    /// looked for in this order, stopping at the first found: the holders
-    /// the last full scan saw, the processes that held the sockets found
-    /// last, the processes born since the last full scan, and only then a
-    /// new full scan of `/proc`.
+    /// looked for in this order, stopping at the first found: the most
+    /// recent holder at the fd number its last socket had, the holders the
+    /// last full scan saw, the processes that held the sockets found last,
+    /// the processes born since the last full scan, and only then a new
+    /// full scan of `/proc`.
     fn owner_of(
         &self,
         ds: &DiagSocket,
@@ -919,20 +920,34 @@ impl SocketResolver {
         if cached_only {
             return None;
         }
-        let no_count = CacheCounters::default();
-        if self.holderless.get(&ds.inode, &no_count).is_some_and(|at| at.elapsed() < self.cfg.negative_ttl) {
-            return None;
-        }
         let t0 = Instant::now();
         // Every /proc read below happens after this: the owner's check time.
         let t0_ns = self.now_ns();
         let mut gone = false;
+        // First the most recent holder, at the fd number its last socket had
+        // (one `readlink`): a process that opens sockets one after another
+        // gets the same fd number back, and this asks no large map.
+        let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
+        let first = first.map(|r| (r.process.pid, r.fd, r));
+        if let Some((pid, fd, r)) =
+            first.as_ref().filter(|(pid, fd, _)| procfs::holds(&self.cfg.proc_root, *pid, *fd, ds.inode))
+        {
+            if let Some(end) = self.adopt_one(ds, (*pid, *fd), true, Some(r), t0_ns, &mut gone) {
+                bump(&self.stats.owner_found_recent);
+                return Some(end);
+            }
+        }
+        let tried = first.map(|(pid, fd, _)| (pid, fd));
+        let no_count = CacheCounters::default();
+        if self.holderless.get(&ds.inode, &no_count).is_some_and(|at| at.elapsed() < self.cfg.negative_ttl) {
+            return None;
+        }
         let scan = self.owners.read().unwrap_or_else(|e| e.into_inner()).clone();
         let known = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
         if let Some(end) = self.adopt(ds, known, false, t0_ns, &mut gone) {
             return Some(end);
         }
-        if let Some(l) = self.search_likely(ds.inode, &scan.pids) {
+        if let Some(l) = self.search_likely(ds.inode, &scan.pids, tried) {
             if let Some(end) = self.adopt_one(ds, (l.pid, l.fd), true, l.recent.as_ref(), t0_ns, &mut gone) {
                 bump(if l.new_process { &self.stats.owner_found_new_process } else { &self.stats.owner_found_recent });
                 return Some(end);
@@ -1020,13 +1035,14 @@ impl SocketResolver {
     /// a full scan: among the processes that held the sockets found last
     /// (at the fd each held its last one, then all their fds), then among
     /// the processes that `known_pids` (the last full scan) did not see,
-    /// newest first.
-    fn search_likely(&self, inode: u32, known_pids: &HashSet<u32>) -> Option<Likely> {
+    /// newest first. `tried`: a (pid, fd) already found not to hold it.
+    fn search_likely(&self, inode: u32, known_pids: &HashSet<u32>, tried: Option<(u32, u32)>) -> Option<Likely> {
         let root = &self.cfg.proc_root;
         let recent: Vec<Recent> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
         for r in &recent {
             let pid = r.process.pid;
-            let fd = if procfs::holds(root, pid, r.fd, inode) { Some(r.fd) } else { procfs::find_in(root, pid, inode) };
+            let at_last_fd = tried != Some((pid, r.fd)) && procfs::holds(root, pid, r.fd, inode);
+            let fd = if at_last_fd { Some(r.fd) } else { procfs::find_in(root, pid, inode) };
             if let Some(fd) = fd {
                 return Some(Likely { pid, fd, new_process: false, recent: Some(r.clone()) });
             }
