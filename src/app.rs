@@ -83,8 +83,14 @@ impl crate::labels::Resolver for PanicAfter {
     }
 }
 
-fn resolver_factory(udp_recheck: Duration) -> crate::engine::ResolverFactory {
-    let cfg = crate::resolve::ResolverConfig { owner_revalidate_after: udp_recheck, ..Default::default() };
+/// `flow`: flow mode (TCP flows are not cached at their SYN, see
+/// [`ResolverConfig::cache_syn_flows`](crate::resolve::ResolverConfig::cache_syn_flows)).
+fn resolver_factory(udp_recheck: Duration, flow: bool) -> crate::engine::ResolverFactory {
+    let cfg = crate::resolve::ResolverConfig {
+        owner_revalidate_after: udp_recheck,
+        cache_syn_flows: !flow,
+        ..Default::default()
+    };
     let real = crate::resolver_factory_with(cfg);
     match std::env::var("LABELGATE_FAULT_PANIC_AFTER").ok().and_then(|v| v.parse::<u64>().ok()) {
         None => real,
@@ -352,7 +358,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let engine = Arc::new(Engine::new(
         policy,
-        resolver_factory(Duration::from_millis(args.udp_recheck_ms)),
+        resolver_factory(Duration::from_millis(args.udp_recheck_ms), args.flow),
         args.mode,
         counters.clone(),
         sink,

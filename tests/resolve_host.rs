@@ -727,3 +727,37 @@ fn syn_between_local_sockets_resolves_both_ends_together() {
         }
     }
 }
+
+/// Flow mode's resolver does not remember the flows of SYNs (the kernel
+/// decides the rest of the connection): a SYN leaves no flow entry, and a
+/// later packet of the flow is still attributed right, through sock_diag.
+#[test]
+fn flow_mode_does_not_cache_syn_flows() {
+    let Some((_ns, mut srv, mut cli)) = setup() else {
+        return;
+    };
+    let l = srv.sock("listen tcp 127.0.0.1 0");
+    let c = cli.sock(&format!("connect tcp 127.0.0.1 {}", l.local.port()));
+    srv.sock(&format!("accept {}", l.id));
+    let cfg = ResolverConfig { cache_syn_flows: false, ..ResolverConfig::default() };
+    let r = SocketResolver::new(PeerConfig::default(), cfg).expect("resolver");
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let mut syn = pkt(Proto::Tcp, c.local, l.local);
+    syn.tcp_syn = true;
+    let got = r.resolve(&syn, &meta(Hook::Output), &[]);
+    assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
+    assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
+    assert_eq!(r.cached_socket_inode(Proto::Tcp, c.local, l.local), None);
+    assert_eq!(r.cached_socket_inode(Proto::Tcp, l.local, c.local), None);
+    let before = n(&r.stats().sock_diag_queries);
+    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output), &[]);
+    assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
+    assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
+    assert_eq!(n(&r.stats().sock_diag_queries), before + 2, "{:?}", r.stats().snapshot());
+    // That packet was not a SYN: its flow is remembered as before.
+    let ssm = ss();
+    assert_eq!(
+        r.cached_socket_inode(Proto::Tcp, c.local, l.local),
+        Some(ss_for(&ssm, Proto::Tcp, c.local, l.local).ino)
+    );
+}

@@ -181,6 +181,13 @@ pub struct ResolverConfig {
     pub local_addr_ttl: Duration,
     /// Where procfs is mounted.
     pub proc_root: PathBuf,
+    /// Remember the flows of TCP SYNs (both ends). Flow mode turns this off:
+    /// there the kernel decides every later packet of a connection by its
+    /// connmark, so those entries would never be read, and writing them
+    /// costs lookups in a large map per new connection. (A later packet
+    /// that does come, say from a rule of the operator's own, is looked up
+    /// with sock_diag: slower, never wrong.)
+    pub cache_syn_flows: bool,
 }
 
 impl Default for ResolverConfig {
@@ -194,6 +201,7 @@ impl Default for ResolverConfig {
             owner_revalidate_after: Duration::ZERO,
             local_addr_ttl: Duration::from_secs(2),
             proc_root: PathBuf::from("/proc"),
+            cache_syn_flows: true,
         }
     }
 }
@@ -804,7 +812,9 @@ impl SocketResolver {
             }
             Found::Nothing(r) => (FlowEntry::new(Err(r), None, now_ms), LocalEnd::unlabeled(r.token())),
         };
-        self.flows.insert_sweeping(key, entry, &self.stats.flow, self.cfg.flow_ttl);
+        if !syn || self.cfg.cache_syn_flows {
+            self.flows.insert_sweeping(key, entry, &self.stats.flow, self.cfg.flow_ttl);
+        }
         end
     }
 
