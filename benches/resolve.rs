@@ -12,7 +12,7 @@ use labelgate::labels::{QueueMeta, Resolver};
 use labelgate::packet::{self, build, Proto};
 use labelgate::resolve::{flow_packet, peer, PeerConfig, ResolverConfig, SocketResolver};
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -97,13 +97,7 @@ fn bench_resolve(c: &mut Criterion) {
 /// 0, one connection never accepted), and its address.
 fn full_listener() -> (OwnedFd, SocketAddr) {
     let l = tcp_socket(0);
-    let a = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (a, len) = sockaddr_in(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
     // SAFETY: `a` is a valid sockaddr_in of `len` bytes; `l` is open.
     let rc = unsafe { libc::bind(l.as_raw_fd(), (&a as *const libc::sockaddr_in).cast(), len) };
     assert_eq!(rc, 0, "bind");
@@ -124,18 +118,23 @@ struct SynSent(#[allow(dead_code)] OwnedFd, SocketAddr);
 fn syn_sent(to: SocketAddr) -> SynSent {
     let s = tcp_socket(libc::SOCK_NONBLOCK);
     let SocketAddr::V4(v4) = to else { panic!("IPv4 listener") };
-    let a = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (a, len) = sockaddr_in(v4);
     // SAFETY: `a` is a valid sockaddr_in of `len` bytes; `s` is open.
     let rc = unsafe { libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_in).cast(), len) };
     assert!(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS), "connect");
     let local = local_addr(&s);
     SynSent(s, local)
+}
+
+/// `addr` as the C API takes it, and its length.
+fn sockaddr_in(addr: SocketAddrV4) -> (libc::sockaddr_in, libc::socklen_t) {
+    let a = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    (a, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
 }
 
 fn tcp_socket(flags: libc::c_int) -> OwnedFd {

@@ -938,16 +938,15 @@ impl SocketResolver {
         // (one `readlink`): a process that opens sockets one after another
         // gets the same fd number back, and this asks no large map.
         let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
-        let first = first.map(|r| (r.process.pid, r.fd, r));
-        if let Some((pid, fd, r)) =
-            first.as_ref().filter(|(pid, fd, _)| procfs::holds(&self.cfg.proc_root, *pid, *fd, ds.inode))
-        {
-            if let Some(end) = self.adopt_one(ds, (*pid, *fd), true, Some(r), t0_ns, &mut gone) {
-                bump(&self.stats.owner_found_recent);
-                return Some(end);
+        let tried = first.as_ref().map(|r| (r.process.pid, r.fd));
+        if let Some(r) = &first {
+            if procfs::holds(&self.cfg.proc_root, r.process.pid, r.fd, ds.inode) {
+                if let Some(end) = self.adopt_one(ds, (r.process.pid, r.fd), true, Some(r), t0_ns, &mut gone) {
+                    bump(&self.stats.owner_found_recent);
+                    return Some(end);
+                }
             }
         }
-        let tried = first.map(|(pid, fd, _)| (pid, fd));
         let no_count = CacheCounters::default();
         if self.holderless.get(&ds.inode, &no_count).is_some_and(|at| at.elapsed() < self.cfg.negative_ttl) {
             return None;
@@ -1230,8 +1229,8 @@ impl SocketResolver {
         let (src_pre, dst_pre) = match diag_proto {
             Some(p) if cached.is_none() && pk.syn && src_local && dst_local => {
                 self.stats.sock_diag_queries.fetch_add(2, Ordering::Relaxed);
-                let (a, b) = self.diag.lookup_two(p, (src, dst), Some((dst, src)));
-                (Some(a), b)
+                let [a, b] = self.diag.lookup_two(p, (src, dst), (dst, src));
+                (Some(a), Some(b))
             }
             _ => (None, None),
         };

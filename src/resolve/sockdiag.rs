@@ -76,34 +76,25 @@ impl SockDiag {
         }
     }
 
-    /// Two lookups (`b` optional) sent to the kernel together: one `sendto`
-    /// and one `recvmmsg` for both.
+    /// Two lookups sent to the kernel together: one `sendto` and one
+    /// `recvmmsg` for both.
     pub fn lookup_two(
         &self,
         proto: DiagProto,
         a: (SocketAddr, SocketAddr),
-        b: Option<(SocketAddr, SocketAddr)>,
-    ) -> (Lookup, Option<Lookup>) {
-        let qa = query(proto, a.0, a.1);
-        let qb = b.map(|(local, remote)| query(proto, local, remote));
-        match (qa, qb) {
-            (Ok(x), Some(Ok(y))) => {
-                let [p, q] = self.exchange([x, y]);
-                (p, Some(q))
-            }
-            (Ok(x), Some(Err(e))) => {
+        b: (SocketAddr, SocketAddr),
+    ) -> [Lookup; 2] {
+        match (query(proto, a.0, a.1), query(proto, b.0, b.1)) {
+            (Ok(x), Ok(y)) => self.exchange([x, y]),
+            (Ok(x), Err(e)) => {
                 let [p] = self.exchange([x]);
-                (p, Some(Err(e)))
+                [p, Err(e)]
             }
-            (Ok(x), None) => {
-                let [p] = self.exchange([x]);
-                (p, None)
-            }
-            (Err(e), Some(Ok(y))) => {
+            (Err(e), Ok(y)) => {
                 let [q] = self.exchange([y]);
-                (Err(e), Some(q))
+                [Err(e), q]
             }
-            (Err(e), qb) => (Err(e), qb.map(|r| r.map(|_| None))),
+            (Err(e), Err(f)) => [Err(e), Err(f)],
         }
     }
 
@@ -136,13 +127,11 @@ const _: () = assert!(MAX_BATCH >= 2);
 /// The kernel's query for the flow between `local` and `remote`.
 fn query(proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> io::Result<InetQuery> {
     let (local, remote) = (unmap(local), unmap(remote));
-    if local.is_ipv4() != remote.is_ipv4() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "local and remote address families differ"));
-    }
-    Ok(match proto {
-        DiagProto::Tcp => InetQuery { protocol: libc::IPPROTO_TCP as u8, src: local, dst: remote },
-        DiagProto::Udp => InetQuery { protocol: libc::IPPROTO_UDP as u8, src: remote, dst: local },
-    })
+    let q = match proto {
+        DiagProto::Tcp => InetQuery::new(libc::IPPROTO_TCP as u8, local, remote),
+        DiagProto::Udp => InetQuery::new(libc::IPPROTO_UDP as u8, remote, local),
+    };
+    q.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "local and remote address families differ"))
 }
 
 fn unmap(a: SocketAddr) -> SocketAddr {

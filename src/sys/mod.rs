@@ -226,6 +226,48 @@ pub(crate) fn netlink_socket(protocol: libc::c_int) -> io::Result<std::os::fd::O
     Ok(fd)
 }
 
+/// Most datagrams one [`recv_many`] call reads.
+pub(crate) const MAX_RECV_SLOTS: usize = 32;
+
+/// `recvmmsg(2)` into consecutive `slot_len`-byte slots of `buf`, one
+/// datagram per slot, for at most `lens.len()` (and [`MAX_RECV_SLOTS`])
+/// datagrams: how many were read. Each one's length (the bytes kept) and
+/// whether it was cut at its slot go into `lens`.
+pub(crate) fn recv_many(
+    fd: RawFd,
+    buf: &mut [u8],
+    slot_len: usize,
+    flags: libc::c_int,
+    lens: &mut [(usize, bool)],
+) -> io::Result<usize> {
+    // SAFETY: all-zero iovec and mmsghdr values are valid (null pointers,
+    // zero lengths); the used ones are filled in below.
+    let mut iov: [libc::iovec; MAX_RECV_SLOTS] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_RECV_SLOTS] = unsafe { std::mem::zeroed() };
+    let mut want = 0;
+    let slots = buf.chunks_exact_mut(slot_len.max(1)).take(lens.len());
+    for ((slot, v), h) in slots.zip(iov.iter_mut()).zip(hdrs.iter_mut()) {
+        v.iov_base = slot.as_mut_ptr().cast();
+        v.iov_len = slot.len();
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+        want += 1;
+    }
+    // SAFETY: `hdrs[..want]` point at `iov[..want]`, each covering a
+    // distinct slot of `buf`, all alive for the call; the kernel writes at
+    // most `iov_len` bytes to each; no timeout is passed.
+    let n = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), want as libc::c_uint, flags, std::ptr::null_mut()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = (n as usize).min(want);
+    for (l, h) in lens.iter_mut().zip(hdrs.iter()).take(n) {
+        *l = ((h.msg_len as usize).min(slot_len), h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0);
+    }
+    Ok(n)
+}
+
 /// Send one netlink message to the kernel (destination nl_pid 0).
 pub(crate) fn send_to_kernel(fd: RawFd, msg: &[u8]) -> io::Result<()> {
     // SAFETY: `addr` is a zeroed sockaddr_nl addressed to the kernel and

@@ -7,8 +7,9 @@
 //! (no poll, no SO_RCVBUFFORCE) and has no batch verdicts or connmark
 //! (NFQA_CT). This module keeps every packet message that arrives while it
 //! waits for an ACK, and offers those features. Message building and parsing
-//! are safe code over byte slices; the only `unsafe` is the socket calls
-//! (recv, recvmmsg; the socket is opened and `SO_RCVTIMEO` set through `sys`).
+//! are safe code over byte slices; the only `unsafe` is one `recv` (the
+//! socket is opened, read with `recvmmsg` and given `SO_RCVTIMEO` through
+//! `sys`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -257,7 +258,7 @@ pub struct QueueSocket {
 const NETLINK_ACK_TIMEOUT_MS: i32 = 5000;
 
 /// Datagrams read per `recvmmsg` at most.
-const MAX_SLOTS: usize = 32;
+const MAX_SLOTS: usize = super::MAX_RECV_SLOTS;
 
 /// Room in a receive slot besides the copied packet bytes: the netlink and
 /// nfnetlink headers and every attribute the queue may add (security
@@ -359,34 +360,8 @@ impl QueueSocket {
         flags: libc::c_int,
         lens: &mut [(usize, bool); MAX_SLOTS],
     ) -> io::Result<usize> {
-        let want = want.min(self.slot_count).min(MAX_SLOTS);
-        let base = self.slots.as_mut_ptr();
-        // SAFETY: all-zero iovec and mmsghdr values are valid (null
-        // pointers, zero lengths); the used ones are filled in below.
-        let mut iov: [libc::iovec; MAX_SLOTS] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; MAX_SLOTS] = unsafe { std::mem::zeroed() };
-        for (i, (v, h)) in iov.iter_mut().zip(hdrs.iter_mut()).take(want).enumerate() {
-            // SAFETY: slot i lies within `slots` (i < slot_count, which
-            // `slots` was sized for).
-            v.iov_base = unsafe { base.add(i * self.slot_len) }.cast();
-            v.iov_len = self.slot_len;
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `hdrs[..want]` point at `iov[..want]`, each at a distinct
-        // slot of `slots` of `slot_len` bytes, all alive for the call; no
-        // timeout is passed.
-        let n = unsafe {
-            libc::recvmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), want as libc::c_uint, flags, std::ptr::null_mut())
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = (n as usize).min(want);
-        for (l, h) in lens.iter_mut().zip(hdrs.iter()).take(n) {
-            *l = (h.msg_len as usize, h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0);
-        }
-        Ok(n)
+        let lens = lens.get_mut(..want.min(self.slot_count)).unwrap_or_default();
+        super::recv_many(self.fd.as_raw_fd(), &mut self.slots, self.slot_len, flags, lens)
     }
 
     fn wait_ack(&mut self, seq: u32) -> io::Result<()> {

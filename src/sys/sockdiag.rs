@@ -31,19 +31,28 @@ const NO_COOKIE: u32 = u32::MAX;
 
 /// Most lookups sent in one batch.
 pub const MAX_BATCH: usize = 4;
+const _: () = assert!(MAX_BATCH <= super::MAX_RECV_SLOTS);
 /// Bytes kept of each reply: the fixed part and room for the attributes the
 /// kernel appends unasked (a longer reply is cut, which loses nothing read).
 const RX_SLOT: usize = 512;
 
 /// One exact lookup, in the kernel's orientation of `src` and `dst` (which
 /// for UDP is the reverse of the packet's local/remote, see
-/// `resolve::sockdiag`). Both addresses must be of one family.
+/// `resolve::sockdiag`); both addresses of one family, which
+/// [`InetQuery::new`] checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InetQuery {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
-    pub protocol: u8,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
+    protocol: u8,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+impl InetQuery {
+    /// `None` when `src` and `dst` are of different address families.
+    pub fn new(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Option<InetQuery> {
+        (src.is_ipv4() == dst.is_ipv4()).then_some(InetQuery { protocol, src, dst })
+    }
 }
 
 /// The fields of one `inet_diag_msg` that labelgate reads.
@@ -89,15 +98,22 @@ impl DiagLink {
         super::send_to_kernel(self.fd.as_raw_fd(), tx.get(..len).unwrap_or_default())?;
 
         let mut answers: [Option<Answer>; MAX_BATCH] = Default::default();
-        let mut rx = [[0u8; RX_SLOT]; MAX_BATCH];
+        let mut rx = [0u8; RX_SLOT * MAX_BATCH];
         let mut open = n;
         while open > 0 {
-            let (lens, got) = self.recv_dontwait(&mut rx, open)?;
+            let mut lens = [(0usize, false); MAX_BATCH];
+            let want = lens.get_mut(..open).unwrap_or_default();
+            let got = match super::recv_many(self.fd.as_raw_fd(), &mut rx, RX_SLOT, libc::MSG_DONTWAIT, want) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
             if got == 0 {
                 return Err(io::Error::other("sock_diag: fewer replies than requests"));
             }
-            for (slot, &got) in rx.iter().zip(lens.iter().take(got)) {
-                for (seq, answer) in parse_replies(slot.get(..got).unwrap_or_default()) {
+            // A reply longer than its slot is cut, which loses nothing read.
+            for (slot, &(len, _)) in rx.chunks_exact(RX_SLOT).zip(lens.iter().take(got)) {
+                for (seq, answer) in parse_replies(slot.get(..len).unwrap_or_default()) {
                     let i = seq.wrapping_sub(first) as usize;
                     // A reply to an earlier, failed exchange: skip it.
                     if let Some(a) = answers.get_mut(i).filter(|a| i < n && a.is_none()) {
@@ -109,61 +125,13 @@ impl DiagLink {
         }
         Ok(answers)
     }
-
-    /// Non-blocking `recvmmsg` of up to `want` datagrams into `rx`: the
-    /// byte count kept of each, and how many arrived (0 when none is queued).
-    fn recv_dontwait(
-        &self,
-        rx: &mut [[u8; RX_SLOT]; MAX_BATCH],
-        want: usize,
-    ) -> io::Result<([usize; MAX_BATCH], usize)> {
-        let want = want.min(MAX_BATCH);
-        // SAFETY: all-zero iovec and mmsghdr values are valid (null
-        // pointers, zero lengths); they are filled in below.
-        let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-        for ((v, h), buf) in iov.iter_mut().zip(hdrs.iter_mut()).zip(rx.iter_mut()) {
-            v.iov_base = buf.as_mut_ptr().cast();
-            v.iov_len = RX_SLOT;
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: each of the first `want` headers points at one iovec
-        // covering one RX_SLOT-byte buffer in `rx`, all of which outlive
-        // the call; the kernel writes at most that many bytes to each.
-        let got = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                want as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(([0; MAX_BATCH], 0));
-            }
-            return Err(e);
-        }
-        let mut lens = [0; MAX_BATCH];
-        for (l, h) in lens.iter_mut().zip(hdrs.iter()) {
-            *l = (h.msg_len as usize).min(RX_SLOT);
-        }
-        Ok((lens, (got as usize).min(MAX_BATCH)))
-    }
 }
 
 /// Encode one request (`nlmsghdr` + `inet_diag_req_v2`) into `out`: the
 /// bytes written.
 fn encode(q: &InetQuery, seq: u32, out: &mut [u8]) -> io::Result<usize> {
-    let family = match (q.src.ip(), q.dst.ip()) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET as u8,
-        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6 as u8,
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "source and destination families differ")),
-    };
+    // One family for both addresses (InetQuery::new).
+    let family = if q.src.is_ipv4() { libc::AF_INET as u8 } else { libc::AF_INET6 as u8 };
     let total = NLMSG_HDRLEN + REQ_LEN;
     let m = out.get_mut(..total).ok_or_else(|| io::Error::other("sock_diag request buffer too small"))?;
     m.fill(0);
@@ -310,11 +278,8 @@ mod tests {
 
     #[test]
     fn encodes_the_kernel_layout() {
-        let q = InetQuery {
-            protocol: libc::IPPROTO_TCP as u8,
-            src: "127.0.0.1:40000".parse().unwrap(),
-            dst: "127.0.0.2:8000".parse().unwrap(),
-        };
+        let tcp = libc::IPPROTO_TCP as u8;
+        let q = InetQuery::new(tcp, "127.0.0.1:40000".parse().unwrap(), "127.0.0.2:8000".parse().unwrap()).unwrap();
         let mut out = [0u8; 128];
         let n = encode(&q, 5, &mut out).unwrap();
         assert_eq!(n, 72);
@@ -327,8 +292,7 @@ mod tests {
         assert_eq!(&r[12..16], &[127, 0, 0, 1]);
         assert_eq!(&r[28..32], &[127, 0, 0, 2]);
         assert_eq!(&r[48..56], &[0xff; 8]);
-        let mixed = InetQuery { dst: "[::1]:1".parse().unwrap(), ..q };
-        assert!(encode(&mixed, 1, &mut out).is_err());
+        assert_eq!(InetQuery::new(tcp, q.src, "[::1]:1".parse().unwrap()), None);
         assert!(encode(&q, 1, &mut out[..10]).is_err());
     }
 
@@ -358,9 +322,9 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let a = link
             .lookup(&[
-                InetQuery { protocol: tcp, src: la, dst: any },
-                InetQuery { protocol: tcp, src: ca, dst: la },
-                InetQuery { protocol: tcp, src: free, dst: any },
+                InetQuery::new(tcp, la, any).unwrap(),
+                InetQuery::new(tcp, ca, la).unwrap(),
+                InetQuery::new(tcp, free, any).unwrap(),
             ])
             .unwrap();
         let get = |i: usize| *a[i].as_ref().unwrap().as_ref().unwrap();
@@ -372,7 +336,7 @@ mod tests {
         assert!(get(2).is_none());
         assert!(a[3].is_none());
         // One at a time on the same socket: sequence numbers move on.
-        let again = link.lookup(&[InetQuery { protocol: tcp, src: ca, dst: la }]).unwrap();
+        let again = link.lookup(&[InetQuery::new(tcp, ca, la).unwrap()]).unwrap();
         assert_eq!(again[0].as_ref().unwrap().as_ref().unwrap().unwrap(), client);
     }
 
