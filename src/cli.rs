@@ -150,7 +150,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
     /// How long (ms) the process holding a cached UDP socket is trusted before it is checked again with one
-    /// readlink of /proc/PID/fd/N. 0 checks once per batch read from the queue (a check made after a packet was
+    /// read of /proc/PID/fd/N. 0 checks once per batch read from the queue (a check made after a packet was
     /// read covers it, so no packet is decided on a stale holder); a few ms saves most of the rest, at the
     /// price of that long a window in which a closed UDP socket's reused 4-tuple keeps the old socket's label.
     /// (TCP needs no such check: a TCP 4-tuple changes socket only through a handshake, and SYNs are always

@@ -181,17 +181,19 @@ fn soak_keeps_memory_and_descriptors_flat() {
             baseline = Some(d.rss_and_fds());
         }
     }
-    let (rss0, fds0) = baseline.expect("warm-up reading");
-    let (rss1, fds1) = d.rss_and_fds();
+    let (rss0, fds0, _) = baseline.expect("warm-up reading");
+    let (rss1, fds1, links) = d.rss_and_fds();
     let _ = f.wait_with_output();
     let err = d.stop();
     assert!(rss1 <= rss0 + 1024, "RSS grew from {rss0} KiB to {rss1} KiB");
     assert_eq!(fds1, fds0, "open descriptors changed");
+    // The resolver's links to /proc/PID/fd/N are a bounded cache (256).
+    assert!(links <= 256, "{links} links into /proc open");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(kernel_field(&err, "id_sequence"), counter(&err, "packets"), "every packet got a verdict: {err}");
     assert_eq!(kernel_field(&err, "queue_dropped") + kernel_field(&err, "user_dropped"), 0, "{err}");
     eprintln!(
-        "soak: {secs} s, {rounds} rounds, {} packets, RSS {rss0}->{rss1} KiB, fds {fds0}->{fds1}",
+        "soak: {secs} s, {rounds} rounds, {} packets, RSS {rss0}->{rss1} KiB, fds {fds0}->{fds1}, {links} /proc links",
         counter(&err, "packets")
     );
 }

@@ -685,16 +685,31 @@ fn holder_checked_after_receipt_covers_the_packet() {
         let m = QueueMeta { received: Some(received), ..meta(Hook::Output) };
         r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m, &[])
     };
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let batch = Instant::now();
     let first = at(batch);
     assert_eq!(first.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{first:?}");
+    // Later batches check the holders (of both ends: the server's socket is
+    // local too): by the second check a link is open to each one's fd, and
+    // the next check reads through those links.
+    let links = &r.stats().proc_link;
+    let mut seen = vec![];
+    for _ in 0..3 {
+        let again = at(Instant::now());
+        assert_eq!(again.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{again:?}");
+        assert_eq!(again.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{again:?}");
+        seen.push((n(&links.misses), n(&links.hits)));
+    }
+    assert_eq!((seen[2].0, seen[2].1), (seen[1].0, seen[1].1 + 2), "{:?}", r.stats().snapshot());
     cli.cmd(&format!("close {}", c.id));
     // Read in the same batch as the first packet: covered by its check.
     let same_batch = at(batch);
     assert_eq!(same_batch.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{same_batch:?}");
-    // Read after the socket closed: checked, and found closed.
+    // Read after the socket closed: checked (the link no longer reads, the
+    // path is asked again), and found closed.
     let later = at(Instant::now());
     assert_source_unlabeled(&later, "socket_closed");
+    assert_eq!(n(&links.invalidations), 1, "{:?}", r.stats().snapshot());
 }
 
 /// A SYN between two local sockets asks sock_diag about both ends in one

@@ -12,7 +12,7 @@
 //!    holders the last full `/proc` scan saw; else the processes that held
 //!    the sockets found most recently (a server's new connections, a
 //!    client's next socket), each first at the fd number it held its last
-//!    socket at (one `readlink`: a closed descriptor's number is the next
+//!    socket at (one read of `/proc/PID/fd/N`: a closed descriptor's number is the next
 //!    one `socket()` or `accept()` returns), then all its fds; else the
 //!    processes born since the last full
 //!    scan, newest first; and only when all of these fail, a new full scan
@@ -34,7 +34,7 @@
 //! flow is re-queried from sock_diag after [`ResolverConfig::flow_ttl`], at
 //! once when its holder no longer holds it, and always for a TCP SYN (a new
 //! connection may reuse a 4-tuple). The holder of a cached UDP socket is re-validated with one
-//! `readlink` of `/proc/PID/fd/N` (still `socket:[inode]`) unless it was
+//! read of `/proc/PID/fd/N` (still `socket:[inode]`) unless it was
 //! last checked after the packet was read from the queue
 //! ([`QueueMeta::received`]): the queue thread reads a batch of packets and
 //! then decides them, so one check covers the batch (an inode that was
@@ -45,6 +45,14 @@
 //! through a new handshake. A flow whose socket has no holder is remembered
 //! for [`ResolverConfig::negative_ttl`], so it does not cause a `/proc` scan
 //! per packet.
+//!
+//! A (pid, fd) that is read again and again (a cached holder re-validated, a
+//! recent holder's last fd number asked about a new socket) is read through
+//! a link kept open to `/proc/PID/fd/N` ([`procfs::FdLinks`], at most
+//! 256 descriptors): one `readlinkat` that walks no path, and
+//! that fails once the process has exited even if its pid was reused (the
+//! path is then asked afresh). Elsewhere a read is one `readlink` of the
+//! path.
 //!
 //! A TCP connection without a socket of its own yet (a request
 //! mini-socket, or a child not yet accepted) is attributed to its listener,
@@ -61,7 +69,7 @@
 //! entry still within its TTL, not a TCP SYN, not a listener standing in
 //! for a connection), look up the owner cache, and re-validate a UDP
 //! socket's cached holder exactly as [`Resolver::resolve`] would (the one
-//! `readlink` of `/proc/PID/fd/N`, skipped within
+//! read of `/proc/PID/fd/N`, skipped within
 //! [`ResolverConfig::owner_revalidate_after`]); plus parsing the packet's
 //! CIPSO/CALIPSO option and reading the set of local addresses while it is
 //! within [`ResolverConfig::local_addr_ttl`]. What it never does: a
@@ -168,7 +176,7 @@ pub struct ResolverConfig {
     /// How long "no socket for this flow" is remembered.
     pub negative_ttl: Duration,
     /// How long the holder of a cached UDP socket is trusted without
-    /// checking again (one `readlink` of `/proc/PID/fd/N`) that it still
+    /// checking again (one read of `/proc/PID/fd/N`) that it still
     /// holds the socket. Zero (the default) checks every packet that was
     /// read from the queue after the last check (once per batch read); a
     /// few milliseconds saves most of the remaining cost at the price of that
@@ -223,6 +231,9 @@ pub struct ResolverStats {
     pub flow: CacheCounters,
     /// inode → owner cache (invalidations: the owner no longer holds the fd).
     pub owner: CacheCounters,
+    /// Open `/proc/PID/fd/N` links used to re-validate holders
+    /// (invalidations: links dropped as their fd closed or process exited).
+    pub proc_link: CacheCounters,
     pub sock_diag_queries: AtomicU64,
     pub sock_diag_errors: AtomicU64,
     pub proc_scans: AtomicU64,
@@ -254,6 +265,10 @@ impl ResolverStats {
             ("owner_evictions", g(&self.owner.evictions)),
             ("owner_invalidations", g(&self.owner.invalidations)),
             ("owner_expirations", g(&self.owner.expirations)),
+            ("proc_link_hits", g(&self.proc_link.hits)),
+            ("proc_link_misses", g(&self.proc_link.misses)),
+            ("proc_link_evictions", g(&self.proc_link.evictions)),
+            ("proc_link_invalidations", g(&self.proc_link.invalidations)),
             ("sock_diag_queries", g(&self.sock_diag_queries)),
             ("sock_diag_errors", g(&self.sock_diag_errors)),
             ("proc_scans", g(&self.proc_scans)),
@@ -285,6 +300,10 @@ fn bump(a: &AtomicU64) {
 /// How long an unused socket owner stays in the owner cache: an owner
 /// unused for a minute belongs to a socket long idle or gone.
 const OWNER_MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// Most `/proc/PID/fd/N` links kept open for re-validating holders
+/// ([`procfs::FdLinks`]): one descriptor each.
+const PROC_LINKS: usize = 256;
 
 /// A flow as the flow cache keys it (38 bytes): the addresses as IPv6
 /// octets, an IPv4 address v4-mapped (so it and its mapped IPv6 form are one
@@ -596,6 +615,8 @@ pub struct SocketResolver {
     /// The processes that held the sockets found most recently, newest
     /// first: where a new socket is looked for first.
     recent: Mutex<std::collections::VecDeque<Recent>>,
+    /// Open links of the (pid, fd)s checked again and again.
+    links: procfs::FdLinks,
     /// `/proc/PID/attr/current` answered `EINVAL`: no LSM provides it.
     no_attr_current: AtomicBool,
     /// Sockets (by inode) that a full scan found no process holding, and
@@ -624,6 +645,7 @@ impl SocketResolver {
             closed_holders: ShardedCache::new(cfg.owner_cache_size, cfg.shards),
             owners: RwLock::new(Arc::new(map)),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_HOLDERS)),
+            links: procfs::FdLinks::new(PROC_LINKS, cfg.shards),
             no_attr_current: AtomicBool::new(false),
             holderless: ShardedCache::new(cfg.owner_cache_size, cfg.shards),
             scan: Mutex::new(ScanState { last_start: start }),
@@ -935,12 +957,12 @@ impl SocketResolver {
         let t0_ns = self.now_ns();
         let mut gone = false;
         // First the most recent holder, at the fd number its last socket had
-        // (one `readlink`): a process that opens sockets one after another
+        // (one read, through a kept link): a process that opens sockets one after another
         // gets the same fd number back, and this asks no large map.
         let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
         let tried = first.as_ref().map(|r| (r.process.pid, r.fd));
         if let Some(r) = &first {
-            if procfs::holds(&self.cfg.proc_root, r.process.pid, r.fd, ds.inode) {
+            if self.links.holds(&self.cfg.proc_root, r.process.pid, r.fd, ds.inode, &self.stats.proc_link) {
                 if let Some(end) = self.adopt_one(ds, (r.process.pid, r.fd), true, Some(r), t0_ns, &mut gone) {
                     bump(&self.stats.owner_found_recent);
                     return Some(end);
@@ -1067,7 +1089,7 @@ impl SocketResolver {
         })
     }
 
-    /// The cached holder of a socket, re-validated (one `readlink`) unless
+    /// The cached holder of a socket, re-validated (one read of `/proc/PID/fd/N`) unless
     /// `trust_tcp` and the socket is TCP, or the last check came after the
     /// packet was `received` from the queue (the holder still held the
     /// socket after the packet was sent, so it sent it: an inode never comes
@@ -1093,7 +1115,7 @@ impl SocketResolver {
         let now = self.now_ns();
         let recent = now.saturating_sub(checked) < self.cfg.owner_revalidate_after.as_nanos() as u64;
         if !recent {
-            if !procfs::holds(&self.cfg.proc_root, o.pid, o.fd, ds.inode) {
+            if !self.links.holds(&self.cfg.proc_root, o.pid, o.fd, ds.inode, &self.stats.proc_link) {
                 return Err(true);
             }
             o.checked.store(now, Ordering::Relaxed);

@@ -1,12 +1,15 @@
 //! Everything read from `/proc`: the socket-inode → (pid, fd) map (one scan
-//! of every process's fd table), cheap re-validation of one (pid, fd), the
+//! of every process's fd table), cheap re-validation of one (pid, fd) (with
+//! open links for the ones checked again and again, [`FdLinks`]), the
 //! socket's and the process's SELinux labels, and comm/exe for audit.
 //!
 //! Reads race with processes that exit and fds that close; every failure
 //! is reported as a value, never a panic.
 
+use super::cache::{CacheCounters, ShardedCache};
 use crate::context::SecurityContext;
 use crate::labels::{Label, Origin, ProcessInfo};
+use crate::sys::ProcLink;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
@@ -98,6 +101,83 @@ fn fd_path(proc_root: &Path, pid: u32, fd: u32) -> PathBuf {
 /// this runs per packet).
 pub fn holds(proc_root: &Path, pid: u32, fd: u32, inode: u32) -> bool {
     fd_inode(proc_root, pid, fd) == Some(inode)
+}
+
+/// Open `/proc/PID/fd/N` links ([`ProcLink`]) for the (pid, fd)s that are
+/// checked again and again: a listener's holder on every SYN, a UDP
+/// socket's holder on every batch, the fd number a client's next socket
+/// takes. Such a check is then one `readlinkat` that walks no path (about
+/// half the cost of a `readlink` of the path here). A link is opened at a
+/// (pid, fd)'s second check, so one-off checks (a short-lived client's
+/// socket) cost one `readlink` and hold no descriptor. At most the cache's
+/// capacity of descriptors stay open; the least recently used are closed
+/// first (see [`super::cache`]), and a link found dead is closed at once.
+pub struct FdLinks {
+    links: ShardedCache<(u32, u32), Arc<ProcLink>>,
+    /// (pid, fd)s checked once through their path since they last had a
+    /// link: the next check opens one.
+    seen: ShardedCache<(u32, u32), ()>,
+    seen_counters: CacheCounters,
+}
+
+impl FdLinks {
+    /// Room for about `capacity` open links in `shards` shards.
+    pub fn new(capacity: usize, shards: usize) -> FdLinks {
+        FdLinks {
+            links: ShardedCache::new(capacity, shards),
+            seen: ShardedCache::new(capacity * 4, shards),
+            seen_counters: CacheCounters::default(),
+        }
+    }
+
+    /// Whether process `pid` holds socket `inode` at `fd` now: the answer
+    /// [`holds`] gives. Through the open link of (pid, fd) if there is one;
+    /// else through the path, and at the second such check through a link
+    /// opened then and kept. A link that no longer reads (the fd was closed
+    /// or the process exited) is closed and the path is asked afresh, so a
+    /// reused pid is answered for by whichever process has it now, as
+    /// [`holds`] would. Counted into `c`: hits (read through a link),
+    /// misses (no link), evictions, invalidations (links found dead).
+    pub fn holds(&self, proc_root: &Path, pid: u32, fd: u32, inode: u32, c: &CacheCounters) -> bool {
+        let key = (pid, fd);
+        let mut target = [0u8; 64];
+        if let Some(link) = self.links.get(&key, c) {
+            match link.read(&mut target) {
+                Ok(n) => return target.get(..n).and_then(socket_inode) == Some(inode),
+                Err(_) => {
+                    CacheCounters::bump(&c.invalidations);
+                    self.links.remove(&key);
+                }
+            }
+        }
+        let mut path = [0u8; 128];
+        let second = self.seen.remove(&key).is_some();
+        let cpath = match proc_cpath(&mut path, proc_root, pid, format_args!("fd/{fd}")) {
+            Some(cpath) if second => cpath,
+            _ => {
+                self.seen.insert(key, (), &self.seen_counters);
+                return holds(proc_root, pid, fd, inode);
+            }
+        };
+        let Ok(link) = ProcLink::open(cpath) else {
+            return false;
+        };
+        let Ok(n) = link.read(&mut target) else {
+            return false;
+        };
+        self.links.insert(key, Arc::new(link), c);
+        target.get(..n).and_then(socket_inode) == Some(inode)
+    }
+
+    /// How many links are open.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether no link is open.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
 }
 
 /// `<proc>/PID/<tail>` as a C string in `buf`, built on the stack; `None`
@@ -285,5 +365,56 @@ mod tests {
         drop(s);
         assert!(!holds(proc_root, pid, fd, ino));
         assert_eq!(find_in(proc_root, pid, ino), None);
+    }
+
+    /// Links answer as `holds` does, for another process's socket, through
+    /// a kept link; a holder that exits is no longer one and its link is
+    /// dropped; no more links stay open than the capacity allows.
+    #[test]
+    fn fd_links_answer_as_holds_does() {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering::Relaxed;
+        let root = Path::new("/proc");
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ino = std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap().ino() as u32;
+        // A child holds the socket as its stdin (fd 0); this process lets go.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::from(OwnedFd::from(s)))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let links = FdLinks::new(16, 2);
+        let c = CacheCounters::default();
+        assert!(links.holds(root, pid, 0, ino, &c));
+        assert!(links.is_empty(), "no link at the first check");
+        assert!(links.holds(root, pid, 0, ino, &c));
+        assert_eq!((links.len(), c.misses.load(Relaxed), c.hits.load(Relaxed)), (1, 2, 0), "one at the second");
+        assert!(links.holds(root, pid, 0, ino, &c), "through the kept link");
+        assert!(!links.holds(root, pid, 0, ino.wrapping_add(1), &c), "another socket");
+        assert!(!links.holds(root, pid, 7, ino, &c), "another fd");
+        assert_eq!(c.hits.load(Relaxed), 2);
+        for (fd, want) in [(0, true), (7, false)] {
+            assert_eq!(links.holds(root, pid, fd, ino, &c), holds(root, pid, fd, ino));
+            assert_eq!(holds(root, pid, fd, ino), want);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!links.holds(root, pid, 0, ino, &c), "the holder exited");
+        assert_eq!(c.invalidations.load(Relaxed), 1);
+        assert!(links.is_empty(), "the dead link is dropped, none opened for a gone process");
+
+        // Bounded: links to many fds of this process stay within capacity.
+        let me = std::process::id();
+        let socks: Vec<_> = (0..64).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for s in &socks {
+            let fd = s.as_raw_fd() as u32;
+            let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino() as u32;
+            for _ in 0..3 {
+                assert!(links.holds(root, me, fd, ino, &c));
+            }
+        }
+        assert!(links.len() <= 16 && !links.is_empty(), "{} links open", links.len());
     }
 }

@@ -327,6 +327,43 @@ pub fn readlink(path: &std::ffi::CStr, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// A symbolic link opened itself (`O_PATH | O_NOFOLLOW`), read later with
+/// `readlinkat(fd, "")`, which walks no path. For a `/proc/PID/fd/N` link the
+/// kernel resolves the target at each read: what that process's fd `N` is
+/// *now*. A read fails (`ENOENT`) once the fd is closed or the process has
+/// exited, also when its pid has since been reused: the link belongs to the
+/// process, not to the number.
+#[derive(Debug)]
+pub struct ProcLink(std::os::fd::OwnedFd);
+
+impl ProcLink {
+    /// Open the link at `path` (not what it points to).
+    pub fn open(path: &std::ffi::CStr) -> io::Result<ProcLink> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `path` is NUL-terminated; the flags ask for a path-only
+        // descriptor of the link itself, which the kernel returns or fails.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by open(2) and is owned by nothing else.
+        Ok(ProcLink(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The link's target now, as [`readlink`] gives it.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for as long as `self`; the empty
+        // path is NUL-terminated; the kernel writes at most `buf.len()`
+        // bytes into `buf`.
+        let n = unsafe { libc::readlinkat(self.0.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
 /// `getxattr(2)` of attribute `name` of `path` (symlinks followed) into
 /// `buf`: the value's length; `ERANGE` when `buf` is too small.
 pub fn getxattr(path: &std::ffi::CStr, name: &std::ffi::CStr, buf: &mut [u8]) -> io::Result<usize> {
@@ -389,6 +426,43 @@ mod tests {
         });
         assert_eq!(poll_either(other.fd(), e.fd(), 5000).unwrap(), (false, true));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn proc_link_follows_the_fd_and_its_process() {
+        use std::os::fd::AsRawFd;
+        let read = |l: &ProcLink| {
+            let mut b = [0u8; 64];
+            l.read(&mut b).map(|n| String::from_utf8_lossy(&b[..n]).into_owned())
+        };
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = a.as_raw_fd();
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+        let link = ProcLink::open(&path).unwrap();
+        let first = read(&link).unwrap();
+        assert!(first.starts_with("socket:["), "{first}");
+        let mut b = [0u8; 64];
+        let n = readlink(&path, &mut b).unwrap();
+        assert_eq!(first.as_bytes(), &b[..n], "same answer as readlink");
+        // Another file put at the same fd number (dup2 replaces it in place,
+        // so no other thread can take the number in between): the link
+        // names the new file.
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        nix::unistd::dup2(other.as_raw_fd(), fd).unwrap();
+        let second = read(&link).unwrap();
+        assert!(second.starts_with("socket:[") && second != first, "{first} then {second}");
+        drop(a);
+        assert!(ProcLink::open(c"/proc/self/fd/999999").is_err());
+
+        // A link into another process fails once that process has exited.
+        let mut child =
+            std::process::Command::new("sleep").arg("30").stdin(std::process::Stdio::piped()).spawn().unwrap();
+        let path = std::ffi::CString::new(format!("/proc/{}/fd/0", child.id())).unwrap();
+        let link = ProcLink::open(&path).unwrap();
+        assert!(read(&link).unwrap().starts_with("pipe:["));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(read(&link).unwrap_err().raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]

@@ -247,7 +247,9 @@ impl Daemon {
     }
 
     /// Resident set size (VmRSS, KiB) and open file descriptors of the daemon.
-    pub fn rss_and_fds(&self) -> (u64, usize) {
+    /// Resident KiB, open descriptors other than links into `/proc` (the
+    /// resolver's bounded cache of open `/proc/PID/fd/N` links), and those.
+    pub fn rss_and_fds(&self) -> (u64, usize, usize) {
         let pid = self.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss = status
@@ -255,8 +257,14 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
             .unwrap_or(0);
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-        (rss, fds)
+        let (mut fds, mut links) = (0, 0);
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+            match std::fs::read_link(e.path()) {
+                Ok(t) if t.starts_with("/proc/") => links += 1,
+                _ => fds += 1,
+            }
+        }
+        (rss, fds, links)
     }
 
     pub fn stderr_text(&self) -> String {
