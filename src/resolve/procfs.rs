@@ -159,11 +159,15 @@ impl FdLinks {
                 return holds(proc_root, pid, fd, inode);
             }
         };
-        let Ok(link) = ProcLink::open(cpath) else {
-            return false;
+        let link = match ProcLink::open(cpath) {
+            Ok(link) => link,
+            // No such fd or process: the answer. Anything else (out of
+            // descriptors, say) says nothing about the holder: ask the path.
+            Err(e) if is_gone(&e) => return false,
+            Err(_) => return holds(proc_root, pid, fd, inode),
         };
         let Ok(n) = link.read(&mut target) else {
-            return false;
+            return holds(proc_root, pid, fd, inode);
         };
         self.links.insert(key, Arc::new(link), c);
         target.get(..n).and_then(socket_inode) == Some(inode)
