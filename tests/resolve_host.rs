@@ -333,6 +333,11 @@ fn assert_source_unlabeled(l: &Labels, reason: &'static str) {
     assert_eq!(l.source.context.to_string(), "system_u:object_r:unlabeled_t:s0");
 }
 
+/// A resolver counter's value.
+fn n(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn resolver() -> SocketResolver {
     SocketResolver::new(PeerConfig::default(), ResolverConfig::default()).expect("resolver")
 }
@@ -486,7 +491,6 @@ fn attribution_matches_ss() {
     }
 
     let st = r.stats();
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     println!("stats: {:?}", st.snapshot());
     // Scans happen on owner misses only, never per packet.
     assert!(n(&st.proc_scans) <= 3, "{:?}", st.snapshot());
@@ -550,16 +554,12 @@ fn closing_and_exiting() {
     cli.cmd(&format!("inflight {}", fly.id));
     let got = out(&r, &fly, Proto::Udp);
     assert_source_unlabeled(&got, "kernel_socket");
-    let scans = r.stats().proc_scans.load(std::sync::atomic::Ordering::Relaxed);
+    let scans = n(&r.stats().proc_scans);
     for _ in 0..50 {
         let again = out(&r, &fly, Proto::Udp);
         assert_eq!(again.source.origin, Origin::Unlabeled("kernel_socket"));
     }
-    assert_eq!(
-        r.stats().proc_scans.load(std::sync::atomic::Ordering::Relaxed),
-        scans,
-        "an ownerless flow must not rescan /proc per packet"
-    );
+    assert_eq!(n(&r.stats().proc_scans), scans, "an ownerless flow must not rescan /proc per packet");
 
     // The client forks a child that keeps its sockets and exits itself:
     // attribution moves to the child.
@@ -632,7 +632,6 @@ fn new_sockets_found_without_full_scan() {
     };
     let l = srv.sock("listen tcp 127.0.0.1 0");
     let r = resolver();
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let st = r.stats();
     let attribute = |a: &mut Agent, srv_pid: u32| {
         let c = a.sock(&format!("connect tcp 127.0.0.1 {}", l.local.port()));
@@ -685,7 +684,6 @@ fn holder_checked_after_receipt_covers_the_packet() {
         let m = QueueMeta { received: Some(received), ..meta(Hook::Output) };
         r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m, &[])
     };
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let batch = Instant::now();
     let first = at(batch);
     assert_eq!(first.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{first:?}");
@@ -723,7 +721,6 @@ fn syn_between_local_sockets_resolves_both_ends_together() {
     let l = srv.sock("listen tcp 127.0.0.1 0");
     let l6 = srv.sock("listen tcp ::1 0");
     let r = resolver();
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     for (listener, hook) in [(&l, Hook::Output), (&l6, Hook::Input), (&l, Hook::Input)] {
         let c = cli.sock(&format!("connect tcp {} {}", unmap(listener.local.ip()), listener.local.port()));
         // Accepted, so the server's end is a socket of its own (one lookup;
@@ -756,7 +753,6 @@ fn flow_mode_does_not_cache_syn_flows() {
     srv.sock(&format!("accept {}", l.id));
     let cfg = ResolverConfig { cache_syn_flows: false, ..ResolverConfig::default() };
     let r = SocketResolver::new(PeerConfig::default(), cfg).expect("resolver");
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let mut syn = pkt(Proto::Tcp, c.local, l.local);
     syn.tcp_syn = true;
     let got = r.resolve(&syn, &meta(Hook::Output), &[]);

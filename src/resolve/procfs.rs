@@ -117,17 +117,12 @@ pub struct FdLinks {
     /// (pid, fd)s checked once through their path since they last had a
     /// link: the next check opens one.
     seen: ShardedCache<(u32, u32), ()>,
-    seen_counters: CacheCounters,
 }
 
 impl FdLinks {
     /// Room for about `capacity` open links in `shards` shards.
     pub fn new(capacity: usize, shards: usize) -> FdLinks {
-        FdLinks {
-            links: ShardedCache::new(capacity, shards),
-            seen: ShardedCache::new(capacity * 4, shards),
-            seen_counters: CacheCounters::default(),
-        }
+        FdLinks { links: ShardedCache::new(capacity, shards), seen: ShardedCache::new(capacity * 4, shards) }
     }
 
     /// Whether process `pid` holds socket `inode` at `fd` now: the answer
@@ -150,14 +145,13 @@ impl FdLinks {
                 }
             }
         }
+        if self.seen.remove(&key).is_none() {
+            self.seen.insert(key, (), &CacheCounters::default());
+            return holds(proc_root, pid, fd, inode);
+        }
         let mut path = [0u8; 128];
-        let second = self.seen.remove(&key).is_some();
-        let cpath = match proc_cpath(&mut path, proc_root, pid, format_args!("fd/{fd}")) {
-            Some(cpath) if second => cpath,
-            _ => {
-                self.seen.insert(key, (), &self.seen_counters);
-                return holds(proc_root, pid, fd, inode);
-            }
+        let Some(cpath) = proc_cpath(&mut path, proc_root, pid, format_args!("fd/{fd}")) else {
+            return holds(proc_root, pid, fd, inode);
         };
         let link = match ProcLink::open(cpath) {
             Ok(link) => link,
