@@ -20,7 +20,7 @@ pub fn main() -> i32 {
     abort_on_panic();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Check { file } => check(&file),
+        Command::Check { file, strict } => check(&file, strict),
         Command::Rules(args) => rules(args),
         Command::Explain(args) => explain(args),
         Command::Audit2rules { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e))),
@@ -191,48 +191,66 @@ pub fn summary(p: &Policy) -> String {
     s
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<()> {
+fn check(file: &std::path::Path, strict: bool) -> anyhow::Result<()> {
     let p = Policy::load(file)?;
     print!("{}", summary(&p));
-    let findings = crate::lint::lint(&p);
-    for f in &findings {
-        println!("{}:{}: warning: {}", file.display(), f.line, f.message);
+    let unknown = crate::lint::unknown_types(&p);
+    match &unknown {
+        None => println!("SELinux is not active here: types were not checked against a loaded policy"),
+        Some(u) if u.is_empty() => println!("all types are known to the loaded SELinux policy"),
+        Some(_) => {}
     }
-    match crate::lint::unknown_types(&p) {
-        None => {
-            println!("SELinux is not active here: types were not checked against a loaded policy")
+    let findings = crate::lint::check_findings(&p, unknown.as_deref());
+    for f in &findings {
+        match f.line {
+            0 => println!("{}: warning: {}", file.display(), f.message),
+            line => println!("{}:{line}: warning: {}", file.display(), f.message),
         }
-        Some(unknown) if unknown.is_empty() => {
-            println!("all types are known to the loaded SELinux policy")
-        }
-        Some(unknown) => {
-            for t in unknown {
-                println!("{}: warning: type {t} is not known to the loaded SELinux policy", file.display());
-            }
-        }
+    }
+    if strict && !findings.is_empty() {
+        println!("{}: FAILED ({} warning(s), --strict)", file.display(), findings.len());
+        bail!("{}: {} warning(s) with --strict", file.display(), findings.len());
     }
     println!("{}: OK ({} warning(s))", file.display(), findings.len());
     Ok(())
 }
 
 fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
-    use crate::rules::{self as r, RuleSpec};
+    use crate::rules::{self as r, Backend, Family, RuleSpec, ScopeSource};
     if args.remove {
         r::remove(args.backend)?;
         println!("labelgate rules removed");
         return Ok(());
     }
+    if args.backend == Backend::Nft && args.family != Family::Both {
+        bail!("--family {:?} applies to --backend iptables: nft's inet table covers both families", args.family);
+    }
     let p = Policy::load(&args.policy)?;
     let queues = cli::parse_queues(&args.queues).map_err(anyhow::Error::msg).context("--queues")?;
-    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, !args.no_bypass);
+    let fail = match (args.fail, args.no_bypass) {
+        (Some(f), _) => f,
+        (None, true) => Fail::Closed,
+        (None, false) if p.mode == Mode::Permissive => Fail::Open,
+        (None, false) => Fail::Closed,
+    };
+    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, fail == Fail::Open);
     spec.new_only = !args.all_packets;
+    if spec.source == ScopeSource::Everything {
+        eprintln!(
+            "labelgate: warning: {}: default = \"drop\" and no [[scope]]: these rules queue every new connection \
+             on the hooks the policy names, so everything its rules do not accept is dropped when enforcing",
+            args.policy.display()
+        );
+    }
     if args.install {
-        r::install(args.backend, &spec)?;
+        r::install(args.backend, args.family, &spec)?;
         println!("labelgate rules installed");
     } else {
-        match args.backend {
-            r::Backend::Iptables => print!("{}", r::iptables_install(&spec)),
-            r::Backend::Nft => print!("{}", r::nft_install(&spec)),
+        match (args.backend, args.family) {
+            (Backend::Iptables, Family::Ipv4) => print!("{}", r::iptables_restore(&spec, false)),
+            (Backend::Iptables, Family::Ipv6) => print!("{}", r::iptables_restore(&spec, true)),
+            (Backend::Iptables, Family::Both) => print!("{}", r::iptables_script(&spec)),
+            (Backend::Nft, _) => print!("{}", r::nft_install(&spec)),
         }
     }
     Ok(())

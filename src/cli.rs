@@ -20,12 +20,16 @@ pub struct Cli {
 pub enum Command {
     /// Read packets from NFQUEUE and give each an accept or drop verdict.
     Run(RunArgs),
-    /// Parse and compile a policy file, print a summary and lint findings; non-zero exit on error.
+    /// Parse and compile a policy file, print a summary and every warning (counted); non-zero exit on error.
     Check {
         /// The policy file (TOML).
         file: PathBuf,
+        /// Exit non-zero (1) when there is any warning, not only on errors (for CI pipelines).
+        #[arg(long)]
+        strict: bool,
     },
-    /// Print (or install, or remove) the iptables/nftables rules that queue packets to labelgate.
+    /// Print (or install, or remove) the iptables/nftables rules that queue packets to labelgate: only the
+    /// traffic the policy's scope covers, for IPv4 and IPv6, fail-closed unless the operator chose fail-open.
     Rules(RulesArgs),
     /// Decide a hypothetical packet and show why, rule by rule.
     Explain(ExplainArgs),
@@ -53,12 +57,19 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RulesArgs {
-    /// The policy file: the hooks its rules name decide which chains are queued.
+    /// The policy file: the hooks its rules name decide which chains are queued, and its [[scope]] (or, without
+    /// one and with default = "accept", its drop and audited rules) what is queued; default = "drop" without a
+    /// [[scope]] queues every new connection (see docs/POLICY.md).
     #[arg(long)]
     pub policy: PathBuf,
     /// Firewall to generate for.
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: crate::rules::Backend,
+    /// Address families (iptables): ipv4 prints iptables-restore input, ipv6 ip6tables-restore input, both a
+    /// shell script (run it with sh) that feeds each family to its own tool; with --install, the families
+    /// installed. nft's inet table always covers both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub family: crate::rules::Family,
     /// Queue number N or range N-M (a range spreads flows with --queue-cpu-fanout).
     #[arg(long, default_value = "0")]
     pub queues: String,
@@ -68,13 +79,17 @@ pub struct RulesArgs {
     /// Queue every packet, not only the first of each connection (full packet-level auditing).
     #[arg(long, conflicts_with = "flow")]
     pub all_packets: bool,
-    /// Drop packets while labelgate is not running (default: let them pass).
-    #[arg(long)]
+    /// While no labelgate reads the queue: open lets queued packets pass (--queue-bypass, nft bypass), closed
+    /// drops them. Default: closed when the policy file's mode is enforcing, open when permissive (as `run`).
+    #[arg(long, value_enum)]
+    pub fail: Option<Fail>,
+    /// Same as --fail closed (the older spelling).
+    #[arg(long, conflicts_with = "fail")]
     pub no_bypass: bool,
     /// Apply the rules atomically (replacing labelgate's previous rules).
     #[arg(long, conflicts_with = "remove")]
     pub install: bool,
-    /// Remove labelgate's rules, leaving every other rule alone.
+    /// Remove labelgate's rules (both families), leaving every other rule alone.
     #[arg(long)]
     pub remove: bool,
 }

@@ -6,9 +6,11 @@
 
 mod parse;
 pub mod pattern;
+mod scope;
 
 pub use parse::{PolicyError, RawPolicy};
 use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
+pub use scope::ScopeEntry;
 
 use crate::labels::{Hook, Labels};
 use crate::packet::{PacketInfo, Proto};
@@ -307,6 +309,9 @@ pub struct Policy {
     pub address_labels: Vec<AddressLabel>,
     pub dois: HashMap<u32, DoiMap>,
     pub sets: HashMap<String, Vec<String>>,
+    /// The `[[scope]]` entries; `None` when the policy declares none (it
+    /// then governs every packet queued to it).
+    pub scope: Option<Vec<ScopeEntry>>,
     index: Index,
 }
 
@@ -567,7 +572,7 @@ impl Policy {
         sets: HashMap<String, Vec<String>>,
     ) -> Policy {
         let index = Index::build(&rules);
-        Policy { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, index }
+        Policy { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope: None, index }
     }
 
     /// Indices of the rules that could match, in rule order.
@@ -603,9 +608,20 @@ impl Policy {
         self.permissive_domains.iter().any(|d| d == source_type)
     }
 
+    /// Whether a packet is in the policy's scope (every packet is when the
+    /// policy declares no `[[scope]]`).
+    pub fn in_scope(&self, hook: Hook, pkt: &PacketInfo) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.iter().any(|e| e.matches(hook, pkt)))
+    }
+
     /// Decide one packet. `mode` is the effective global mode (the command
-    /// line may override the file).
+    /// line may override the file). A packet outside the policy's scope is
+    /// accepted without consulting the rules (no hit, no audit record).
     pub fn decide(&self, f: &Facts<'_>, mode: Mode) -> Decision {
+        if !self.in_scope(f.hook, f.pkt) {
+            let verdict = Verdict::Accept;
+            return Decision { verdict, table_verdict: verdict, rule: None, permissive: false, audit: false };
+        }
         let rule = self.first_match(f);
         let (table_verdict, rule_permissive, rule_audit) = match rule.and_then(|i| self.rules.get(i)) {
             Some(r) => {

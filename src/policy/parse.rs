@@ -81,6 +81,7 @@ pub struct RawPolicy {
     address_label: Vec<Spanned<RawAddressLabel>>,
     #[serde(default)]
     doi: Vec<Spanned<RawDoi>>,
+    scope: Option<Spanned<Vec<Spanned<super::scope::RawScope>>>>,
 }
 
 #[derive(Deserialize)]
@@ -132,7 +133,7 @@ fn pass() -> Spanned<String> {
 }
 
 /// Items of a value that may be a scalar or a list of scalars, as strings.
-fn scalar_items(v: &toml::Value) -> Option<Vec<String>> {
+pub(super) fn scalar_items(v: &toml::Value) -> Option<Vec<String>> {
     let one = |v: &toml::Value| match v {
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
@@ -163,6 +164,7 @@ struct Head {
     set_lists: HashMap<String, Vec<String>>,
     address_labels: Vec<AddressLabel>,
     dois: HashMap<u32, DoiMap>,
+    scope: Option<Vec<super::ScopeEntry>>,
 }
 
 fn toml_err(cx: &Ctx<'_>, e: toml::de::Error) -> PolicyError {
@@ -378,7 +380,18 @@ impl Splitter {
 }
 
 fn assemble(h: Head, rules: Vec<Rule>) -> Policy {
-    Policy::assemble(h.mode, h.default, h.malformed, h.permissive_domains, rules, h.address_labels, h.dois, h.set_lists)
+    let mut p = Policy::assemble(
+        h.mode,
+        h.default,
+        h.malformed,
+        h.permissive_domains,
+        rules,
+        h.address_labels,
+        h.dois,
+        h.set_lists,
+    );
+    p.scope = h.scope;
+    p
 }
 
 /// Whether a line outside values is a table header, and if so whether it is
@@ -508,6 +521,7 @@ fn head_sets(cx: &Ctx<'_>, raw: &RawPolicy) -> Result<Head, PolicyError> {
         set_lists,
         address_labels: Vec::new(),
         dois: HashMap::new(),
+        scope: None,
     })
 }
 
@@ -537,10 +551,11 @@ fn head_labels(cx: &Ctx<'_>, raw: &RawPolicy, head: &mut Head) -> Result<(), Pol
     }
     head.address_labels = address_labels;
     head.dois = dois;
+    head.scope = raw.scope.as_ref().map(|s| super::scope::compile(s, &|span, m| cx.err(span, m))).transpose()?;
     Ok(())
 }
 
-fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
         return Ok(n.trunc());
