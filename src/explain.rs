@@ -69,6 +69,15 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
         q.uid.map(|u| format!(" uid={u}")).unwrap_or_default(),
         q.secmark.as_ref().map(|m| format!(" secmark={m}")).unwrap_or_default(),
     );
+    if !p.in_scope(q.hook, &pkt) {
+        let _ = writeln!(
+            s,
+            "outside the policy's [[scope]]: `labelgate rules` does not queue it, and a queued one is accepted \
+             without consulting the rules\nverdict: accept (outside scope, mode: {})",
+            format!("{mode:?}").to_lowercase()
+        );
+        return s;
+    }
     let decided = p.first_match(&facts);
     for (i, r) in p.rules.iter().enumerate() {
         match r.check(&facts) {
@@ -151,5 +160,18 @@ mod tests {
         let out = explain(&p, &q("system_u:system_r:intruder_t:s0", 22), Mode::Enforcing);
         assert!(out.contains("no rule matches: default verdict accept"), "{out}");
         assert_eq!(p.rules[2].hits.load(std::sync::atomic::Ordering::Relaxed), 0, "explain counts no hits");
+    }
+
+    #[test]
+    fn a_packet_outside_the_scope_is_accepted_as_the_daemon_does() {
+        let p = Policy::from_toml(
+            "default = \"drop\"\n[[scope]]\nproto = \"tcp\"\ndport = 5432\n[[rule]]\nname = \"no\"\nverdict = \"drop\"\n",
+            "t",
+        )
+        .unwrap();
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 22), Mode::Enforcing);
+        assert!(out.contains("outside the policy's [[scope]]") && out.contains("verdict: accept"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing);
+        assert!(out.contains("MATCHES -> drop") && out.contains("verdict: drop"), "{out}");
     }
 }

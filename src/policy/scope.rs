@@ -146,6 +146,32 @@ mod tests {
     }
 
     #[test]
+    fn the_daemon_accepts_what_is_outside_the_scope_without_the_rules() {
+        use crate::labels::Labels;
+        use crate::policy::{Facts, Mode, Verdict};
+        let text = "default = \"drop\"\n[[scope]]\nproto = \"tcp\"\ndport = 5432\n\
+                    [[rule]]\nname = \"all\"\nverdict = \"drop\"\naudit = true\n";
+        let p = Policy::from_toml(text, "t").unwrap();
+        let l = Labels::unresolved("test");
+        let none = || None;
+        let decide = |pkt: &PacketInfo, mode| {
+            p.decide(&Facts { hook: Hook::Output, pkt, labels: &l, iif: &none, oif: &none }, mode)
+        };
+        for mode in [Mode::Enforcing, Mode::Permissive] {
+            let d = decide(&pkt(Proto::Udp, "127.0.0.1", Some(53)), mode);
+            assert_eq!(
+                (d.verdict, d.table_verdict, d.rule, d.audit, d.permissive),
+                (Verdict::Accept, Verdict::Accept, None, false, false)
+            );
+            let d = decide(&pkt(Proto::Icmp, "127.0.0.1", None), mode);
+            assert_eq!((d.verdict, d.rule, d.audit), (Verdict::Accept, None, false));
+        }
+        assert_eq!(p.rules[0].hits.load(std::sync::atomic::Ordering::Relaxed), 0, "the rules were not consulted");
+        let d = decide(&pkt(Proto::Tcp, "127.0.0.1", Some(5432)), Mode::Enforcing);
+        assert_eq!((d.verdict, d.rule, d.audit), (Verdict::Drop, Some(0), true));
+    }
+
+    #[test]
     fn bad_entries_are_refused_with_their_place() {
         for (text, want) in [
             ("scope = []\n", "t:1:9: scope is empty"),
