@@ -223,7 +223,8 @@ fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.backend == Backend::Nft && args.family != Family::Both {
-        bail!("--family {:?} applies to --backend iptables: nft's inet table covers both families", args.family);
+        let family = format!("{:?}", args.family).to_lowercase();
+        bail!("--family {family} applies to --backend iptables: nft's inet table covers both families");
     }
     let p = Policy::load(&args.policy)?;
     let queues = cli::parse_queues(&args.queues).map_err(anyhow::Error::msg).context("--queues")?;

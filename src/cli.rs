@@ -67,7 +67,7 @@ pub struct RulesArgs {
     pub backend: crate::rules::Backend,
     /// Address families (iptables): ipv4 prints iptables-restore input, ipv6 ip6tables-restore input, both a
     /// shell script (run it with sh) that feeds each family to its own tool; with --install, the families
-    /// installed. nft's inet table always covers both.
+    /// installed. --backend nft accepts only both: its inet table covers both families.
     #[arg(long, value_enum, default_value = "both")]
     pub family: crate::rules::Family,
     /// Queue number N or range N-M (a range spreads flows with --queue-cpu-fanout).

@@ -438,6 +438,7 @@ pub fn iptables_script(spec: &RuleSpec) -> String {
     let mut s = String::from(
         "# labelgate queue rules for IPv4 and IPv6: a shell script, run it with sh.\n\
          # (--family ipv4 or --family ipv6 prints one family's iptables-restore input.)\n\
+         # It adds to what is installed: `labelgate rules --remove` first to replace (--install does both).\n\
          set -e\n",
     );
     for (v6, tool, end) in
