@@ -165,6 +165,27 @@ pub fn summary(p: &Policy) -> String {
     if !p.permissive_domains.is_empty() {
         let _ = writeln!(s, "permissive domains: {}", p.permissive_domains.join(", "));
     }
+    let nets = |n: &Option<crate::policy::pattern::NetSet>| {
+        n.as_ref().map_or("*".to_string(), |n| n.0.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))
+    };
+    match &p.scope {
+        None => {
+            let _ = writeln!(s, "scope: none declared");
+        }
+        Some(entries) => {
+            for e in entries {
+                let _ = writeln!(
+                    s,
+                    "scope hook={} proto={} dport={} saddr={} daddr={}",
+                    format!("{:?}", e.hook).to_lowercase(),
+                    e.proto.map_or("*".to_string(), |p| p.to_string()),
+                    e.dport.as_ref().map_or("*".to_string(), |p| p.to_string()),
+                    nets(&e.saddr),
+                    nets(&e.daddr),
+                );
+            }
+        }
+    }
     let mut sets: Vec<_> = p.sets.iter().collect();
     sets.sort();
     for (name, types) in sets {
@@ -192,27 +213,38 @@ pub fn summary(p: &Policy) -> String {
 }
 
 fn check(file: &std::path::Path, strict: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let p = Policy::load(file)?;
-    print!("{}", summary(&p));
+    let mut out = summary(&p);
     let unknown = crate::lint::unknown_types(&p);
     match &unknown {
-        None => println!("SELinux is not active here: types were not checked against a loaded policy"),
-        Some(u) if u.is_empty() => println!("all types are known to the loaded SELinux policy"),
+        None => out.push_str("SELinux is not active here: types were not checked against a loaded policy\n"),
+        Some(u) if u.is_empty() => out.push_str("all types are known to the loaded SELinux policy\n"),
         Some(_) => {}
     }
     let findings = crate::lint::check_findings(&p, unknown.as_deref());
     for f in &findings {
-        match f.line {
-            0 => println!("{}: warning: {}", file.display(), f.message),
-            line => println!("{}:{line}: warning: {}", file.display(), f.message),
-        }
+        let _ = match f.line {
+            0 => writeln!(out, "{}: warning: {}", file.display(), f.message),
+            line => writeln!(out, "{}:{line}: warning: {}", file.display(), f.message),
+        };
     }
-    if strict && !findings.is_empty() {
-        println!("{}: FAILED ({} warning(s), --strict)", file.display(), findings.len());
+    let failed = strict && !findings.is_empty();
+    let verdict = if failed { "FAILED" } else { "OK" };
+    let strict_note = if failed { ", --strict" } else { "" };
+    let _ = writeln!(out, "{}: {verdict} ({} warning(s){strict_note})", file.display(), findings.len());
+    print_out(&out)?;
+    if failed {
         bail!("{}: {} warning(s) with --strict", file.display(), findings.len());
     }
-    println!("{}: OK ({} warning(s))", file.display(), findings.len());
     Ok(())
+}
+
+/// Write command output to standard output; a closed pipe is an error, not a panic.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).and_then(|()| o.flush()).context("writing to standard output")
 }
 
 fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
@@ -248,10 +280,10 @@ fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
         println!("labelgate rules installed");
     } else {
         match (args.backend, args.family) {
-            (Backend::Iptables, Family::Ipv4) => print!("{}", r::iptables_restore(&spec, false)),
-            (Backend::Iptables, Family::Ipv6) => print!("{}", r::iptables_restore(&spec, true)),
-            (Backend::Iptables, Family::Both) => print!("{}", r::iptables_script(&spec)),
-            (Backend::Nft, _) => print!("{}", r::nft_install(&spec)),
+            (Backend::Iptables, Family::Ipv4) => print_out(&r::iptables_restore(&spec, false))?,
+            (Backend::Iptables, Family::Ipv6) => print_out(&r::iptables_restore(&spec, true))?,
+            (Backend::Iptables, Family::Both) => print_out(&r::iptables_script(&spec))?,
+            (Backend::Nft, _) => print_out(&r::nft_install(&spec))?,
         }
     }
     Ok(())
