@@ -172,6 +172,20 @@ mod tests {
     }
 
     #[test]
+    fn the_file_loader_reads_scope_between_rule_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let text = "default = \"drop\"\n[[rule]]\nname = \"a\"\nverdict = \"accept\"\n\
+                    [[scope]]\nproto = \"udp\"\n[[rule]]\nname = \"b\"\nverdict = \"drop\"\n";
+        std::fs::write(&path, text).unwrap();
+        let p = Policy::load(&path).unwrap();
+        let whole = Policy::from_toml(text, "t").unwrap();
+        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.scope, whole.scope);
+        assert_eq!(p.scope.as_ref().and_then(|s| s.first()).and_then(|e| e.proto), Some(Proto::Udp));
+    }
+
+    #[test]
     fn bad_entries_are_refused_with_their_place() {
         for (text, want) in [
             ("scope = []\n", "t:1:9: scope is empty"),
