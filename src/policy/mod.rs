@@ -7,7 +7,7 @@
 mod parse;
 pub mod pattern;
 
-pub use parse::{PolicyError, RawPolicy};
+pub use parse::{excerpt, open_policy, resolve_id, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
 use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
 
 use crate::labels::{Hook, Labels};
