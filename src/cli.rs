@@ -46,6 +46,7 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -240,6 +241,41 @@ mod tests {
         assert!(parse_queues("3-1").is_err());
         assert!(parse_queues("x").is_err());
         assert!(parse_queues("0-100").is_err());
+    }
+
+    #[test]
+    fn zero_queue_length_and_buffer_are_refused() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["labelgate", "run", "--policy", "p.toml"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        assert!(run(&["--queue-maxlen", "1", "--rcvbuf", "1"]).is_ok());
+        for flag in ["--queue-maxlen", "--rcvbuf"] {
+            let e = run(&[flag, "0"]).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("0 is not in 1.."), "{e}");
+        }
+        assert!(run(&["--rcvbuf", "4294967296"]).is_err(), "more than the kernel's int");
+    }
+
+    /// Every flag of every subcommand says what it is (and `--help` shows
+    /// defaults: clap prints `[default: ...]`, the rest say it in words).
+    #[test]
+    fn every_flag_has_help_text() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{} --{id} has no help text", sub.get_name());
+            }
+        }
+        let run = cmd.find_subcommand("run").unwrap();
+        let queue = run.get_arguments().find(|a| a.get_id() == "queue").unwrap();
+        assert!(queue.get_help().unwrap().to_string().contains("default: queue 0"));
     }
 
     #[test]

@@ -434,3 +434,31 @@ fn a_rotated_audit_file_owned_by_another_user_is_reopened() {
     assert!(!err.contains("cannot be reopened"), "{err}");
     assert!(std::fs::read_to_string(&rotated).unwrap().contains("denied"));
 }
+
+/// A missing policy file names its OS error once; a bad `--audit` path is
+/// named, and the daemon stops before binding its queue; with a good path
+/// the same command runs. Root: a queue.
+#[test]
+fn messages_name_the_path_and_the_error_once() {
+    if !can_run() {
+        return;
+    }
+    let out = Command::new(LABELGATE).args(["check", "/nonexistent/labelgate.toml"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err, "labelgate: /nonexistent/labelgate.toml: No such file or directory (os error 2)\n");
+
+    let ns = Netns::new();
+    let pfile = ns.dir.path().join("p.toml");
+    std::fs::write(&pfile, "default = \"accept\"\n").unwrap();
+    let mut run = ns.cmd(LABELGATE);
+    run.args(["run", "--queue", "50", "--audit", "/nonexistent/dir/audit.log", "--policy"]).arg(&pfile);
+    let out = output_within(&mut run, Duration::from_secs(30)).expect("labelgate did not exit");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot open the audit file /nonexistent/dir/audit.log"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(ns.queue_stats(50).is_none());
+    let d = Daemon::start(&ns, "default = \"accept\"\n", 50, &[]);
+    d.stop();
+}
