@@ -28,6 +28,18 @@ fn output_within(c: &mut Command, limit: Duration) -> Option<Output> {
     }
 }
 
+/// Run `labelgate run --queue QUEUE ARGS...` in `ns`, which must fail (within
+/// `limit`) without ever binding the queue; its stderr.
+fn run_fails_unbound(ns: &Netns, queue: u16, args: &[&std::ffi::OsStr], limit: Duration) -> String {
+    let mut run = ns.cmd(LABELGATE);
+    run.args(["run", "--queue", &queue.to_string()]).args(args);
+    let out = output_within(&mut run, limit).unwrap_or_else(|| panic!("labelgate run {args:?} did not exit"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(ns.queue_stats(queue).is_none(), "queue {queue} bound by a daemon that could not start: {err}");
+    err
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -78,14 +90,8 @@ fn fifo_and_device_policy_paths_are_refused_promptly() {
         let err = text(&out.stderr);
         assert!(err.contains(what) && err.contains("must be a regular file"), "{err}");
 
-        let mut run = ns.cmd(LABELGATE);
-        run.args(["run", "--queue", "40", "--policy"]).arg(path);
-        let out = output_within(&mut run, Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("run --policy {} hung", path.display()));
-        assert!(!out.status.success());
-        let err = text(&out.stderr);
+        let err = run_fails_unbound(&ns, 40, &["--policy".as_ref(), path.as_os_str()], Duration::from_secs(10));
         assert!(err.contains(what), "{err}");
-        assert!(ns.queue_stats(40).is_none(), "queue bound by a daemon that could not read its policy");
     }
 
     // A running daemon whose policy path is replaced by a FIFO, then by a
@@ -293,14 +299,10 @@ fn a_taken_metrics_port_stops_start_up_before_the_queue() {
     let _holder = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "9797", "60"]);
     let pfile = ns.dir.path().join("p.toml");
     std::fs::write(&pfile, "default = \"accept\"\n").unwrap();
-    let mut run = ns.cmd(LABELGATE);
-    run.args(["run", "--queue", "46", "--metrics", "127.0.0.1:9797", "--policy"]).arg(&pfile);
-    let out = output_within(&mut run, Duration::from_secs(30)).expect("labelgate did not exit");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let args = ["--metrics".as_ref(), "127.0.0.1:9797".as_ref(), "--policy".as_ref(), pfile.as_os_str()];
+    let err = run_fails_unbound(&ns, 46, &args, Duration::from_secs(30));
     assert!(err.contains("cannot serve metrics") && err.contains("127.0.0.1:9797"), "{err}");
     assert!(!err.contains("bound NFQUEUE"), "the queue was bound before the metrics port: {err}");
-    assert!(ns.queue_stats(46).is_none());
     // localhost resolves to loopback and serves.
     let d = Daemon::start(&ns, "default = \"accept\"\n", 46, &["--metrics", "localhost:9798"]);
     let body = scrape_tcp(&ns, 9798);
@@ -329,17 +331,11 @@ fn a_unix_metrics_path_refuses_a_file_and_is_removed_at_exit() {
     std::fs::write(&precious, "keep me").unwrap();
     let pfile = ns.dir.path().join("p.toml");
     std::fs::write(&pfile, "default = \"accept\"\n").unwrap();
-    let mut run = ns.cmd(LABELGATE);
-    run.args(["run", "--queue", "47", "--policy"])
-        .arg(&pfile)
-        .arg("--metrics")
-        .arg(format!("unix:{}", precious.display()));
-    let out = output_within(&mut run, Duration::from_secs(30)).expect("labelgate did not exit");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let metrics = std::ffi::OsString::from(format!("unix:{}", precious.display()));
+    let args = ["--policy".as_ref(), pfile.as_os_str(), "--metrics".as_ref(), metrics.as_os_str()];
+    let err = run_fails_unbound(&ns, 47, &args, Duration::from_secs(30));
     assert!(err.contains("is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
-    assert!(ns.queue_stats(47).is_none());
 
     let sock = ns.dir.path().join("metrics.sock");
     let d = Daemon::start(&ns, "default = \"accept\"\n", 47, &["--metrics", &format!("unix:{}", sock.display())]);
@@ -451,14 +447,10 @@ fn messages_name_the_path_and_the_error_once() {
     let ns = Netns::new();
     let pfile = ns.dir.path().join("p.toml");
     std::fs::write(&pfile, "default = \"accept\"\n").unwrap();
-    let mut run = ns.cmd(LABELGATE);
-    run.args(["run", "--queue", "50", "--audit", "/nonexistent/dir/audit.log", "--policy"]).arg(&pfile);
-    let out = output_within(&mut run, Duration::from_secs(30)).expect("labelgate did not exit");
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let args = ["--audit".as_ref(), "/nonexistent/dir/audit.log".as_ref(), "--policy".as_ref(), pfile.as_os_str()];
+    let err = run_fails_unbound(&ns, 50, &args, Duration::from_secs(30));
     assert!(err.contains("cannot open the audit file /nonexistent/dir/audit.log"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-    assert!(ns.queue_stats(50).is_none());
     let d = Daemon::start(&ns, "default = \"accept\"\n", 50, &[]);
     d.stop();
 }
