@@ -371,6 +371,8 @@ impl Reloads {
     fn poll(&mut self, engine: &Engine, path: &std::path::Path) {
         if let Some(old) = self.retired.take() {
             crate::counters::carry_hits(&old.policy, &engine.current().policy);
+            drop(old);
+            crate::sys::release_free_heap();
         }
         let Some(rx) = &self.running else { return };
         let result = match rx.try_recv() {
@@ -389,7 +391,6 @@ impl Reloads {
                 engine.replace(p);
                 let kept = crate::counters::carry_hits(&old.policy, &engine.current().policy);
                 self.retired = Some(old);
-                crate::sys::release_free_heap();
                 log::info!(
                     "reloaded {} ({n} rules; hit counts kept for {kept} rules of the same name)",
                     path.display()
