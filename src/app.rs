@@ -289,11 +289,6 @@ fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn context_arg(s: &str) -> anyhow::Result<crate::context::SecurityContext> {
-    let full = if s.contains(':') { s.to_string() } else { format!("system_u:system_r:{s}:s0") };
-    full.parse().with_context(|| format!("bad context {s:?}"))
-}
-
 fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
     use crate::labels::Hook;
     use crate::packet::Proto;
@@ -312,14 +307,28 @@ fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
         "sctp" => Proto::Sctp,
         other => bail!("--proto {other:?}: expected tcp, udp, icmp, icmpv6 or sctp"),
     };
+    use crate::explain::{label_arg, End};
+    let id = |v: &Option<String>, group: bool, flag: &str| {
+        v.as_deref()
+            .map(|s| crate::policy::resolve_id(s, group))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| flag.to_string())
+    };
     let q = crate::explain::Question {
         hook,
-        source: context_arg(&a.source)?,
-        dest: context_arg(&a.dest)?,
-        secmark: a.secmark.as_deref().map(context_arg).transpose()?,
-        peer: a.peer.as_deref().map(context_arg).transpose()?,
-        uid: a.uid,
-        gid: a.gid,
+        source: label_arg(&a.source, End::Socket).context("--source")?,
+        dest: label_arg(&a.dest, End::Socket).context("--dest")?,
+        secmark: a
+            .secmark
+            .as_deref()
+            .map(|s| label_arg(s, End::Secmark))
+            .transpose()
+            .context("--secmark")?
+            .map(|l| l.context),
+        peer: a.peer.as_deref().map(|s| label_arg(s, End::Peer)).transpose().context("--peer")?,
+        uid: id(&a.uid, false, "--uid")?,
+        gid: id(&a.gid, true, "--gid")?,
         proto,
         sport: a.sport,
         dport: a.dport,
@@ -351,40 +360,161 @@ fn read_audit(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<crate::auditlo
     Ok(entries)
 }
 
+/// The flags the signal handlers set; the main loop acts on them.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    dump: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Install the handlers. `run` does this before anything slow, so that
+    /// SIGHUP or SIGUSR1 during start-up (a large policy takes seconds to
+    /// load) is kept for the main loop instead of killing the process with
+    /// the signal's default action, and SIGTERM stops it cleanly.
+    fn install() -> anyhow::Result<Signals> {
+        let s = Signals {
+            stop: Arc::new(AtomicBool::new(false)),
+            dump: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
+        };
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // A second signal while shutting down exits at once.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, s.stop.clone())?;
+            signal_hook::flag::register(sig, s.stop.clone())?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, s.dump.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.reload.clone())?;
+        Ok(s)
+    }
+}
+
+/// Policy reloads, each read and compiled on a thread of its own so that
+/// the main loop (which acts on every signal) never waits for one. A
+/// SIGHUP while a reload runs starts another once it is done.
+#[derive(Default)]
+struct Reloads {
+    running: Option<crossbeam_channel::Receiver<Result<Policy, crate::policy::PolicyError>>>,
+    again: bool,
+    /// The policy the last reload replaced: packets decided with it just
+    /// before the swap may still count hits on it, moved over once more at
+    /// the next tick.
+    retired: Option<Arc<crate::engine::Loaded>>,
+}
+
+impl Reloads {
+    fn request(&mut self, path: &std::path::Path) {
+        if self.running.is_some() {
+            self.again = true;
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let path = path.to_path_buf();
+        match std::thread::Builder::new().name("reload".into()).spawn(move || {
+            let _ = tx.send(Policy::load(&path));
+        }) {
+            Ok(_) => self.running = Some(rx),
+            Err(e) => log::error!("reload refused, keeping the running policy: cannot start a thread: {e}"),
+        }
+    }
+
+    /// Called every tick: finish a reload whose policy is ready.
+    fn poll(&mut self, engine: &Engine, path: &std::path::Path) {
+        if let Some(old) = self.retired.take() {
+            crate::counters::carry_hits(&old.policy, &engine.current().policy);
+            drop(old);
+            crate::sys::release_free_heap();
+        }
+        let Some(rx) = &self.running else { return };
+        let result = match rx.try_recv() {
+            Ok(r) => r,
+            Err(crossbeam_channel::TryRecvError::Empty) => return,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Err(crate::policy::PolicyError::File {
+                origin: path.display().to_string(),
+                message: "the reload thread ended".into(),
+            }),
+        };
+        self.running = None;
+        match result {
+            Ok(p) => {
+                let n = p.rules.len();
+                let old = engine.current();
+                engine.replace(p);
+                let kept = crate::counters::carry_hits(&old.policy, &engine.current().policy);
+                self.retired = Some(old);
+                log::info!(
+                    "reloaded {} ({n} rules; hit counts kept for {kept} rules of the same name)",
+                    path.display()
+                );
+            }
+            Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
+        }
+        if std::mem::take(&mut self.again) {
+            self.request(path);
+        }
+    }
+
+    /// At exit: the last hits counted on a replaced policy.
+    fn finish(mut self, engine: &Engine) {
+        if let Some(old) = self.retired.take() {
+            crate::counters::carry_hits(&old.policy, &engine.current().policy);
+        }
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let policy = Policy::load(&args.policy)?;
-    crate::sys::release_free_heap();
+    let signals = Signals::install()?;
+    // Checked first: without it nothing below can work, and confinement
+    // would otherwise be the first thing to fail, with a misleading message.
+    if !crate::confine::has_net_admin() {
+        bail!("labelgate run needs CAP_NET_ADMIN to bind NFQUEUE (run it as root)");
+    }
     let queues = match (&args.queue, &args.queues) {
         (Some(q), _) => vec![*q],
         (None, Some(r)) => cli::parse_queues(r).map_err(anyhow::Error::msg).context("--queues")?,
         (None, None) => vec![0],
     };
+    if args.workers > 256 {
+        bail!("--workers {} is more than 256", args.workers);
+    }
+    let policy = Policy::load(&args.policy)?;
+    crate::sys::release_free_heap();
+    if signals.stop.load(Ordering::Relaxed) {
+        log::info!("stop requested during start-up: exiting before binding any queue");
+        return Ok(());
+    }
     let mode = args.mode.unwrap_or(policy.mode);
     let fail_open = match args.fail {
         Some(Fail::Open) => true,
         Some(Fail::Closed) => false,
         None => mode == Mode::Permissive,
     };
-    if args.workers > 256 {
-        bail!("--workers {} is more than 256", args.workers);
-    }
+    let target =
+        args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
 
     // Least privilege, before any thread exists (threads inherit it).
     if args.no_confine {
         log::warn!("--no-confine: keeping every capability");
     } else {
         let low_port = matches!(&args.metrics, Some(crate::metrics::Endpoint::Tcp(a)) if a.port() < 1024);
-        let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port };
+        let audit_file = matches!(target, Some(audit::Target::File(_)));
+        let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port, audit_file };
         let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
         log::info!("confined: capabilities {:?}; no_new_privs", r.kept);
     }
 
     let counters = Arc::new(Counters::default());
-    let target =
-        args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
     let (sink, writer) = if target.is_none() && !args.audit_kernel {
         (AuditSink::disabled(counters.clone()), None)
     } else {
+        if let Some(audit::Target::File(p)) = &target {
+            // Opened here first only to name the path in the error.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open the audit file {}", p.display()))?;
+        }
         let cfg = audit::Config {
             target,
             kernel: args.audit_kernel,
@@ -395,17 +525,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let (sink, w) = audit::Writer::start(cfg, counters.clone()).context("cannot open the audit output")?;
         (sink, Some(w))
     };
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let dump = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // A second signal while shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
 
     let engine = Arc::new(Engine::new(
         policy,
@@ -418,38 +537,41 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         queues,
         copy_range: args.copy_range,
         max_len: args.queue_maxlen,
-        rcvbuf: args.rcvbuf,
+        rcvbuf: usize::try_from(args.rcvbuf).unwrap_or(usize::MAX),
         fail_open,
         batch: 64,
         flow: args.flow,
         workers: args.workers,
     };
-    let runtime = Runtime::start(&cfg, engine.clone(), stop.clone())?;
-    if let Some(ep) = &args.metrics {
-        crate::metrics::serve(ep, engine.clone(), cfg.queues.clone()).context("cannot serve metrics")?;
-        log::info!("metrics on {ep:?}");
-    }
+    // Everything that can refuse start-up comes before the queues are
+    // bound: a taken metrics port must not leave packets queued to a
+    // daemon that is about to exit.
+    let _metrics = match &args.metrics {
+        Some(ep) => {
+            let server =
+                crate::metrics::serve(ep, engine.clone(), cfg.queues.clone()).context("cannot serve metrics")?;
+            log::info!("metrics on {ep:?}");
+            Some(server)
+        }
+        None => None,
+    };
+    let runtime = Runtime::start(&cfg, engine.clone(), signals.stop.clone())?;
     log::info!("labelgate running: policy {} mode {:?}", args.policy.display(), mode);
 
-    while !stop.load(Ordering::Relaxed) {
+    let mut reloads = Reloads::default();
+    while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        if dump.swap(false, Ordering::Relaxed) {
+        reloads.poll(&engine, &args.policy);
+        if signals.dump.swap(false, Ordering::Relaxed) {
             print_counters(&engine);
         }
-        if reload.swap(false, Ordering::Relaxed) {
-            match Policy::load(&args.policy) {
-                Ok(p) => {
-                    let n = p.rules.len();
-                    engine.replace(p);
-                    crate::sys::release_free_heap();
-                    log::info!("reloaded {} ({n} rules)", args.policy.display());
-                }
-                Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
-            }
+        if signals.reload.swap(false, Ordering::Relaxed) {
+            reloads.request(&args.policy);
         }
     }
     log::info!("stopping: answering queued packets");
     runtime.join();
+    reloads.finish(&engine);
     print_counters(&engine);
     drop(engine);
     if let Some(w) = writer {

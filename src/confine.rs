@@ -22,6 +22,10 @@ pub struct Needs {
     pub audit_write: bool,
     /// Bind a TCP port below 1024 (`--metrics`).
     pub low_port: bool,
+    /// Write an audit file (`--audit FILE`): reopening it after rotation
+    /// needs CAP_DAC_OVERRIDE when logrotate creates the new file owned by
+    /// another user (`create 0640 otheruser group`).
+    pub audit_file: bool,
 }
 
 /// Why confinement failed.
@@ -42,7 +46,7 @@ pub struct Report {
 /// The capabilities `labelgate run` keeps:
 /// CAP_NET_ADMIN (NFQUEUE binding and configuration), CAP_DAC_READ_SEARCH
 /// and CAP_SYS_PTRACE (other users' `/proc/PID/fd`, to find socket owners),
-/// and on request CAP_AUDIT_WRITE and CAP_NET_BIND_SERVICE.
+/// and on request CAP_AUDIT_WRITE, CAP_NET_BIND_SERVICE and CAP_DAC_OVERRIDE.
 pub fn kept(needs: &Needs) -> HashSet<Capability> {
     let mut keep: HashSet<Capability> =
         [Capability::CAP_NET_ADMIN, Capability::CAP_DAC_READ_SEARCH, Capability::CAP_SYS_PTRACE].into();
@@ -52,7 +56,15 @@ pub fn kept(needs: &Needs) -> HashSet<Capability> {
     if needs.low_port {
         keep.insert(Capability::CAP_NET_BIND_SERVICE);
     }
+    if needs.audit_file {
+        keep.insert(Capability::CAP_DAC_OVERRIDE);
+    }
     keep
+}
+
+/// Whether this thread may bind NFQUEUE (CAP_NET_ADMIN is effective).
+pub fn has_net_admin() -> bool {
+    caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
 }
 
 /// Drop capabilities and set no_new_privs. Call before starting any thread.
@@ -88,7 +100,10 @@ mod tests {
         assert!(k.contains(&Capability::CAP_NET_ADMIN));
         assert!(!k.contains(&Capability::CAP_SYS_ADMIN));
         assert!(!k.contains(&Capability::CAP_DAC_OVERRIDE));
-        let k = kept(&Needs { audit_write: true, low_port: true });
+        let k = kept(&Needs { audit_write: true, low_port: true, audit_file: false });
         assert!(k.contains(&Capability::CAP_AUDIT_WRITE) && k.contains(&Capability::CAP_NET_BIND_SERVICE));
+        assert!(!k.contains(&Capability::CAP_DAC_OVERRIDE));
+        let k = kept(&Needs { audit_file: true, ..Needs::default() });
+        assert!(k.contains(&Capability::CAP_DAC_OVERRIDE) && k.len() == 4);
     }
 }

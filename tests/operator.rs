@@ -249,10 +249,13 @@ fn daemon_keeps_only_the_capabilities_it_needs() {
     const SYS_PTRACE: u64 = 1 << 19;
     const AUDIT_WRITE: u64 = 1 << 29;
     const SYS_ADMIN: u64 = 1 << 21;
+    // Daemon::start always passes `--audit FILE`: the daemon keeps
+    // CAP_DAC_OVERRIDE to reopen a rotated file owned by another user.
+    const DAC_OVERRIDE: u64 = 1 << 1;
     let ns = Netns::new();
     for (queue, extra, want) in [
-        (27u16, vec![], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE),
-        (28, vec!["--audit-kernel"], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | AUDIT_WRITE),
+        (27u16, vec![], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | DAC_OVERRIDE),
+        (28, vec!["--audit-kernel"], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | AUDIT_WRITE | DAC_OVERRIDE),
     ] {
         let d = Daemon::start(&ns, "default = \"accept\"\n", queue, &extra);
         let pid = d.pid();

@@ -8,7 +8,7 @@ mod parse;
 pub mod pattern;
 mod scope;
 
-pub use parse::{PolicyError, RawPolicy};
+pub use parse::{excerpt, open_policy, resolve_id, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
 use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
 pub use scope::ScopeEntry;
 
