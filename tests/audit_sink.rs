@@ -210,3 +210,63 @@ fn full_disk_loses_whole_records_only_and_recovers() {
         (0..written1 as usize).chain(phase1..phase1 + phase2).map(|i| format!("rec-{i:05}")).collect();
     assert_eq!(names, expected, "records counted lost never appear later");
 }
+
+fn digest_of(text: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    format!("sha256:{}", d.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn json_records(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+/// Issue 15 item 4 and issue 14 item 9, end to end: the daemon's JSON
+/// records carry the digest of the policy that decided (before and after a
+/// reload), the sender's uid and gid under names of their own, and the
+/// start and reload log lines carry the digest too.
+#[test]
+fn daemon_records_name_the_policy_and_the_sender() {
+    if !support::can_run() {
+        return;
+    }
+    let ns = support::Netns::new();
+    let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
+    ns.sh("iptables -A OUTPUT -o lo -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 31");
+    let first =
+        "mode = \"enforcing\"\ndefault = \"drop\"\n[[rule]]\nname = \"staff\"\ngid = 1001\nverdict = \"accept\"\n";
+    let d = support::Daemon::start(&ns, first, 31, &["--audit-format", "json"]);
+    // Positive control: gid 1001 passes; uid/gid 1002 is refused.
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "gid 1001 must pass");
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "gid 1002 must be refused");
+
+    // A reload to a policy that audits gid 1001's grants.
+    let second = first.replace("verdict = \"accept\"", "verdict = \"accept\"\naudit = true");
+    std::fs::write(ns.dir.path().join("policy-31.toml"), &second).unwrap();
+    d.signal("HUP");
+    wait_until("the reload", Duration::from_secs(20), || d.stderr_text().contains("reloaded"));
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "gid 1001 must pass after reload");
+    let audit = d.audit.clone();
+    let daemon_pid = d.pid();
+    let log = d.stop();
+
+    let (d1, d2) = (digest_of(first), digest_of(&second));
+    assert_ne!(d1, d2);
+    let start = log.lines().find(|l| l.contains("labelgate running")).unwrap_or_else(|| panic!("{log}"));
+    assert!(start.contains(&format!("policy={d1}")), "{start}");
+    let reload = log.lines().find(|l| l.contains("reloaded")).unwrap_or_else(|| panic!("{log}"));
+    assert!(reload.contains(&format!("policy={d2}")), "{reload}");
+
+    let recs = json_records(&audit);
+    let denial = recs.iter().find(|r| r["outcome"] == "denied").unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(denial["policy"], d1.as_str(), "{denial}");
+    assert_eq!((denial["sender_uid"].as_u64(), denial["sender_gid"].as_u64()), (Some(1002), Some(1002)), "{denial}");
+    assert_eq!(denial["tclass"], "labelgate_flow");
+    assert_eq!(denial["labelgate_pid"].as_u64(), Some(u64::from(daemon_pid)), "{denial}");
+    assert_ne!(denial["process"]["pid"].as_u64(), Some(u64::from(daemon_pid)), "{denial}");
+    assert!(denial.get("uid").is_none() && denial.get("pid").is_none(), "{denial}");
+    let grant = recs.iter().find(|r| r["outcome"] == "granted").unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(grant["policy"], d2.as_str(), "{grant}");
+    assert_eq!((grant["sender_gid"].as_u64(), grant["rule"].as_str()), (Some(1001), Some("staff")), "{grant}");
+}
