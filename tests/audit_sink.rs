@@ -236,7 +236,21 @@ fn daemon_records_name_the_policy_and_the_sender() {
     ns.sh("iptables -A OUTPUT -o lo -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 31");
     let first =
         "mode = \"enforcing\"\ndefault = \"drop\"\n[[rule]]\nname = \"staff\"\ngid = 1001\nverdict = \"accept\"\n";
-    let d = support::Daemon::start(&ns, first, 31, &["--audit-format", "json"]);
+    let sock = ns.dir.path().join("metrics.sock");
+    let metrics_arg = format!("unix:{}", sock.display());
+    let d = support::Daemon::start(&ns, first, 31, &["--audit-format", "json", "--metrics", &metrics_arg]);
+    let scrape = || {
+        let script = format!(
+            "import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}'); s.sendall(b'GET /metrics HTTP/1.0\\r\\n\\r\\n'); print(s.makefile().read())",
+            sock.display()
+        );
+        let out = ns.cmd("/usr/bin/python3").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let d1 = digest_of(first);
+    let m = scrape();
+    assert!(m.contains(&format!("labelgate_policy_info{{policy=\"{d1}\"}} 1\n")), "{m}");
     // Positive control: gid 1001 passes; uid/gid 1002 is refused.
     assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "gid 1001 must pass");
     assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "gid 1002 must be refused");
@@ -247,11 +261,13 @@ fn daemon_records_name_the_policy_and_the_sender() {
     d.signal("HUP");
     wait_until("the reload", Duration::from_secs(20), || d.stderr_text().contains("reloaded"));
     assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "gid 1001 must pass after reload");
+    let m = scrape();
+    assert!(m.contains(&format!("labelgate_policy_info{{policy=\"{}\"}} 1\n", digest_of(&second))), "{m}");
     let audit = d.audit.clone();
     let daemon_pid = d.pid();
     let log = d.stop();
 
-    let (d1, d2) = (digest_of(first), digest_of(&second));
+    let d2 = digest_of(&second);
     assert_ne!(d1, d2);
     let start = log.lines().find(|l| l.contains("labelgate running")).unwrap_or_else(|| panic!("{log}"));
     assert!(start.contains(&format!("policy={d1}")), "{start}");
