@@ -603,11 +603,12 @@ fn write_loop(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::labels::Origin;
 
-    fn record() -> Record {
+    /// A denial of httpd_t -> postgresql_t at output, for tests.
+    pub(crate) fn record() -> Record {
         Record {
             time: UNIX_EPOCH + Duration::from_millis(1_764_100_000_123),
             outcome: Outcome::Denied,

@@ -419,6 +419,37 @@ mod tests {
         assert_eq!(parse_line(&j.replace("labelgate_flow", "dbus")), None);
     }
 
+    /// What the writer writes, the reader reads, in both formats and for
+    /// both outcomes, at every hook.
+    #[test]
+    fn reads_what_the_writer_writes() {
+        use crate::audit::{format_avc, format_json, Identity, Outcome};
+        use crate::labels::{Hook, Label, Origin};
+        let id = Identity { pid: 9, subj: "unconfined".into(), exe: "/usr/sbin/labelgate".into() };
+        for outcome in [Outcome::Denied, Outcome::Granted] {
+            for (hook, expect) in [
+                (Hook::Output, "output"),
+                (Hook::Postrouting, "output"),
+                (Hook::Input, "input"),
+                (Hook::Prerouting, "input"),
+                (Hook::Forward, "forward"),
+            ] {
+                let mut r = crate::audit::tests::record();
+                r.outcome = outcome;
+                r.hook = hook;
+                r.source = Label { context: "u:r:a_t:s1:c5,c7".parse().unwrap(), origin: Origin::Socket };
+                r.dest = Label { context: "u:r:b_t:s1:c5".parse().unwrap(), origin: Origin::Socket };
+                for line in [format_avc(&r, &id, 1, Some("lo")), format_json(&r, &id, 1, None)] {
+                    let e = parse_line(&line).unwrap_or_else(|| panic!("{line}"));
+                    assert_eq!(e.denied, outcome == Outcome::Denied, "{line}");
+                    assert_eq!((e.hook(), e.dport, e.proto), (expect, Some(5432), Some(Proto::Tcp)), "{line}");
+                    assert_eq!(e.scontext, r.source.context);
+                    assert_eq!(e.tcontext, r.dest.context);
+                }
+            }
+        }
+    }
+
     /// Issue 14 item 7: a permissive run that saw only
     /// nginx_t:s1:c5,c7 -> mysqld_t:s1:c5 must not propose a rule that lets
     /// nginx_t:s0 through.
