@@ -23,7 +23,11 @@ pub fn main() -> i32 {
         Command::Check { file, strict } => check(&file, strict),
         Command::Rules(args) => rules(args),
         Command::Explain(args) => explain(args),
-        Command::Audit2rules { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e))),
+        Command::Audit2rules { files, generalize_levels } => {
+            let levels =
+                if generalize_levels { crate::auditlog::Levels::Generalize } else { crate::auditlog::Levels::AsSeen };
+            read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules_with(&e, levels)))
+        }
         Command::WouldBreak { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e))),
         Command::Man { dir } => man(&dir),
         Command::Completions { shell } => {
@@ -443,8 +447,9 @@ impl Reloads {
                 let kept = crate::counters::carry_hits(&old.policy, &engine.current().policy);
                 self.retired = Some(old);
                 log::info!(
-                    "reloaded {} ({n} rules; hit counts kept for {kept} rules of the same name)",
-                    path.display()
+                    "reloaded {} ({n} rules; hit counts kept for {kept} rules of the same name) policy={}",
+                    path.display(),
+                    engine.current().policy.digest
                 );
             }
             Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
@@ -556,7 +561,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let runtime = Runtime::start(&cfg, engine.clone(), signals.stop.clone())?;
-    log::info!("labelgate running: policy {} mode {:?}", args.policy.display(), mode);
+    log::info!(
+        "labelgate running: policy {} policy={} mode {:?}",
+        args.policy.display(),
+        engine.current().policy.digest,
+        mode
+    );
 
     let mut reloads = Reloads::default();
     while !signals.stop.load(Ordering::Relaxed) {

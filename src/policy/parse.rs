@@ -250,11 +250,10 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
 /// read, so a FIFO (whose open would wait for a writer and whose reads would
 /// wait for data) or a device is refused at once instead of blocking or
 /// reading forever.
-pub(super) fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
+pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<Policy, PolicyError> {
     let origin = path.display().to_string();
-    let file = open_policy(path)?;
-    compile_sections(&mut FileLines { path, file: &file }, &origin).or_else(|_| {
-        let text = read_bounded(path, &file)?;
+    compile_sections(&mut FileLines { path, file }, &origin).or_else(|_| {
+        let text = read_bounded(path, file)?;
         compile_whole(&text, &origin)
     })
 }
@@ -860,7 +859,7 @@ mod file_tests {
     use std::time::{Duration, Instant};
 
     fn load_err(path: &std::path::Path) -> String {
-        match load(path) {
+        match crate::policy::Policy::load(path) {
             Ok(_) => panic!("{} was accepted", path.display()),
             Err(e) => format!("{:#}", anyhow::Error::new(e)),
         }
@@ -882,7 +881,7 @@ mod file_tests {
         // The same call reads a regular file (so the refusals above are not a broken loader).
         let ok = dir.path().join("ok.toml");
         std::fs::write(&ok, "default = \"accept\"\n").unwrap();
-        assert!(load(&ok).is_ok());
+        assert!(crate::policy::Policy::load(&ok).is_ok());
     }
 
     #[test]
