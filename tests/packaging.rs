@@ -82,6 +82,28 @@ fn selinux_policy_module_for_labelgate_t_compiles() {
     assert!(out.status.success(), "{log}");
     assert!(dir.path().join("labelgate.pp").metadata().unwrap().len() > 0);
     assert!(!log.to_lowercase().contains("error"), "{log}");
+    // What the refpolicy interfaces expanded to: the permissions an enforcing
+    // kernel asked for (audit2allow on the real policy's denials).
+    let expanded = std::fs::read_to_string(dir.path().join("tmp/labelgate.tmp")).unwrap();
+    let rules: Vec<&str> = expanded.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    let has = |prefix: &str, perm: &str| rules.iter().any(|l| l.starts_with(prefix) && l.contains(perm));
+    for (prefix, perm, why) in [
+        ("allow labelgate_t iptables_exec_t:file", "execute", "rules --install runs iptables"),
+        ("type_transition labelgate_t iptables_exec_t:process iptables_t", "", "in iptables_t"),
+        ("allow labelgate_t iptables_t:process ", "transition", "in iptables_t"),
+        ("allow labelgate_t iptables_t:process2", "nnp_transition", "under NoNewPrivileges"),
+        ("allow labelgate_t bin_t:lnk_file", "read", "/usr/sbin/iptables is a symlink"),
+        ("allow labelgate_t etc_t:lnk_file", "read", "/etc/alternatives/iptables"),
+        ("allow labelgate_t self:fifo_file", "write", "pipes to iptables-restore"),
+        ("allow iptables_t labelgate_t:fifo_file", "write", "iptables writes its stderr pipe"),
+        ("allow labelgate_t security_t:filesystem", "getattr", "libselinux finds selinuxfs (check)"),
+        ("allow labelgate_t init_runtime_t:sock_file", "write", "sd_notify READY=1"),
+    ] {
+        assert!(has(prefix, perm), "the module lacks `{prefix} ... {perm}` ({why})");
+    }
+    assert!(!has("allow labelgate_t self:capability", "setpcap"), "least privilege: no setpcap");
+    let fc = std::fs::read_to_string(dir.path().join("labelgate.fc")).unwrap();
+    assert!(fc.lines().any(|l| l.starts_with("/var/log/labelgate(/.*)?") && l.contains("labelgate_log_t")), "{fc}");
 }
 
 // ---------------------------------------------------------------------------
