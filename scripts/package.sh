@@ -9,6 +9,7 @@
 # fish completions, the SELinux module compiled against this host's policy
 # development files (selinux-policy-dev), a stripped binary for the RPM.
 # Needs what scripts/install-deps.sh installs (cargo-deb, rpm, selinux-policy-dev).
+# LABELGATE_DEB_FAST=1 compresses the .deb faster (larger; tests use it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -39,7 +40,7 @@ cp "$se"/labelgate.pp target/assets/selinux/
 echo "package.sh: assets in target/assets"
 
 rm -f target/debian/labelgate_*.deb
-cargo deb --no-build
+cargo deb --no-build ${LABELGATE_DEB_FAST:+--fast}
 deb=$(ls target/debian/labelgate_*.deb)
 
 rm -rf target/rpm
