@@ -98,6 +98,7 @@ fn selinux_policy_module_for_labelgate_t_compiles() {
         ("allow iptables_t labelgate_t:fifo_file", "write", "iptables writes its stderr pipe"),
         ("allow labelgate_t security_t:filesystem", "getattr", "libselinux finds selinuxfs (check)"),
         ("allow labelgate_t init_runtime_t:sock_file", "write", "sd_notify READY=1"),
+        ("allow labelgate_t self:process", "getsched", "available_parallelism"),
     ] {
         assert!(has(prefix, perm), "the module lacks `{prefix} ... {perm}` ({why})");
     }
