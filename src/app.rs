@@ -422,17 +422,18 @@ impl Reloads {
         }
     }
 
-    /// Called every tick: finish a reload whose policy is ready.
-    fn poll(&mut self, engine: &Engine, path: &std::path::Path) {
+    /// Called every tick: finish a reload whose policy is ready. True when
+    /// a reload ended (applied or refused) and none is pending.
+    fn poll(&mut self, engine: &Engine, path: &std::path::Path) -> bool {
         if let Some(old) = self.retired.take() {
             crate::counters::carry_hits(&old.policy, &engine.current().policy);
             drop(old);
             crate::sys::release_free_heap();
         }
-        let Some(rx) = &self.running else { return };
+        let Some(rx) = &self.running else { return false };
         let result = match rx.try_recv() {
             Ok(r) => r,
-            Err(crossbeam_channel::TryRecvError::Empty) => return,
+            Err(crossbeam_channel::TryRecvError::Empty) => return false,
             Err(crossbeam_channel::TryRecvError::Disconnected) => Err(crate::policy::PolicyError::File {
                 origin: path.display().to_string(),
                 message: "the reload thread ended".into(),
@@ -456,7 +457,9 @@ impl Reloads {
         }
         if std::mem::take(&mut self.again) {
             self.request(path);
+            return false;
         }
+        true
     }
 
     /// At exit: the last hits counted on a replaced policy.
@@ -505,7 +508,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let audit_file = matches!(target, Some(audit::Target::File(_)));
         let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port, audit_file };
         let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
-        log::info!("confined: capabilities {:?}; no_new_privs", r.kept);
+        log::info!("confined: {r}");
     }
 
     let counters = Arc::new(Counters::default());
@@ -567,18 +570,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         engine.current().policy.digest,
         mode
     );
+    // Ready only now that every queue is bound (Type=notify in the unit).
+    let notify = crate::notify::Notifier::from_env()?;
+    let status = |what: &str| format!("{what}: policy {} mode {mode:?}", args.policy.display());
+    crate::notify::log_err(notify.ready(&status("running")));
 
     let mut reloads = Reloads::default();
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        reloads.poll(&engine, &args.policy);
+        if reloads.poll(&engine, &args.policy) {
+            crate::notify::log_err(notify.ready(&status("running")));
+        }
         if signals.dump.swap(false, Ordering::Relaxed) {
             print_counters(&engine);
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
+            crate::notify::log_err(notify.reloading());
             reloads.request(&args.policy);
         }
     }
+    crate::notify::log_err(notify.stopping());
     log::info!("stopping: answering queued packets");
     runtime.join();
     reloads.finish(&engine);
