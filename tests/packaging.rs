@@ -298,9 +298,16 @@ fn unit_cycle(fail: &str) {
     assert!(!unit.bounding.iter().any(|c| c == "cap_setpcap"), "least privilege: no CAP_SETPCAP");
     let ns = support::Netns::new();
     let mut env = unit.env.clone();
-    // The shipped default policy (permissive, accept), from a path of the test's.
+    // The shipped default policy (permissive, accept) with one drop rule,
+    // as an administrator's first rule: the queue rules take what it
+    // governs (tcp/5432); the empty starter policy queues nothing.
     let policy = ns.dir.path().join("policy.toml");
-    std::fs::copy(format!("{root}/packaging/policy.toml"), &policy).unwrap();
+    let shipped = std::fs::read_to_string(format!("{root}/packaging/policy.toml")).unwrap();
+    std::fs::write(
+        &policy,
+        format!("{shipped}\n[[rule]]\nname = \"no-db\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"drop\"\n"),
+    )
+    .unwrap();
     env.insert("LABELGATE_POLICY".into(), policy.to_str().unwrap().into());
     env.insert("LABELGATE_FAIL".into(), fail.into());
     let run = UnitRun { ns: &ns, unit, env };
