@@ -23,7 +23,6 @@ TOML
 )"
 tcp_echo_server "$CTX_PG" 5432
 
-
 for backend in iptables nft; do
   for flow in "" --flow; do
     tag="$backend${flow:+-flow}"
