@@ -5,7 +5,7 @@
 # The guest gets a read-write work dir (LABELGATE_VM_WORK, default: a new
 # temp dir) where it writes guest.log and the guest script's exit status;
 # this script exits with that status (vng's own exit code does not carry it).
-# Env: LABELGATE_VM_CACHE (see setup.sh), LABELGATE_VM_TIMEOUT (s, default 1500),
+# Env: LABELGATE_VM_CACHE (see setup.sh), LABELGATE_VM_TIMEOUT (s, default 3600),
 #      LABELGATE_VM_MEMORY (default 1G).
 set -euo pipefail
 
@@ -14,7 +14,7 @@ script="$(realpath "$1")"; shift
 [ -x "$script" ] || { echo "run-vm: $script is not executable" >&2; exit 2; }
 
 CACHE="${LABELGATE_VM_CACHE:-/var/cache/labelgate-vm}"
-TIMEOUT="${LABELGATE_VM_TIMEOUT:-1500}"
+TIMEOUT="${LABELGATE_VM_TIMEOUT:-3600}"
 VNG="$CACHE/venv/bin/vng"
 ABI="$(cat "$CACHE/kernel-abi" 2>/dev/null || true)"
 KERNEL="$CACHE/kernel/boot/vmlinuz-$ABI"

@@ -77,21 +77,147 @@ start_in() {
 run_in() { local ctx="$1"; shift; runcon "$ctx" "$@"; }
 
 # tcp_echo_server CTX PORT: a socat server in CTX answering "pong-PORT".
+# -t60: after the client half-closes (it sends nothing), keep the connection
+# until `echo` has written and exited; socat's default 0.5 s gave up before
+# a slow (TCG, busy host) fork+exec wrote, and an allowed flow read as
+# refused. -T120 bounds a connection whose client went silent.
+# LG_ECHO_DELAY=S makes the answer S seconds late (smoke's harness self-test).
 tcp_echo_server() {
   start_in "$1" "$LG_WORK/$SCENARIO-server-$2.log" \
-    socat "TCP4-LISTEN:$2,bind=127.0.0.1,reuseaddr,fork" "SYSTEM:echo pong-$2"
-  wait_listen "$2"
+    socat -t60 -T120 "TCP4-LISTEN:$2,bind=127.0.0.1,reuseaddr,fork" \
+    "SYSTEM:${LG_ECHO_DELAY:+sleep $LG_ECHO_DELAY; }echo pong-$2"
+  wait_listen "$2" 60
 }
 
-# tcp_try CTX PORT: connect from CTX to 127.0.0.1:PORT; succeed iff the
-# server's answer came back. Budget 8 s to connect (a dropped SYN is resent
-# after 1 s and 3 s); generous because TCG on a busy 2-core host is slow.
-# -t8: stdin is empty, so socat half-closes at once; wait for the answer
-# (its default 0.5 s lost races under load).
-tcp_try() {
-  local out
-  out="$(timeout 20 runcon "$1" socat -T8 -t8 - "TCP4:127.0.0.1:$2,connect-timeout=8" </dev/null 2>/dev/null)" || true
-  [ "$out" = "pong-$2" ]
+# ------------------------------------------------------- probes (clients) ---
+# A probe connects CLIENT to TARGET and answers with its status:
+#   0 reached  the expected reply came back;
+#   1 refused  no connection: the SYN went unanswered until the connect
+#              timeout (what a drop by labelgate looks like);
+#   2 broken   anything else (connected but no or a wrong reply, connection
+#              reset because nothing listens, a tool failed): the harness,
+#              not the policy, failed, and it is never read as a refusal.
+# PROBE_DETAIL says what happened. Scenarios do not call probes themselves:
+# expect_reached and expect_refused do (below).
+#
+# CLIENT: a SELinux context (the client runs under runcon), or uid=N (runs
+# as uid and gid N, in the harness's own context).
+# TARGET: PORT (a tcp_echo_server on 127.0.0.1, answering pong-PORT) or
+# KIND:PORT, probed by a function probe_KIND CLIENT PORT (postgres.sh
+# defines probe_psql).
+LG_CONNECT_TIMEOUT="${LG_CONNECT_TIMEOUT:-15}"   # s; a dropped SYN is resent after 1, 3, 7 s
+PROBE_DETAIL=""
+
+# client_cmd CLIENT: set CLIENT_CMD to the command prefix that runs as CLIENT.
+client_cmd() {
+  case "$1" in
+    uid=*) CLIENT_CMD=(setpriv --reuid="${1#uid=}" --regid="${1#uid=}" --clear-groups) ;;
+    *) CLIENT_CMD=(runcon "$1") ;;
+  esac
+}
+
+# probe_echo CLIENT PORT: socat reads until the server closes (-t: it waits
+# for the reply after its own empty stdin ends; -T: inactivity bound); -d -d
+# logs whether the connection was made, which tells refused from broken.
+probe_echo() {
+  local err="$LG_WORK/$SCENARIO-probe.err" out
+  client_cmd "$1"
+  out="$(timeout 90 "${CLIENT_CMD[@]}" socat -d -d -T30 -t30 - \
+    "TCP4:127.0.0.1:$2,connect-timeout=$LG_CONNECT_TIMEOUT" </dev/null 2>"$err")" || true
+  if [ "$out" = "pong-$2" ]; then PROBE_DETAIL="got pong-$2"; return 0; fi
+  if grep -q 'starting data transfer loop' "$err"; then
+    PROBE_DETAIL="connected, but the reply was '${out:0:60}' (server failed?)"; return 2
+  fi
+  if grep -qE ' E .*(Connection timed out|Operation not permitted)' "$err"; then
+    PROBE_DETAIL="no connection: $(grep -oE '(Connection timed out|Operation not permitted)' "$err" | head -n1)"
+    return 1
+  fi
+  PROBE_DETAIL="socat failed: $(grep -E ' [EF] ' "$err" | head -n1 | cut -c1-160)${out:+ (out '${out:0:60}')}"
+  return 2
+}
+
+# probe CLIENT TARGET: run the probe TARGET names (see above); logs it.
+probe() {
+  local kind=echo port="$2" rc=0 t0=$SECONDS
+  case "$2" in *:*) kind="${2%%:*}"; port="${2##*:}" ;; esac
+  if ! declare -F "probe_$kind" >/dev/null; then
+    PROBE_DETAIL="harness: no function probe_$kind"; return 2
+  fi
+  "probe_$kind" "$1" "$port" || rc=$?
+  local what=BROKEN
+  [ "$rc" != 0 ] || what=reached
+  [ "$rc" != 1 ] || what=refused
+  log "probe $1 -> $2: $what in $((SECONDS - t0))s ($PROBE_DETAIL)"
+  return "$rc"
+}
+
+# expect_reached NAME CLIENT TARGET: PASS if CLIENT reaches TARGET.
+expect_reached() {
+  local rc=0
+  probe "$2" "$3" || rc=$?
+  if [ "$rc" = 0 ]; then pass "$1"; else fail "$1" "$2 -> $3: $PROBE_DETAIL"; fi
+}
+
+# expect_refused NAME CLIENT TARGET OK_CLIENT OK_TARGET: CLIENT is refused at
+# TARGET, with both positive controls in the same run, in this order:
+#   NAME.control-client  CLIENT reaches OK_TARGET (the client works);
+#   NAME                 CLIENT -> TARGET gets no connection (probe status 1);
+#   NAME.control-target  OK_CLIENT reaches TARGET (the target works).
+# NAME passes only if the refusal is a real "no connection" and both controls
+# passed: a broken client or server never reads as a refusal. The controls
+# are required arguments and must differ from the refused pair. Where the
+# scenario's policy allows nothing else, use CTX_CONTROL (a client every
+# policy admits) and LG_CONTROL_PORT (a target every policy admits); see
+# write_policy.
+expect_refused() {
+  if [ $# -ne 5 ]; then
+    fail "${1:-unnamed}" "harness: expect_refused NAME CLIENT TARGET OK_CLIENT OK_TARGET (got $# arguments): a refusal needs its two controls"
+    return 0
+  fi
+  local n="$1" c="$2" t="$3" okc="$4" okt="$5" rc=0 ctl=ok refusal
+  if [ "$okc" = "$c" ] || [ "$okt" = "$t" ]; then
+    fail "$n" "harness: the controls ($okc -> $t, $c -> $okt) must differ from the refused pair ($c -> $t)"
+    return 0
+  fi
+  case "$t $okt" in *"$LG_CONTROL_PORT"*) control_server ;; esac
+  if probe "$c" "$okt"; then pass "$n.control-client"
+  else fail "$n.control-client" "$c -> $okt: $PROBE_DETAIL"; ctl=failed; fi
+  probe "$c" "$t" || rc=$?
+  refusal="$PROBE_DETAIL"
+  if probe "$okc" "$t"; then pass "$n.control-target"
+  else fail "$n.control-target" "$okc -> $t: $PROBE_DETAIL"; ctl=failed; fi
+  case "$rc/$ctl" in
+    1/ok) pass "$n" ;;
+    1/*) fail "$n" "$c -> $t refused, but a control failed: the refusal proves nothing" ;;
+    0/*) fail "$n" "$c -> $t was reached ($refusal)" ;;
+    *) fail "$n" "$c -> $t: harness broken, not a refusal: $refusal" ;;
+  esac
+}
+
+# The harness controls every policy admits (write_policy adds the rules):
+# a client in CTX_CONTROL reaches any target; any client reaches
+# LG_CONTROL_PORT (served by control_server, queued by queue_out/queue_in).
+CTX_CONTROL="system_u:system_r:unconfined_t:s0"
+LG_CONTROL_PORT=7070
+LG_CONTROL_RULES='# Harness controls (vm/guest/common.sh): the positive controls of the
+# refusal checks. Scenario clients never run in unconfined_t nor use port 7070.
+[[rule]]
+name = "harness-control-client"
+source = "unconfined_t"
+verdict = "accept"
+
+[[rule]]
+name = "harness-control-port"
+proto = "tcp"
+dport = 7070
+verdict = "accept"
+'
+
+# control_server: start the control target once per scenario (its range
+# covers every level the scenarios use).
+control_server() {
+  ss -Htln "sport = :$LG_CONTROL_PORT" | grep -q . && return 0
+  tcp_echo_server "system_u:system_r:unconfined_t:s0-s1:c0.c3" "$LG_CONTROL_PORT"
 }
 
 # stop_all: end every process this scenario started (by pid).
@@ -116,7 +242,7 @@ lg_start() {
   LG_PID=$!
   echo "$LG_PID" >"$LG_WORK/$SCENARIO-labelgate.pid"   # for the runner's clean-up
   local i
-  for ((i = 0; i < 150; i++)); do   # 30 s
+  for ((i = 0; i < 300; i++)); do   # 60 s
     awk '$1 == 0 {found=1} END {exit !found}' /proc/net/netfilter/nfnetlink_queue 2>/dev/null && return 0
     kill -0 "$LG_PID" 2>/dev/null || break
     sleep 0.2
@@ -125,14 +251,14 @@ lg_start() {
   return 1
 }
 
-# lg_stop: SIGTERM labelgate, wait up to 5 s; returns its exit status.
+# lg_stop: SIGTERM labelgate, wait up to 15 s; returns its exit status.
 lg_stop() {
   [ -n "$LG_PID" ] || return 0
   kill -TERM "$LG_PID" 2>/dev/null || true
   local rc=0 i
-  for ((i = 0; i < 25; i++)); do kill -0 "$LG_PID" 2>/dev/null || break; sleep 0.2; done
+  for ((i = 0; i < 75; i++)); do kill -0 "$LG_PID" 2>/dev/null || break; sleep 0.2; done
   if kill -0 "$LG_PID" 2>/dev/null; then
-    log "labelgate ignored SIGTERM for 5 s"; kill -9 "$LG_PID"; rc=137
+    log "labelgate ignored SIGTERM for 15 s"; kill -9 "$LG_PID"; rc=137
   fi
   wait "$LG_PID" || rc=$?
   LG_PID=""
@@ -151,9 +277,14 @@ lg_require() {
   exit 1
 }
 
-# queue_out/queue_in PORT[,PORT...]: divert client->server TCP on lo to queue 0.
-queue_out() { iptables -A OUTPUT -o lo -p tcp -m multiport --dports "$1" -j NFQUEUE --queue-num 0; }
-queue_in() { iptables -A INPUT -i lo -p tcp -m multiport --dports "$1" -j NFQUEUE --queue-num 0; }
+# queue_out/queue_in PORT[,PORT...]: divert client->server TCP on lo to queue
+# 0, with the control port (so the controls go through labelgate too).
+queue_out() {
+  iptables -A OUTPUT -o lo -p tcp -m multiport --dports "$1,$LG_CONTROL_PORT" -j NFQUEUE --queue-num 0
+}
+queue_in() {
+  iptables -A INPUT -i lo -p tcp -m multiport --dports "$1,$LG_CONTROL_PORT" -j NFQUEUE --queue-num 0
+}
 
 # avc_lines FILE OUTCOME PERM SCTX TCTX: the audit lines of FILE recording
 # OUTCOME (denied|granted) { PERM } from SCTX to TCTX.
@@ -185,10 +316,46 @@ check_no_avc() {
 }
 
 # write_policy NAME <<TOML: store a policy for this scenario, echo its path.
+# The harness control rules (LG_CONTROL_RULES) go before the first rule, so
+# that the controls of expect_refused are admitted whatever the policy says.
 write_policy() {
   local f="$LG_WORK/$SCENARIO-$1.toml"
-  cat >"$f"
+  awk -v ctl="$LG_CONTROL_RULES" '
+    !done && /^\[\[rule\]\]/ { print ctl; done = 1 }
+    { print }
+    END { if (!done) { print ""; print ctl } }' >"$f"
   echo "$f"
+}
+
+# web_db_policy NAME [KEY=VALUE...] [--rule-key RULE 'key = value']...
+#               [--more-rules]: the shared web-to-db policy
+# (vm/policies/web-db.toml) as this scenario's policy NAME; echoes its path.
+# KEY=VALUE sets a top-level key (mode="permissive"); --rule-key adds a key
+# to the rule named RULE; --more-rules appends the TOML rules read from stdin.
+LG_WEB_DB="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/policies/web-db.toml"
+web_db_policy() {
+  local name="$1" top=() rk=() more=""; shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --rule-key) rk+=("$2" "$3"); shift 3 ;;
+      --more-rules) more="$(cat)"; shift ;;
+      *=*) top+=("$1"); shift ;;
+      *) log "web_db_policy: bad argument $1"; return 1 ;;
+    esac
+  done
+  {
+    local kv k
+    for kv in "${top[@]}"; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}"; done
+    awk -v keys="$(for kv in "${top[@]}"; do printf '%s ' "${kv%%=*}"; done)" \
+        -v rk="$(printf '%s\n' "${rk[@]}")" '
+      BEGIN { n = split(keys, k, " "); for (i = 1; i <= n; i++) skip[k[i]] = 1
+              m = split(rk, r, "\n"); for (i = 1; i + 1 <= m; i += 2) add[r[i]] = add[r[i]] r[i + 1] "\n" }
+      /^\[/ { intable = 1 }
+      !intable && $1 in skip && $2 == "=" { next }   # overridden above
+      { print }
+      /^name = "/ { nm = $3; gsub(/"/, "", nm); if (nm in add) printf "%s", add[nm] }' "$LG_WEB_DB"
+    [ -z "$more" ] || printf '\n%s\n' "$more"
+  } | write_policy "$name"
 }
 
 # --------------------------------------------------------------- asserts ---
@@ -200,6 +367,17 @@ scenario_begin() {
   trap 'fail aborted "line $LINENO: $BASH_COMMAND"' ERR
   trap '[ -z "$LG_PID" ] || kill "$LG_PID" 2>/dev/null; stop_all' EXIT
   log "=== begin"
+  lint_probes "$0"
+}
+
+# lint_probes SCRIPT: a scenario calls probes only through expect_reached and
+# expect_refused (which run a refusal's controls); a direct call, outside a
+# comment or a probe_KIND definition, fails the scenario.
+lint_probes() {
+  local hits
+  hits="$(grep -nE '(^|[^_[:alnum:]])probe(_[[:alnum:]]+)?([[:space:]]|$)' "$1" \
+    | grep -vE '^[0-9]+:[[:space:]]*#' | grep -vE 'probe_[[:alnum:]]+\(\)' || true)"
+  [ -z "$hits" ] || fail harness-lint "$1 calls a probe directly (use expect_reached/expect_refused): $(head -n1 <<<"$hits")"
 }
 
 # pass/fail NAME [DETAIL]: record one check.
@@ -210,8 +388,14 @@ fail() {
 }
 
 # check NAME CMD...: PASS if CMD succeeds.   check_not NAME CMD...: if it fails.
-check() { local n="$1"; shift; if "$@"; then pass "$n"; else fail "$n" "command failed: $*"; fi; }
-check_not() { local n="$1"; shift; if "$@"; then fail "$n" "command succeeded: $*"; else pass "$n"; fi; }
+# Neither takes a probe: a failing probe is not a refusal (expect_refused).
+check() { local n="$1"; shift; no_probe "$n" "$1" || return 0; if "$@"; then pass "$n"; else fail "$n" "command failed: $*"; fi; }
+check_not() { local n="$1"; shift; no_probe "$n" "$1" || return 0; if "$@"; then fail "$n" "command succeeded: $*"; else pass "$n"; fi; }
+no_probe() {
+  case "$2" in
+    probe|probe_*) fail "$1" "harness: use expect_reached/expect_refused, not check/check_not, with $2"; return 1 ;;
+  esac
+}
 
 # check_grep NAME FILE REGEX: PASS if an extended regex matches a line of FILE.
 check_grep() {

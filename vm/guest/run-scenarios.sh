@@ -7,7 +7,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 export LG_POLICY="$1" LG_BIN="$2"; shift 2
 export LG_WORK="${LABELGATE_VM_WORK:?}"
 export LG_RESULTS="$LG_WORK/results.txt"
-export LG_SCENARIO_TIMEOUT="${LG_SCENARIO_TIMEOUT:-300}"
+export LG_SCENARIO_TIMEOUT="${LG_SCENARIO_TIMEOUT:-900}"
 : >"$LG_RESULTS"
 # shellcheck source=common.sh
 . "$HERE/common.sh"

@@ -10,29 +10,8 @@ scenario_begin article
 lg_require
 
 AUDIT="$LG_WORK/article-audit.log"
-POL="$(write_policy policy <<'TOML'
-mode = "enforcing"
-default = "drop"
-[sets]
-web = ["httpd_t"]
-
-[[rule]]
-name = "web-to-db-out"
-hook = "output"
-source = "@web"
-proto = "tcp"
-dport = "5432-5433"
-verdict = "accept"
-
-[[rule]]
-name = "db-in"
-hook = "input"
-dest = "postgresql_t"
-proto = "tcp"
-dport = "5432-5433"
-verdict = "accept"
-TOML
-)"
+# The shared web-to-db policy (vm/policies/web-db.toml).
+POL="$(web_db_policy policy)"
 check policy-check lg_policy_check "$POL"
 
 # Servers: the database on 5432 and 8080, an intruder_t listener on 5433.
@@ -40,19 +19,23 @@ tcp_echo_server "$CTX_PG" 5432
 tcp_echo_server "$CTX_PG" 8080
 tcp_echo_server "$CTX_INTRUDER" 5433
 # Baseline without labelgate: everything connects.
-check baseline-intruder tcp_try "$CTX_INTRUDER" 5432
+expect_reached baseline-intruder "$CTX_INTRUDER" 5432
 
 queue_out 5432,5433,8080
 queue_in 5432,5433,8080
 lg_start "$POL" "$AUDIT"
 
-check httpd-to-db-5432 tcp_try "$CTX_HTTPD" 5432
-check_not intruder-to-db-5432 tcp_try "$CTX_INTRUDER" 5432
-check_not httpd-to-db-8080 tcp_try "$CTX_HTTPD" 8080
+expect_reached httpd-to-db-5432 "$CTX_HTTPD" 5432
+# Refusals, each with its controls: the refused client reaching an allowed
+# target, an allowed client reaching the refused target. intruder_t may send
+# nowhere but the harness control port; nobody but the control client may
+# reach 8080 and the intruder_t listener.
+expect_refused intruder-to-db-5432 "$CTX_INTRUDER" 5432 "$CTX_HTTPD" "$LG_CONTROL_PORT"
+expect_refused httpd-to-db-8080 "$CTX_HTTPD" 8080 "$CTX_CONTROL" 5432
 # Output passes (source httpd_t) but input refuses: dest is intruder_t.
-check_not httpd-to-intruder-5433 tcp_try "$CTX_HTTPD" 5433
+expect_refused httpd-to-intruder-5433 "$CTX_HTTPD" 5433 "$CTX_CONTROL" 5432
 # Still works after the denials (no state poisoning).
-check httpd-to-db-again tcp_try "$CTX_HTTPD" 5432
+expect_reached httpd-to-db-again "$CTX_HTTPD" 5432
 
 lg_stop || fail labelgate-exit "labelgate exited non-zero on SIGTERM"
 

@@ -9,20 +9,8 @@ lg_require
 
 PY=/usr/bin/python3
 AUDIT="$LG_WORK/attribution-audit.log"
-POL="$(write_policy policy <<'TOML'
-mode = "enforcing"
-default = "drop"
-[[rule]]
-name = "web-to-db"
-hook = "output"
-source = "httpd_t"
-dest = "postgresql_t"
-proto = "tcp"
-dport = 5432
-verdict = "accept"
-audit = true
-TOML
-)"
+# The shared web-to-db policy, its grants recorded too.
+POL="$(web_db_policy policy --rule-key web-to-db-out 'audit = true')"
 tcp_echo_server "$CTX_PG" 5432
 queue_out 5432
 lg_start "$POL" "$AUDIT"

@@ -9,32 +9,15 @@ scenario_begin audit-tools
 lg_require
 
 AUDIT="$LG_WORK/audit-tools-audit.log"
-POL="$(write_policy policy <<'TOML'
-mode = "enforcing"
-default = "drop"
-[[rule]]
-name = "web-out"
-hook = "output"
-source = "httpd_t"
-proto = "tcp"
-dport = [5432, 5433]
-verdict = "accept"
-[[rule]]
-name = "db-in"
-hook = "input"
-dest = "postgresql_t"
-proto = "tcp"
-dport = [5432, 5433]
-verdict = "accept"
-TOML
-)"
+POL="$(web_db_policy policy)"   # vm/policies/web-db.toml
 tcp_echo_server "$CTX_PG" 5432
 tcp_echo_server "$CTX_INTRUDER" 5433
 queue_out 5432,5433
 queue_in 5432,5433
 lg_start "$POL" "$AUDIT"
-tcp_try "$CTX_INTRUDER" 5432 || true   # denied send: intruder_t -> postgresql_t
-tcp_try "$CTX_HTTPD" 5433 || true      # denied recv: httpd_t -> intruder_t
+# denied send: intruder_t -> postgresql_t; denied recv: httpd_t -> intruder_t
+expect_refused intruder-send-refused "$CTX_INTRUDER" 5432 "$CTX_HTTPD" "$LG_CONTROL_PORT"
+expect_refused httpd-recv-refused "$CTX_HTTPD" 5433 "$CTX_CONTROL" 5432
 lg_stop || fail labelgate-exit "non-zero exit on SIGTERM"
 
 ndenied="$(grep -c 'avc: *denied' "$AUDIT" || true)"

@@ -41,7 +41,7 @@ READY="$LG_WORK/cipso-sniff.ready"; rm -f "$READY"
 "$SNIFF" 5432 40 "$READY" >"$LG_WORK/cipso-ipopts.txt" 2>"$LG_WORK/cipso-sniff.err" &
 sniff_pid=$!
 for ((i = 0; i < 100; i++)); do [ -e "$READY" ] && break; sleep 0.2; done   # python start-up under TCG
-check baseline-hi tcp_try "$CLIENT_HI" 5432
+expect_reached baseline-hi "$CLIENT_HI" 5432
 wait "$sniff_pid" || true
 opts="$(cat "$LG_WORK/cipso-ipopts.txt")"
 log "IP options of the s1:c0 SYN: ${opts:-none}"
@@ -49,12 +49,12 @@ case "$opts" in
   860b000000100105000180*) pass cipso-option-on-wire ;;
   *) fail cipso-option-on-wire "IP options '${opts:-none}'" ;;
 esac
-check baseline-lo tcp_try "$CLIENT_LO" 5432
+expect_reached baseline-lo "$CLIENT_LO" 5432
 
 queue_in 5432
 lg_start "$POL" "$AUDIT"
-check cleared-client-admitted tcp_try "$CLIENT_HI" 5432
-check_not s0-client-refused tcp_try "$CLIENT_LO" 5432
+expect_reached cleared-client-admitted "$CLIENT_HI" 5432
+expect_refused s0-client-refused "$CLIENT_LO" 5432 "$CLIENT_HI" "$LG_CONTROL_PORT"
 lg_stop || fail labelgate-exit "non-zero exit on SIGTERM"
 
 check_grep avc-s0-denied "$AUDIT" "denied +\{ recv \}.*dest=5432 .*scontext=$CLIENT_LO .*rule=default"

@@ -7,28 +7,17 @@ set -euo pipefail
 scenario_begin permissive
 lg_require
 
-policy_with_mode() {
-  write_policy "$1" <<TOML
-mode = "$1"
-default = "drop"
-[[rule]]
-name = "web-to-db"
-hook = "output"
-source = "httpd_t"
-dest = "postgresql_t"
-proto = "tcp"
-dport = 5432
-verdict = "accept"
-TOML
-}
+# policy_with_mode MODE: the shared web-to-db policy (vm/policies/web-db.toml)
+# with mode = MODE.
+policy_with_mode() { web_db_policy "$1" mode="\"$1\""; }
 tcp_echo_server "$CTX_PG" 5432
 queue_out 5432
 
 # 1. mode = "permissive" in the file.
 AUDIT="$LG_WORK/permissive-audit-file.log"
 lg_start "$(policy_with_mode permissive)" "$AUDIT"
-check file-mode-intruder-passes tcp_try "$CTX_INTRUDER" 5432
-check file-mode-httpd-passes tcp_try "$CTX_HTTPD" 5432
+expect_reached file-mode-intruder-passes "$CTX_INTRUDER" 5432
+expect_reached file-mode-httpd-passes "$CTX_HTTPD" 5432
 lg_stop || fail labelgate-exit-1 "non-zero exit on SIGTERM"
 check_avc file-mode-avc "$AUDIT" denied send "$CTX_INTRUDER" "$CTX_PG" "dest=5432 .*permissive=1"
 check_no_avc file-mode-no-enforced-avc "$AUDIT" denied send "$CTX_INTRUDER" "$CTX_PG" "permissive=0"
@@ -36,14 +25,14 @@ check_no_avc file-mode-no-enforced-avc "$AUDIT" denied send "$CTX_INTRUDER" "$CT
 # 2. an enforcing file run with --mode permissive.
 AUDIT="$LG_WORK/permissive-audit-cli.log"
 lg_start "$(policy_with_mode enforcing)" "$AUDIT" --mode permissive
-check cli-mode-intruder-passes tcp_try "$CTX_INTRUDER" 5432
+expect_reached cli-mode-intruder-passes "$CTX_INTRUDER" 5432
 lg_stop || fail labelgate-exit-2 "non-zero exit on SIGTERM"
 check_avc cli-mode-avc "$AUDIT" denied send "$CTX_INTRUDER" "$CTX_PG" "dest=5432 .*permissive=1"
 
 # 3. and the same file enforcing: the intruder is refused (control).
 AUDIT="$LG_WORK/permissive-audit-enforcing.log"
 lg_start "$(policy_with_mode enforcing)" "$AUDIT"
-check_not enforcing-intruder-refused tcp_try "$CTX_INTRUDER" 5432
+expect_refused enforcing-intruder-refused "$CTX_INTRUDER" 5432 "$CTX_HTTPD" "$LG_CONTROL_PORT"
 lg_stop || fail labelgate-exit-3 "non-zero exit on SIGTERM"
 check_avc enforcing-avc "$AUDIT" denied send "$CTX_INTRUDER" "$CTX_PG" "permissive=0"
 

@@ -28,36 +28,28 @@ start_in "$CTX_PG" "$LG_WORK/postgres-server.log" \
 wait_listen 5432 60 || { fail server-up "$(tail -n5 "$LG_WORK/postgres-server.log")"; scenario_end; exit 1; }
 log "server listening after $(( $(date +%s) - t0 ))s: $(ss -Htlnpz 'sport = :5432' | head -n1)"
 
-# psql CTX: run `select 42` as CTX over TCP; print the answer.
-psql_in() {
-  timeout 20 runcon "$1" env PGCONNECT_TIMEOUT=5 psql -X -w -At -h 127.0.0.1 -p 5432 \
-    -U postgres -c 'select 42' 2>>"$LG_WORK/postgres-psql.err"
+# probe_psql CLIENT PORT (target psql:PORT, see probe in common.sh): run
+# `select 42` as CLIENT over TCP; reached if 42 comes back, refused if the
+# connection timed out, broken otherwise.
+probe_psql() {
+  local err="$LG_WORK/postgres-psql.err" out
+  client_cmd "$1"
+  out="$(timeout 90 "${CLIENT_CMD[@]}" env PGCONNECT_TIMEOUT="$LG_CONNECT_TIMEOUT" \
+    psql -X -w -At -h 127.0.0.1 -p "$2" -U postgres -c 'select 42' 2>"$err")" || true
+  if [ "$out" = 42 ]; then PROBE_DETAIL="got 42"; return 0; fi
+  if grep -q 'timeout expired' "$err"; then PROBE_DETAIL="no connection: timeout expired"; return 1; fi
+  PROBE_DETAIL="psql: out '${out:0:60}', $(head -n2 "$err" | tr '\n' ' ' | cut -c1-200)"
+  return 2
 }
-check baseline-intruder test "$(psql_in "$CTX_INTRUDER")" = 42
+expect_reached baseline-intruder "$CTX_INTRUDER" psql:5432
 
 AUDIT="$LG_WORK/postgres-audit.log"
-POL="$(write_policy policy <<'TOML'
-mode = "enforcing"
-default = "drop"
-[sets]
-web = ["httpd_t"]
-[[rule]]
-name = "web-to-db"
-hook = "output"
-source = "@web"
-dest = "postgresql_t"
-proto = "tcp"
-dport = 5432
-verdict = "accept"
-TOML
-)"
+POL="$(web_db_policy policy)"   # vm/policies/web-db.toml
 queue_out 5432
 lg_start "$POL" "$AUDIT"
 
-out="$(psql_in "$CTX_HTTPD" || true)"
-if [ "$out" = 42 ]; then pass psql-httpd; else fail psql-httpd "got '$out': $(tail -n2 "$LG_WORK/postgres-psql.err")"; fi
-out="$(psql_in "$CTX_INTRUDER" || true)"
-if [ -z "$out" ]; then pass psql-intruder-refused; else fail psql-intruder-refused "got '$out'"; fi
+expect_reached psql-httpd "$CTX_HTTPD" psql:5432
+expect_refused psql-intruder-refused "$CTX_INTRUDER" psql:5432 "$CTX_HTTPD" "$LG_CONTROL_PORT"
 
 lg_stop || fail labelgate-exit "labelgate exited non-zero on SIGTERM"
 check_avc avc-intruder "$AUDIT" denied send "$CTX_INTRUDER" "$CTX_PG" "dest=5432 .*permissive=0"

@@ -35,10 +35,10 @@ queue_out 5432,5433,8080
 lg_start "$POL" "$AUDIT"
 
 # The secmark rule admits even intruder_t: the packet label decides.
-check db-packet-intruder-passes tcp_try "$CTX_INTRUDER" 5432
-check db-packet-httpd-passes tcp_try "$CTX_HTTPD" 5432
-check_not http-packet-refused tcp_try "$CTX_HTTPD" 8080
-check_not unlabelled-refused tcp_try "$CTX_HTTPD" 5433
+expect_reached db-packet-intruder-passes "$CTX_INTRUDER" 5432
+expect_reached db-packet-httpd-passes "$CTX_HTTPD" 5432
+expect_refused http-packet-refused "$CTX_HTTPD" 8080 "$CTX_CONTROL" 5432
+expect_refused unlabelled-refused "$CTX_HTTPD" 5433 "$CTX_CONTROL" 5432
 lg_stop || fail labelgate-exit "non-zero exit on SIGTERM"
 
 check_avc avc-http-packet "$AUDIT" denied send "$CTX_HTTPD" "$CTX_PG" "dest=8080 .*rule=no-http-packets"
