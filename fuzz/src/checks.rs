@@ -478,9 +478,16 @@ fn cipso_encode(doi: u32, level: &Level) -> Vec<Vec<u8>> {
     if cats.len() <= 15 {
         tags.push((2, cats.iter().flat_map(|&c| (c as u16).to_be_bytes()).collect()));
     }
-    if ranges.len() <= 7 {
-        let body = ranges.iter().rev().flat_map(|&(lo, hi)| [hi as u16, lo as u16]).flat_map(u16::to_be_bytes);
-        tags.push((5, body.collect()));
+    // Tag 5 as cipso_v4_map_cat_rng_hton writes it: (high, low) pairs from
+    // the highest range down, a low of 0 left out; at most 30 bytes.
+    let body: Vec<u8> = ranges
+        .iter()
+        .rev()
+        .flat_map(|&(lo, hi)| std::iter::once(hi as u16).chain((lo != 0).then_some(lo as u16)))
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    if body.len() <= 30 {
+        tags.push((5, body));
     }
     tags.into_iter()
         .map(|(ty, cats)| {
