@@ -1,0 +1,166 @@
+#!/bin/bash
+# (peer-oracle) The kernel as the oracle for peer labels: NetLabel labels
+# loopback TCP with CIPSO tag 1, tag 2 and tag 5 (DOIs 16, 17, 18, pass
+# mapping) and ::1 with CALIPSO (DOI 19); clients at many levels (single
+# categories, runs of two and of many, eight ranges from c0, the largest
+# sensitivity s255 and category c1023, each where the tag can carry it)
+# connect to a server that reads each connection's peer context with
+# SO_PEERSEC (getpeercon). labelgate, queueing the client->server packets
+# on INPUT, must record exactly that context as the packets' peer label.
+set -euo pipefail
+. "$(dirname "$0")/../guest/common.sh"
+scenario_begin peer-oracle
+lg_require
+
+PORT4=5440
+PORT6=5441
+SERVER="$LG_WORK/peer-oracle-server.py"
+CLIENT="$LG_WORK/peer-oracle-client.py"
+ORACLE="$LG_WORK/peer-oracle-kernel.txt"     # "<client port> <getpeercon context>"
+SENT="$LG_WORK/peer-oracle-sent.txt"         # "<name> <level> <client port> <server port>"
+AUDIT="$LG_WORK/peer-oracle-audit.log"
+: >"$ORACLE"; : >"$SENT"
+
+cat >"$SERVER" <<'PY'
+import select, socket, sys, time
+out, seconds = sys.argv[1], float(sys.argv[2])
+socks = []
+for fam, host, port in ((socket.AF_INET, "127.0.0.1", 5440), (socket.AF_INET6, "::1", 5441)):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(64)
+    socks.append(s)
+end = time.time() + seconds
+with open(out, "a") as f:
+    while time.time() < end:
+        ready, _, _ = select.select(socks, [], [], 0.5)
+        for s in ready:
+            c, addr = s.accept()
+            try:
+                ctx = c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERSEC, 4096).rstrip(b"\0").decode()
+            except OSError as e:
+                ctx = "getpeercon-error-%d" % e.errno
+            f.write("%d %s\n" % (addr[1], ctx))
+            f.flush()
+            c.sendall(b"ok\n")
+            c.close()
+PY
+cat >"$CLIENT" <<'PY'
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect((host, port))
+print(s.getsockname()[1], flush=True)
+sys.exit(0 if s.recv(16).startswith(b"ok") else 1)
+PY
+
+netlabelctl cipsov4 add pass doi:16 tags:1
+netlabelctl cipsov4 add pass doi:17 tags:2
+netlabelctl cipsov4 add pass doi:18 tags:5
+netlabelctl calipso add pass doi:19
+# map_cipso DOI: loopback IPv4 labelled with CIPSO DOI, ::1 with CALIPSO 19.
+map_cipso() {
+  netlabelctl map del default 2>/dev/null || true
+  netlabelctl map add default address:0.0.0.0/0 protocol:unlbl
+  netlabelctl map add default address:::/0 protocol:unlbl
+  netlabelctl map add default address:127.0.0.1 protocol:cipsov4,"$1"
+  netlabelctl map add default address:::1 protocol:calipso,19
+  log "netlabel map: $(netlabelctl -p map list | tr '\n' ' ')"
+}
+
+POL="$(write_policy policy <<'TOML'
+mode = "enforcing"
+default = "drop"
+[[doi]]
+doi = 16
+map = "pass"
+[[doi]]
+doi = 17
+map = "pass"
+[[doi]]
+doi = 18
+map = "pass"
+[[doi]]
+doi = 19
+map = "pass"
+[[rule]]
+name = "oracle-in"
+hook = "input"
+proto = "tcp"
+dport = [5440, 5441]
+audit = true
+verdict = "accept"
+TOML
+)"
+check policy-check lg_policy_check "$POL"
+
+start_in "system_u:system_r:postgresql_t:s0-s255:c0.c1023" "$LG_WORK/peer-oracle-server.log" \
+  python3 "$SERVER" "$ORACLE" 900
+wait_listen "$PORT4"
+wait_listen "$PORT6"
+queue_in "$PORT4"
+ip6tables -A INPUT -i lo -p tcp --dport "$PORT6" -j NFQUEUE --queue-num 0
+lg_start "$POL" "$AUDIT"
+
+# connect_at NAME HOST PORT LEVEL: a client at LEVEL connects; its port is
+# kept to find what the kernel and labelgate said about its packets.
+connect_at() {
+  local name="$1" host="$2" port="$3" level="$4" sport
+  if sport="$(timeout 40 runcon "system_u:system_r:httpd_t:$level" python3 "$CLIENT" "$host" "$port")"; then
+    echo "$name $level $sport $port" >>"$SENT"
+  else
+    fail "connect-$name-$level" "client at $level could not reach $host:$port (${sport:-no port})"
+  fi
+}
+
+# Levels each encoding can carry (the kernel refuses to send one that does
+# not fit: tag 1 up to c239, tag 2 up to 15 categories, tag 5 up to 30
+# bytes of ranges, CALIPSO any category).
+COMMON=(s0 s255 s1:c0 s2:c7,c8 s3:c0,c1 s4:c0.c2 s5:c1,c3,c5 s17:c10.c20,c22)
+TAG1=(s6:c0.c239 s7:c239 s8:c0,c2,c4,c6,c8,c10,c12,c14,c16,c18,c20,c22 s9:c1,c3.c9,c100.c200,c238,c239)
+TAG2=(s6:c1023 s7:c0.c14 s8:c1,c100,c1000,c1022,c1023 s255:c0,c2,c4,c6,c8,c10,c12,c14,c16,c18,c20,c22,c24,c26,c28)
+TAG5=(s6:c0.c1023 s7:c0.c3,c20.c25,c30.c36,c40.c45,c50.c55,c60.c66,c70.c78,c80.c88
+      s8:c0,c2,c4,c6,c8,c10,c12,c14 s9:c1,c3,c5,c7,c9,c11,c13 s255:c1022,c1023 s10:c500.c1023)
+CALIPSO=(s6:c0.c1023 s7:c1023 s255:c0.c1023 s8:c0,c2,c4,c6,c8,c10,c12,c14,c16,c18,c20,c22,c24,c26,c28,c30,c32
+         s9:c0.c3,c20.c25,c30.c36,c40.c45,c50.c55,c60.c66,c70.c78,c80.c88,c1000.c1010)
+
+map_cipso 16
+for l in "${COMMON[@]}" "${TAG1[@]}"; do connect_at cipso-tag1 127.0.0.1 "$PORT4" "$l"; done
+for l in "${COMMON[@]}" "${CALIPSO[@]}"; do connect_at calipso ::1 "$PORT6" "$l"; done
+map_cipso 17
+for l in "${COMMON[@]}" "${TAG2[@]}"; do connect_at cipso-tag2 127.0.0.1 "$PORT4" "$l"; done
+map_cipso 18
+for l in "${COMMON[@]}" "${TAG5[@]}"; do connect_at cipso-tag5 127.0.0.1 "$PORT4" "$l"; done
+
+lg_stop || fail labelgate-exit "non-zero exit on SIGTERM"
+
+# The comparison: for every connection, the kernel's getpeercon context (its
+# level the client's level) and every labelgate record of that connection's
+# client->server packets carrying exactly that context as peer=.
+n=0
+while read -r name level sport port; do
+  n=$((n + 1))
+  kernel="$(awk -v p="$sport" '$1 == p {print $2}' "$ORACLE" | sort -u)"
+  if [ -z "$kernel" ] || [ "$(printf '%s\n' "$kernel" | wc -l)" -ne 1 ]; then
+    fail "oracle-$name-$level" "kernel peer context for port $sport: '${kernel:-none}'"
+    continue
+  fi
+  if [ "${kernel#*:*:*:}" != "$level" ]; then
+    log "note: the kernel labels $name $level as ${kernel#*:*:*:}"
+  fi
+  lg="$(grep -F " src=$sport " "$AUDIT" | grep -F " dest=$port " | grep -o ' peer=[^ ]*' | sed 's/^ peer=//' | sort -u)"
+  if [ -z "$lg" ]; then
+    fail "oracle-$name-$level" "no labelgate record with a peer label for port $sport"
+  elif [ "$lg" = "$kernel" ]; then
+    pass "oracle-$name-$level"
+  else
+    fail "oracle-$name-$level" "kernel '$kernel', labelgate '$(printf '%s' "$lg" | tr '\n' ' ')'"
+  fi
+done <"$SENT"
+log "$n connections compared"
+[ "$n" -ge 50 ] && pass oracle-enough-connections || fail oracle-enough-connections "only $n connections made"
+check_no_grep no-bad-peer-option "$AUDIT" "peer_label=bad_peer_option|bad_peer_option"
+
+scenario_end
