@@ -206,8 +206,8 @@ pub struct RunArgs {
     /// Maximum audit records per second (0: unlimited); the excess is counted and reported.
     #[arg(long, default_value_t = 0)]
     pub audit_rate: u32,
-    /// Bytes of each packet copied from the kernel (headers suffice).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65535))]
+    /// Bytes of each packet copied from the kernel. The default (9328) holds the longest IPv6 header chain RFC 8200 allows (extension headers of up to 2048 bytes each) and a TCP header; a packet whose headers run past a smaller copy range is decided by the policy's `malformed` verdict with reason beyond_copy_range.
+    #[arg(long, default_value_t = crate::packet::LONGEST_HEADERS, value_parser = clap::value_parser!(u32).range(64..=65535))]
     pub copy_range: u32,
     /// Kernel queue length: packets waiting for a verdict before --fail applies (at least 1).
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]

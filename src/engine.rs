@@ -5,7 +5,7 @@
 use crate::audit::{AuditSink, Outcome, Record};
 use crate::counters::Counters;
 use crate::labels::{Hook, Labels, QueueMeta, Resolver};
-use crate::packet::PacketInfo;
+use crate::packet::{PacketError, PacketInfo, Partial};
 use crate::policy::{Decision, Facts, Mode, Policy, Verdict};
 use crate::sys::IfNames;
 use arc_swap::ArcSwap;
@@ -82,7 +82,7 @@ impl Engine {
         let loaded = self.loaded.load();
         let input = match &p.kind {
             Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve(pkt, meta, payload))),
-            Kind::Malformed { why, hook } => Err((*why, *hook)),
+            Kind::Malformed { why, hook, known } => Err((*why, *hook, known)),
         };
         self.finish(&loaded, p, input, meta, scratch)
     }
@@ -101,7 +101,7 @@ impl Engine {
         let loaded = self.loaded.load();
         let input = match &p.kind {
             Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve_cached(pkt, meta, payload)?)),
-            Kind::Malformed { why, hook } => Err((*why, *hook)),
+            Kind::Malformed { why, hook, known } => Err((*why, *hook, known)),
         };
         Some(self.finish(&loaded, p, input, meta, scratch))
     }
@@ -112,7 +112,7 @@ impl Engine {
         &self,
         loaded: &Loaded,
         p: &Parsed,
-        input: Result<(&PacketInfo, Hook, Labels), (&'static str, Option<Hook>)>,
+        input: Result<(&PacketInfo, Hook, Labels), Unparsed<'_>>,
         meta: &QueueMeta,
         scratch: &mut Scratch,
     ) -> Verdict {
@@ -135,7 +135,7 @@ impl Engine {
                 });
                 (d, rec)
             }
-            Err((why, hook)) => {
+            Err((why, hook, known)) => {
                 Counters::bump(&c.malformed);
                 let d = policy.decide_malformed(mode);
                 let rec = self.audit.enabled().then(|| {
@@ -146,6 +146,10 @@ impl Engine {
                     let mut r = base_record(hook.unwrap_or(Hook::Input), ifindex, labels, &d, policy);
                     r.malformed = Some(why);
                     r.rule = "malformed".into();
+                    // What the headers did show, as for a parsed packet.
+                    (r.src, r.dst) = (known.addrs.map(|a| a.0), known.addrs.map(|a| a.1));
+                    r.proto = known.proto.map(|p| p.number());
+                    (r.sport, r.dport) = (known.ports.map(|p| p.0), known.ports.map(|p| p.1));
                     r
                 });
                 (d, rec)
@@ -166,6 +170,10 @@ impl Engine {
     }
 }
 
+/// A malformed packet as [`Engine::finish`] takes it: why, its hook if
+/// known, and what its headers showed.
+type Unparsed<'a> = (&'static str, Option<Hook>, &'a Partial);
+
 /// A queued packet, parsed (once, on the queue thread) but not decided.
 #[derive(Clone, Debug)]
 pub struct Parsed {
@@ -182,6 +190,8 @@ enum Kind {
     Malformed {
         why: &'static str,
         hook: Option<Hook>,
+        /// What the headers showed, for the audit record.
+        known: Partial,
     },
 }
 
@@ -190,10 +200,10 @@ impl Parsed {
     pub fn new(payload: &[u8], meta: &QueueMeta) -> Parsed {
         let started = Instant::now();
         let hook = Hook::from_nf(meta.hook);
-        let kind = match (crate::packet::parse(payload), hook) {
+        let kind = match (crate::packet::parse_partial(payload), hook) {
             (Ok(pkt), Some(hook)) => Kind::Packet(pkt, hook),
-            (Err(e), hook) => Kind::Malformed { why: e.reason(), hook },
-            (Ok(_), None) => Kind::Malformed { why: "unknown_hook", hook },
+            (Err((e, known)), hook) => Kind::Malformed { why: malformed_reason(e, payload, meta), hook, known },
+            (Ok(pkt), None) => Kind::Malformed { why: "unknown_hook", hook, known: Partial::from(&pkt) },
         };
         Parsed { started, kind }
     }
@@ -204,6 +214,18 @@ impl Parsed {
             Kind::Packet(pkt, _) => Some(pkt),
             Kind::Malformed { .. } => None,
         }
+    }
+}
+
+/// Why a packet did not parse: its parse error's reason, except that headers
+/// cut short by the copy range (the kernel's NFQA_CAP_LEN says the packet
+/// is longer than the bytes copied) are `beyond_copy_range`, not malformed
+/// bytes: the packet may be well formed, the copy was too short.
+fn malformed_reason(e: PacketError, payload: &[u8], meta: &QueueMeta) -> &'static str {
+    let cut = meta.cap_len.is_some_and(|whole| usize::try_from(whole).is_ok_and(|w| w > payload.len()));
+    match e {
+        PacketError::Truncated(_) if cut => "beyond_copy_range",
+        e => e.reason(),
     }
 }
 
@@ -273,6 +295,65 @@ mod tests {
         e.replace(Policy::from_toml("mode = \"permissive\"\ndefault = \"drop\"\n", "t").unwrap());
         assert_eq!(e.handle(&pkt, &meta(3, 1000), &mut s), Verdict::Accept);
         assert_eq!(Counters::get(&c.would_deny), 1);
+    }
+
+    /// An engine that writes JSON records to a file; returns the records.
+    fn audited(policy: &str, packets: &[(&[u8], QueueMeta)]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.json");
+        let c = Arc::new(Counters::default());
+        let cfg = crate::audit::Config {
+            target: Some(crate::audit::Target::File(path.clone())),
+            kernel: false,
+            format: crate::audit::Format::Json,
+            rate: 0,
+            capacity: 1000,
+        };
+        let (sink, writer) = crate::audit::Writer::start(cfg, c.clone()).unwrap();
+        let p = Policy::from_toml(policy, "t").unwrap();
+        let e = Engine::new(p, Box::new(|_| Box::new(KernelMetaResolver)), None, c, sink);
+        let mut s = Scratch::default();
+        for (pkt, meta) in packets {
+            e.handle(pkt, meta, &mut s);
+        }
+        drop(e);
+        writer.finish();
+        std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn malformed_records_carry_what_the_headers_showed() {
+        let (a, b) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+        let short = build::ipv4(a, b, 6, &[], &[0; 10]);
+        let good = build::ipv4(a, b, 17, &[], &build::udp(4000, 53, b""));
+        let recs =
+            audited("default = \"accept\"\n", &[(&short, meta(3, 0)), (&good, meta(77, 0)), (&[0x45, 1], meta(3, 0))]);
+        assert_eq!(recs.len(), 3, "{recs:?}");
+        assert!(recs[0].contains(r#""malformed":"truncated""#), "{}", recs[0]);
+        assert!(recs[0].contains("198.18.0.1") && recs[0].contains("198.18.0.2"), "{}", recs[0]);
+        assert!(recs[0].contains(r#""proto":"tcp""#), "{}", recs[0]);
+        // An unknown hook: the packet parsed, its ports are known too.
+        assert!(recs[1].contains(r#""malformed":"unknown_hook""#) && recs[1].contains("4000"), "{}", recs[1]);
+        assert!(recs[1].contains("198.18.0.2") && recs[1].contains(r#""proto":"udp""#), "{}", recs[1]);
+        // Too short for an IP header: no addresses.
+        assert!(!recs[2].contains("198.18"), "{}", recs[2]);
+    }
+
+    #[test]
+    fn headers_past_the_copy_range_are_not_called_truncated() {
+        let l6 = std::net::Ipv6Addr::LOCALHOST;
+        let mut dst_opts = vec![17u8, 40];
+        dst_opts.resize(328, 0);
+        let whole = build::ipv6(l6, l6, 60, &dst_opts, &build::udp(1, 5360, b"x"));
+        let copied = &whole[..256];
+        let cut = QueueMeta { cap_len: Some(whole.len() as u32), ..meta(3, 0) };
+        let p = Parsed::new(copied, &cut);
+        assert!(matches!(p.kind, Kind::Malformed { why: "beyond_copy_range", .. }), "{p:?}");
+        // The same bytes without NFQA_CAP_LEN: the packet itself is short.
+        let p = Parsed::new(copied, &meta(3, 0));
+        assert!(matches!(p.kind, Kind::Malformed { why: "truncated", .. }), "{p:?}");
+        // Copied whole, it parses.
+        assert!(Parsed::new(&whole, &meta(3, 0)).packet().is_some());
     }
 
     /// Knows nothing without slow work; counts its full resolutions.

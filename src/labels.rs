@@ -76,6 +76,9 @@ pub struct QueueMeta {
     pub outdev: u32,
     /// Packet mark.
     pub mark: u32,
+    /// NFQA_CAP_LEN: the packet's whole length, present only when the
+    /// kernel copied fewer bytes (the copy range) than the packet holds.
+    pub cap_len: Option<u32>,
     /// When labelgate had read the packet from the queue (it was queued
     /// before then): a socket holder checked after this instant was still
     /// holding its socket when the packet was sent. `None`: unknown.

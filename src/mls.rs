@@ -77,7 +77,10 @@ impl fmt::Debug for CategorySet {
 }
 
 impl fmt::Display for CategorySet {
-    /// Prints runs of two or more consecutive categories as `cA.cB`, as the kernel does.
+    /// Prints categories in ascending order, comma-separated, with a run of
+    /// three or more consecutive categories as `cA.cB` and a run of two as
+    /// `cA,cB`, exactly as the kernel's `mls_sid_to_context` does
+    /// (`c0.c2,c7,c8`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cats: Vec<usize> = self.iter().collect();
         let mut first = true;
@@ -92,8 +95,10 @@ impl fmt::Display for CategorySet {
                 f.write_str(",")?;
             }
             first = false;
-            if end > start {
+            if end > start + 1 {
                 write!(f, "c{start}.c{end}")?;
+            } else if end == start + 1 {
+                write!(f, "c{start},c{end}")?;
             } else {
                 write!(f, "c{start}")?;
             }
@@ -267,11 +272,16 @@ mod tests {
 
     #[test]
     fn level_round_trips_in_kernel_form() {
-        for s in ["s0", "s1:c0", "s2:c0.c3", "s0:c1,c5", "s15:c0.c2,c7,c9.c10"] {
+        for s in ["s0", "s1:c0", "s2:c0.c3", "s0:c1,c5", "s15:c0.c2,c7,c9.c11", "s1:c0,c1,c3"] {
             assert_eq!(lv(s).to_string(), s);
         }
         assert_eq!(lv("s0:c3,c0,c1,c2").to_string(), "s0:c0.c3");
-        assert_eq!(lv("s0:c1,c2").to_string(), "s0:c1.c2");
+        // The kernel joins a run of two with a comma, a run of three or more with a dot.
+        assert_eq!(lv("s0:c1,c2").to_string(), "s0:c1,c2");
+        assert_eq!(lv("s0:c7.c8").to_string(), "s0:c7,c8");
+        assert_eq!(lv("s0:c0.c1,c3,c5.c7,c9.c10").to_string(), "s0:c0,c1,c3,c5.c7,c9,c10");
+        assert_eq!(lv("s0:c1022,c1023").to_string(), "s0:c1022,c1023");
+        assert_eq!(lv("s0:c0.c1023").to_string(), "s0:c0.c1023");
     }
 
     #[test]
@@ -304,7 +314,44 @@ mod tests {
         assert!(r.contains_range(&"s0-s1:c1".parse().unwrap()));
     }
 
+    /// The kernel's `mls_sid_to_context` category loop
+    /// (security/selinux/ss/mls.c), transcribed: `prev`/`head` start at -2, a
+    /// gap closes the run before it with `.` when it spans three or more
+    /// categories and with `,` when it spans two.
+    fn kernel_categories(cats: &[i64]) -> String {
+        let mut out = String::new();
+        let (mut prev, mut head) = (-2i64, -2i64);
+        for &i in cats {
+            if i - prev > 1 {
+                if prev != head {
+                    out.push(if prev - head > 1 { '.' } else { ',' });
+                    out.push_str(&format!("c{prev}"));
+                }
+                out.push(if prev < 0 { ':' } else { ',' });
+                out.push_str(&format!("c{i}"));
+                head = i;
+            }
+            prev = i;
+        }
+        if prev != head {
+            out.push(if prev - head > 1 { '.' } else { ',' });
+            out.push_str(&format!("c{prev}"));
+        }
+        out
+    }
+
     proptest::proptest! {
+        #[test]
+        fn categories_print_as_the_kernel_does(sens in 0u16..=MAX_SENSITIVITY, runs in proptest::collection::vec((0usize..CATEGORY_COUNT, 1usize..5), 0..12)) {
+            let mut set = CategorySet::empty();
+            for (start, len) in runs {
+                for c in start..(start + len).min(CATEGORY_COUNT) { set.insert(c); }
+            }
+            let cats: Vec<i64> = set.iter().map(|c| c as i64).collect();
+            let l = Level { sensitivity: sens, categories: set };
+            proptest::prop_assert_eq!(l.to_string(), format!("s{sens}{}", kernel_categories(&cats)));
+        }
+
         #[test]
         fn level_parser_never_panics(s in "\\PC{0,40}") {
             let _ = s.parse::<Range>();

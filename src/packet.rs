@@ -123,18 +123,54 @@ impl PacketError {
     }
 }
 
-/// Parse one packet as delivered by NFQUEUE (starting at the IP header).
-pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
-    let first = *buf.first().ok_or(PacketError::Empty)?;
-    match first >> 4 {
-        4 => parse_v4(buf),
-        6 => parse_v6(buf),
-        v => Err(PacketError::Version(v)),
+/// The longest IPv6 header chain RFC 8200 allows before the transport
+/// header, plus the longest transport header labelgate reads (TCP with
+/// options): the fixed header (40), hop-by-hop options, destination options,
+/// routing (2048 bytes each at most), fragment (8), authentication (1028 at
+/// most), destination options again (2048) and TCP (60). A copy range of at
+/// least this many bytes lets every such packet be parsed whole; it is the
+/// default `--copy-range`.
+pub const LONGEST_HEADERS: u32 = 40 + 2048 + 2048 + 2048 + 8 + 1028 + 2048 + 60;
+
+/// What a packet that did not parse still showed: its addresses once the
+/// fixed IP header was whole, and its transport protocol when the header
+/// chain was read to it. Audit records of malformed packets carry these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Partial {
+    pub addrs: Option<(IpAddr, IpAddr)>,
+    pub proto: Option<Proto>,
+    /// Source and destination ports; the parser never sets them (a packet
+    /// whose ports were read parsed), [`Partial::from`] a parsed packet does.
+    pub ports: Option<(u16, u16)>,
+}
+
+impl From<&PacketInfo> for Partial {
+    fn from(p: &PacketInfo) -> Partial {
+        Partial { addrs: Some((p.src, p.dst)), proto: Some(p.proto), ports: p.sport.zip(p.dport) }
     }
 }
 
-fn parse_v4(buf: &[u8]) -> Result<PacketInfo, PacketError> {
+/// Parse one packet as delivered by NFQUEUE (starting at the IP header).
+pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
+    parse_partial(buf).map_err(|(e, _)| e)
+}
+
+/// [`parse`], and on failure what could still be read (see [`Partial`]).
+pub fn parse_partial(buf: &[u8]) -> Result<PacketInfo, (PacketError, Partial)> {
+    let mut known = Partial::default();
+    let first = *buf.first().ok_or((PacketError::Empty, known))?;
+    let parsed = match first >> 4 {
+        4 => parse_v4(buf, &mut known),
+        6 => parse_v6(buf, &mut known),
+        v => Err(PacketError::Version(v)),
+    };
+    parsed.map_err(|e| (e, known))
+}
+
+fn parse_v4(buf: &[u8], known: &mut Partial) -> Result<PacketInfo, PacketError> {
     let ip = Ipv4Packet::new(buf).ok_or(PacketError::Truncated("ipv4"))?;
+    known.addrs = Some((IpAddr::V4(ip.get_source()), IpAddr::V4(ip.get_destination())));
+    known.proto = Some(Proto::from_number(ip.get_next_level_protocol().0));
     let ihl = ip.get_header_length();
     let hlen = usize::from(ihl) * 4;
     if ihl < 5 {
@@ -167,8 +203,9 @@ fn finish(
     Ok(info)
 }
 
-fn parse_v6(buf: &[u8]) -> Result<PacketInfo, PacketError> {
+fn parse_v6(buf: &[u8], known: &mut Partial) -> Result<PacketInfo, PacketError> {
     let ip = Ipv6Packet::new(buf).ok_or(PacketError::Truncated("ipv6"))?;
+    known.addrs = Some((IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination())));
     let mut next = ip.get_next_header();
     let mut off = 40usize;
     let mut label_option = None;
@@ -213,6 +250,7 @@ fn parse_v6(buf: &[u8]) -> Result<PacketInfo, PacketError> {
             }
             _ => {
                 let (src, dst) = (IpAddr::V6(ip.get_source()), IpAddr::V6(ip.get_destination()));
+                known.proto = Some(Proto::from_number(next.0));
                 return finish(src, dst, Proto::from_number(next.0), label_option, first_fragment, hdr);
             }
         }
@@ -400,6 +438,100 @@ mod tests {
             ext.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
         }
         assert_eq!(parse(&ipv6(l6, l6, 60, &ext, &[])), Err(PacketError::ExtensionChain));
+    }
+
+    /// An extension header of `len` bytes (a multiple of 8, 8..=2048) of
+    /// type hop-by-hop/routing/destination options, its data unknown
+    /// skippable options (type 0x1e) as a sender would fill it.
+    fn ext(next: u8, len: usize) -> Vec<u8> {
+        assert!(len % 8 == 0 && (8..=2048).contains(&len));
+        let mut v = vec![next, (len / 8 - 1) as u8];
+        while v.len() < len {
+            let room = len - v.len();
+            let data = room.saturating_sub(2).min(255);
+            if room < 2 {
+                v.push(0); // Pad1
+                continue;
+            }
+            v.extend_from_slice(&[0x1e, data as u8]);
+            v.extend(std::iter::repeat_n(0xaa, data));
+        }
+        v
+    }
+
+    /// An authentication header of `len` bytes (a multiple of 4, 12..=1028).
+    fn ah(next: u8, len: usize) -> Vec<u8> {
+        let mut v = vec![next, (len / 4 - 2) as u8];
+        v.resize(len, 0x55);
+        v
+    }
+
+    /// The longest chain RFC 8200 allows: hop-by-hop, destination options,
+    /// routing (each 2048 bytes), fragment, AH (1028), destination options
+    /// (2048), then `l4` of protocol `proto`.
+    fn longest_chain(proto: u8, l4: &[u8]) -> Vec<u8> {
+        let l6 = Ipv6Addr::LOCALHOST;
+        let mut chain = ext(60, 2048); // hop-by-hop -> dest opts
+        chain.extend(ext(43, 2048)); // dest opts -> routing
+        chain.extend(ext(44, 2048)); // routing -> fragment
+        chain.extend_from_slice(&[51, 0, 0, 0, 0, 0, 0, 1]); // fragment (offset 0, last) -> AH
+        chain.extend(ah(60, 1028)); // AH -> dest opts
+        chain.extend(ext(proto, 2048)); // dest opts -> transport
+        ipv6(l6, l6, 0, &chain, l4)
+    }
+
+    #[test]
+    fn longest_legal_ipv6_chains_parse_within_the_default_copy_range() {
+        let mut tcp60 = tcp(40000, 5432, 0x02);
+        tcp60[12] = 15 << 4;
+        tcp60.resize(60, 1);
+        let p = longest_chain(6, &tcp60);
+        assert_eq!(p.len(), LONGEST_HEADERS as usize, "the constant is the longest chain");
+        let i = parse(&p).unwrap();
+        assert_eq!((i.proto, i.sport, i.dport, i.tcp_syn), (Proto::Tcp, Some(40000), Some(5432), true));
+        assert_eq!(i.label_option, Some(LabelOption::Ipv6HopByHop(42..40 + 2048)));
+        let u = parse(&longest_chain(17, &udp(40001, 5360, b"payload"))).unwrap();
+        assert_eq!((u.proto, u.dport), (Proto::Udp, Some(5360)));
+        // The case of issue 14: one 328-byte destination-options header,
+        // longer than the old default copy range of 256 bytes.
+        let l6 = Ipv6Addr::LOCALHOST;
+        let p = ipv6(l6, l6, 60, &ext(17, 328), &udp(40002, 5360, b"x"));
+        assert!(p.len() > 256);
+        assert_eq!(parse(&p).unwrap().dport, Some(5360));
+        // Each kind of header alone at its largest.
+        for (first, hdr) in [(0u8, ext(17, 2048)), (43, ext(17, 2048)), (60, ext(17, 2048)), (51, ah(17, 1028))] {
+            let p = ipv6(l6, l6, first, &hdr, &udp(1, 5360, b""));
+            assert_eq!(parse(&p).map(|i| i.dport), Ok(Some(5360)), "header {first}");
+        }
+    }
+
+    #[test]
+    fn a_packet_that_does_not_parse_still_shows_its_addresses() {
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        let b = Ipv4Addr::new(198, 18, 0, 2);
+        let short = ipv4(a, b, 6, &[], &[0; 10]);
+        let (e, known) = parse_partial(&short).unwrap_err();
+        assert_eq!(e, PacketError::Truncated("tcp"));
+        assert_eq!(known.addrs, Some((IpAddr::V4(a), IpAddr::V4(b))));
+        assert_eq!((known.proto, known.ports), (Some(Proto::Tcp), None));
+        let mut bad_ihl = ipv4(a, b, 17, &[], &udp(1, 2, b""));
+        bad_ihl[0] = 0x43;
+        assert_eq!(parse_partial(&bad_ihl).unwrap_err().1.addrs, Some((IpAddr::V4(a), IpAddr::V4(b))));
+        // IPv6 cut inside the chain: addresses, no protocol yet.
+        let (a6, b6) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        let cut = &longest_chain(17, &udp(1, 2, b""))[..256];
+        let mut cut = cut.to_vec();
+        cut[8..24].copy_from_slice(&Ipv6Addr::octets(&a6));
+        cut[24..40].copy_from_slice(&Ipv6Addr::octets(&b6));
+        let (e, known) = parse_partial(&cut).unwrap_err();
+        assert_eq!(e, PacketError::Truncated("ipv6 extension"));
+        assert_eq!((known.addrs, known.proto), (Some((IpAddr::V6(a6), IpAddr::V6(b6))), None));
+        // IPv6 whose chain reached UDP, cut in the UDP header.
+        let p = ipv6(a6, b6, 17, &[], &[0, 1, 0]);
+        assert_eq!(parse_partial(&p).unwrap_err().1.proto, Some(Proto::Udp));
+        // Too short for a fixed header: nothing known.
+        assert_eq!(parse_partial(&[0x45; 10]).unwrap_err().1, Partial::default());
+        assert_eq!(parse_partial(&[0x60; 39]).unwrap_err().1, Partial::default());
     }
 
     proptest::proptest! {

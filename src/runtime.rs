@@ -409,6 +409,7 @@ fn service(
                 indev: p.indev,
                 outdev: p.outdev,
                 mark: p.mark,
+                cap_len: p.cap_len,
                 received: Some(received),
             };
             let verdict = match pool.as_deref_mut() {

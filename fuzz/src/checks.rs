@@ -40,6 +40,7 @@ fn check_packet(data: &[u8]) {
         Ok(info) => info,
         Err(e) => {
             assert!(!e.reason().is_empty() && !e.to_string().is_empty());
+            check_partial(data, e);
             return;
         }
     };
@@ -100,6 +101,28 @@ fn check_packet(data: &[u8]) {
     }
     // What the daemon does with the options area: resolve::peer reads it.
     check_peer_label(&info, data);
+}
+
+/// What a packet that did not parse still shows: the addresses exactly when
+/// the fixed header is whole, from their places in it; never ports.
+fn check_partial(data: &[u8], e: packet::PacketError) {
+    let Err((again, known)) = packet::parse_partial(data) else {
+        panic!("parse_partial accepts what parse refuses");
+    };
+    assert_eq!(again, e);
+    assert_eq!(known.ports, None, "ports of a packet that did not parse");
+    let want = match data.first().map(|b| b >> 4) {
+        Some(4) if data.len() >= 20 => {
+            let a = |at: usize| IpAddr::from([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+            Some((a(12), a(16)))
+        }
+        Some(6) if data.len() >= 40 => {
+            let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&data[at..at + 16]).unwrap_or([0; 16]));
+            Some((a(8), a(24)))
+        }
+        _ => None,
+    };
+    assert_eq!(known.addrs, want, "addresses of a packet that did not parse");
 }
 
 // ------------------------------------------------------------------ nfqueue_msg
@@ -478,9 +501,16 @@ fn cipso_encode(doi: u32, level: &Level) -> Vec<Vec<u8>> {
     if cats.len() <= 15 {
         tags.push((2, cats.iter().flat_map(|&c| (c as u16).to_be_bytes()).collect()));
     }
-    if ranges.len() <= 7 {
-        let body = ranges.iter().rev().flat_map(|&(lo, hi)| [hi as u16, lo as u16]).flat_map(u16::to_be_bytes);
-        tags.push((5, body.collect()));
+    // Tag 5 as cipso_v4_map_cat_rng_hton writes it: (high, low) pairs from
+    // the highest range down, a low of 0 left out; at most 30 bytes.
+    let body: Vec<u8> = ranges
+        .iter()
+        .rev()
+        .flat_map(|&(lo, hi)| std::iter::once(hi as u16).chain((lo != 0).then_some(lo as u16)))
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    if body.len() <= 30 {
+        tags.push((5, body));
     }
     tags.into_iter()
         .map(|(ty, cats)| {

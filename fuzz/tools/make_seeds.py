@@ -506,6 +506,10 @@ def peer_options():
     out["cipso-tag2-max"] = cipso_opt(16, 2, 255, struct.pack("!2H", 1022, 1023))
     out["cipso-tag5-ranges"] = cipso_opt(16, 5, 4, struct.pack("!4H", 22, 20, 5, 3))
     out["cipso-tag5-last-low-omitted"] = cipso_opt(9, 5, 4, struct.pack("!3H", 9, 2, 1))
+    # Issue 14 item 18: eight ranges, the last from c0 (its low left out), as on the wire.
+    out["cipso-tag5-eight-ranges-from-c0"] = cipso_opt(16, 5, 0, struct.pack("!15H", 88, 80, 78, 70, 66, 60, 55, 50, 45, 40, 36, 30, 25, 20, 3))
+    out["cipso-tag5-low-above-high"] = cipso_opt(9, 5, 4, struct.pack("!2H", 2, 9))
+    out["cipso-tag5-touching-ranges"] = cipso_opt(9, 5, 4, struct.pack("!3H", 9, 5, 5))
     tags = bytes([1, 5, 0, 1, 0x80]) + bytes([5, 8, 0, 1, 0, 4, 0, 2])  # tag 1 gives the label, tag 5 is checked
     out["cipso-two-tags"] = bytes([0x86, 6 + len(tags)]) + struct.pack("!I", 16) + tags
     out["cipso-after-nop-timestamp"] = bytes([1, 68, 4, 0, 0]) + CIPSO

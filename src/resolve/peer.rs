@@ -37,8 +37,9 @@ pub enum PeerError {
     /// A category number beyond what an SELinux level can hold (c1023).
     #[error("category {0} out of range")]
     CategoryRange(u32),
-    /// Enumerated categories not strictly ascending, or ranges not
-    /// strictly descending / with low above high (as the kernel requires).
+    /// Enumerated categories not strictly ascending, or a range whose high
+    /// category is above the low category of the range before it (the
+    /// checks of the kernel's `cipso_v4_validate`).
     #[error("CIPSO categories out of order")]
     CategoryOrder,
     /// CALIPSO checksum mismatch.
@@ -145,7 +146,9 @@ fn find_option<'a>(area: &'a [u8], want: u8, kind: Area, name: &'static str) -> 
 }
 
 /// One CIPSO option (type, length, DOI, tags). The first tag gives the label,
-/// as in the kernel; the remaining tags must still be well formed in length.
+/// as in the kernel's `cipso_v4_getattr`; every tag must pass the checks of
+/// `cipso_v4_validate` (a type labelgate reads, a length of at least 4 that
+/// fits the option, categories in the order the kernel requires).
 fn cipso_option(opt: &[u8]) -> Result<(u32, Level), PeerError> {
     const T: PeerError = PeerError::Truncated("CIPSO");
     // type, len, 4 bytes DOI, and at least one tag header.
@@ -165,15 +168,17 @@ fn cipso_option(opt: &[u8]) -> Result<(u32, Level), PeerError> {
         if tlen < 2 {
             return Err(T);
         }
-        if level.is_none() {
-            level = Some(cipso_tag(ty, tag)?);
-        }
+        let parsed = cipso_tag(ty, tag)?;
+        level.get_or_insert(parsed);
         at += tlen;
     }
     Ok((doi, level.ok_or(T)?))
 }
 
-/// One CIPSO tag: `[type, len, alignment, level, ...]`.
+/// One CIPSO tag: `[type, len, alignment, level, categories...]`, read as
+/// the kernel's `cipso_v4_parsetag_{rbm,enum,rng}` read it (after
+/// `cipso_v4_validate`, DOI type `pass`). The options area bounds a tag to
+/// 34 bytes, so categories take at most 30.
 fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
     const T: PeerError = PeerError::Truncated("CIPSO");
     if !matches!(ty, 1 | 2 | 5) {
@@ -182,18 +187,17 @@ fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
     let [_, _, _, sens, cats @ ..] = tag else {
         return Err(T);
     };
+    if cats.len() > 30 {
+        return Err(T);
+    }
     let sensitivity = u16::from(*sens);
     let categories = match ty {
-        // Restricted bitmap: up to 30 bytes of bitmap.
-        1 => {
-            if cats.len() > 30 {
-                return Err(T);
-            }
-            bitmap(cats)?
-        }
-        // Enumerated: up to 15 strictly ascending 16-bit categories.
+        // Restricted bitmap (bit 0 = c0); trailing zero bytes are allowed
+        // (the kernel pads a short bitmap to 10 bytes).
+        1 => bitmap(cats)?,
+        // Enumerated: strictly ascending 16-bit categories.
         2 => {
-            if cats.len() % 2 != 0 || cats.len() > 30 {
+            if cats.len() % 2 != 0 {
                 return Err(T);
             }
             let mut set = CategorySet::empty();
@@ -208,10 +212,13 @@ fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
             }
             set
         }
-        // Ranged: up to 7 (high, low) pairs, strictly descending; the last
-        // low may be left out and then means 0.
+        // Ranged: (high, low) pairs, each high at most the low before it
+        // (`cipso_v4_map_cat_rng_valid`); a lone last high has low 0, which
+        // is how the kernel writes a last range that starts at c0 (so eight
+        // ranges fit in 30 bytes). A pair whose low is above its high adds
+        // nothing, as `netlbl_catmap_setrng` adds nothing for it.
         _ => {
-            if cats.len() % 2 != 0 || cats.len() > 28 {
+            if cats.len() % 2 != 0 {
                 return Err(T);
             }
             let mut set = CategorySet::empty();
@@ -219,15 +226,19 @@ fn cipso_tag(ty: u8, tag: &[u8]) -> Result<Level, PeerError> {
             for i in (0..cats.len()).step_by(4) {
                 let high = be16(cats, i).ok_or(T)?;
                 let low = if i + 4 <= cats.len() { be16(cats, i + 2).ok_or(T)? } else { 0 };
-                if low > high || prev_low.is_some_and(|p| high >= p) {
+                if prev_low.is_some_and(|p| high > p) {
                     return Err(PeerError::CategoryOrder);
                 }
                 prev_low = Some(low);
+                if low > high {
+                    continue;
+                }
                 if usize::from(high) >= CATEGORY_COUNT {
                     return Err(PeerError::CategoryRange(u32::from(high)));
                 }
                 for c in low..=high {
-                    insert_cat(&mut set, u32::from(c))?;
+                    // A range may share its end with the one before it.
+                    set.insert(usize::from(c));
                 }
             }
             set
@@ -360,9 +371,13 @@ mod tests {
         // Last low omitted means 0.
         let opt = [0x86, 16, 0, 0, 0, 9, 5, 10, 0, 4, 0, 9, 0, 2, 0, 1];
         assert_eq!(parse_cipso(&opt), Ok(Some((9, lv("s4:c0.c1,c2.c9")))));
-        // Low above high.
-        let bad = [0x86, 14, 0, 0, 0, 9, 5, 8, 0, 4, 0, 2, 0, 9];
-        assert_eq!(parse_cipso(&bad), Err(PeerError::CategoryOrder));
+        // Low above high: the kernel accepts it and the pair adds nothing.
+        let empty = [0x86, 14, 0, 0, 0, 9, 5, 8, 0, 4, 0, 2, 0, 9];
+        assert_eq!(parse_cipso(&empty), Ok(Some((9, lv("s4")))));
+        // A range may end where the one before it starts (the kernel checks
+        // high <= previous low, not <).
+        let touching = [0x86, 16, 0, 0, 0, 9, 5, 10, 0, 4, 0, 9, 0, 5, 0, 5];
+        assert_eq!(parse_cipso(&touching), Ok(Some((9, lv("s4:c0.c9")))));
         // Ascending ranges.
         let bad = [0x86, 16, 0, 0, 0, 9, 5, 10, 0, 4, 0, 2, 0, 1, 0, 9];
         assert_eq!(parse_cipso(&bad), Err(PeerError::CategoryOrder));
@@ -400,6 +415,200 @@ mod tests {
         let mut two = KERNEL_CIPSO[..11].to_vec();
         two.extend_from_slice(&KERNEL_CIPSO[..11]);
         assert_eq!(parse_cipso(&two), Err(PeerError::Duplicate("CIPSO")));
+    }
+
+    /// The option `cipso_v4_genopt` writes around one tag: type 134, length,
+    /// DOI; `None` when it would not fit the 40-byte options area.
+    fn kernel_cipso(doi: u32, tag: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let tag = tag?;
+        let mut v = vec![IPOPT_CIPSO, (6 + tag.len()) as u8];
+        v.extend_from_slice(&doi.to_be_bytes());
+        v.extend_from_slice(&tag);
+        (v.len() <= 40).then_some(v)
+    }
+
+    /// The category area a tag may use: 40 - 6 (option header) - 4 (tag header).
+    const CIPSO_CAT_SPACE: usize = 30;
+
+    /// Tag 1 as `cipso_v4_gentag_rbm` / `cipso_v4_map_cat_rbm_hton` write it
+    /// (`pass` DOI, the default `cipso_rbm_optfmt` = 0 and with it set).
+    fn kernel_tag1(l: &Level, optfmt: bool) -> Option<Vec<u8>> {
+        let level = u8::try_from(l.sensitivity).ok()?;
+        let mut bm = [0u8; CIPSO_CAT_SPACE];
+        let mut max = None;
+        for c in l.categories.iter() {
+            if c >= CIPSO_CAT_SPACE * 8 {
+                return None; // -ENOSPC
+            }
+            bm[c / 8] |= 0x80 >> (c % 8);
+            max = Some(c);
+        }
+        let used = max.map_or(0, |m| (m + 1).div_ceil(8));
+        let tag_len = match used {
+            0 => 4,
+            1..=10 if optfmt => 14,
+            n => 4 + n,
+        };
+        let mut v = vec![1, tag_len as u8, 0, level];
+        v.extend_from_slice(&bm[..tag_len - 4]);
+        Some(v)
+    }
+
+    /// Tag 2 as `cipso_v4_gentag_enum` / `cipso_v4_map_cat_enum_hton` write it.
+    fn kernel_tag2(l: &Level) -> Option<Vec<u8>> {
+        let level = u8::try_from(l.sensitivity).ok()?;
+        let mut cats = Vec::new();
+        for c in l.categories.iter() {
+            if cats.len() + 2 > CIPSO_CAT_SPACE {
+                return None;
+            }
+            cats.extend_from_slice(&(c as u16).to_be_bytes());
+        }
+        let mut v = vec![2, (4 + cats.len()) as u8, 0, level];
+        v.extend_from_slice(&cats);
+        Some(v)
+    }
+
+    /// Tag 5 as `cipso_v4_gentag_rng` / `cipso_v4_map_cat_rng_hton` write
+    /// it: ranges from the highest down, each as (high, low), a low of 0
+    /// left out (so only the last range can lose it).
+    fn kernel_tag5(l: &Level) -> Option<Vec<u8>> {
+        let level = u8::try_from(l.sensitivity).ok()?;
+        let mut array: Vec<u16> = Vec::new();
+        let mut size = 0usize;
+        let cats: Vec<usize> = l.categories.iter().collect();
+        let mut i = 0;
+        while let Some(&start) = cats.get(i) {
+            size += if start == 0 { 0 } else { 2 };
+            if size > CIPSO_CAT_SPACE {
+                return None;
+            }
+            array.push(start as u16);
+            let mut end = start;
+            while cats.get(i + 1) == Some(&(end + 1)) {
+                end += 1;
+                i += 1;
+            }
+            i += 1;
+            size += 2;
+            if size > CIPSO_CAT_SPACE {
+                return None;
+            }
+            array.push(end as u16);
+        }
+        let mut cats = Vec::new();
+        while let (Some(end), Some(start)) = (array.pop(), array.pop()) {
+            cats.extend_from_slice(&end.to_be_bytes());
+            if start != 0 {
+                cats.extend_from_slice(&start.to_be_bytes());
+            }
+        }
+        assert_eq!(cats.len(), size);
+        let mut v = vec![5, (4 + cats.len()) as u8, 0, level];
+        v.extend_from_slice(&cats);
+        Some(v)
+    }
+
+    /// A CALIPSO option as `calipso_genopt` writes it: the bitmap in whole
+    /// 32-bit words up to the highest category, none without categories.
+    fn kernel_calipso(doi: u32, l: &Level) -> Option<Vec<u8>> {
+        let level = u8::try_from(l.sensitivity).ok()?;
+        let bm = match l.categories.iter().last() {
+            None => Vec::new(),
+            Some(max) => {
+                let mut bm = vec![0u8; (max / 32 + 1) * 4];
+                for c in l.categories.iter() {
+                    bm[c / 8] |= 0x80 >> (c % 8);
+                }
+                bm
+            }
+        };
+        (bm.len() <= 244).then(|| calipso(doi, level, &bm))
+    }
+
+    /// Issue 14 item 18: eight ranges, the last starting at c0, as a kernel
+    /// put them on the wire (option length 40, tag length 34).
+    const EIGHT_RANGES: [u8; 40] = [
+        0x86, 0x28, 0x00, 0x00, 0x00, 0x10, 0x05, 0x22, 0x00, 0x00, 0x00, 0x58, 0x00, 0x50, 0x00, 0x4e, 0x00, 0x46,
+        0x00, 0x42, 0x00, 0x3c, 0x00, 0x37, 0x00, 0x32, 0x00, 0x2d, 0x00, 0x28, 0x00, 0x24, 0x00, 0x1e, 0x00, 0x19,
+        0x00, 0x14, 0x00, 0x03,
+    ];
+
+    #[test]
+    fn cipso_tag5_eight_ranges_last_from_c0() {
+        let level = lv("s0:c0.c3,c20.c25,c30.c36,c40.c45,c50.c55,c60.c66,c70.c78,c80.c88");
+        assert_eq!(parse_cipso(&EIGHT_RANGES), Ok(Some((16, level))));
+        // The encoder transcribed from the kernel writes exactly these bytes.
+        assert_eq!(kernel_cipso(16, kernel_tag5(&level)).as_deref(), Some(&EIGHT_RANGES[..]));
+        // Eight single categories from c0: seven (c, c) pairs and a lone c14.
+        let singles = lv("s0:c0,c2,c4,c6,c8,c10,c12,c14");
+        let opt = kernel_cipso(16, kernel_tag5(&singles)).unwrap();
+        assert_eq!(opt.len(), 40);
+        assert_eq!(parse_cipso(&opt), Ok(Some((16, singles))));
+        // Eight ranges not starting at c0 do not fit: the kernel refuses to send them.
+        assert_eq!(kernel_tag5(&lv("s0:c1,c3,c5,c7,c9,c11,c13,c15")), None);
+    }
+
+    /// Level shapes the oracle scenario also sends: single categories, long
+    /// runs, many ranges, the largest sensitivity and category.
+    fn shapes() -> Vec<Level> {
+        [
+            "s0",
+            "s255",
+            "s1:c0",
+            "s0:c1023",
+            "s0:c239",
+            "s3:c0.c239",
+            "s2:c0.c1023",
+            "s0:c7,c8",
+            "s0:c0,c1",
+            "s0:c0,c2,c4,c6,c8,c10,c12,c14",
+            "s0:c1,c3,c5,c7,c9,c11,c13",
+            "s0:c0.c3,c20.c25,c30.c36,c40.c45,c50.c55,c60.c66,c70.c78,c80.c88",
+            "s9:c100.c200,c300,c302,c1000.c1023",
+            "s15:c0,c1,c3,c5.c7,c9,c10",
+        ]
+        .iter()
+        .map(|s| lv(s))
+        .collect()
+    }
+
+    /// Every option the kernel's encoders write reads back as the level
+    /// they were given; the shapes each encoder cannot fit are skipped, as
+    /// the kernel refuses to send them.
+    fn round_trips(l: &Level) -> Result<usize, String> {
+        let mut fitted = 0;
+        let tags = [
+            ("tag1", kernel_tag1(l, false)),
+            ("tag1opt", kernel_tag1(l, true)),
+            ("tag2", kernel_tag2(l)),
+            ("tag5", kernel_tag5(l)),
+        ];
+        for (name, tag) in tags {
+            if let Some(opt) = kernel_cipso(7, tag) {
+                fitted += 1;
+                let got = parse_cipso(&opt);
+                if got != Ok(Some((7, *l))) {
+                    return Err(format!("{name} {l}: {opt:02x?} -> {got:?}"));
+                }
+            }
+        }
+        if let Some(opt) = kernel_calipso(7, l) {
+            fitted += 1;
+            let got = parse_calipso(&opt);
+            if got != Ok(Some((7, *l))) {
+                return Err(format!("calipso {l}: {opt:02x?} -> {got:?}"));
+            }
+        }
+        Ok(fitted)
+    }
+
+    #[test]
+    fn kernel_encodings_round_trip_for_every_shape() {
+        for l in shapes() {
+            let fitted = round_trips(&l).unwrap();
+            assert!(fitted >= 1, "{l} fits no encoding: the shape list is wrong");
+        }
     }
 
     /// Build a CALIPSO option as the kernel's calipso_genopt does.
@@ -484,6 +693,17 @@ mod tests {
             bytes[1] = len;
             if bytes.len() > 6 { bytes[6] = tag; }
             let _ = parse_cipso(&bytes);
+        }
+
+        #[test]
+        fn kernel_encodings_round_trip(sens in 0u16..=255, runs in proptest::collection::vec((0usize..300, 1usize..12), 0..9), from_zero in proptest::bool::ANY) {
+            let mut categories = CategorySet::empty();
+            for (start, len) in runs {
+                for c in start..start + len { categories.insert(c); }
+            }
+            if from_zero { categories.insert(0); }
+            let l = Level { sensitivity: sens, categories };
+            if let Err(e) = round_trips(&l) { proptest::prop_assert!(false, "{}", e); }
         }
 
         #[test]

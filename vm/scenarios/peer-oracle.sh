@@ -1,0 +1,218 @@
+#!/bin/bash
+# (peer-oracle) The kernel as the oracle for peer labels: NetLabel labels
+# loopback TCP with CIPSO tag 1, tag 2 and tag 5 (DOIs 26, 27, 28, pass
+# mapping) and ::1 with CALIPSO (DOI 29); clients at many levels (single
+# categories, runs of two and of many, eight ranges from c0, the largest
+# sensitivity s255 and category c1023, each where the tag can carry it)
+# connect to a server that reads each connection's peer context with
+# SO_PEERSEC (getpeercon). labelgate, queueing the client->server packets
+# on INPUT, must record exactly that context as the packets' peer label.
+set -euo pipefail
+. "$(dirname "$0")/../guest/common.sh"
+scenario_begin peer-oracle
+lg_require
+
+PORT4=5440
+PORT6=5441
+SERVER="$LG_WORK/peer-oracle-server.py"
+CLIENT="$LG_WORK/peer-oracle-client.py"
+ORACLE="$LG_WORK/peer-oracle-kernel.txt"     # "<client port> <getpeercon context>"
+SENT="$LG_WORK/peer-oracle-sent.txt"         # "<name> <level> <client port> <server port>"
+AUDIT="$LG_WORK/peer-oracle-audit.log"
+: >"$ORACLE"; : >"$SENT"
+
+cat >"$SERVER" <<'PY'
+import select, socket, sys, time
+out, seconds = sys.argv[1], float(sys.argv[2])
+socks = []
+for fam, host, port in ((socket.AF_INET, "127.0.0.1", 5440), (socket.AF_INET6, "::1", 5441)):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(64)
+    socks.append(s)
+end = time.time() + seconds
+with open(out, "a") as f:
+    while time.time() < end:
+        ready, _, _ = select.select(socks, [], [], 0.5)
+        for s in ready:
+            c, addr = s.accept()
+            try:
+                # Python allows at most 1024 bytes; c0.c1023 needs far fewer.
+                ctx = c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERSEC, 1024).rstrip(b"\0").decode()
+            except OSError as e:
+                ctx = "getpeercon-error-%s" % (e.errno or e)
+            f.write("%d %s\n" % (addr[1], ctx))
+            f.flush()
+            try:
+                c.sendall(b"ok\n")
+            finally:
+                c.close()
+PY
+cat >"$CLIENT" <<'PY'
+# One process for many levels (a python start-up under TCG takes seconds):
+# each socket is created at system_u:system_r:httpd_t:LEVEL through
+# /proc/self/attr/sockcreate (the guest is permissive), and NetLabel labels
+# a connection from its socket's context.
+import socket, sys
+name, host, port, sent = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+base = int(sys.argv[5])
+failed = 0
+with open(sent, "a") as out:
+    for i, level in enumerate(sys.argv[6:]):
+        try:
+            with open("/proc/self/attr/sockcreate", "w") as f:
+                f.write("system_u:system_r:httpd_t:" + level)
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(20)
+            # A source port of its own per connection: records and the
+            # oracle are matched by it, so an ephemeral port the kernel
+            # hands out twice cannot mix two connections up.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, base + i))
+            s.connect((host, port))
+            sport = s.getsockname()[1]
+            ok = s.recv(16).startswith(b"ok")
+            s.close()
+        except OSError as e:
+            print("FAIL %s %s: %s" % (name, level, e), flush=True)
+            failed += 1
+            continue
+        if not ok:
+            print("FAIL %s %s: no answer" % (name, level), flush=True)
+            failed += 1
+            continue
+        out.write("%s %s %d %d\n" % (name, level, sport, port))
+        out.flush()
+sys.exit(1 if failed else 0)
+PY
+
+netlabelctl cipsov4 add pass doi:26 tags:1
+netlabelctl cipsov4 add pass doi:27 tags:2
+netlabelctl cipsov4 add pass doi:28 tags:5
+netlabelctl calipso add pass doi:29
+# netlabel_reset: what the other scenarios start from (no labelling).
+netlabel_reset() {
+  netlabelctl map del default 2>/dev/null || true
+  netlabelctl map add default protocol:unlbl 2>/dev/null || true
+  local d
+  for d in 26 27 28; do netlabelctl cipsov4 del doi:"$d" 2>/dev/null || true; done
+  netlabelctl calipso del doi:29 2>/dev/null || true
+}
+trap '[ -z "$LG_PID" ] || kill "$LG_PID" 2>/dev/null; stop_all; netlabel_reset' EXIT
+# map_cipso DOI: loopback IPv4 labelled with CIPSO DOI, ::1 with CALIPSO 29.
+map_cipso() {
+  netlabelctl map del default 2>/dev/null || true
+  netlabelctl map add default address:0.0.0.0/0 protocol:unlbl
+  netlabelctl map add default address:::/0 protocol:unlbl
+  netlabelctl map add default address:127.0.0.1 protocol:cipsov4,"$1"
+  netlabelctl map add default address:::1 protocol:calipso,29
+  log "netlabel map: $(netlabelctl -p map list | tr '\n' ' ')"
+}
+
+POL="$(write_policy policy <<'TOML'
+mode = "enforcing"
+default = "drop"
+[[doi]]
+doi = 26
+map = "pass"
+[[doi]]
+doi = 27
+map = "pass"
+[[doi]]
+doi = 28
+map = "pass"
+[[doi]]
+doi = 29
+map = "pass"
+[[rule]]
+name = "oracle-in"
+hook = "input"
+proto = "tcp"
+dport = [5440, 5441]
+audit = true
+verdict = "accept"
+TOML
+)"
+check policy-check lg_policy_check "$POL"
+
+start_in "system_u:system_r:postgresql_t:s0-s255:c0.c1023" "$LG_WORK/peer-oracle-server.log" \
+  python3 "$SERVER" "$ORACLE" 900
+wait_listen "$PORT4"
+wait_listen "$PORT6"
+queue_in "$PORT4"
+ip6tables -A INPUT -i lo -p tcp --dport "$PORT6" -j NFQUEUE --queue-num 0
+lg_start "$POL" "$AUDIT"
+
+# connect_at NAME HOST PORT BASE LEVEL...: one client connects at each
+# LEVEL, from source ports BASE, BASE+1, ...; each connection's port goes
+# to $SENT to find what the kernel and labelgate said about its packets.
+connect_at() {
+  local name="$1" host="$2" port="$3" base="$4"; shift 4
+  if timeout 240 runcon "system_u:system_r:httpd_t:s0-s255:c0.c1023" \
+      python3 "$CLIENT" "$name" "$host" "$port" "$SENT" "$base" "$@" \
+      >"$LG_WORK/peer-oracle-client-$name.log" 2>&1; then
+    pass "connect-$name"
+  else
+    fail "connect-$name" "$(tr '\n' ' ' <"$LG_WORK/peer-oracle-client-$name.log")"
+  fi
+}
+
+# Levels each encoding can carry (the kernel refuses to send one that does
+# not fit: tag 1 up to c239, tag 2 up to 15 categories, tag 5 up to 30
+# bytes of ranges, CALIPSO any category).
+COMMON=(s0 s255 s1:c0 s2:c7,c8 s3:c0,c1 s4:c0.c2 s5:c1,c3,c5 s17:c10.c20,c22)
+TAG1=(s6:c0.c239 s7:c239 s8:c0,c2,c4,c6,c8,c10,c12,c14,c16,c18,c20,c22 s9:c1,c3.c9,c100.c200,c238,c239)
+TAG2=(s6:c1023 s7:c0.c14 s8:c1,c100,c1000,c1022,c1023 s255:c0,c2,c4,c6,c8,c10,c12,c14,c16,c18,c20,c22,c24,c26,c28)
+TAG5=(s6:c0.c1023 s7:c0.c3,c20.c25,c30.c36,c40.c45,c50.c55,c60.c66,c70.c78,c80.c88
+      s8:c0,c2,c4,c6,c8,c10,c12,c14 s9:c1,c3,c5,c7,c9,c11,c13 s255:c1022,c1023 s10:c500.c1023)
+CALIPSO=(s6:c0.c1023 s7:c1023 s255:c0.c1023 s8:c0,c2,c4,c6,c8,c10,c12,c14,c16,c18,c20,c22,c24,c26,c28,c30,c32
+         s9:c0.c3,c20.c25,c30.c36,c40.c45,c50.c55,c60.c66,c70.c78,c80.c88,c1000.c1010)
+
+map_cipso 26
+connect_at cipso-tag1 127.0.0.1 "$PORT4" 42000 "${COMMON[@]}" "${TAG1[@]}"
+connect_at calipso ::1 "$PORT6" 43000 "${COMMON[@]}" "${CALIPSO[@]}"
+map_cipso 27
+connect_at cipso-tag2 127.0.0.1 "$PORT4" 44000 "${COMMON[@]}" "${TAG2[@]}"
+map_cipso 28
+connect_at cipso-tag5 127.0.0.1 "$PORT4" 45000 "${COMMON[@]}" "${TAG5[@]}"
+
+lg_stop || fail labelgate-exit "non-zero exit on SIGTERM"
+
+# The comparison: for every connection, the kernel's getpeercon context
+# (the peer SID the kernel took from the connection's SYN) and labelgate's
+# peer label for that SYN, the connection's first record (one queue
+# thread decides and records in order), must be the same string. Later
+# packets of the connection are logged when their label differs: a packet
+# the kernel sends with no full socket behind it (a TIME_WAIT ACK) carries
+# the kernel's own label (SECINITSID_KERNEL, s0 here), and labelgate
+# rightly reports what that packet carries.
+n=0
+while read -r name level sport port; do
+  n=$((n + 1))
+  kernel="$(awk -v p="$sport" '$1 == p {print $2}' "$ORACLE" | sort -u)"
+  if [ -z "$kernel" ] || [ "$(printf '%s\n' "$kernel" | wc -l)" -ne 1 ]; then
+    fail "oracle-$name-$level" "kernel peer context for port $sport: '${kernel:-none}'"
+    continue
+  fi
+  if [ "${kernel#*:*:*:}" != "$level" ]; then
+    log "note: the kernel labels $name $level as ${kernel#*:*:*:}"
+  fi
+  records="$(grep -F " src=$sport " "$AUDIT" | grep -F " dest=$port " || true)"
+  syn="$(printf '%s\n' "$records" | head -n1 | grep -o ' peer=[^ ]*' | sed 's/^ peer=//' || true)"
+  if [ -z "$syn" ]; then
+    fail "oracle-$name-$level" "no labelgate record with a peer label for port $sport"
+  elif [ "$syn" = "$kernel" ]; then
+    pass "oracle-$name-$level"
+  else
+    fail "oracle-$name-$level" "kernel '$kernel', labelgate '$syn'"
+  fi
+  others="$(printf '%s\n' "$records" | tail -n +2 | grep -o ' peer=[^ ]*' | sed 's/^ peer=//' | sort -u | grep -vxF "$kernel" || true)"
+  [ -z "$others" ] || log "note: $name $level (port $sport): later packets also carried $(printf '%s' "$others" | tr '\n' ' ')"
+done <"$SENT"
+log "$n connections compared"
+[ "$n" -ge 50 ] && pass oracle-enough-connections || fail oracle-enough-connections "only $n connections made"
+check_no_grep no-bad-peer-option "$AUDIT" "bad_peer_option"
+
+netlabel_reset
+scenario_end
