@@ -98,21 +98,20 @@ fn udp_reuse(flow: bool) {
     assert!(!ns.probe_as(Some(B), &["udp-ask", "127.0.0.1", "5353", "1", "42003"]), "uid B is refused");
 
     // A's socket is closed (its process exited); the kernel's conntrack entry
-    // of A's flow must go with it, not wait for its timeout.
-    assert!(
-        wait_ct_gone(&ns, "udp", 42001, Duration::from_secs(5)),
-        "A's entry stayed: {}",
-        ct_entries(&ns, "udp", 42001)
-    );
+    // of A's flow must go with it, not wait for its timeout. (Waited for,
+    // so that a busy machine cannot make the check below race the delete;
+    // asserted after B's attempts, which show what a left entry means.)
+    let gone = wait_ct_gone(&ns, "udp", 42001, Duration::from_secs(5));
+    let left = ct_entries(&ns, "udp", 42001);
 
     // B reuses A's 4-tuple: queued and refused, every time.
     for _ in 0..3 {
         assert!(
             !ns.probe_as(Some(B), &["udp-ask", "127.0.0.1", "5353", "1", "42001"]),
-            "uid B passed on uid A's verdict: {}",
-            ct_entries(&ns, "udp", 42001)
+            "uid B passed on uid A's verdict; A's entry after its close: {left}"
         );
     }
+    assert!(gone, "A's entry stayed after A's socket closed: {left}");
     // And B is still served where it may go, A where it may go, from the same port.
     assert!(ns.probe_as(Some(B), &["udp-ask", "127.0.0.1", "5354", "3", "42001"]), "uid B's allowed target");
     assert!(wait_ct_gone(&ns, "udp", 42001, Duration::from_secs(5)));
