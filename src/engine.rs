@@ -37,6 +37,9 @@ pub struct Engine {
 #[derive(Default)]
 pub struct Scratch {
     ifnames: IfNames,
+    /// The UDP flow this thread last remembered (see
+    /// [`FlowWatch::accepted_again`](crate::flowwatch::FlowWatch::accepted_again)).
+    watched: Option<(crate::flowwatch::Flow, u64)>,
 }
 
 impl Engine {
@@ -174,7 +177,7 @@ impl Engine {
                 Counters::bump(&c.accepted);
                 // Before the verdict is sent: see FlowWatch::accepted.
                 if let (Some(w), Some(f)) = (self.flow_watch.get(), watched) {
-                    w.accepted(f);
+                    w.accepted_again(f, &mut scratch.watched);
                 }
             }
             Verdict::Drop => Counters::bump(&c.dropped),

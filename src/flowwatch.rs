@@ -37,7 +37,7 @@ use crate::sys::ctnetlink::{CtLink, CtTuple, Direction};
 use crate::sys::sockdestroy::{DestroyListener, Destroyed, Received};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -184,12 +184,35 @@ pub struct FlowWatch {
     table: Mutex<FlowTable>,
     /// Flows pushed out of a full table, for the thread to delete.
     evicted: Mutex<Vec<Flow>>,
+    /// Bumped (under the table's lock) after flows were taken out of the
+    /// table: a queue thread that recorded a flow at an earlier value must
+    /// record it again (see [`accepted_again`](Self::accepted_again)).
+    removals: AtomicU64,
     counters: Arc<Counters>,
 }
 
 impl FlowWatch {
     pub fn new(capacity: usize, counters: Arc<Counters>) -> FlowWatch {
-        FlowWatch { table: Mutex::new(FlowTable::new(capacity)), evicted: Mutex::new(Vec::new()), counters }
+        FlowWatch {
+            table: Mutex::new(FlowTable::new(capacity)),
+            evicted: Mutex::new(Vec::new()),
+            removals: AtomicU64::new(0),
+            counters,
+        }
+    }
+
+    /// [`accepted`](Self::accepted), skipped when `last` (a queue thread's
+    /// own memory) says this thread recorded the same flow and nothing has
+    /// been taken out of the table since: a flood of one flow's packets
+    /// (every packet queued) then costs one atomic load per packet.
+    pub fn accepted_again(&self, flow: Flow, last: &mut Option<(Flow, u64)>) {
+        // Read before recording: a removal after this read changes the value.
+        let now = self.removals.load(Ordering::Acquire);
+        if *last == Some((flow, now)) {
+            return;
+        }
+        self.accepted(flow);
+        *last = Some((flow, now));
     }
 
     /// A packet of `flow` was accepted: remember it. Called on the queue
@@ -201,6 +224,9 @@ impl FlowWatch {
         let before = t.len();
         let evicted = t.record(flow);
         let grew = t.len() > before || evicted.is_some();
+        if evicted.is_some() {
+            self.removals.fetch_add(1, Ordering::Release);
+        }
         drop(t);
         if grew {
             Counters::bump(&self.counters.flows_watched);
@@ -228,7 +254,11 @@ impl FlowWatch {
         let flows = match got {
             Received::Sockets(socks) => {
                 let Ok(mut t) = self.table.lock() else { return 0 };
-                socks.iter().flat_map(|d: &Destroyed| t.take_port(d.sport)).collect::<Vec<_>>()
+                let taken = socks.iter().flat_map(|d: &Destroyed| t.take_port(d.sport)).collect::<Vec<_>>();
+                if !taken.is_empty() {
+                    self.removals.fetch_add(1, Ordering::Release);
+                }
+                taken
             }
             Received::Overrun => {
                 Counters::bump(&self.counters.destroy_overruns);
@@ -236,7 +266,14 @@ impl FlowWatch {
                     "socket-destroy notifications were lost (buffer overflow): ending every watched UDP flow's pass"
                         .into()
                 });
-                self.table.lock().map(|mut t| t.take_all()).unwrap_or_default()
+                self.table
+                    .lock()
+                    .map(|mut t| {
+                        let all = t.take_all();
+                        self.removals.fetch_add(1, Ordering::Release);
+                        all
+                    })
+                    .unwrap_or_default()
             }
         };
         let mut evicted = self.evicted.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default();
@@ -481,6 +518,28 @@ mod tests {
             (1, 3, 1)
         );
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_thread_records_its_flow_again_once_flows_were_taken() {
+        let c = Arc::new(Counters::default());
+        let w = FlowWatch::new(8, c.clone());
+        let mut log = RateLimitedLog::new(Duration::from_secs(60));
+        let mut ct = FakeCt { answers: VecDeque::new(), asked: vec![] };
+        let mut last = None;
+        for _ in 0..3 {
+            w.accepted_again(flow(42001, 5353), &mut last);
+        }
+        assert_eq!((w.len(), Counters::get(&c.flows_watched)), (1, 1));
+        // Another thread's flow does not make this one re-record...
+        w.accepted(flow(9, 9));
+        w.accepted_again(flow(42001, 5353), &mut last);
+        // ...but a destroy that takes it does: the same tuple accepted
+        // again (for a new socket) is remembered again.
+        w.handle(Received::Sockets(vec![destroyed(42001)]), &mut ct, &mut log);
+        assert_eq!(w.len(), 1);
+        w.accepted_again(flow(42001, 5353), &mut last);
+        assert_eq!((w.len(), Counters::get(&c.flows_watched)), (2, 3));
     }
 
     #[test]
