@@ -35,14 +35,17 @@ use crate::labels::Hook;
 use crate::packet::{PacketInfo, Proto};
 use crate::sys::ctnetlink::{CtLink, CtTuple, Direction};
 use crate::sys::sockdestroy::{DestroyListener, Destroyed, Received};
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most flows remembered by default (about 100 bytes each).
-pub const DEFAULT_CAPACITY: usize = 65_536;
+/// Most flows remembered by default. A full table holds about 300 bytes
+/// of heap per flow, about 4.7 MiB (`tests/flowwatch_memory.rs`); past it,
+/// the oldest flow's conntrack entry is deleted (its next packet is decided
+/// again).
+pub const DEFAULT_CAPACITY: usize = 16_384;
 
 /// Why the watcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,25 +58,64 @@ pub enum WatchError {
     Thread(std::io::Error),
 }
 
-/// One accepted flow: protocol and both ends as the decided packet had
-/// them (the conntrack entry's original tuple, unless NAT rewrote it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Flow(CtTuple);
+/// One accepted UDP flow: both ends as the decided packet had them (the
+/// conntrack entry's original tuple, unless NAT rewrote it), kept in 38
+/// bytes (IPv4 addresses in the first 4 of the 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Flow {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    v6: bool,
+}
 
 impl Flow {
+    const MIN: Flow = Flow { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, v6: false };
+    const MAX: Flow = Flow { src: [0xff; 16], dst: [0xff; 16], sport: u16::MAX, dport: u16::MAX, v6: true };
+
     /// The flow of a UDP packet queued at INPUT or OUTPUT (the hooks with a
     /// local socket at one end); `None` for anything else.
     pub fn of(pkt: &PacketInfo, hook: Hook) -> Option<Flow> {
         if pkt.proto != Proto::Udp || !matches!(hook, Hook::Input | Hook::Output) {
             return None;
         }
-        let src = SocketAddr::new(pkt.src, pkt.sport?);
-        let dst = SocketAddr::new(pkt.dst, pkt.dport?);
-        CtTuple::new(Proto::Udp.number(), src, dst).map(Flow)
+        let bytes = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                for (d, s) in b.iter_mut().zip(a.octets()) {
+                    *d = s;
+                }
+                b
+            }
+            IpAddr::V6(a) => a.octets(),
+        };
+        if pkt.src.is_ipv4() != pkt.dst.is_ipv4() {
+            return None;
+        }
+        Some(Flow {
+            src: bytes(pkt.src),
+            dst: bytes(pkt.dst),
+            sport: pkt.sport?,
+            dport: pkt.dport?,
+            v6: pkt.src.is_ipv6(),
+        })
+    }
+
+    /// The conntrack tuple.
+    pub fn tuple(&self) -> CtTuple {
+        let ip = |b: [u8; 16]| {
+            if self.v6 {
+                IpAddr::from(b)
+            } else {
+                IpAddr::from([b[0], b[1], b[2], b[3]])
+            }
+        };
+        CtTuple::udp(SocketAddr::new(ip(self.src), self.sport), SocketAddr::new(ip(self.dst), self.dport))
     }
 
     fn ports(&self) -> (u16, u16) {
-        (self.0.src_port(), self.0.dst_port())
+        (self.sport, self.dport)
     }
 }
 
@@ -88,8 +130,8 @@ pub struct FlowTable {
     /// Insertion order; entries whose number no longer matches `flows` are
     /// stale (the flow was taken) and skipped.
     order: VecDeque<(u64, Flow)>,
-    /// Port → flows with that port at either end (may hold taken flows).
-    by_port: HashMap<u16, Vec<Flow>>,
+    /// (port, flow) for both ports of every remembered flow.
+    by_port: BTreeSet<(u16, Flow)>,
 }
 
 impl FlowTable {
@@ -99,7 +141,7 @@ impl FlowTable {
             next: 0,
             flows: HashMap::new(),
             order: VecDeque::new(),
-            by_port: HashMap::new(),
+            by_port: BTreeSet::new(),
         }
     }
 
@@ -122,15 +164,13 @@ impl FlowTable {
         self.flows.insert(flow, self.next);
         self.order.push_back((self.next, flow));
         let (a, b) = flow.ports();
-        self.by_port.entry(a).or_default().push(flow);
-        if b != a {
-            self.by_port.entry(b).or_default().push(flow);
-        }
+        self.by_port.insert((a, flow));
+        self.by_port.insert((b, flow));
         let mut evicted = None;
         if self.flows.len() > self.capacity {
             while let Some((n, f)) = self.order.pop_front() {
                 if self.flows.get(&f) == Some(&n) {
-                    self.flows.remove(&f);
+                    self.forget(&f);
                     evicted = Some(f);
                     break;
                 }
@@ -144,8 +184,20 @@ impl FlowTable {
 
     /// Take out every flow with `port` at either end.
     pub fn take_port(&mut self, port: u16) -> Vec<Flow> {
-        let candidates = self.by_port.remove(&port).unwrap_or_default();
-        candidates.into_iter().filter(|f| self.flows.remove(f).is_some()).collect()
+        let taken: Vec<Flow> = self.by_port.range((port, Flow::MIN)..=(port, Flow::MAX)).map(|(_, f)| *f).collect();
+        for f in &taken {
+            self.forget(f);
+        }
+        taken
+    }
+
+    /// Remove `f` from the map and the port index (its order entry goes
+    /// stale).
+    fn forget(&mut self, f: &Flow) {
+        self.flows.remove(f);
+        let (a, b) = f.ports();
+        self.by_port.remove(&(a, *f));
+        self.by_port.remove(&(b, *f));
     }
 
     /// Take out every flow.
@@ -155,14 +207,10 @@ impl FlowTable {
         self.flows.drain().map(|(f, _)| f).collect()
     }
 
-    /// Drop the stale entries of the order and the port index.
+    /// Drop the stale entries of the order.
     fn compact(&mut self) {
         let flows = &self.flows;
         self.order.retain(|(n, f)| flows.get(f) == Some(n));
-        self.by_port.retain(|_, v| {
-            v.retain(|f| flows.contains_key(f));
-            !v.is_empty()
-        });
     }
 }
 
@@ -291,8 +339,11 @@ impl FlowWatch {
     /// original direction.
     fn delete(&self, f: &Flow, ct: &mut impl Deleter, log: &mut RateLimitedLog) {
         let c = &self.counters;
-        let tries =
-            [(f.0, Direction::Original), (f.0.reversed(), Direction::Reply), (f.0.reversed(), Direction::Original)];
+        let tries = [
+            (f.tuple(), Direction::Original),
+            (f.tuple().reversed(), Direction::Reply),
+            (f.tuple().reversed(), Direction::Original),
+        ];
         for (t, dir) in tries {
             match ct.delete(&t, dir) {
                 Ok(true) => {
@@ -302,7 +353,7 @@ impl FlowWatch {
                 Ok(false) => {}
                 Err(e) => {
                     Counters::bump(&c.ct_delete_errors);
-                    log.warn(|| format!("cannot delete the conntrack entry of {:?}: {e}", f.0));
+                    log.warn(|| format!("cannot delete the conntrack entry of {:?}: {e}", f.tuple()));
                     return;
                 }
             }
@@ -391,8 +442,9 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     fn flow(sport: u16, dport: u16) -> Flow {
-        let a = |p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p);
-        Flow(CtTuple::new(17, a(sport), a(dport)).unwrap())
+        let mut lo = [0u8; 16];
+        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        Flow { src: lo, dst: lo, sport, dport, v6: false }
     }
 
     #[test]
@@ -450,7 +502,7 @@ mod tests {
             t.take_port(p);
         }
         assert!(t.order.len() <= 2 * 3 + 16, "{}", t.order.len());
-        assert!(t.by_port.values().map(Vec::len).sum::<usize>() <= 2 * (2 * 3 + 16));
+        assert_eq!(t.by_port.len(), 4, "two ports for each of the two flows left");
         assert_eq!(t.len(), 2);
         let mut all = t.take_all();
         all.sort_by_key(|f| f.ports());
@@ -490,13 +542,13 @@ mod tests {
         assert!(ct.asked.is_empty());
         // The client's socket: its flow's entry, by the original tuple.
         assert_eq!(w.handle(Received::Sockets(vec![destroyed(42001)]), &mut ct, &mut log), 1);
-        assert_eq!(ct.asked, vec![(flow(42001, 5353).0, Direction::Original)]);
+        assert_eq!(ct.asked, vec![(flow(42001, 5353).tuple(), Direction::Original)]);
         assert_eq!(Counters::get(&c.ct_deleted), 1);
         // Not found as sent: the reversed tuple as reply, then as original.
         ct.asked.clear();
         ct.answers = VecDeque::from([Ok(false), Ok(false), Ok(false)]);
         assert_eq!(w.handle(Received::Sockets(vec![destroyed(5353)]), &mut ct, &mut log), 1);
-        let f = flow(42002, 5353).0;
+        let f = flow(42002, 5353).tuple();
         assert_eq!(
             ct.asked,
             vec![(f, Direction::Original), (f.reversed(), Direction::Reply), (f.reversed(), Direction::Original)]
@@ -512,7 +564,7 @@ mod tests {
         ct.asked.clear();
         ct.answers = VecDeque::from([Err(std::io::Error::from_raw_os_error(libc::EPERM)), Ok(true), Ok(true)]);
         assert_eq!(w.handle(Received::Overrun, &mut ct, &mut log), 3);
-        assert_eq!(ct.asked.first().map(|a| a.0), Some(flow(1, 53).0), "the evicted flow first");
+        assert_eq!(ct.asked.first().map(|a| a.0), Some(flow(1, 53).tuple()), "the evicted flow first");
         assert_eq!(
             (Counters::get(&c.ct_delete_errors), Counters::get(&c.ct_deleted), Counters::get(&c.destroy_overruns)),
             (1, 3, 1)

@@ -59,12 +59,15 @@ impl CtTuple {
         (src.is_ipv4() == dst.is_ipv4()).then_some(CtTuple { proto, src, dst })
     }
 
-    pub fn src_port(&self) -> u16 {
-        self.src.port()
-    }
-
-    pub fn dst_port(&self) -> u16 {
-        self.dst.port()
+    /// A UDP tuple; an IPv4 end with an IPv6 one makes both IPv6 (the
+    /// IPv4 one v4-mapped), never a mixed tuple.
+    pub fn udp(src: SocketAddr, dst: SocketAddr) -> CtTuple {
+        let v6 = |a: SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+            IpAddr::V6(_) => a,
+        };
+        let (src, dst) = if src.is_ipv4() == dst.is_ipv4() { (src, dst) } else { (v6(src), v6(dst)) };
+        CtTuple { proto: libc::IPPROTO_UDP as u8, src, dst }
     }
 
     /// The same flow seen from the other end.
