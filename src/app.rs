@@ -20,10 +20,14 @@ pub fn main() -> i32 {
     abort_on_panic();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Check { file } => check(&file),
+        Command::Check { file, strict } => check(&file, strict),
         Command::Rules(args) => rules(args),
         Command::Explain(args) => explain(args),
-        Command::Audit2rules { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e))),
+        Command::Audit2rules { files, generalize_levels } => {
+            let levels =
+                if generalize_levels { crate::auditlog::Levels::Generalize } else { crate::auditlog::Levels::AsSeen };
+            read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules_with(&e, levels)))
+        }
         Command::WouldBreak { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e))),
         Command::Man { dir } => man(&dir),
         Command::Completions { shell } => {
@@ -165,6 +169,27 @@ pub fn summary(p: &Policy) -> String {
     if !p.permissive_domains.is_empty() {
         let _ = writeln!(s, "permissive domains: {}", p.permissive_domains.join(", "));
     }
+    let nets = |n: &Option<crate::policy::pattern::NetSet>| {
+        n.as_ref().map_or("*".to_string(), |n| n.0.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))
+    };
+    match &p.scope {
+        None => {
+            let _ = writeln!(s, "scope: none declared");
+        }
+        Some(entries) => {
+            for e in entries {
+                let _ = writeln!(
+                    s,
+                    "scope hook={} proto={} dport={} saddr={} daddr={}",
+                    format!("{:?}", e.hook).to_lowercase(),
+                    e.proto.map_or("*".to_string(), |p| p.to_string()),
+                    e.dport.as_ref().map_or("*".to_string(), |p| p.to_string()),
+                    nets(&e.saddr),
+                    nets(&e.daddr),
+                );
+            }
+        }
+    }
     let mut sets: Vec<_> = p.sets.iter().collect();
     sets.sort();
     for (name, types) in sets {
@@ -191,56 +216,81 @@ pub fn summary(p: &Policy) -> String {
     s
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<()> {
+fn check(file: &std::path::Path, strict: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let p = Policy::load(file)?;
-    print!("{}", summary(&p));
-    let findings = crate::lint::lint(&p);
+    let mut out = summary(&p);
+    let unknown = crate::lint::unknown_types(&p);
+    match &unknown {
+        None => out.push_str("SELinux is not active here: types were not checked against a loaded policy\n"),
+        Some(u) if u.is_empty() => out.push_str("all types are known to the loaded SELinux policy\n"),
+        Some(_) => {}
+    }
+    let findings = crate::lint::check_findings(&p, unknown.as_deref());
     for f in &findings {
-        println!("{}:{}: warning: {}", file.display(), f.line, f.message);
+        let _ = match f.line {
+            0 => writeln!(out, "{}: warning: {}", file.display(), f.message),
+            line => writeln!(out, "{}:{line}: warning: {}", file.display(), f.message),
+        };
     }
-    match crate::lint::unknown_types(&p) {
-        None => {
-            println!("SELinux is not active here: types were not checked against a loaded policy")
-        }
-        Some(unknown) if unknown.is_empty() => {
-            println!("all types are known to the loaded SELinux policy")
-        }
-        Some(unknown) => {
-            for t in unknown {
-                println!("{}: warning: type {t} is not known to the loaded SELinux policy", file.display());
-            }
-        }
+    let failed = strict && !findings.is_empty();
+    let verdict = if failed { "FAILED" } else { "OK" };
+    let strict_note = if failed { ", --strict" } else { "" };
+    let _ = writeln!(out, "{}: {verdict} ({} warning(s){strict_note})", file.display(), findings.len());
+    print_out(&out)?;
+    if failed {
+        bail!("{}: {} warning(s) with --strict", file.display(), findings.len());
     }
-    println!("{}: OK ({} warning(s))", file.display(), findings.len());
     Ok(())
 }
 
+/// Write command output to standard output; a closed pipe is an error, not a panic.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).and_then(|()| o.flush()).context("writing to standard output")
+}
+
 fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
-    use crate::rules::{self as r, RuleSpec};
+    use crate::rules::{self as r, Backend, Family, RuleSpec, ScopeSource};
     if args.remove {
         r::remove(args.backend)?;
         println!("labelgate rules removed");
         return Ok(());
     }
+    if args.backend == Backend::Nft && args.family != Family::Both {
+        let family = format!("{:?}", args.family).to_lowercase();
+        bail!("--family {family} applies to --backend iptables: nft's inet table covers both families");
+    }
     let p = Policy::load(&args.policy)?;
     let queues = cli::parse_queues(&args.queues).map_err(anyhow::Error::msg).context("--queues")?;
-    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, !args.no_bypass);
+    let fail = match (args.fail, args.no_bypass) {
+        (Some(f), _) => f,
+        (None, true) => Fail::Closed,
+        (None, false) if p.mode == Mode::Permissive => Fail::Open,
+        (None, false) => Fail::Closed,
+    };
+    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, fail == Fail::Open);
     spec.new_only = !args.all_packets;
+    if spec.source == ScopeSource::Everything {
+        eprintln!(
+            "labelgate: warning: {}: default = \"drop\" and no [[scope]]: these rules queue every new connection \
+             on the hooks the policy names, so everything its rules do not accept is dropped when enforcing",
+            args.policy.display()
+        );
+    }
     if args.install {
-        r::install(args.backend, &spec)?;
+        r::install(args.backend, args.family, &spec)?;
         println!("labelgate rules installed");
     } else {
-        match args.backend {
-            r::Backend::Iptables => print!("{}", r::iptables_install(&spec)),
-            r::Backend::Nft => print!("{}", r::nft_install(&spec)),
+        match (args.backend, args.family) {
+            (Backend::Iptables, Family::Ipv4) => print_out(&r::iptables_restore(&spec, false))?,
+            (Backend::Iptables, Family::Ipv6) => print_out(&r::iptables_restore(&spec, true))?,
+            (Backend::Iptables, Family::Both) => print_out(&r::iptables_script(&spec))?,
+            (Backend::Nft, _) => print_out(&r::nft_install(&spec))?,
         }
     }
     Ok(())
-}
-
-fn context_arg(s: &str) -> anyhow::Result<crate::context::SecurityContext> {
-    let full = if s.contains(':') { s.to_string() } else { format!("system_u:system_r:{s}:s0") };
-    full.parse().with_context(|| format!("bad context {s:?}"))
 }
 
 fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
@@ -261,14 +311,28 @@ fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
         "sctp" => Proto::Sctp,
         other => bail!("--proto {other:?}: expected tcp, udp, icmp, icmpv6 or sctp"),
     };
+    use crate::explain::{label_arg, End};
+    let id = |v: &Option<String>, group: bool, flag: &str| {
+        v.as_deref()
+            .map(|s| crate::policy::resolve_id(s, group))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| flag.to_string())
+    };
     let q = crate::explain::Question {
         hook,
-        source: context_arg(&a.source)?,
-        dest: context_arg(&a.dest)?,
-        secmark: a.secmark.as_deref().map(context_arg).transpose()?,
-        peer: a.peer.as_deref().map(context_arg).transpose()?,
-        uid: a.uid,
-        gid: a.gid,
+        source: label_arg(&a.source, End::Socket).context("--source")?,
+        dest: label_arg(&a.dest, End::Socket).context("--dest")?,
+        secmark: a
+            .secmark
+            .as_deref()
+            .map(|s| label_arg(s, End::Secmark))
+            .transpose()
+            .context("--secmark")?
+            .map(|l| l.context),
+        peer: a.peer.as_deref().map(|s| label_arg(s, End::Peer)).transpose().context("--peer")?,
+        uid: id(&a.uid, false, "--uid")?,
+        gid: id(&a.gid, true, "--gid")?,
         proto,
         sport: a.sport,
         dport: a.dport,
@@ -300,40 +364,165 @@ fn read_audit(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<crate::auditlo
     Ok(entries)
 }
 
+/// The flags the signal handlers set; the main loop acts on them.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    dump: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Install the handlers. `run` does this before anything slow, so that
+    /// SIGHUP or SIGUSR1 during start-up (a large policy takes seconds to
+    /// load) is kept for the main loop instead of killing the process with
+    /// the signal's default action, and SIGTERM stops it cleanly.
+    fn install() -> anyhow::Result<Signals> {
+        let s = Signals {
+            stop: Arc::new(AtomicBool::new(false)),
+            dump: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
+        };
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // A second signal while shutting down exits at once.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, s.stop.clone())?;
+            signal_hook::flag::register(sig, s.stop.clone())?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, s.dump.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.reload.clone())?;
+        Ok(s)
+    }
+}
+
+/// Policy reloads, each read and compiled on a thread of its own so that
+/// the main loop (which acts on every signal) never waits for one. A
+/// SIGHUP while a reload runs starts another once it is done.
+#[derive(Default)]
+struct Reloads {
+    running: Option<crossbeam_channel::Receiver<Result<Policy, crate::policy::PolicyError>>>,
+    again: bool,
+    /// The policy the last reload replaced: packets decided with it just
+    /// before the swap may still count hits on it, moved over once more at
+    /// the next tick.
+    retired: Option<Arc<crate::engine::Loaded>>,
+}
+
+impl Reloads {
+    fn request(&mut self, path: &std::path::Path) {
+        if self.running.is_some() {
+            self.again = true;
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let path = path.to_path_buf();
+        match std::thread::Builder::new().name("reload".into()).spawn(move || {
+            let _ = tx.send(Policy::load(&path));
+        }) {
+            Ok(_) => self.running = Some(rx),
+            Err(e) => log::error!("reload refused, keeping the running policy: cannot start a thread: {e}"),
+        }
+    }
+
+    /// Called every tick: finish a reload whose policy is ready. True when
+    /// a reload ended (applied or refused) and none is pending.
+    fn poll(&mut self, engine: &Engine, path: &std::path::Path) -> bool {
+        if let Some(old) = self.retired.take() {
+            crate::counters::carry_hits(&old.policy, &engine.current().policy);
+            drop(old);
+            crate::sys::release_free_heap();
+        }
+        let Some(rx) = &self.running else { return false };
+        let result = match rx.try_recv() {
+            Ok(r) => r,
+            Err(crossbeam_channel::TryRecvError::Empty) => return false,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Err(crate::policy::PolicyError::File {
+                origin: path.display().to_string(),
+                message: "the reload thread ended".into(),
+            }),
+        };
+        self.running = None;
+        match result {
+            Ok(p) => {
+                let n = p.rules.len();
+                let old = engine.current();
+                engine.replace(p);
+                let kept = crate::counters::carry_hits(&old.policy, &engine.current().policy);
+                self.retired = Some(old);
+                log::info!(
+                    "reloaded {} ({n} rules; hit counts kept for {kept} rules of the same name) policy={}",
+                    path.display(),
+                    engine.current().policy.digest
+                );
+            }
+            Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
+        }
+        if std::mem::take(&mut self.again) {
+            self.request(path);
+            return false;
+        }
+        true
+    }
+
+    /// At exit: the last hits counted on a replaced policy.
+    fn finish(mut self, engine: &Engine) {
+        if let Some(old) = self.retired.take() {
+            crate::counters::carry_hits(&old.policy, &engine.current().policy);
+        }
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let policy = Policy::load(&args.policy)?;
-    crate::sys::release_free_heap();
+    let signals = Signals::install()?;
+    // Checked first: without it nothing below can work, and confinement
+    // would otherwise be the first thing to fail, with a misleading message.
+    if !crate::confine::has_net_admin() {
+        bail!("labelgate run needs CAP_NET_ADMIN to bind NFQUEUE (run it as root)");
+    }
     let queues = match (&args.queue, &args.queues) {
         (Some(q), _) => vec![*q],
         (None, Some(r)) => cli::parse_queues(r).map_err(anyhow::Error::msg).context("--queues")?,
         (None, None) => vec![0],
     };
+    if args.workers > 256 {
+        bail!("--workers {} is more than 256", args.workers);
+    }
+    let policy = Policy::load(&args.policy)?;
+    crate::sys::release_free_heap();
+    if signals.stop.load(Ordering::Relaxed) {
+        log::info!("stop requested during start-up: exiting before binding any queue");
+        return Ok(());
+    }
     let mode = args.mode.unwrap_or(policy.mode);
     let fail_open = match args.fail {
         Some(Fail::Open) => true,
         Some(Fail::Closed) => false,
         None => mode == Mode::Permissive,
     };
-    if args.workers > 256 {
-        bail!("--workers {} is more than 256", args.workers);
-    }
+    let target =
+        args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
 
     // Least privilege, before any thread exists (threads inherit it).
     if args.no_confine {
         log::warn!("--no-confine: keeping every capability");
     } else {
         let low_port = matches!(&args.metrics, Some(crate::metrics::Endpoint::Tcp(a)) if a.port() < 1024);
-        let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port };
+        let audit_file = matches!(target, Some(audit::Target::File(_)));
+        let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port, audit_file };
         let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
-        log::info!("confined: capabilities {:?}; no_new_privs", r.kept);
+        log::info!("confined: {r}");
     }
 
     let counters = Arc::new(Counters::default());
-    let target =
-        args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
     let (sink, writer) = if target.is_none() && !args.audit_kernel {
         (AuditSink::disabled(counters.clone()), None)
     } else {
+        if let Some(audit::Target::File(p)) = &target {
+            // Opened here first only to name the path in the error.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open the audit file {}", p.display()))?;
+        }
         let cfg = audit::Config {
             target,
             kernel: args.audit_kernel,
@@ -345,17 +534,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (sink, Some(w))
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let dump = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // A second signal while shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
-
     let engine = Arc::new(Engine::new(
         policy,
         resolver_factory(Duration::from_millis(args.udp_recheck_ms), args.flow),
@@ -366,45 +544,61 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before the queues: every UDP flow accepted is remembered, and a
     // socket closed from now on ends its flows' conntrack pass.
     let watch = Arc::new(crate::flowwatch::FlowWatch::new(crate::flowwatch::DEFAULT_CAPACITY, counters.clone()));
-    let watcher = crate::flowwatch::Watcher::start(watch.clone(), stop.clone())?;
+    let watcher = crate::flowwatch::Watcher::start(watch.clone(), signals.stop.clone())?;
     engine.watch_flows(watch);
     let cfg = RuntimeConfig {
         queues,
         copy_range: args.copy_range,
         max_len: args.queue_maxlen,
-        rcvbuf: args.rcvbuf,
+        rcvbuf: usize::try_from(args.rcvbuf).unwrap_or(usize::MAX),
         fail_open,
         batch: 64,
         flow: args.flow,
         workers: args.workers,
     };
-    let runtime = Runtime::start(&cfg, engine.clone(), stop.clone())?;
-    if let Some(ep) = &args.metrics {
-        crate::metrics::serve(ep, engine.clone(), cfg.queues.clone()).context("cannot serve metrics")?;
-        log::info!("metrics on {ep:?}");
-    }
-    log::info!("labelgate running: policy {} mode {:?}", args.policy.display(), mode);
+    // Everything that can refuse start-up comes before the queues are
+    // bound: a taken metrics port must not leave packets queued to a
+    // daemon that is about to exit.
+    let _metrics = match &args.metrics {
+        Some(ep) => {
+            let server =
+                crate::metrics::serve(ep, engine.clone(), cfg.queues.clone()).context("cannot serve metrics")?;
+            log::info!("metrics on {ep:?}");
+            Some(server)
+        }
+        None => None,
+    };
+    let runtime = Runtime::start(&cfg, engine.clone(), signals.stop.clone())?;
+    log::info!(
+        "labelgate running: policy {} policy={} mode {:?}",
+        args.policy.display(),
+        engine.current().policy.digest,
+        mode
+    );
+    // Ready only now that every queue is bound (Type=notify in the unit).
+    let notify = crate::notify::Notifier::from_env()?;
+    let status = |what: &str| format!("{what}: policy {} mode {mode:?}", args.policy.display());
+    crate::notify::log_err(notify.ready(&status("running")));
 
-    while !stop.load(Ordering::Relaxed) {
+    let mut reloads = Reloads::default();
+    while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        if dump.swap(false, Ordering::Relaxed) {
+        if reloads.poll(&engine, &args.policy) {
+            crate::notify::log_err(notify.ready(&status("running")));
+        }
+        if signals.dump.swap(false, Ordering::Relaxed) {
             print_counters(&engine);
         }
-        if reload.swap(false, Ordering::Relaxed) {
-            match Policy::load(&args.policy) {
-                Ok(p) => {
-                    let n = p.rules.len();
-                    engine.replace(p);
-                    crate::sys::release_free_heap();
-                    log::info!("reloaded {} ({n} rules)", args.policy.display());
-                }
-                Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
-            }
+        if signals.reload.swap(false, Ordering::Relaxed) {
+            crate::notify::log_err(notify.reloading());
+            reloads.request(&args.policy);
         }
     }
+    crate::notify::log_err(notify.stopping());
     log::info!("stopping: answering queued packets");
     runtime.join();
     watcher.join();
+    reloads.finish(&engine);
     print_counters(&engine);
     drop(engine);
     if let Some(w) = writer {

@@ -20,12 +20,16 @@ pub struct Cli {
 pub enum Command {
     /// Read packets from NFQUEUE and give each an accept or drop verdict.
     Run(RunArgs),
-    /// Parse and compile a policy file, print a summary and lint findings; non-zero exit on error.
+    /// Parse and compile a policy file, print a summary and every warning (counted); non-zero exit on error.
     Check {
         /// The policy file (TOML).
         file: PathBuf,
+        /// Exit non-zero (1) when there is any warning, not only on errors (for CI pipelines).
+        #[arg(long)]
+        strict: bool,
     },
-    /// Print (or install, or remove) the iptables/nftables rules that queue packets to labelgate.
+    /// Print (or install, or remove) the iptables/nftables rules that queue packets to labelgate: only the
+    /// traffic the policy's scope covers, for IPv4 and IPv6, fail-closed unless the operator chose fail-open.
     Rules(RulesArgs),
     /// Decide a hypothetical packet and show why, rule by rule.
     Explain(ExplainArgs),
@@ -33,6 +37,11 @@ pub enum Command {
     Audit2rules {
         /// Audit files (USER_AVC or JSON lines); none: standard input.
         files: Vec<PathBuf>,
+        /// Propose rules on types alone. By default a record whose contexts
+        /// carry MLS levels yields a rule requiring the low levels seen
+        /// (source_level/dest_level "= LEVEL").
+        #[arg(long)]
+        generalize_levels: bool,
     },
     /// Summarise what switching to enforcing would block, from permissive audit records.
     WouldBreak {
@@ -46,6 +55,7 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -53,12 +63,19 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RulesArgs {
-    /// The policy file: the hooks its rules name decide which chains are queued.
+    /// The policy file: the hooks its rules name decide which chains are queued, and its [[scope]] (or, without
+    /// one and with default = "accept", its drop and audited rules) what is queued; default = "drop" without a
+    /// [[scope]] queues every new connection (see docs/POLICY.md).
     #[arg(long)]
     pub policy: PathBuf,
     /// Firewall to generate for.
     #[arg(long, value_enum, default_value = "iptables")]
     pub backend: crate::rules::Backend,
+    /// Address families (iptables): ipv4 prints iptables-restore input, ipv6 ip6tables-restore input, both a
+    /// shell script (run it with sh) that feeds each family to its own tool; with --install, the families
+    /// installed. --backend nft accepts only both: its inet table covers both families.
+    #[arg(long, value_enum, default_value = "both")]
+    pub family: crate::rules::Family,
     /// Queue number N or range N-M (a range spreads flows with --queue-cpu-fanout).
     #[arg(long, default_value = "0")]
     pub queues: String,
@@ -68,26 +85,33 @@ pub struct RulesArgs {
     /// Queue every packet, not only the first of each connection (full packet-level auditing).
     #[arg(long, conflicts_with = "flow")]
     pub all_packets: bool,
-    /// Drop packets while labelgate is not running (default: let them pass).
-    #[arg(long)]
+    /// While no labelgate reads the queue: open lets queued packets pass (--queue-bypass, nft bypass), closed
+    /// drops them. Default: closed when the policy file's mode is enforcing, open when permissive (as `run`).
+    #[arg(long, value_enum)]
+    pub fail: Option<Fail>,
+    /// Same as --fail closed (the older spelling).
+    #[arg(long, conflicts_with = "fail")]
     pub no_bypass: bool,
     /// Apply the rules atomically (replacing labelgate's previous rules).
     #[arg(long, conflicts_with = "remove")]
     pub install: bool,
-    /// Remove labelgate's rules, leaving every other rule alone.
+    /// Remove labelgate's rules (both families), leaving every other rule alone.
     #[arg(long)]
     pub remove: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// The policy file.
+    /// The policy file (TOML).
     #[arg(long)]
     pub policy: PathBuf,
-    /// Source context (a full context, or a type alone for system_u:system_r:TYPE:s0).
+    /// Context of the local socket that sent the packet: a full context, or a type alone, completed as the
+    /// daemon labels: unlabeled_t is system_u:object_r:unlabeled_t:s0 (what the daemon gives every end it
+    /// cannot label), netlabel_peer_t is system_u:object_r:netlabel_peer_t:s0, any other type
+    /// system_u:system_r:TYPE:s0.
     #[arg(long)]
     pub source: String,
-    /// Destination context (same forms as --source).
+    /// Context of the local socket the packet goes to (same forms as --source).
     #[arg(long)]
     pub dest: String,
     /// Hook: input, output or forward.
@@ -96,29 +120,38 @@ pub struct ExplainArgs {
     /// Protocol: tcp, udp, icmp, icmpv6, sctp.
     #[arg(long, default_value = "tcp")]
     pub proto: String,
+    /// Source port (tcp, udp, sctp); none: a rule with sport does not match.
     #[arg(long)]
     pub sport: Option<u16>,
+    /// Destination port (tcp, udp, sctp); none: a rule with dport does not match.
     #[arg(long)]
     pub dport: Option<u16>,
-    #[arg(long)]
-    pub uid: Option<u32>,
-    #[arg(long)]
-    pub gid: Option<u32>,
+    /// Owner of the sending socket: a uid or a user name (resolved as in a policy's uid); none: unknown.
+    #[arg(long, value_name = "UID|NAME")]
+    pub uid: Option<String>,
+    /// Group of the sending socket: a gid or a group name (resolved as in a policy's gid); none: unknown.
+    #[arg(long, value_name = "GID|NAME")]
+    pub gid: Option<String>,
+    /// Source address.
     #[arg(long, default_value = "127.0.0.1")]
     pub saddr: std::net::IpAddr,
+    /// Destination address.
     #[arg(long, default_value = "127.0.0.1")]
     pub daddr: std::net::IpAddr,
-    /// The packet's secmark context.
+    /// The packet's secmark context: a full context, or a type alone for system_u:object_r:TYPE:s0; none: no
+    /// secmark.
     #[arg(long)]
     pub secmark: Option<String>,
-    /// The peer label context.
+    /// The peer label (CIPSO/CALIPSO or static address label): same forms as --source; none: no peer label.
     #[arg(long)]
     pub peer: Option<String>,
+    /// Input interface name; none: unknown.
     #[arg(long)]
     pub iif: Option<String>,
+    /// Output interface name; none: unknown.
     #[arg(long)]
     pub oif: Option<String>,
-    /// Override the policy file's mode.
+    /// Override the policy file's mode (default: the file's mode).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
 }
@@ -134,10 +167,10 @@ pub enum Fail {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The policy file (TOML), see docs/POLICY.md.
+    /// The policy file (TOML, see docs/POLICY.md): a regular file of at most 64 MiB.
     #[arg(long)]
     pub policy: PathBuf,
-    /// One queue number.
+    /// One queue number (default: queue 0 when neither --queue nor --queues is given).
     #[arg(long, conflicts_with = "queues")]
     pub queue: Option<u16>,
     /// A range of queue numbers N-M (for --queue-balance / --queue-cpu-fanout); one thread each.
@@ -157,10 +190,11 @@ pub struct RunArgs {
     /// looked up afresh.)
     #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub udp_recheck_ms: u64,
-    /// Override the policy file's mode.
+    /// Override the policy file's mode (default: the file's mode, enforcing if it names none).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// Write audit records to FILE, or - for standard output.
+    /// Write audit records to FILE (appended; reopened when rotated), or - for standard output (default: no
+    /// audit records are written).
     #[arg(long, value_name = "FILE|-")]
     pub audit: Option<String>,
     /// Also send every audit record to the kernel audit subsystem (AUDIT_USER_AVC), beside its own AVCs.
@@ -175,12 +209,12 @@ pub struct RunArgs {
     /// Bytes of each packet copied from the kernel (headers suffice).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=65535))]
     pub copy_range: u32,
-    /// Kernel queue length.
-    #[arg(long, default_value_t = 8192)]
+    /// Kernel queue length: packets waiting for a verdict before --fail applies (at least 1).
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_maxlen: u32,
-    /// Socket receive buffer in bytes.
-    #[arg(long, default_value_t = 16 << 20)]
-    pub rcvbuf: usize,
+    /// Queue socket receive buffer in bytes (at least 1; the kernel raises tiny values to its minimum).
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=i32::MAX as u64))]
+    pub rcvbuf: u64,
     /// Behaviour when the queue is full or labelgate stops: default closed when enforcing, open when permissive.
     #[arg(long, value_enum)]
     pub fail: Option<Fail>,
@@ -190,7 +224,9 @@ pub struct RunArgs {
     /// Keep every capability (by default labelgate drops to the capabilities it needs and sets no_new_privs).
     #[arg(long)]
     pub no_confine: bool,
-    /// Serve Prometheus metrics on unix:PATH (mode 0600) or a loopback ADDR:PORT.
+    /// Serve Prometheus metrics on unix:PATH (a socket of mode 0600, created at start and removed at exit; an
+    /// existing file there that is not a socket is refused) or a loopback ADDR:PORT, where ADDR may be a host
+    /// name that resolves to loopback addresses only, such as localhost (default: no metrics).
     #[arg(long, value_name = "unix:PATH|ADDR:PORT")]
     pub metrics: Option<crate::metrics::Endpoint>,
 }
@@ -225,6 +261,41 @@ mod tests {
         assert!(parse_queues("3-1").is_err());
         assert!(parse_queues("x").is_err());
         assert!(parse_queues("0-100").is_err());
+    }
+
+    #[test]
+    fn zero_queue_length_and_buffer_are_refused() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["labelgate", "run", "--policy", "p.toml"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        assert!(run(&["--queue-maxlen", "1", "--rcvbuf", "1"]).is_ok());
+        for flag in ["--queue-maxlen", "--rcvbuf"] {
+            let e = run(&[flag, "0"]).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("0 is not in 1.."), "{e}");
+        }
+        assert!(run(&["--rcvbuf", "4294967296"]).is_err(), "more than the kernel's int");
+    }
+
+    /// Every flag of every subcommand says what it is (and `--help` shows
+    /// defaults: clap prints `[default: ...]`, the rest say it in words).
+    #[test]
+    fn every_flag_has_help_text() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{} --{id} has no help text", sub.get_name());
+            }
+        }
+        let run = cmd.find_subcommand("run").unwrap();
+        let queue = run.get_arguments().find(|a| a.get_id() == "queue").unwrap();
+        assert!(queue.get_help().unwrap().to_string().contains("default: queue 0"));
     }
 
     #[test]

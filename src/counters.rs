@@ -1,4 +1,5 @@
-//! Process-wide counters of packets and verdicts, printed on SIGUSR1 and at exit.
+//! Process-wide counters of packets and verdicts, printed on SIGUSR1 and at
+//! exit, and carrying per-rule hits over a policy reload ([`carry_hits`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -121,6 +122,27 @@ impl Counters {
     }
 }
 
+/// Move the per-rule hit counts of `old` (the policy a reload replaced)
+/// onto the rules of `new` with the same name: a rule that survives a
+/// reload keeps counting from where it was; the hits of a rule the new
+/// policy no longer has are dropped with it. Hits are moved (the old
+/// counters are left at 0), so calling it again later moves only the hits
+/// that packets still being decided with `old` counted since. Returns the
+/// number of rules whose hits were carried over.
+pub fn carry_hits(old: &crate::policy::Policy, new: &crate::policy::Policy) -> usize {
+    let by_name: std::collections::HashMap<&str, &AtomicU64> =
+        new.rules.iter().map(|r| (r.name.as_str(), &r.hits)).collect();
+    let mut carried = 0;
+    for r in &old.rules {
+        if let Some(to) = by_name.get(r.name.as_str()) {
+            let n = r.hits.swap(0, Relaxed);
+            to.fetch_add(n, Relaxed);
+            carried += 1;
+        }
+    }
+    carried
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +159,25 @@ mod tests {
         assert_eq!(got[5], 1, "30us falls in the 50us bucket");
         assert_eq!(got[LATENCY_BOUNDS.len()], 1, "+Inf");
         assert_eq!(l.count.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn hits_follow_rules_by_name_over_a_reload() {
+        use crate::policy::Policy;
+        let rule = |n: &str| format!("[[rule]]\nname = \"{n}\"\nverdict = \"accept\"\n");
+        let old = Policy::from_toml(&format!("{}{}", rule("kept"), rule("gone")), "old").unwrap();
+        let new = Policy::from_toml(&format!("{}{}", rule("new"), rule("kept")), "new").unwrap();
+        old.rules[0].hits.store(5, Relaxed);
+        old.rules[1].hits.store(7, Relaxed);
+        new.rules[1].hits.store(1, Relaxed);
+        assert_eq!(carry_hits(&old, &new), 1);
+        assert_eq!(new.rules[1].hits.load(Relaxed), 6, "kept: 5 before the reload + 1 after");
+        assert_eq!(new.rules[0].hits.load(Relaxed), 0, "a new rule starts at 0");
+        // Hits counted on the old policy after the first carry move once more.
+        old.rules[0].hits.fetch_add(2, Relaxed);
+        carry_hits(&old, &new);
+        assert_eq!(new.rules[1].hits.load(Relaxed), 8);
+        carry_hits(&old, &new);
+        assert_eq!(new.rules[1].hits.load(Relaxed), 8, "nothing is counted twice");
     }
 }

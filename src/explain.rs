@@ -1,20 +1,83 @@
 //! `labelgate explain`: decide a hypothetical packet and say why, rule by rule.
+//!
+//! Owns the question's labels as the daemon would build them
+//! ([`label_arg`]: a type alone is filled in the way the daemon fills in
+//! that kind of label) and the rule-by-rule text.
 
-use crate::context::SecurityContext;
+use crate::context::{ContextError, SecurityContext};
 use crate::labels::{Hook, Label, Labels, Origin};
 use crate::packet::{PacketInfo, Proto};
 use crate::policy::{Facts, Mode, Policy, Verdict};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+/// A context argument that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// Both parts are cut to a bounded excerpt of the argument.
+    #[error("bad context {arg:?}: {message}")]
+    Context { arg: String, message: String },
+}
+
+/// Which label a context argument stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// A local socket's label (`--source`, `--dest`).
+    Socket,
+    /// The packet's secmark (`--secmark`).
+    Secmark,
+    /// The peer label (`--peer`).
+    Peer,
+}
+
+/// The label the daemon gives for a context argument: a full context as
+/// written, or a type alone completed as the daemon completes that label:
+///
+/// * `unlabeled_t`: the daemon's own unlabeled label
+///   ([`Label::unlabeled`], `system_u:object_r:unlabeled_t:s0`), which it
+///   gives to every end it cannot label;
+/// * `netlabel_peer_t`: the peer label of a CIPSO/CALIPSO option at `s0`
+///   with no static label ([`crate::resolve::netlabel_peer`],
+///   `system_u:object_r:netlabel_peer_t:s0`);
+/// * any other type: `system_u:system_r:TYPE:s0` for a socket or peer (a
+///   system process), `system_u:object_r:TYPE:s0` for a secmark (packet
+///   types are objects).
+pub fn label_arg(arg: &str, end: End) -> Result<Label, ExplainError> {
+    let bad = |e: ContextError| ExplainError::Context {
+        arg: crate::policy::excerpt(arg).into_owned(),
+        message: crate::policy::excerpt(&e.to_string()).into_owned(),
+    };
+    let origin = match end {
+        End::Socket => Origin::Socket,
+        End::Secmark => Origin::Secmark,
+        End::Peer => Origin::Static,
+    };
+    if arg.contains(':') {
+        return arg.parse().map(|context| Label { context, origin }).map_err(bad);
+    }
+    match arg {
+        "unlabeled_t" => return Ok(Label::unlabeled("explain")),
+        "netlabel_peer_t" => {
+            return Ok(Label {
+                context: crate::resolve::netlabel_peer(crate::mls::Level::s0()),
+                origin: Origin::PeerOption,
+            })
+        }
+        _ => {}
+    }
+    let role = if end == End::Secmark { "object_r" } else { "system_r" };
+    let level = crate::mls::Range::single(crate::mls::Level::s0());
+    SecurityContext::new("system_u", role, arg, Some(level)).map(|context| Label { context, origin }).map_err(bad)
+}
+
 /// The packet and labels to explain.
 #[derive(Clone, Debug)]
 pub struct Question {
     pub hook: Hook,
-    pub source: SecurityContext,
-    pub dest: SecurityContext,
+    pub source: Label,
+    pub dest: Label,
     pub secmark: Option<SecurityContext>,
-    pub peer: Option<SecurityContext>,
+    pub peer: Option<Label>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub proto: Proto,
@@ -41,10 +104,10 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
         label_option: None,
     };
     let labels = Labels {
-        source: Label { context: q.source.clone(), origin: Origin::Socket },
-        dest: Label { context: q.dest.clone(), origin: Origin::Socket },
+        source: q.source.clone(),
+        dest: q.dest.clone(),
         secmark: q.secmark.clone(),
-        peer: q.peer.clone().map(|c| Label { context: c, origin: Origin::Static }),
+        peer: q.peer.clone(),
         uid: q.uid,
         gid: q.gid,
         source_process: None,
@@ -64,11 +127,26 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
         q.sport.map(|p| format!(":{p}")).unwrap_or_default(),
         q.daddr,
         q.dport.map(|p| format!(":{p}")).unwrap_or_default(),
-        q.source,
-        q.dest,
+        q.source.context,
+        q.dest.context,
         q.uid.map(|u| format!(" uid={u}")).unwrap_or_default(),
         q.secmark.as_ref().map(|m| format!(" secmark={m}")).unwrap_or_default(),
     );
+    if let Some(gid) = q.gid {
+        let _ = writeln!(s, "        gid={gid}");
+    }
+    if let Some(peer) = &q.peer {
+        let _ = writeln!(s, "        peer={}", peer.context);
+    }
+    if !p.in_scope(q.hook, &pkt) {
+        let _ = writeln!(
+            s,
+            "outside the policy's [[scope]]: `labelgate rules` does not queue it, and a queued one is accepted \
+             without consulting the rules\nverdict: accept (outside scope, mode: {})",
+            format!("{mode:?}").to_lowercase()
+        );
+        return s;
+    }
     let decided = p.first_match(&facts);
     for (i, r) in p.rules.iter().enumerate() {
         match r.check(&facts) {
@@ -88,7 +166,7 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
     // through the pure parts.
     let table = decided.and_then(|i| p.rules.get(i)).map_or(p.default, |r| r.verdict);
     let rule_permissive = decided.and_then(|i| p.rules.get(i)).is_some_and(|r| r.permissive);
-    let domain_permissive = p.domain_permissive(q.source.type_());
+    let domain_permissive = p.domain_permissive(q.source.context.type_());
     let verdict = if table == Verdict::Drop && (mode == Mode::Permissive || rule_permissive || domain_permissive) {
         let why = if mode == Mode::Permissive {
             "global mode is permissive"
@@ -119,8 +197,8 @@ mod tests {
     fn q(src: &str, dport: u16) -> Question {
         Question {
             hook: Hook::Output,
-            source: src.parse().unwrap(),
-            dest: "system_u:system_r:postgresql_t:s0".parse().unwrap(),
+            source: label_arg(src, End::Socket).unwrap(),
+            dest: label_arg("system_u:system_r:postgresql_t:s0", End::Socket).unwrap(),
             secmark: None,
             peer: None,
             uid: None,
@@ -151,5 +229,53 @@ mod tests {
         let out = explain(&p, &q("system_u:system_r:intruder_t:s0", 22), Mode::Enforcing);
         assert!(out.contains("no rule matches: default verdict accept"), "{out}");
         assert_eq!(p.rules[2].hits.load(std::sync::atomic::Ordering::Relaxed), 0, "explain counts no hits");
+    }
+
+    #[test]
+    fn a_packet_outside_the_scope_is_accepted_as_the_daemon_does() {
+        let p = Policy::from_toml(
+            "default = \"drop\"\n[[scope]]\nproto = \"tcp\"\ndport = 5432\n[[rule]]\nname = \"no\"\nverdict = \"drop\"\n",
+            "t",
+        )
+        .unwrap();
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 22), Mode::Enforcing);
+        assert!(out.contains("outside the policy's [[scope]]") && out.contains("verdict: accept"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing);
+        assert!(out.contains("MATCHES -> drop") && out.contains("verdict: drop"), "{out}");
+    }
+
+    /// A type alone becomes the label the daemon gives that kind of end:
+    /// `unlabeled_t` is the daemon's own unlabeled context (object_r), so a
+    /// rule on `system_u:object_r:unlabeled_t` matches in explain exactly
+    /// as it does in the daemon.
+    #[test]
+    fn a_type_alone_is_completed_as_the_daemon_labels() {
+        let l = label_arg("unlabeled_t", End::Socket).unwrap();
+        assert_eq!(l.context, crate::labels::Label::unlabeled("no_socket").context);
+        assert_eq!(l.context.to_string(), "system_u:object_r:unlabeled_t:s0");
+        assert_eq!(label_arg("httpd_t", End::Socket).unwrap().context.to_string(), "system_u:system_r:httpd_t:s0");
+        assert_eq!(
+            label_arg("postgresql_packet_t", End::Secmark).unwrap().context.to_string(),
+            "system_u:object_r:postgresql_packet_t:s0"
+        );
+        assert_eq!(
+            label_arg("netlabel_peer_t", End::Peer).unwrap().context,
+            crate::resolve::netlabel_peer(crate::mls::Level::s0())
+        );
+        let full = label_arg("staff_u:staff_r:staff_t:s0-s0:c0.c1023", End::Socket).unwrap();
+        assert_eq!(full.context.to_string(), "staff_u:staff_r:staff_t:s0-s0:c0.c1023");
+        assert!(label_arg("bad type", End::Socket).is_err());
+        let long = "x".repeat(100_000);
+        let e = label_arg(&format!("a:b:{long}"), End::Socket).unwrap_err().to_string();
+        assert!(e.len() < 2048, "{} bytes", e.len());
+
+        let p = Policy::from_toml(
+            "default = \"accept\"\n[[rule]]\nname = \"no-unlabeled\"\nsource = \"system_u:object_r:unlabeled_t\"\nverdict = \"drop\"\n",
+            "t",
+        )
+        .unwrap();
+        let out = explain(&p, &q("unlabeled_t", 5432), Mode::Enforcing);
+        assert!(out.contains("source=system_u:object_r:unlabeled_t:s0"), "{out}");
+        assert!(out.ends_with("verdict: drop (table: drop, rule: no-unlabeled, mode: enforcing)\n"), "{out}");
     }
 }

@@ -1,9 +1,10 @@
 //! `labelgate check` diagnostics beyond compiling: rules that can never
-//! match, rules shadowed by earlier ones, and (with SELinux active) types
-//! the loaded SELinux policy does not know.
+//! match, rules shadowed by earlier ones, a default-drop policy without a
+//! scope, and (with SELinux active) types the loaded SELinux policy does
+//! not know. Every finding is a warning, and every warning is counted.
 
 use crate::policy::pattern::{ContextPattern, TypePattern};
-use crate::policy::{HookSel, Policy, Rule};
+use crate::policy::{HookSel, Policy, Rule, ScopeEntry, Verdict};
 use std::collections::HashMap;
 
 /// At most this many rule pairs are compared in the shadowed-rule check
@@ -147,6 +148,50 @@ pub fn lint(p: &Policy) -> Vec<Finding> {
     lint_with_budget(p, SHADOW_BUDGET)
 }
 
+/// Everything `labelgate check` reports: [`lint`], then one finding per type
+/// in `unknown` (the types the loaded SELinux policy does not know, from
+/// [`unknown_types`]; `None` when SELinux is not active), at the line of the
+/// first rule naming it (0: named only by a set or `permissive_domains`).
+pub fn check_findings(p: &Policy, unknown: Option<&[String]>) -> Vec<Finding> {
+    let mut out = lint(p);
+    for t in unknown.unwrap_or_default() {
+        let names = |r: &&Rule| {
+            [&r.source, &r.dest, &r.rare().secmark, &r.rare().peer]
+                .into_iter()
+                .flatten()
+                .any(|pat| pat.type_.named_types().is_some_and(|ts| ts.contains(&t.as_str())))
+        };
+        let line = p.rules.iter().find(names).map_or(0, |r| r.line);
+        out.push(Finding {
+            severity: Severity::Warning,
+            line,
+            message: format!("type {t} is not known to the loaded SELinux policy: a rule naming it never matches it"),
+        });
+    }
+    out
+}
+
+/// Whether some packet can match both the rule and the scope entry (a
+/// conservative answer: conditions the entry does not have are ignored).
+fn overlaps(r: &Rule, e: &ScopeEntry) -> bool {
+    fn both<T>(a: Option<&T>, b: Option<&T>, f: impl Fn(&T, &T) -> bool) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => f(a, b),
+            _ => true,
+        }
+    }
+    let nets = |a: &crate::policy::pattern::NetSet, b: &crate::policy::pattern::NetSet| {
+        a.0.iter().any(|x| b.0.iter().any(|y| x.contains(&y.network()) || y.contains(&x.network())))
+    };
+    (r.hook == HookSel::Any || e.hook == HookSel::Any || r.hook == e.hook)
+        && both(r.proto.as_ref(), e.proto.as_ref(), |a, b| a == b)
+        && both(r.dport.get(), e.dport.as_ref(), |a, b| {
+            a.ranges().iter().any(|(lo, hi)| b.ranges().iter().any(|(l, h)| lo <= h && l <= hi))
+        })
+        && both(r.saddr.as_deref(), e.saddr.as_ref(), nets)
+        && both(r.daddr.as_deref(), e.daddr.as_ref(), nets)
+}
+
 /// [`lint`] with a bound on the rule pairs the shadowed-rule check compares.
 pub fn lint_with_budget(p: &Policy, budget: u64) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -155,7 +200,28 @@ pub fn lint_with_budget(p: &Policy, budget: u64) -> Vec<Finding> {
     let mut cands = Vec::new();
     let mut compared: u64 = 0;
     let mut shadow_check = true;
+    if p.default == Verdict::Drop && p.scope.is_none() {
+        out.push(warn(
+            0,
+            "default = \"drop\" and no [[scope]]: `labelgate rules` queues every new connection on the hooks the \
+             rules name, so when enforcing everything the rules do not accept is dropped (the host's DNS, ping and \
+             SSH included); add [[scope]] entries naming the traffic this policy governs (docs/POLICY.md)"
+                .to_string(),
+        ));
+    }
     for (j, b) in p.rules.iter().enumerate() {
+        if let Some(scope) = &p.scope {
+            if !scope.iter().any(|e| overlaps(b, e)) {
+                out.push(warn(
+                    b.line,
+                    format!(
+                        "rule {:?} can never match: it names no traffic in the policy's [[scope]], and packets \
+                         outside the scope are accepted without consulting the rules",
+                        b.name
+                    ),
+                ));
+            }
+        }
         if shadow_check {
             ix.candidates(b, j as u32, &mut cands);
             compared += cands.len() as u64;
@@ -225,8 +291,11 @@ pub fn unknown_types(p: &Policy) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
+    /// Findings as "LINE: message"; a text without a `default` gets
+    /// `default = "accept"` (so it needs no scope).
     fn lint_text(t: &str) -> Vec<String> {
-        lint(&Policy::from_toml(t, "t").unwrap()).into_iter().map(|f| format!("{}: {}", f.line, f.message)).collect()
+        let t = if t.contains("default =") { t.to_string() } else { format!("default = \"accept\"\n{t}") };
+        lint(&Policy::from_toml(&t, "t").unwrap()).into_iter().map(|f| format!("{}: {}", f.line, f.message)).collect()
     }
 
     #[test]
@@ -254,7 +323,7 @@ verdict = "drop"
 "#;
         let f = lint_text(t);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].starts_with("10: rule \"httpd-80\" is shadowed by rule \"web-any\" (line 4)"), "{f:?}");
+        assert!(f[0].starts_with("11: rule \"httpd-80\" is shadowed by rule \"web-any\" (line 5)"), "{f:?}");
         assert!(f[0].contains("verdict differs"));
     }
 
@@ -272,6 +341,53 @@ verdict = "drop"
         assert!(f[0].contains("needs a peer label"), "{f:?}");
         let f = lint_text("[[rule]]\nname = \"f\"\nhook = \"forward\"\ndest = \"httpd_t\"\nverdict = \"accept\"\n");
         assert!(f[0].contains("forwarded packets"), "{f:?}");
+    }
+
+    #[test]
+    fn every_warning_is_counted_unknown_types_included() {
+        let t = "default = \"accept\"\npermissive_domains = [\"x_t\"]\n[[rule]]\nname = \"a\"\nsource = \"httpd_t\"\nverdict = \"accept\"\n\
+                 [[rule]]\nname = \"b\"\nsource = \"bakup_t\"\nverdict = \"drop\"\n";
+        let p = Policy::from_toml(t, "t").unwrap();
+        assert!(check_findings(&p, None).is_empty());
+        assert!(check_findings(&p, Some(&[])).is_empty());
+        let f = check_findings(&p, Some(&["bakup_t".to_string(), "x_t".to_string()]));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!((f[0].line, f[1].line), (7, 0), "{f:?}");
+        assert!(f[0].message.starts_with("type bakup_t is not known"), "{f:?}");
+    }
+
+    #[test]
+    fn default_drop_without_scope_is_a_warning() {
+        let f = lint_text("default = \"drop\"\n");
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].starts_with("0: default = \"drop\" and no [[scope]]"), "{f:?}");
+        // The default is drop when not written.
+        assert_eq!(lint(&Policy::from_toml("", "t").unwrap()).len(), 1);
+        assert!(lint_text("default = \"drop\"\n[[scope]]\nproto = \"tcp\"\n").is_empty());
+        assert!(lint_text("default = \"accept\"\n").is_empty());
+    }
+
+    #[test]
+    fn rules_outside_the_scope_are_found() {
+        let head = "default = \"drop\"\n[[scope]]\nhook = \"output\"\nproto = \"tcp\"\ndport = \"5000-5500\"\ndaddr = \"10.0.0.0/8\"\n";
+        for (rule, never) in [
+            ("proto = \"tcp\"\ndport = 5432\n", false),
+            ("proto = \"tcp\"\ndport = [22, 5499]\n", false),
+            ("", false),
+            ("daddr = \"10.1.0.0/16\"\n", false),
+            ("daddr = \"0.0.0.0/0\"\n", false),
+            ("proto = \"tcp\"\ndport = 22\n", true),
+            ("proto = \"udp\"\n", true),
+            ("hook = \"input\"\n", true),
+            ("daddr = \"192.168.0.0/16\"\n", true),
+        ] {
+            let f = lint_text(&format!("{head}[[rule]]\nname = \"r\"\n{rule}verdict = \"accept\"\n"));
+            assert_eq!(
+                f.iter().any(|f| f.contains("names no traffic in the policy's [[scope]]")),
+                never,
+                "{rule}: {f:?}"
+            );
+        }
     }
 
     #[test]
@@ -334,7 +450,7 @@ verdict = "drop"
 
     #[test]
     fn shadow_check_stops_at_its_budget_and_says_so() {
-        let t = "[[rule]]\nname = \"a\"\nverdict = \"drop\"\n[[rule]]\nname = \"b\"\nverdict = \"drop\"\n[[rule]]\nname = \"c\"\nverdict = \"drop\"\n";
+        let t = "default = \"accept\"\n[[rule]]\nname = \"a\"\nverdict = \"drop\"\n[[rule]]\nname = \"b\"\nverdict = \"drop\"\n[[rule]]\nname = \"c\"\nverdict = \"drop\"\n";
         let p = Policy::from_toml(t, "t").unwrap();
         assert_eq!(lint(&p).len(), 2);
         let f = lint_with_budget(&p, 1);

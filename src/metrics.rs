@@ -20,7 +20,10 @@ pub enum Endpoint {
 impl std::str::FromStr for Endpoint {
     type Err = String;
 
-    /// `unix:/run/labelgate/metrics.sock` or a loopback `ADDR:PORT`.
+    /// `unix:/run/labelgate/metrics.sock`, a loopback `ADDR:PORT`, or
+    /// `HOST:PORT` with a host name (`localhost`) that resolves to loopback
+    /// addresses only: the first IPv4 one it resolves to is used, else the
+    /// first IPv6 one.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(p) = s.strip_prefix("unix:") {
             if p.is_empty() {
@@ -28,12 +31,95 @@ impl std::str::FromStr for Endpoint {
             }
             return Ok(Endpoint::Unix(p.into()));
         }
-        let a: std::net::SocketAddr = s.parse().map_err(|_| format!("{s:?} is neither unix:PATH nor ADDR:PORT"))?;
-        if !a.ip().is_loopback() {
-            return Err(format!("{a}: metrics are served on loopback addresses only"));
+        if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+            if !a.ip().is_loopback() {
+                return Err(format!("{a}: metrics are served on loopback addresses only"));
+            }
+            return Ok(Endpoint::Tcp(a));
         }
-        Ok(Endpoint::Tcp(a))
+        let bad = || format!("{s:?} is neither unix:PATH nor ADDR:PORT nor HOST:PORT");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || host.contains(['[', ']', ':']) {
+            return Err(bad());
+        }
+        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+            .collect();
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(format!(
+                "{host} resolves to {}, which is not a loopback address: metrics are served on loopback addresses only",
+                a.ip()
+            ));
+        }
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| addrs.first())
+            .map(|a| Endpoint::Tcp(*a))
+            .ok_or_else(|| format!("{host:?} resolves to no address"))
     }
+}
+
+/// Why the metrics endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen on {addr}: {error}")]
+    Tcp { addr: std::net::SocketAddr, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Unix { path: String, error: std::io::Error },
+    #[error("{path} exists and is not a socket; refusing to replace it (remove it, or choose another path)")]
+    NotASocket { path: String },
+    #[error("{path} is a socket another process is serving on; refusing to take it over")]
+    InUse { path: String },
+    #[error("cannot start the metrics thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running metrics endpoint. Dropping it (at exit) removes a Unix
+/// socket labelgate created, if the path still names that socket.
+#[derive(Debug)]
+pub struct Server {
+    unix: Option<(std::path::PathBuf, u64, u64)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Some((path, dev, ino)) = &self.unix {
+            let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino);
+            if ours {
+                if let Err(e) = std::fs::remove_file(path) {
+                    log::warn!("metrics: cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Bind a Unix socket at `p`, replacing only a stale socket left there (one
+/// nobody accepts on); anything else at `p` is refused and left alone.
+fn bind_unix(p: &std::path::Path) -> Result<(std::os::unix::net::UnixListener, Server), MetricsError> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+    let path = p.display().to_string();
+    let unix_err = |error| MetricsError::Unix { path: path.clone(), error };
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                return Err(MetricsError::InUse { path });
+            }
+            std::fs::remove_file(p).map_err(unix_err)?;
+        }
+        Ok(_) => return Err(MetricsError::NotASocket { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unix_err(e)),
+    }
+    let l = std::os::unix::net::UnixListener::bind(p).map_err(unix_err)?;
+    let m = std::fs::symlink_metadata(p).map_err(unix_err)?;
+    // From here on the guard removes the socket on any error return.
+    let server = Server { unix: Some((p.to_path_buf(), m.dev(), m.ino())) };
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(unix_err)?;
+    Ok((l, server))
 }
 
 /// A label value escaped for the text format (`\\`, `\"`, `\n`).
@@ -81,6 +167,11 @@ fn render_counters(engine: &Engine, loaded: &Loaded, queues: &[u16]) -> String {
         }
     };
     let g = Counters::get;
+    let _ = writeln!(
+        s,
+        "# HELP labelgate_policy_info The running policy: its digest (sha256: and the first 16 hex digits of the file's SHA-256).\n# TYPE labelgate_policy_info gauge\nlabelgate_policy_info{{policy=\"{}\"}} 1",
+        loaded.policy.digest
+    );
     counter(
         &mut s,
         "labelgate_packets_total",
@@ -228,44 +319,50 @@ fn respond(mut conn: impl Read + Write, engine: &Engine, queues: &[u16]) {
         .and_then(|()| out.flush());
 }
 
-/// Start the metrics server thread.
-pub fn serve(ep: &Endpoint, engine: Arc<Engine>, queues: Vec<u16>) -> std::io::Result<()> {
+/// Bind the metrics endpoint and start its thread. Call it before binding
+/// the queues, so that a taken port or a refused path stops start-up before
+/// any packet is queued to labelgate. Keep the returned [`Server`] for the
+/// life of the daemon.
+pub fn serve(ep: &Endpoint, engine: Arc<Engine>, queues: Vec<u16>) -> Result<Server, MetricsError> {
+    let thread = std::thread::Builder::new().name("metrics".into());
     match ep {
         Endpoint::Tcp(a) => {
-            let l = std::net::TcpListener::bind(a)?;
-            std::thread::Builder::new().name("metrics".into()).spawn(move || {
-                for mut conn in l.incoming().flatten() {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                    // Root only: the client's socket (our peer) must belong to uid 0.
-                    let owner = match (conn.peer_addr(), conn.local_addr()) {
-                        (Ok(peer), Ok(local)) => tcp_owner(peer, local),
-                        _ => None,
-                    };
-                    if owner != Some(0) {
-                        log::warn!("metrics: refused a client owned by uid {owner:?}");
-                        let _ = conn.write_all(b"HTTP/1.0 403 Forbidden\r\nConnection: close\r\n\r\nroot only\n");
-                        continue;
+            let l = std::net::TcpListener::bind(a).map_err(|error| MetricsError::Tcp { addr: *a, error })?;
+            thread
+                .spawn(move || {
+                    for mut conn in l.incoming().flatten() {
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                        // Root only: the client's socket (our peer) must belong to uid 0.
+                        let owner = match (conn.peer_addr(), conn.local_addr()) {
+                            (Ok(peer), Ok(local)) => tcp_owner(peer, local),
+                            _ => None,
+                        };
+                        if owner != Some(0) {
+                            log::warn!("metrics: refused a client owned by uid {owner:?}");
+                            let _ = conn.write_all(b"HTTP/1.0 403 Forbidden\r\nConnection: close\r\n\r\nroot only\n");
+                            continue;
+                        }
+                        respond(conn, &engine, &queues);
                     }
-                    respond(conn, &engine, &queues);
-                }
-            })?;
+                })
+                .map_err(MetricsError::Thread)?;
+            Ok(Server { unix: None })
         }
         Endpoint::Unix(p) => {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::remove_file(p);
-            let l = std::os::unix::net::UnixListener::bind(p)?;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
-            std::thread::Builder::new().name("metrics".into()).spawn(move || {
-                for conn in l.incoming().flatten() {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                    respond(conn, &engine, &queues);
-                }
-            })?;
+            let (l, server) = bind_unix(p)?;
+            thread
+                .spawn(move || {
+                    for conn in l.incoming().flatten() {
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                        respond(conn, &engine, &queues);
+                    }
+                })
+                .map_err(MetricsError::Thread)?;
+            Ok(server)
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -307,5 +404,39 @@ mod tests {
         assert!("0.0.0.0:9797".parse::<Endpoint>().unwrap_err().contains("loopback"));
         assert!("unix:".parse::<Endpoint>().is_err());
         assert!("nonsense".parse::<Endpoint>().is_err());
+        // A host name resolving to loopback only is accepted.
+        match "localhost:9797".parse::<Endpoint>() {
+            Ok(Endpoint::Tcp(a)) => assert!(a.ip().is_loopback() && a.port() == 9797, "{a}"),
+            other => panic!("localhost: {other:?}"),
+        }
+        assert!("localhost:x".parse::<Endpoint>().is_err());
+        assert!("localhost".parse::<Endpoint>().is_err());
+    }
+
+    #[test]
+    fn a_unix_path_that_is_not_a_socket_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "data").unwrap();
+        let e = bind_unix(&file).unwrap_err();
+        assert!(matches!(e, MetricsError::NotASocket { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+        // Same call on a fresh path: bound, 0600, removed when the server is dropped.
+        let sock = dir.path().join("m.sock");
+        let (l, server) = bind_unix(&sock).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+        // A live socket is not taken over by a second server.
+        assert!(matches!(bind_unix(&sock).unwrap_err(), MetricsError::InUse { .. }));
+        drop(server);
+        assert!(!sock.exists(), "socket removed at exit");
+        // A stale socket (nobody listening) is replaced.
+        drop(l);
+        let stale = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        drop(stale);
+        assert!(sock.exists());
+        let (_l, server) = bind_unix(&sock).unwrap();
+        drop(server);
+        assert!(!sock.exists());
     }
 }

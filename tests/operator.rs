@@ -43,7 +43,9 @@ fn rules_install_and_remove_leave_other_rules_alone() {
     let saved = ns.sh("iptables-save -t security");
     assert!(saved.contains(":LABELGATE_OUT - "), "{saved}");
     assert!(saved.contains("-A OUTPUT -j LABELGATE_OUT"), "{saved}");
-    assert!(saved.contains("--ctstate NEW -j NFQUEUE --queue-num 20 --queue-bypass"), "{saved}");
+    // An enforcing policy fails closed: no --queue-bypass.
+    assert!(saved.contains("--ctstate NEW -j NFQUEUE --queue-num 20\n"), "{saved}");
+    assert!(!saved.contains("--queue-bypass"), "{saved}");
     assert!(!saved.contains("LABELGATE_IN"), "an output-only policy queues no input: {saved}");
     assert!(saved.contains("--dport 7 -j ACCEPT"), "{saved}");
     assert!(ns.sh("ip6tables-save -t security").contains("-A OUTPUT -j LABELGATE_OUT"));
@@ -247,10 +249,13 @@ fn daemon_keeps_only_the_capabilities_it_needs() {
     const SYS_PTRACE: u64 = 1 << 19;
     const AUDIT_WRITE: u64 = 1 << 29;
     const SYS_ADMIN: u64 = 1 << 21;
+    // Daemon::start always passes `--audit FILE`: the daemon keeps
+    // CAP_DAC_OVERRIDE to reopen a rotated file owned by another user.
+    const DAC_OVERRIDE: u64 = 1 << 1;
     let ns = Netns::new();
     for (queue, extra, want) in [
-        (27u16, vec![], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE),
-        (28, vec!["--audit-kernel"], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | AUDIT_WRITE),
+        (27u16, vec![], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | DAC_OVERRIDE),
+        (28, vec!["--audit-kernel"], NET_ADMIN | DAC_READ_SEARCH | SYS_PTRACE | AUDIT_WRITE | DAC_OVERRIDE),
     ] {
         let d = Daemon::start(&ns, "default = \"accept\"\n", queue, &extra);
         let pid = d.pid();
@@ -280,8 +285,10 @@ fn two_queues_with_cpu_fanout_each_get_a_pinned_thread() {
         return;
     }
     let ns = Netns::new();
-    let policy =
-        write_policy(&ns, "default = \"accept\"\n[[rule]]\nname = \"out\"\nhook = \"output\"\nverdict = \"accept\"\n");
+    let policy = write_policy(
+        &ns,
+        "default = \"accept\"\n[[scope]]\nhook = \"output\"\n[[rule]]\nname = \"out\"\nhook = \"output\"\nverdict = \"accept\"\n",
+    );
     let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "50-51", "--all-packets", "--install"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let saved = ns.sh("iptables-save -t security");
@@ -315,4 +322,167 @@ fn two_queues_with_cpu_fanout_each_get_a_pinned_thread() {
     pinned.sort();
     assert_eq!(pinned, vec![("50".to_string(), "0".to_string()), ("51".to_string(), "1".to_string())]);
     d.stop();
+}
+
+/// The uid policy with a scope: it governs tcp/5432 and nothing else.
+const SCOPED_UID_POLICY: &str = r#"
+default = "drop"
+[[scope]]
+proto = "tcp"
+dport = 5432
+[[rule]]
+name = "uid1001-db"
+hook = "output"
+uid = 1001
+proto = "tcp"
+dport = 5432
+verdict = "accept"
+"#;
+
+fn ping(ns: &Netns, addr: &str) -> bool {
+    ns.cmd("ping").args(["-c1", "-W2", addr]).output().expect("run ping").status.success()
+}
+
+#[test]
+fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let _db = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
+    let _web = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "8080", "60"]);
+    let _dns = ns.spawn_probe(&["udp-echo", "127.0.0.1", "5353", "60"]);
+    let policy = write_policy(&ns, SCOPED_UID_POLICY);
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "30", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved = ns.sh("iptables-save -t security");
+    assert!(
+        saved.contains(
+            "-A LABELGATE_OUT -p tcp -m tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 30\n"
+        ),
+        "{saved}"
+    );
+    assert_eq!(saved.matches("NFQUEUE").count(), 1, "only the governed port is queued: {saved}");
+
+    // Enforcing fails closed: with no labelgate reading the queue the
+    // governed port is refused even to the allowed uid, which still reaches
+    // everything else.
+    assert!(!ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "2"]), "fail closed");
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "8080", "3"]));
+    assert!(ping(&ns, "127.0.0.1"));
+
+    let d = Daemon::start(&ns, SCOPED_UID_POLICY, 30, &[]);
+    // The governed port is decided: allowed for uid 1001, refused for 1002.
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]));
+    // Unrelated traffic of the refused uid, and ping, pass untouched.
+    assert!(ns.probe_as(Some(1002), &["udp-ask", "127.0.0.1", "5353", "3"]));
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "8080", "3"]));
+    assert!(ping(&ns, "127.0.0.1"));
+    let err = d.stop();
+    // Only uid 1001's SYN was accepted by labelgate: nothing unrelated reached it.
+    assert_eq!(counter(&err, "accepted"), 1, "{err}");
+    assert!(counter(&err, "dropped") >= 1, "{err}");
+
+    // Negative control in the same run: without [[scope]] the same policy
+    // queues everything, and the same probes then see ping and DNS cut off.
+    let unscoped = write_policy(&ns, UID_POLICY);
+    let out = labelgate(&ns, &["rules", "--policy", &unscoped, "--queues", "30", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [[scope]]"), "rules warns");
+    let d = Daemon::start(&ns, UID_POLICY, 30, &[]);
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
+    assert!(!ns.probe_as(Some(1002), &["udp-ask", "127.0.0.1", "5353", "2"]));
+    assert!(!ping(&ns, "127.0.0.1"));
+    d.stop();
+
+    // A permissive policy fails open: --queue-bypass, so with no labelgate
+    // the governed port is reached.
+    let permissive = write_policy(&ns, &format!("mode = \"permissive\"\n{SCOPED_UID_POLICY}"));
+    let out = labelgate(&ns, &["rules", "--policy", &permissive, "--queues", "30", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ns.sh("iptables-save -t security").contains("--queue-num 30 --queue-bypass"));
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "fail open");
+    // --fail closed overrides the mode.
+    let out = labelgate(&ns, &["rules", "--policy", &permissive, "--queues", "30", "--fail", "closed", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!ns.sh("iptables-save -t security").contains("--queue-bypass"));
+    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]), "fail closed");
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "8080", "3"]));
+}
+
+#[test]
+fn printed_rules_queue_ipv6_as_well_as_ipv4() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let _v6 = ns.spawn_probe(&["serve-tcp", "::1", "5432", "60"]);
+    let _v4 = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
+    let policy = write_policy(&ns, SCOPED_UID_POLICY);
+    let print = |family: &str| {
+        let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "31", "--family", family]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let f = ns.dir.path().join(format!("rules-{family}"));
+        std::fs::write(&f, &out.stdout).unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let refused_everywhere = || {
+        for host in ["::1", "127.0.0.1"] {
+            assert!(ns.probe_as(Some(1001), &["connect-tcp", host, "5432", "3"]), "uid 1001 reaches {host}");
+            assert!(!ns.probe_as(Some(1002), &["connect-tcp", host, "5432", "2"]), "uid 1002 refused on {host}");
+        }
+    };
+    let d = Daemon::start(&ns, SCOPED_UID_POLICY, 31, &[]);
+
+    // The default output is a shell script; fed to iptables-restore by
+    // mistake it is refused at its first line and applies nothing.
+    let both = print("both");
+    let out = ns.cmd("sh").args(["-c", &format!("iptables-restore --noflush < {both}")]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(!ns.sh("iptables-save").contains("LABELGATE"));
+
+    // One family per tool.
+    let (v4, v6) = (print("ipv4"), print("ipv6"));
+    ns.sh(&format!("iptables-restore --noflush < {v4} && ip6tables-restore --noflush < {v6}"));
+    refused_everywhere();
+    assert!(ns.sh("ip6tables-save -t security").contains("--dport 5432 -m conntrack --ctstate NEW -j NFQUEUE"));
+
+    // The shell script applies both.
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--remove"]);
+    assert!(out.status.success());
+    assert!(!ns.sh("ip6tables-save").contains("LABELGATE"));
+    // With no queue rule at all uid 1002 gets through: the refusals above were labelgate's.
+    assert!(ns.probe_as(Some(1002), &["connect-tcp", "::1", "5432", "3"]));
+    ns.sh(&format!("sh {both}"));
+    refused_everywhere();
+    let err = d.stop();
+    assert_eq!(counter(&err, "accepted"), 4, "uid 1001's four SYNs: {err}");
+}
+
+#[test]
+fn check_counts_every_warning_and_strict_fails_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let check = |args: &[&str]| Command::new(LABELGATE).arg("check").args(args).output().unwrap();
+    // A default-drop policy without scope: one warning, counted.
+    let unscoped = write("unscoped.toml", UID_POLICY);
+    let out = check(&[&unscoped]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("{unscoped}: warning: default = \"drop\" and no [[scope]]")), "{text}");
+    assert!(text.contains("OK (1 warning(s))"), "{text}");
+    let out = check(&["--strict", &unscoped]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED (1 warning(s), --strict)"), "{text}");
+    // Control: a clean policy passes --strict.
+    let scoped = write("scoped.toml", SCOPED_UID_POLICY);
+    let out = check(&["--strict", &scoped]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("OK (0 warning(s))"), "{text}");
 }

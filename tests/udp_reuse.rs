@@ -59,8 +59,8 @@ fn install_printed_rules(ns: &Netns, policy: &str, flow: bool) {
     assert!(rules.contains("NFQUEUE"), "{rules}");
     let file = ns.dir.path().join("rules.txt");
     std::fs::write(&file, &rules).unwrap();
-    // The same text for both families (as `labelgate rules --install` does).
-    ns.sh(&format!("iptables-restore --noflush < {0} && ip6tables-restore --noflush < {0}", file.display()));
+    // Both families, run as the printed script says (with sh).
+    ns.sh(&format!("sh {}", file.display()));
 }
 
 /// conntrack's entries (both families) with original source port `sport`,
@@ -215,7 +215,7 @@ fn reused_tcp_tuple_is_decided_again() {
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
     let _other = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5433", "60"]);
     for flow in [false, true] {
-        ns.sh("iptables -t security -F; iptables -t security -X");
+        ns.sh("for t in iptables ip6tables; do $t -t security -F; $t -t security -X; done");
         let p = policy("tcp", 5432);
         install_printed_rules(&ns, &p, flow);
         let d = Daemon::start(&ns, &p, 0, if flow { &["--flow"] } else { &[] });

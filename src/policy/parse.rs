@@ -12,19 +12,82 @@ use std::ops::Range;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+/// The largest policy file read, in bytes (64 MiB; a 100,000-rule policy is
+/// about 20 MiB). A longer file is refused before it is parsed, so a wrong
+/// path (`/dev/zero`, a growing log) cannot make labelgate read without end.
+pub const MAX_POLICY_BYTES: u64 = 64 << 20;
+
+/// The longest rule name, in bytes. Every audit record and metric line
+/// carries the name of the rule that decided it.
+pub const MAX_RULE_NAME: usize = 255;
+
+/// Messages quoting the policy's text are cut to at most about this many
+/// bytes (the start and the end of the message are kept).
+pub const MAX_MESSAGE: usize = 512;
+
 /// A policy that could not be read or compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{origin}: {source}")]
-    Io { origin: String, source: std::io::Error },
+    /// The OS error is part of the message (not a separate `source`), so
+    /// that a report printing the error chain does not repeat it.
+    #[error("{origin}: {error}")]
+    Io { origin: String, error: std::io::Error },
+    /// The path names something other than a regular file, or one too long.
+    #[error("{origin}: {message}")]
+    File { origin: String, message: String },
     #[error("{origin}:{line}:{column}: {message}")]
     Invalid { origin: String, line: usize, column: usize, message: String },
 }
 
 impl PolicyError {
-    pub(super) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        PolicyError::Io { origin: path.display().to_string(), source }
+    pub(super) fn io(path: &std::path::Path, error: std::io::Error) -> Self {
+        PolicyError::Io { origin: path.display().to_string(), error }
     }
+
+    fn file(path: &std::path::Path, message: String) -> Self {
+        PolicyError::File { origin: path.display().to_string(), message }
+    }
+}
+
+/// `msg` cut to a bounded excerpt: a message longer than [`MAX_MESSAGE`]
+/// bytes keeps its first and last part (what was wrong and what was
+/// expected) and says how much was left out, so a 50 MB value in a policy
+/// never comes back as a 50 MB error or log line.
+pub fn excerpt(msg: &str) -> std::borrow::Cow<'_, str> {
+    if msg.len() <= MAX_MESSAGE {
+        return msg.into();
+    }
+    let keep = MAX_MESSAGE / 2 - 32;
+    let mut head = keep;
+    while !msg.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = msg.len() - keep;
+    while !msg.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let (first, last) = (msg.get(..head).unwrap_or(""), msg.get(tail..).unwrap_or(""));
+    format!("{first}[... {} bytes cut ...]{last}", tail - head).into()
+}
+
+/// A uid (`group` false) or gid given as a number or a user/group name, as
+/// in a rule's `uid`/`gid` (names are looked up in the system's databases).
+pub fn resolve_id(s: &str, group: bool) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let what = if group { "group" } else { "user" };
+    // Never hand the system's name service a name no account can have: some
+    // NSS modules (systemd's userdb) abort the process on a very long one.
+    if s.is_empty() || s.len() > 255 || s.contains(['\0', '/', ':']) || s.contains(char::is_whitespace) {
+        return Err(format!("bad {what} name {:?}", excerpt(s)));
+    }
+    let found = if group {
+        nix::unistd::Group::from_name(s).ok().flatten().map(|g| g.gid.as_raw())
+    } else {
+        nix::unistd::User::from_name(s).ok().flatten().map(|u| u.uid.as_raw())
+    };
+    found.ok_or_else(|| format!("unknown {what} {s:?}"))
 }
 
 struct Ctx<'a> {
@@ -60,7 +123,9 @@ impl<'a> Ctx<'a> {
 
     fn err(&self, span: Range<usize>, message: impl fmt::Display) -> PolicyError {
         let (line, column) = self.line_col(span.start);
-        PolicyError::Invalid { origin: self.origin.to_string(), line, column, message: message.to_string() }
+        let message = message.to_string();
+        let message = excerpt(&message).into_owned();
+        PolicyError::Invalid { origin: self.origin.to_string(), line, column, message }
     }
 }
 
@@ -81,6 +146,7 @@ pub struct RawPolicy {
     address_label: Vec<Spanned<RawAddressLabel>>,
     #[serde(default)]
     doi: Vec<Spanned<RawDoi>>,
+    scope: Option<Spanned<Vec<Spanned<super::scope::RawScope>>>>,
 }
 
 #[derive(Deserialize)]
@@ -132,7 +198,7 @@ fn pass() -> Spanned<String> {
 }
 
 /// Items of a value that may be a scalar or a list of scalars, as strings.
-fn scalar_items(v: &toml::Value) -> Option<Vec<String>> {
+pub(super) fn scalar_items(v: &toml::Value) -> Option<Vec<String>> {
     let one = |v: &toml::Value| match v {
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
@@ -163,6 +229,7 @@ struct Head {
     set_lists: HashMap<String, Vec<String>>,
     address_labels: Vec<AddressLabel>,
     dois: HashMap<u32, DoiMap>,
+    scope: Option<Vec<super::ScopeEntry>>,
 }
 
 fn toml_err(cx: &Ctx<'_>, e: toml::de::Error) -> PolicyError {
@@ -177,18 +244,69 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
 /// Read and compile a policy file without holding its whole text: the file
 /// is read twice, line by line (see [`compile_sections`]). On any error the
 /// file is read whole and compiled as one document for the precise message.
-pub(super) fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
+///
+/// Only a regular file of at most [`MAX_POLICY_BYTES`] is read. The file is
+/// opened with `O_NONBLOCK` and checked with `fstat` before anything is
+/// read, so a FIFO (whose open would wait for a writer and whose reads would
+/// wait for data) or a device is refused at once instead of blocking or
+/// reading forever.
+pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<Policy, PolicyError> {
     let origin = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| PolicyError::io(path, e))?;
-    // Only a regular file can be read twice (not a pipe or /dev/stdin).
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        let text = std::io::read_to_string(file).map_err(|e| PolicyError::io(path, e))?;
-        return compile(&text, &origin);
-    }
     compile_sections(&mut FileLines { path, file }, &origin).or_else(|_| {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, e))?;
+        let text = read_bounded(path, file)?;
         compile_whole(&text, &origin)
     })
+}
+
+/// Open a policy file for reading: never blocks, refuses what is not a
+/// regular file or is longer than [`MAX_POLICY_BYTES`].
+pub fn open_policy(path: &std::path::Path) -> Result<std::fs::File, PolicyError> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| PolicyError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| PolicyError::io(path, e))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(PolicyError::file(path, format!("{what}: a policy must be a regular file")));
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(too_long(path));
+    }
+    Ok(file)
+}
+
+fn too_long(path: &std::path::Path) -> PolicyError {
+    PolicyError::file(path, format!("longer than {} MiB, the largest policy file read", MAX_POLICY_BYTES >> 20))
+}
+
+/// The whole file as text, reading at most [`MAX_POLICY_BYTES`] (a file
+/// that grew since it was opened is refused, not read on).
+fn read_bounded(path: &std::path::Path, file: &std::fs::File) -> Result<String, PolicyError> {
+    use std::io::{Read as _, Seek as _};
+    let mut f = file;
+    f.rewind().map_err(|e| PolicyError::io(path, e))?;
+    let mut text = String::new();
+    f.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text).map_err(|e| PolicyError::io(path, e))?;
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_long(path));
+    }
+    Ok(text)
 }
 
 /// Compile the policy as one TOML document (the reference path).
@@ -227,23 +345,31 @@ impl Lines for TextLines<'_> {
 }
 
 /// A regular file, read from the start on every pass through the same open
-/// descriptor (a file replaced by rename in between is still the old one).
+/// descriptor (a file replaced by rename in between is still the old one),
+/// at most [`MAX_POLICY_BYTES`] of it.
 struct FileLines<'a> {
     path: &'a std::path::Path,
-    file: std::fs::File,
+    file: &'a std::fs::File,
 }
 
 impl Lines for FileLines<'_> {
     fn each(&mut self, f: &mut dyn FnMut(&str) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
-        use std::io::{BufRead as _, Seek as _};
+        use std::io::{BufRead as _, Read as _, Seek as _};
         let io = |e| PolicyError::io(self.path, e);
-        self.file.rewind().map_err(io)?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 16, &self.file);
+        let mut file = self.file;
+        file.rewind().map_err(io)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file.take(MAX_POLICY_BYTES + 1));
         let mut line = String::new();
+        let mut read = 0u64;
         loop {
             line.clear();
-            if reader.read_line(&mut line).map_err(io)? == 0 {
+            let n = reader.read_line(&mut line).map_err(io)?;
+            if n == 0 {
                 return Ok(());
+            }
+            read += n as u64;
+            if read > MAX_POLICY_BYTES {
+                return Err(too_long(self.path));
             }
             f(&line)?;
         }
@@ -378,7 +504,18 @@ impl Splitter {
 }
 
 fn assemble(h: Head, rules: Vec<Rule>) -> Policy {
-    Policy::assemble(h.mode, h.default, h.malformed, h.permissive_domains, rules, h.address_labels, h.dois, h.set_lists)
+    let mut p = Policy::assemble(
+        h.mode,
+        h.default,
+        h.malformed,
+        h.permissive_domains,
+        rules,
+        h.address_labels,
+        h.dois,
+        h.set_lists,
+    );
+    p.scope = h.scope;
+    p
 }
 
 /// Whether a line outside values is a table header, and if so whether it is
@@ -508,6 +645,7 @@ fn head_sets(cx: &Ctx<'_>, raw: &RawPolicy) -> Result<Head, PolicyError> {
         set_lists,
         address_labels: Vec::new(),
         dois: HashMap::new(),
+        scope: None,
     })
 }
 
@@ -537,10 +675,11 @@ fn head_labels(cx: &Ctx<'_>, raw: &RawPolicy, head: &mut Head) -> Result<(), Pol
     }
     head.address_labels = address_labels;
     head.dois = dois;
+    head.scope = raw.scope.as_ref().map(|s| super::scope::compile(s, &|span, m| cx.err(span, m))).transpose()?;
     Ok(())
 }
 
-fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
         return Ok(n.trunc());
@@ -607,10 +746,17 @@ fn compile_rule(
     sets: &SetMap,
 ) -> Result<Rule, PolicyError> {
     let r = sr.get_ref();
-    let name = r.name.get_ref().trim().to_string();
+    let name = r.name.get_ref().trim();
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
         return Err(cx.err(r.name.span(), "rule name must be non-empty, without spaces or quotes"));
     }
+    if name.len() > MAX_RULE_NAME {
+        return Err(cx.err(
+            r.name.span(),
+            format!("rule name is {} bytes long; the longest allowed is {MAX_RULE_NAME}", name.len()),
+        ));
+    }
+    let name = name.to_string();
     let ports = |p: &Option<Spanned<toml::Value>>| -> Result<Option<PortSet>, PolicyError> {
         let Some(p) = p else { return Ok(None) };
         let items = scalar_items(p.get_ref())
@@ -628,18 +774,7 @@ fn compile_rule(
         }
         let mut out = Vec::new();
         for i in items {
-            let id = match i.parse::<u32>() {
-                Ok(n) => n,
-                Err(_) if group => match nix::unistd::Group::from_name(&i) {
-                    Ok(Some(g)) => g.gid.as_raw(),
-                    _ => return Err(cx.err(p.span(), format!("unknown group {i:?}"))),
-                },
-                Err(_) => match nix::unistd::User::from_name(&i) {
-                    Ok(Some(u)) => u.uid.as_raw(),
-                    _ => return Err(cx.err(p.span(), format!("unknown user {i:?}"))),
-                },
-            };
-            out.push(id);
+            out.push(resolve_id(&i, group).map_err(|m| cx.err(p.span(), m))?);
         }
         Ok(Some(IdSet(out.into())))
     };
@@ -716,4 +851,108 @@ fn compile_rule(
         permissive: r.permissive,
         audit: r.audit,
     })
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn load_err(path: &std::path::Path) -> String {
+        match crate::policy::Policy::load(path) {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(e) => format!("{:#}", anyhow::Error::new(e)),
+        }
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("policy.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let t = Instant::now();
+        let e = load_err(&fifo);
+        assert!(e.contains("a FIFO: a policy must be a regular file"), "{e}");
+        let e = load_err(std::path::Path::new("/dev/zero"));
+        assert!(e.contains("/dev/zero: a character device"), "{e}");
+        let e = load_err(dir.path());
+        assert!(e.contains("a directory"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        // The same call reads a regular file (so the refusals above are not a broken loader).
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "default = \"accept\"\n").unwrap();
+        assert!(crate::policy::Policy::load(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_POLICY_BYTES + 1).unwrap();
+        let e = load_err(&big);
+        assert!(e.contains("longer than 64 MiB"), "{e}");
+        f.set_len(1000).unwrap();
+        // 1000 NUL bytes: read and refused as TOML, not as too long.
+        assert!(!load_err(&big).contains("longer than"));
+    }
+
+    #[test]
+    fn a_missing_file_names_the_os_error_once() {
+        let e = load_err(std::path::Path::new("/nonexistent/labelgate.toml"));
+        assert_eq!(e, "/nonexistent/labelgate.toml: No such file or directory (os error 2)");
+    }
+
+    #[test]
+    fn a_huge_value_comes_back_as_a_bounded_excerpt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        let huge = "x".repeat(1 << 20);
+        for text in [
+            format!("default = \"{huge}\"\n"),
+            format!("[[rule]]\nname = \"r\"\nverdict = \"drop\"\nproto = \"{huge}\"\n"),
+            format!("[[rule]]\nname = \"r\"\nverdict = \"drop\"\nsource = \"{huge}:b:c\"\n"),
+            format!("[sets]\nweb = [\"{huge}\"]\n"),
+            format!("[[rule]]\nname = \"r\"\nverdict = \"drop\"\nuid = \"{huge}\"\n"),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let e = load_err(&path);
+            assert!(e.len() < 1024, "{} bytes: {}", e.len(), excerpt(&e));
+            assert!(e.contains("bytes cut"), "{e}");
+            let e = compile(&text, "t").err().unwrap().to_string();
+            assert!(e.len() < 1024, "{} bytes", e.len());
+        }
+        // The end of the message (what was expected) survives the cut.
+        std::fs::write(&path, format!("default = \"{huge}\"\n")).unwrap();
+        assert!(load_err(&path).contains("accept"), "{}", load_err(&path));
+    }
+
+    #[test]
+    fn excerpts_keep_short_messages_and_char_boundaries() {
+        assert_eq!(excerpt("short"), "short");
+        let s = "é".repeat(2000);
+        let e = excerpt(&s);
+        assert!(e.len() <= MAX_MESSAGE + 64 && e.contains("bytes cut"), "{e}");
+    }
+
+    #[test]
+    fn rule_names_are_bounded() {
+        let rule = |n: &str| format!("[[rule]]\nname = \"{n}\"\nverdict = \"drop\"\n");
+        assert!(compile(&rule(&"a".repeat(MAX_RULE_NAME)), "t").is_ok());
+        let e = compile(&rule(&"a".repeat(MAX_RULE_NAME + 1)), "t").err().unwrap().to_string();
+        assert!(e.contains("rule name is 256 bytes long; the longest allowed is 255"), "{e}");
+        let e = compile(&rule(&"a".repeat(1 << 20)), "t").err().unwrap().to_string();
+        assert!(e.len() < 1024, "{e}");
+    }
+
+    #[test]
+    fn ids_are_numbers_or_names() {
+        assert_eq!(resolve_id("48", false), Ok(48));
+        assert_eq!(resolve_id("root", false), Ok(0));
+        assert_eq!(resolve_id("root", true), Ok(0));
+        assert!(resolve_id("no-such-user-here", false).unwrap_err().contains("unknown user"));
+        // A name no account can have never reaches NSS (systemd's userdb aborts on very long ones).
+        assert!(resolve_id(&"u".repeat(1 << 20), false).unwrap_err().starts_with("bad user name"));
+        assert!(resolve_id("a b", true).unwrap_err().starts_with("bad group name"));
+    }
 }
