@@ -541,6 +541,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         counters.clone(),
         sink,
     ));
+    // Before the queues: every UDP flow accepted is remembered, and a
+    // socket closed from now on ends its flows' conntrack pass.
+    let watch = Arc::new(crate::flowwatch::FlowWatch::new(crate::flowwatch::DEFAULT_CAPACITY, counters.clone()));
+    let watcher = crate::flowwatch::Watcher::start(watch.clone(), signals.stop.clone())?;
+    engine.watch_flows(watch);
     let cfg = RuntimeConfig {
         queues,
         copy_range: args.copy_range,
@@ -592,6 +597,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::notify::log_err(notify.stopping());
     log::info!("stopping: answering queued packets");
     runtime.join();
+    watcher.join();
     reloads.finish(&engine);
     print_counters(&engine);
     drop(engine);

@@ -55,6 +55,23 @@ pub struct Counters {
     /// the queue thread instead, or (when earlier packets of their flow were
     /// still at that worker) waited for room.
     pub worker_full: AtomicU64,
+    /// UDP flows accepted at INPUT/OUTPUT and remembered, so that their
+    /// conntrack entries are deleted when a socket at their ports goes away
+    /// (`flowwatch`).
+    pub flows_watched: AtomicU64,
+    /// Remembered flows pushed out of the full table (their entries are
+    /// deleted at once).
+    pub flows_evicted: AtomicU64,
+    /// Conntrack entries of remembered flows deleted.
+    pub ct_deleted: AtomicU64,
+    /// Entries to delete that conntrack no longer had (expired, or never
+    /// confirmed).
+    pub ct_gone: AtomicU64,
+    /// Deletes the kernel refused or did not answer.
+    pub ct_delete_errors: AtomicU64,
+    /// Times socket-destroy notifications were lost (every remembered
+    /// flow's entry was then deleted).
+    pub destroy_overruns: AtomicU64,
     pub latency: Latency,
 }
 
@@ -68,7 +85,7 @@ impl Counters {
     }
 
     /// `name value` pairs in a stable order.
-    pub fn pairs(&self) -> [(&'static str, u64); 13] {
+    pub fn pairs(&self) -> [(&'static str, u64); 19] {
         [
             ("packets", Self::get(&self.packets)),
             ("accepted", Self::get(&self.accepted)),
@@ -83,6 +100,12 @@ impl Counters {
             ("audit_kernel_lost", Self::get(&self.audit_kernel_lost)),
             ("offloaded", Self::get(&self.offloaded)),
             ("worker_full", Self::get(&self.worker_full)),
+            ("flows_watched", Self::get(&self.flows_watched)),
+            ("flows_evicted", Self::get(&self.flows_evicted)),
+            ("ct_deleted", Self::get(&self.ct_deleted)),
+            ("ct_gone", Self::get(&self.ct_gone)),
+            ("ct_delete_errors", Self::get(&self.ct_delete_errors)),
+            ("destroy_overruns", Self::get(&self.destroy_overruns)),
         ]
     }
 

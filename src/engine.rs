@@ -29,12 +29,17 @@ pub struct Engine {
     mode_override: Option<Mode>,
     pub counters: Arc<Counters>,
     audit: AuditSink,
+    /// Where accepted UDP flows are remembered (see [`crate::flowwatch`]).
+    flow_watch: std::sync::OnceLock<Arc<crate::flowwatch::FlowWatch>>,
 }
 
 /// Per-thread scratch state (interface-name cache).
 #[derive(Default)]
 pub struct Scratch {
     ifnames: IfNames,
+    /// The UDP flow this thread last remembered (see
+    /// [`FlowWatch::accepted_again`](crate::flowwatch::FlowWatch::accepted_again)).
+    watched: Option<(crate::flowwatch::Flow, u64)>,
 }
 
 impl Engine {
@@ -46,7 +51,20 @@ impl Engine {
         audit: AuditSink,
     ) -> Engine {
         let resolver = factory(&policy);
-        Engine { loaded: ArcSwap::from_pointee(Loaded { policy, resolver }), factory, mode_override, counters, audit }
+        Engine {
+            loaded: ArcSwap::from_pointee(Loaded { policy, resolver }),
+            factory,
+            mode_override,
+            counters,
+            audit,
+            flow_watch: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Remember every UDP flow accepted from now on in `w` (once; later
+    /// calls are ignored).
+    pub fn watch_flows(&self, w: Arc<crate::flowwatch::FlowWatch>) {
+        let _ = self.flow_watch.set(w);
     }
 
     /// The policy in force.
@@ -121,6 +139,7 @@ impl Engine {
         let policy = &loaded.policy;
         let mode = self.mode(policy);
         let ifindex = if meta.outdev != 0 { meta.outdev } else { meta.indev };
+        let watched = input.as_ref().ok().and_then(|(pkt, hook, _)| crate::flowwatch::Flow::of(pkt, *hook));
         let (decision, record) = match input {
             Ok((pkt, hook, labels)) => {
                 let names = std::cell::RefCell::new(&mut scratch.ifnames);
@@ -159,7 +178,13 @@ impl Engine {
             self.audit.submit(r);
         }
         match decision.verdict {
-            Verdict::Accept => Counters::bump(&c.accepted),
+            Verdict::Accept => {
+                Counters::bump(&c.accepted);
+                // Before the verdict is sent: see FlowWatch::accepted.
+                if let (Some(w), Some(f)) = (self.flow_watch.get(), watched) {
+                    w.accepted_again(f, &mut scratch.watched);
+                }
+            }
             Verdict::Drop => Counters::bump(&c.dropped),
         }
         if decision.permissive {

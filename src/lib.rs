@@ -20,6 +20,7 @@ pub mod context;
 pub mod counters;
 pub mod engine;
 pub mod explain;
+pub mod flowwatch;
 pub mod labels;
 pub mod lint;
 pub mod metrics;

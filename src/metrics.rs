@@ -221,6 +221,19 @@ fn render_counters(engine: &Engine, loaded: &Loaded, queues: &[u16]) -> String {
             ("{event=\"full\"}".into(), g(&c.worker_full)),
         ],
     );
+    counter(
+        &mut s,
+        "labelgate_udp_flow_watch_total",
+        "Accepted UDP flows whose conntrack pass ends with their socket: flows remembered, pushed out of the full table, entries deleted, already gone, delete errors, lost socket-destroy notifications.",
+        vec![
+            ("{event=\"watched\"}".into(), g(&c.flows_watched)),
+            ("{event=\"evicted\"}".into(), g(&c.flows_evicted)),
+            ("{event=\"ct_deleted\"}".into(), g(&c.ct_deleted)),
+            ("{event=\"ct_gone\"}".into(), g(&c.ct_gone)),
+            ("{event=\"ct_delete_error\"}".into(), g(&c.ct_delete_errors)),
+            ("{event=\"destroy_overrun\"}".into(), g(&c.destroy_overruns)),
+        ],
+    );
     let kstats: Vec<KernelQueueStats> = queues.iter().filter_map(|q| KernelQueueStats::read(*q)).collect();
     counter(
         &mut s,

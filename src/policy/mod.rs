@@ -653,7 +653,19 @@ impl Policy {
     ) -> Policy {
         let index = Index::build(&rules);
         let digest = PolicyDigest::default();
-        Policy { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope: None, digest, index }
+        Policy {
+            mode,
+            default,
+            malformed,
+            permissive_domains,
+            rules,
+            address_labels,
+            dois,
+            sets,
+            scope: None,
+            digest,
+            index,
+        }
     }
 
     /// Indices of the rules that could match, in rule order.

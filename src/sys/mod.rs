@@ -1,6 +1,7 @@
 //! The one place with `unsafe`: thin, checked wrappers over the libc calls
-//! labelgate needs, and the raw netlink protocols: NFQUEUE ([`nfqueue`]) and
-//! sock_diag exact lookups ([`sockdiag`]).
+//! labelgate needs, and the raw netlink protocols: NFQUEUE ([`nfqueue`]),
+//! sock_diag exact lookups ([`sockdiag`]) and socket-destroy notifications
+//! ([`sockdestroy`]), and conntrack entry deletion ([`ctnetlink`]).
 //!
 //! Each call is wrapped once, with a SAFETY comment; callers get safe
 //! functions returning `io::Result`.
@@ -9,7 +10,9 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 
+pub mod ctnetlink;
 pub mod nfqueue;
+pub mod sockdestroy;
 pub mod sockdiag;
 
 fn sock_opt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {

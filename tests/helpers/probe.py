@@ -4,7 +4,13 @@
 serve-tcp HOST PORT SECONDS          accept and close connections until SECONDS pass
 connect-tcp HOST PORT TIMEOUT        exit 0 if a TCP connection is established
 udp-echo HOST PORT SECONDS           echo datagrams back until SECONDS pass
-udp-ask HOST PORT TIMEOUT            send one datagram, exit 0 if the echo returns
+udp-ask HOST PORT TIMEOUT [SPORT [HOLD]]
+                                     send one datagram (from port SPORT), exit 0 if the echo returns;
+                                     with HOLD, print the outcome and keep the socket HOLD seconds first
+udp-race SPORT HOST PORT SECONDS     bind SPORT as soon as it is free (within SECONDS), then for 1 s send
+                                     a datagram every millisecond and print how many echoes returned and
+                                     the ms from bind to the last one
+tcp-ask HOST PORT TIMEOUT SPORT      connect from port SPORT, exit 0 if established
 udp-sink HOST PORT IDLE OUTFILE [LATEFILE]
                                      count datagrams until IDLE seconds pass without one; with LATEFILE,
                                      also write how many arrived after a later one of the same sender
@@ -66,16 +72,20 @@ def udp_echo(host, port, seconds):
             pass
 
 
-def udp_ask(host, port, timeout):
+def udp_ask(host, port, timeout, sport=None, hold=None):
     s = socket.socket(family(host), socket.SOCK_DGRAM)
     s.settimeout(float(timeout))
+    if sport is not None:
+        s.bind(("::" if ":" in host else "0.0.0.0", int(sport)))
     s.sendto(b"ping", (host, int(port)))
     try:
         s.recvfrom(2048)
     except OSError as e:
-        print(f"no answer: {e}")
+        print(f"no answer: {e}", flush=True)
         return 1
-    print("answered")
+    print("answered", flush=True)
+    if hold is not None:
+        time.sleep(float(hold))
     return 0
 
 
@@ -139,6 +149,54 @@ def udp_flood(host, port, count, seconds, pps="0", flows="1"):
     print(sent)
 
 
+def udp_race(sport, host, port, seconds):
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    end = time.time() + float(seconds)
+    while True:
+        try:
+            s.bind(("::" if ":" in host else "0.0.0.0", int(sport)))
+            break
+        except OSError:
+            if time.time() > end:
+                print("port never free")
+                return 1
+    bound = time.time()
+    print("bound", flush=True)
+    s.setblocking(False)
+    echoes, last = 0, None
+    while time.time() < bound + 1.0:
+        try:
+            s.sendto(b"race", (host, int(port)))
+        except OSError:
+            pass
+        time.sleep(0.001)
+        while True:
+            try:
+                s.recvfrom(2048)
+            except OSError:
+                break
+            echoes += 1
+            last = time.time()
+    window = -1 if last is None else (last - bound) * 1000
+    print(f"echoes={echoes} last_ms={window:.3f}")
+    return 0
+
+
+def tcp_ask(host, port, timeout, sport):
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if ":" in host else "0.0.0.0", int(sport)))
+    s.settimeout(float(timeout))
+    try:
+        s.connect((host, int(port)))
+    except OSError as e:
+        print(f"connect failed: {e}")
+        return 1
+    s.close()
+    print("connected")
+    return 0
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     fn = {
@@ -146,6 +204,8 @@ def main(argv):
         "connect-tcp": connect_tcp,
         "udp-echo": udp_echo,
         "udp-ask": udp_ask,
+        "udp-race": udp_race,
+        "tcp-ask": tcp_ask,
         "udp-sink": udp_sink,
         "udp-flood": udp_flood,
     }[cmd]
