@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install what the tests need, build,
-# run unit and root-only namespace tests (nextest), then the end-to-end
-# scenarios in a throwaway SELinux VM. Run as root. Idempotent.
+# run unit and root-only namespace tests (nextest), check that the fuzz
+# targets build, build the packages, then the end-to-end scenarios in two
+# throwaway SELinux VMs. Run as root. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
@@ -19,5 +20,11 @@ else
   cargo test --locked --no-fail-fast
 fi
 
-echo "== SELinux VM end-to-end scenarios"
+echo "== fuzz targets still build against the library (committed lock)"
+CARGO_TARGET_DIR="$PWD/target/fuzz-check" cargo check --locked --manifest-path fuzz/Cargo.toml
+
+echo "== packages (.deb and RPM)"
+./scripts/package.sh
+
+echo "== SELinux VM end-to-end scenarios (test policy, 9p root)"
 ./vm/e2e.sh "$PWD/target/release/labelgate"
