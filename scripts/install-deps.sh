@@ -13,6 +13,8 @@ PKGS=(
   libnetfilter-queue-dev libmnl-dev
   # packaging checks: systemd-analyze, the SELinux policy module build
   systemd selinux-policy-dev checkpolicy make
+  # audit records against the SELinux tools: secilc, semodule, audit2allow
+  secilc policycoreutils policycoreutils-python-utils
 )
 
 missing=()

@@ -23,7 +23,11 @@ pub fn main() -> i32 {
         Command::Check { file, strict } => check(&file, strict),
         Command::Rules(args) => rules(args),
         Command::Explain(args) => explain(args),
-        Command::Audit2rules { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules(&e))),
+        Command::Audit2rules { files, generalize_levels } => {
+            let levels =
+                if generalize_levels { crate::auditlog::Levels::Generalize } else { crate::auditlog::Levels::AsSeen };
+            read_audit(&files).map(|e| print!("{}", crate::auditlog::audit2rules_with(&e, levels)))
+        }
         Command::WouldBreak { files } => read_audit(&files).map(|e| print!("{}", crate::auditlog::would_break(&e))),
         Command::Man { dir } => man(&dir),
         Command::Completions { shell } => {
@@ -429,7 +433,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::metrics::serve(ep, engine.clone(), cfg.queues.clone()).context("cannot serve metrics")?;
         log::info!("metrics on {ep:?}");
     }
-    log::info!("labelgate running: policy {} mode {:?}", args.policy.display(), mode);
+    log::info!(
+        "labelgate running: policy {} policy={} mode {:?}",
+        args.policy.display(),
+        engine.current().policy.digest,
+        mode
+    );
 
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -440,9 +449,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             match Policy::load(&args.policy) {
                 Ok(p) => {
                     let n = p.rules.len();
+                    let digest = p.digest;
                     engine.replace(p);
                     crate::sys::release_free_heap();
-                    log::info!("reloaded {} ({n} rules)", args.policy.display());
+                    log::info!("reloaded {} ({n} rules) policy={digest}", args.policy.display());
                 }
                 Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
             }

@@ -6,11 +6,15 @@
 //! I/O happen on the writer thread. Nothing is dropped silently: records the
 //! rate limit holds back are counted as suppressed, records that do not fit
 //! the channel or fail to write are counted as lost, and both are logged.
+//! A record is written whole or counted lost, never both: records are
+//! formatted into a buffer and written together, and a write that stops
+//! part way (a full disk) is cut back to the last whole record.
 
 use crate::context::SecurityContext;
 use crate::counters::Counters;
 use crate::labels::{Hook, Label, ProcessInfo};
 use crate::packet::PacketInfo;
+use crate::policy::PolicyDigest;
 use crossbeam_channel::{Receiver, Sender};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -35,6 +39,35 @@ pub enum Outcome {
     Granted,
 }
 
+/// The SELinux object class labelgate's records name (`tclass=`): a
+/// userspace class of its own, declared by packaging/selinux/labelgate_flow.cil,
+/// so that audit2allow proposes rules about labelgate's decisions and not
+/// about the kernel's `packet` class (checked against secmark types).
+pub const CLASS: &str = "labelgate_flow";
+
+/// The permission of [`CLASS`] a decision at `hook` is about: `send` for
+/// packets leaving (output and postrouting, which policy rules with
+/// `hook = "output"` decide), `recv` for packets arriving (input and
+/// prerouting), `forward` for forwarded ones.
+pub fn permission(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Output | Hook::Postrouting => "send",
+        Hook::Input | Hook::Prerouting => "recv",
+        Hook::Forward => "forward",
+    }
+}
+
+/// The word that opens a record's message: `avc:` for denials, which the
+/// SELinux tools read as access vector denials, and `labelgate:` for
+/// grants, which no tool mistakes for one (`audit2allow -w` reports every
+/// `avc:` record it reads as a missing allow rule, granted or not).
+pub fn message_tag(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Denied => "avc:  denied",
+        Outcome::Granted => "labelgate:  granted",
+    }
+}
+
 /// One decision to record.
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -52,7 +85,9 @@ pub struct Record {
     pub dest: Label,
     pub secmark: Option<SecurityContext>,
     pub peer: Option<Label>,
+    /// Owner (uid and gid) of the sending socket, as the kernel gave them.
     pub uid: Option<u32>,
+    pub gid: Option<u32>,
     /// The process owning the source socket.
     pub process: Option<ProcessInfo>,
     /// The process owning the destination socket.
@@ -61,6 +96,8 @@ pub struct Record {
     pub permissive: bool,
     /// Why a packet could not be parsed, for malformed packets.
     pub malformed: Option<&'static str>,
+    /// The digest of the policy that decided.
+    pub policy: PolicyDigest,
 }
 
 impl Record {
@@ -120,18 +157,11 @@ pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -
 }
 
 /// The `avc:  denied  { send } for ...` text inside a USER_AVC record (what
-/// the kernel's audit subsystem wraps itself when sent AUDIT_USER_AVC).
+/// the kernel's audit subsystem wraps itself when sent AUDIT_USER_AVC);
+/// a grant reads `labelgate:  granted  { send } for ...`.
 pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     let mut s = String::with_capacity(512);
-    let _ = write!(
-        s,
-        "avc:  {}  {{ {} }} for ",
-        match r.outcome {
-            Outcome::Denied => "denied",
-            Outcome::Granted => "granted",
-        },
-        r.hook.permission(),
-    );
+    let _ = write!(s, "{}  {{ {} }} for ", message_tag(r.outcome), permission(r.hook));
     if let Some(p) = &r.process {
         let _ = write!(s, " pid={} comm=\"{}\" path=\"{}\"", p.pid, quote_safe(&p.comm), quote_safe(&p.exe));
     }
@@ -161,6 +191,9 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     if let Some(u) = r.uid {
         let _ = write!(s, " ouid={u}");
     }
+    if let Some(g) = r.gid {
+        let _ = write!(s, " ogid={g}");
+    }
     if let Some(m) = &r.secmark {
         let _ = write!(s, " secmark={m}");
     }
@@ -172,28 +205,34 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     }
     let _ = write!(
         s,
-        " slabel={} tlabel={} scontext={} tcontext={} tclass=packet permissive={} rule={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?",
+        " slabel={} tlabel={} scontext={} tcontext={} tclass={CLASS} permissive={} rule={} policy={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?",
         r.source.origin.token(),
         r.dest.origin.token(),
         r.source.context,
         r.dest.context,
         u8::from(r.permissive),
         quote_safe(&r.rule),
+        r.policy,
         quote_safe(&id.exe),
     );
     s
 }
 
-/// Render a record as one JSON object.
+/// Render a record as one JSON object (fields in docs/AUDIT.md). Fields
+/// about labelgate itself are `labelgate_*`, those about the sending
+/// socket's owner `sender_*`, so neither is taken for the other.
 pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
     let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let v = serde_json::json!({
         "time": format!("{}.{:03}", t.as_secs(), t.subsec_millis()),
         "serial": serial,
-        "pid": id.pid,
-        "subj": id.subj,
+        "labelgate_pid": id.pid,
+        "labelgate_subj": id.subj,
+        "labelgate_exe": id.exe,
+        "policy": r.policy.to_string(),
         "outcome": match r.outcome { Outcome::Denied => "denied", Outcome::Granted => "granted" },
-        "perm": r.hook.permission(),
+        "tclass": CLASS,
+        "perm": permission(r.hook),
         "hook": r.hook.to_string(),
         "process": r.process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
         "dest_process": r.dest_process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
@@ -203,7 +242,8 @@ pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) 
         "dest": r.dport,
         "netif": netif,
         "proto": r.proto.map(proto_name),
-        "uid": r.uid,
+        "sender_uid": r.uid,
+        "sender_gid": r.gid,
         "secmark": r.secmark.as_ref().map(|c| c.to_string()),
         "peer": r.peer.as_ref().map(|p| p.context.to_string()),
         "peer_label": r.peer.as_ref().map(|p| p.origin.token()),
@@ -212,10 +252,8 @@ pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) 
         "tlabel": r.dest.origin.token(),
         "scontext": r.source.context.to_string(),
         "tcontext": r.dest.context.to_string(),
-        "tclass": "packet",
         "permissive": u8::from(r.permissive),
         "rule": r.rule,
-        "exe": id.exe,
     });
     v.to_string()
 }
@@ -289,7 +327,7 @@ impl Writer {
     pub fn start(cfg: Config, counters: Arc<Counters>) -> std::io::Result<(AuditSink, Writer)> {
         let out = match &cfg.target {
             None => Output::None,
-            Some(Target::Stdout) => Output::Stdout(std::io::BufWriter::new(std::io::stdout())),
+            Some(Target::Stdout) => Output::Stdout(std::io::stdout()),
             Some(Target::File(p)) => Output::open(p)?,
         };
         let kernel = if cfg.kernel { Some(crate::sys::KernelAudit::open()?) } else { None };
@@ -315,12 +353,14 @@ impl Writer {
     }
 }
 
-/// The open audit output. A file is reopened when it is rotated away (its
-/// path no longer names the open inode), so records land in the new file.
+/// The open audit output, written without a buffer of its own (the
+/// [`Batch`] is the buffer). A file is reopened when it is rotated away
+/// (its path no longer names the open inode), so records land in the new
+/// file.
 enum Output {
     None,
-    Stdout(std::io::BufWriter<std::io::Stdout>),
-    File { path: std::path::PathBuf, file: std::io::BufWriter<std::fs::File>, ino: u64 },
+    Stdout(std::io::Stdout),
+    File { path: std::path::PathBuf, file: std::fs::File, ino: u64 },
 }
 
 impl Output {
@@ -328,22 +368,30 @@ impl Output {
         use std::os::unix::fs::MetadataExt;
         let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let ino = f.metadata()?.ino();
-        Ok(Output::File { path: path.to_path_buf(), file: std::io::BufWriter::new(f), ino })
+        Ok(Output::File { path: path.to_path_buf(), file: f, ino })
     }
 
-    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+    /// One write call; returns how many bytes went out.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Output::None => Ok(()),
-            Output::Stdout(w) => writeln!(w, "{line}"),
-            Output::File { file, .. } => writeln!(file, "{line}"),
+            Output::None => Ok(buf.len()),
+            Output::Stdout(w) => w.write(buf),
+            Output::File { file, .. } => file.write(buf),
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
+    /// Take back the last `n` bytes written (the start of a record that did
+    /// not fit). Only a file can; the file is appended to by this writer
+    /// alone, so its last `n` bytes are those.
+    fn take_back(&mut self, n: u64) -> std::io::Result<()> {
         match self {
-            Output::None => Ok(()),
-            Output::Stdout(w) => w.flush(),
-            Output::File { file, .. } => file.flush(),
+            Output::File { file, .. } => {
+                let len = file.metadata()?.len();
+                file.set_len(len.saturating_sub(n))
+            }
+            Output::Stdout(_) | Output::None => {
+                Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "standard output cannot be cut back"))
+            }
         }
     }
 
@@ -356,9 +404,115 @@ impl Output {
             return Ok(false);
         }
         let path = path.clone();
-        self.flush()?;
         *self = Output::open(&path)?;
         Ok(true)
+    }
+}
+
+/// Records formatted and not yet written: their bytes (each ending in a
+/// newline) and where each record ends.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Write the buffer at most this big in one go.
+const BATCH_BYTES: usize = 64 * 1024;
+
+impl Batch {
+    fn push(&mut self, line: &str) {
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        self.ends.push(self.buf.len());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Write every record, and return how many were written whole and how
+    /// many were lost, with the error that stopped the write. Bytes of a
+    /// record that did not go out whole are cut back from the file, so
+    /// the file holds whole records only.
+    fn write(&mut self, out: &mut Output) -> (u64, u64, Option<std::io::Error>) {
+        let mut done = 0usize;
+        let mut err = None;
+        while done < self.buf.len() {
+            match out.write(self.buf.get(done..).unwrap_or_default()) {
+                Ok(0) => {
+                    err = Some(std::io::Error::new(std::io::ErrorKind::WriteZero, "the output took no bytes"));
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let (whole, boundary) = whole_records(&self.ends, done);
+        if done > boundary {
+            if let Err(e) = out.take_back((done - boundary) as u64) {
+                log::error!("audit: a record was written in part and cannot be cut back: {e}");
+            }
+        }
+        let lost = self.ends.len() - whole;
+        self.buf.clear();
+        self.ends.clear();
+        (whole as u64, lost as u64, err)
+    }
+}
+
+/// Of records ending at `ends`, how many a write of `done` bytes put out
+/// whole, and where the last of them ends.
+fn whole_records(ends: &[usize], done: usize) -> (usize, usize) {
+    let whole = ends.iter().take_while(|&&end| end <= done).count();
+    (whole, whole.checked_sub(1).and_then(|i| ends.get(i)).copied().unwrap_or(0))
+}
+
+/// Write failures, logged at most once a second.
+#[derive(Default)]
+struct Failures {
+    /// When a failure was last logged (kept across writes that succeed, so
+    /// a disk that fails every other write is not logged more often).
+    logged: Option<Instant>,
+    /// Records lost to failed writes since the last write that succeeded.
+    lost: u64,
+}
+
+impl Failures {
+    fn failed(&mut self, lost: u64, e: &std::io::Error) {
+        self.lost += lost;
+        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            log::error!(
+                "audit write failed: {e} ({} record(s) lost so far; counted as audit_lost, logged at most once a second)",
+                self.lost
+            );
+            self.logged = Some(Instant::now());
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.lost > 0 {
+            log::warn!("audit writes succeed again, after {} record(s) lost", self.lost);
+        }
+        self.lost = 0;
+    }
+}
+
+/// Write the batch and count each record written or lost.
+fn flush(out: &mut Output, batch: &mut Batch, c: &Counters, failures: &mut Failures) {
+    if batch.is_empty() {
+        return;
+    }
+    let (written, lost, err) = batch.write(out);
+    c.audit_written.fetch_add(written, Ordering::Relaxed);
+    c.audit_lost.fetch_add(lost, Ordering::Relaxed);
+    match err {
+        Some(e) => failures.failed(lost, &e),
+        None => failures.succeeded(),
     }
 }
 
@@ -379,19 +533,8 @@ fn write_loop(
     let mut in_window: u32 = 0;
     let mut suppressed_in_window: u64 = 0;
     let mut lost_reported = 0u64;
-    // Lines in the buffer, counted as written once a flush succeeds.
-    let mut pending: u64 = 0;
-    let flush = |out: &mut Output, pending: &mut u64| match out.flush() {
-        Ok(()) => {
-            c.audit_written.fetch_add(*pending, std::sync::atomic::Ordering::Relaxed);
-            *pending = 0;
-        }
-        Err(e) => {
-            c.audit_lost.fetch_add(*pending, std::sync::atomic::Ordering::Relaxed);
-            *pending = 0;
-            log::error!("audit write failed: {e}");
-        }
-    };
+    let mut batch = Batch::default();
+    let mut failures = Failures::default();
     loop {
         if closing.load(std::sync::atomic::Ordering::SeqCst) && rx.is_empty() {
             break;
@@ -408,6 +551,7 @@ fn write_loop(
             if suppressed_in_window > 0 {
                 log::warn!("audit rate limit: suppressed {suppressed_in_window} records in the last second");
             }
+            flush(&mut out, &mut batch, &c, &mut failures);
             let lost = Counters::get(&c.audit_lost);
             if lost > lost_reported {
                 log::warn!("audit: {} records lost (writer behind or write failed)", lost - lost_reported);
@@ -416,7 +560,6 @@ fn write_loop(
             window = Instant::now();
             in_window = 0;
             suppressed_in_window = 0;
-            flush(&mut out, &mut pending);
             match out.follow_rotation() {
                 Ok(true) => log::info!("audit file was rotated; writing to the new file"),
                 Ok(false) => {}
@@ -424,7 +567,7 @@ fn write_loop(
             }
         }
         let Some(r) = r else {
-            flush(&mut out, &mut pending);
+            flush(&mut out, &mut batch, &c, &mut failures);
             continue;
         };
         if cfg.rate > 0 && in_window >= cfg.rate {
@@ -435,10 +578,6 @@ fn write_loop(
         in_window += 1;
         serial += 1;
         let netif = names.name(r.ifindex);
-        let line = match cfg.format {
-            Format::Avc => format_avc(&r, &id, serial, netif.as_deref()),
-            Format::Json => format_json(&r, &id, serial, netif.as_deref()),
-        };
         if let Some(k) = &kernel {
             if let Err(e) = k.send_user_avc(&avc_message(&r, &id, netif.as_deref())) {
                 Counters::bump(&c.audit_kernel_lost);
@@ -451,26 +590,25 @@ fn write_loop(
             }
             continue;
         }
-        match out.write_line(&line) {
-            Ok(()) => pending += 1,
-            Err(e) => {
-                Counters::bump(&c.audit_lost);
-                log::error!("audit write failed: {e}");
-            }
-        }
-        if rx.is_empty() {
-            flush(&mut out, &mut pending);
+        let line = match cfg.format {
+            Format::Avc => format_avc(&r, &id, serial, netif.as_deref()),
+            Format::Json => format_json(&r, &id, serial, netif.as_deref()),
+        };
+        batch.push(&line);
+        if rx.is_empty() || batch.buf.len() >= BATCH_BYTES {
+            flush(&mut out, &mut batch, &c, &mut failures);
         }
     }
-    flush(&mut out, &mut pending);
+    flush(&mut out, &mut batch, &c, &mut failures);
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::labels::Origin;
 
-    fn record() -> Record {
+    /// A denial of httpd_t -> postgresql_t at output, for tests.
+    pub(crate) fn record() -> Record {
         Record {
             time: UNIX_EPOCH + Duration::from_millis(1_764_100_000_123),
             outcome: Outcome::Denied,
@@ -486,11 +624,13 @@ mod tests {
             secmark: None,
             peer: None,
             uid: Some(48),
+            gid: None,
             process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into() }),
             dest_process: None,
             rule: "db-port-others".into(),
             permissive: true,
             malformed: None,
+            policy: PolicyDigest::of(b"mode = \"permissive\"\n"),
         }
     }
 
@@ -506,9 +646,26 @@ mod tests {
             "type=USER_AVC msg=audit(1764100000.123:42): pid=99 uid=0 auid=4294967295 ses=4294967295 subj=unconfined \
              msg='avc:  denied  { send } for  pid=1234 comm=\"psql\" path=\"/usr/bin/psql\" src_addr=127.0.0.1 src=43210 \
              dst_addr=127.0.0.1 dest=5432 netif=lo proto=6 ouid=48 slabel=socket tlabel=socket \
-             scontext=system_u:system_r:httpd_t:s0 tcontext=system_u:system_r:postgresql_t:s0 tclass=packet \
-             permissive=1 rule=db-port-others exe=\"/usr/sbin/labelgate\" sauid=0 hostname=? addr=? terminal=?'"
+             scontext=system_u:system_r:httpd_t:s0 tcontext=system_u:system_r:postgresql_t:s0 tclass=labelgate_flow \
+             permissive=1 rule=db-port-others policy=sha256:716159393d62e3f6 exe=\"/usr/sbin/labelgate\" sauid=0 \
+             hostname=? addr=? terminal=?'"
         );
+    }
+
+    #[test]
+    fn grants_are_not_avc_messages_and_carry_the_gid() {
+        let mut r = record();
+        r.outcome = Outcome::Granted;
+        r.hook = Hook::Forward;
+        r.gid = Some(70);
+        let line = format_avc(&r, &id(), 43, None);
+        assert!(line.contains(" msg='labelgate:  granted  { forward } for "), "{line}");
+        assert!(!line.contains("avc:"), "{line}");
+        assert!(line.contains(" ouid=48 ogid=70 "), "{line}");
+        // Each hook's permission of the class.
+        let perms: Vec<&str> =
+            [Hook::Prerouting, Hook::Input, Hook::Forward, Hook::Output, Hook::Postrouting].map(permission).to_vec();
+        assert_eq!(perms, ["recv", "recv", "forward", "send", "send"]);
     }
 
     #[test]
@@ -532,6 +689,71 @@ mod tests {
         assert_eq!(v["permissive"], 1);
         assert_eq!(v["process"]["comm"], "psql");
         assert_eq!(v["serial"], 7);
+        assert_eq!(v["tclass"], "labelgate_flow");
+        assert_eq!(v["policy"], "sha256:716159393d62e3f6");
+        // labelgate's own pid and the sender's uid cannot be taken for
+        // each other.
+        assert_eq!((v["labelgate_pid"].as_u64(), v["sender_uid"].as_u64()), (Some(99), Some(48)));
+        assert!(v.get("pid").is_none() && v.get("uid").is_none(), "{v}");
+        assert!(v["sender_gid"].is_null());
+        let mut r = record();
+        r.gid = Some(70);
+        let v: serde_json::Value = serde_json::from_str(&format_json(&r, &id(), 8, None)).unwrap();
+        assert_eq!(v["sender_gid"], 70);
+        // Every field docs/AUDIT.md lists, and no other.
+        let doc = include_str!("../docs/AUDIT.md");
+        let json_part = doc.split("## JSON lines").nth(1).and_then(|d| d.split("\n## ").next()).unwrap();
+        let documented: Vec<&str> = json_part
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| l.split('|').nth(1).unwrap().split(',').map(|f| f.trim().trim_matches('`')))
+            .collect();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut documented_sorted = documented.clone();
+        keys.sort_unstable();
+        documented_sorted.sort_unstable();
+        assert_eq!(keys, documented_sorted, "the JSON fields and those docs/AUDIT.md lists");
+    }
+
+    #[test]
+    fn a_write_that_stops_part_way_is_cut_back_to_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut out = Output::open(&path).unwrap();
+        let mut b = Batch::default();
+        b.push("first");
+        b.push("second");
+        b.push("third");
+        assert_eq!(b.ends, [6, 13, 19]);
+        // Where a write that stopped after `done` bytes is cut back to.
+        assert_eq!(whole_records(&b.ends, 0), (0, 0));
+        assert_eq!(whole_records(&b.ends, 5), (0, 0));
+        assert_eq!(whole_records(&b.ends, 6), (1, 6));
+        assert_eq!(whole_records(&b.ends, 15), (2, 13));
+        assert_eq!(whole_records(&b.ends, 19), (3, 19));
+        assert_eq!(b.write(&mut out).0, 3);
+        // A record that went out in part is taken back.
+        out.write(b"fou").unwrap();
+        out.take_back(3).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\nsecond\nthird\n");
+    }
+
+    #[test]
+    fn write_failures_are_logged_at_most_once_a_second() {
+        let mut f = Failures::default();
+        let e = std::io::Error::from_raw_os_error(28);
+        f.failed(3, &e);
+        let first = f.logged;
+        assert!(first.is_some());
+        f.failed(2, &e);
+        assert_eq!(f.logged, first, "a second failure within the second is not logged");
+        assert_eq!(f.lost, 5);
+        f.succeeded();
+        f.failed(1, &e);
+        assert_eq!((f.lost, f.logged), (1, first), "not even after a write that succeeded");
+        f.logged = first.and_then(|t| t.checked_sub(Duration::from_secs(1)));
+        f.failed(1, &e);
+        assert!(f.logged > first, "logged again a second later");
     }
 
     #[test]
@@ -596,13 +818,11 @@ mod rotation_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
         let mut out = Output::open(&path).unwrap();
-        out.write_line("one").unwrap();
-        out.flush().unwrap();
+        out.write(b"one\n").unwrap();
         assert!(!out.follow_rotation().unwrap());
         std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
         assert!(out.follow_rotation().unwrap());
-        out.write_line("two").unwrap();
-        out.flush().unwrap();
+        out.write(b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         assert_eq!(std::fs::read_to_string(dir.path().join("a.log.1")).unwrap(), "one\n");
 
@@ -640,11 +860,13 @@ mod rotation_tests {
             secmark: None,
             peer: None,
             uid: None,
+            gid: None,
             process: None,
             dest_process: None,
             rule: "r".into(),
             permissive: false,
             malformed: None,
+            policy: PolicyDigest::of(b"mode = \"permissive\"\n"),
         }
     }
 }

@@ -2,7 +2,11 @@
 //! `audit2rules` and `would-break`.
 //!
 //! Audit files are input like any other: lines that are not labelgate
-//! records are skipped and counted, never a panic.
+//! records are skipped and counted, never a panic. Records of both classes
+//! are read: `tclass=labelgate_flow` (permissions `send`, `recv`,
+//! `forward`) and the `tclass=packet` of older versions (`send`, `recv`,
+//! `forward_in`, `forward_out`); grants written `labelgate:  granted` and
+//! the older `avc:  granted`.
 
 use crate::context::SecurityContext;
 use crate::packet::Proto;
@@ -13,7 +17,8 @@ use std::fmt::Write as _;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub denied: bool,
-    /// `send`, `recv`, `forward_in`, `forward_out`.
+    /// `send`, `recv`, `forward` (and `forward_in`, `forward_out` in
+    /// records of older versions).
     pub perm: String,
     pub scontext: SecurityContext,
     pub tcontext: SecurityContext,
@@ -25,14 +30,15 @@ pub struct Entry {
 
 impl Entry {
     /// The policy hook that matches where the permission was recorded
-    /// (`Hook::permission`): `send` at OUTPUT and `forward_out` at
-    /// POSTROUTING are both `output`, `recv` is `input`, `forward_in` is
-    /// `forward`; a permission labelgate does not write is `any`.
+    /// (`audit::permission`): `send` (and the older `forward_out` at
+    /// POSTROUTING) is `output`, `recv` is `input`, `forward` (older:
+    /// `forward_in`) is `forward`; a permission labelgate does not write
+    /// is `any`.
     pub fn hook(&self) -> &'static str {
         match self.perm.as_str() {
             "send" | "forward_out" => "output",
             "recv" => "input",
-            "forward_in" => "forward",
+            "forward" | "forward_in" => "forward",
             _ => "any",
         }
     }
@@ -73,18 +79,33 @@ fn fields(s: &str) -> Vec<(&str, &str)> {
     out
 }
 
+/// The classes labelgate's records name: its own, and the one older
+/// versions wrote.
+fn labelgate_class(c: &str) -> bool {
+    c == crate::audit::CLASS || c == "packet"
+}
+
 fn parse_avc(line: &str) -> Option<Entry> {
-    let body = line.split_once("msg='avc:")?.1;
+    // Denials (and older grants) are `avc:` messages, grants `labelgate:`.
+    let (tag, body) = match (line.split_once("msg='avc:"), line.split_once("msg='labelgate:")) {
+        (Some((a, b)), Some((l, _))) if a.len() < l.len() => ("avc", b),
+        (_, Some((_, b))) => ("labelgate", b),
+        (Some((_, b)), None) => ("avc", b),
+        (None, None) => return None,
+    };
     let body = body.strip_suffix('\'').unwrap_or(body);
-    let denied = match body.split_whitespace().next()? {
-        "denied" => true,
-        "granted" => false,
+    let denied = match (tag, body.split_whitespace().next()?) {
+        ("avc", "denied") => true,
+        (_, "granted") => false,
         _ => return None,
     };
     let perm = body.split_once('{')?.1.split_once('}')?.0.trim().to_string();
     let after = body.split_once('}')?.1;
     let f = fields(after);
     let get = |k: &str| f.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    if !labelgate_class(get("tclass")?) {
+        return None;
+    }
     Some(Entry {
         denied,
         perm,
@@ -100,6 +121,9 @@ fn parse_avc(line: &str) -> Option<Entry> {
 fn parse_json(line: &str) -> Option<Entry> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+    if v.get("tclass").is_some_and(|c| !c.as_str().is_some_and(labelgate_class)) {
+        return None;
+    }
     let proto = match s("proto") {
         Some("tcp") => Some(Proto::Tcp),
         Some("udp") => Some(Proto::Udp),
@@ -158,14 +182,57 @@ fn key(e: &Entry) -> Key {
     )
 }
 
+/// What `audit2rules` does with the MLS levels the records carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Levels {
+    /// Each proposed rule requires the low (effective) levels seen, on each
+    /// side that had one (`source_level = "= s1:c5,c7"`): a rule proposed
+    /// from what `nginx_t:s1:c5,c7` did does not let `nginx_t:s0` through.
+    #[default]
+    AsSeen,
+    /// No level conditions: one rule per type pair, whatever the levels
+    /// (`--generalize-levels`).
+    Generalize,
+}
+
+/// A proposal's group: hook, source and dest types, protocol and port, and
+/// the source and dest low levels when they are kept.
+type ProposalKey = (String, String, String, Option<String>, Option<u16>, Option<String>, Option<String>);
+
+fn low_level(c: &SecurityContext) -> Option<String> {
+    c.range().map(|r| r.low().to_string())
+}
+
+/// A level as part of a rule name: itself when short, else a digest of it
+/// (a level with many categories would make a very long name).
+fn level_in_name(level: &str) -> String {
+    if level.len() <= 32 {
+        level.to_string()
+    } else {
+        let d = crate::policy::PolicyDigest::of(level.as_bytes()).to_string();
+        format!("level-{}", d.trim_start_matches("sha256:"))
+    }
+}
+
 /// Propose policy rules that would accept the denials, grouped and
 /// deduplicated by hook, source type, destination type, protocol and port
 /// (most frequent first), as TOML ready to paste before the deny rules.
+/// Levels seen are kept as conditions ([`Levels::AsSeen`]).
 pub fn audit2rules(entries: &[Entry]) -> String {
+    audit2rules_with(entries, Levels::AsSeen)
+}
+
+/// [`audit2rules`], with the levels kept or dropped as `levels` says.
+pub fn audit2rules_with(entries: &[Entry], levels: Levels) -> String {
     type Group = (usize, std::collections::BTreeSet<String>, std::collections::BTreeSet<u8>);
-    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
+    let mut groups: BTreeMap<ProposalKey, Group> = BTreeMap::new();
     for e in entries.iter().filter(|e| e.denied) {
-        let g = groups.entry(key(e)).or_default();
+        let (hook, st, tt, proto, port) = key(e);
+        let (sl, dl) = match levels {
+            Levels::AsSeen => (low_level(&e.scontext), low_level(&e.tcontext)),
+            Levels::Generalize => (None, None),
+        };
+        let g = groups.entry((hook, st, tt, proto, port, sl, dl)).or_default();
         g.0 += 1;
         g.1.insert(e.rule.clone());
         if let Some(Proto::Other(n)) = e.proto {
@@ -178,7 +245,7 @@ pub fn audit2rules(entries: &[Entry]) -> String {
     if v.is_empty() {
         s.push_str("# no denials found\n");
     }
-    for ((hook, st, tt, proto, dport), (n, rules, unnamed)) in v {
+    for ((hook, st, tt, proto, dport, sl, dl), (n, rules, unnamed)) in v {
         // Rule names come from the log: escaped, so that no control
         // character (a newline least of all) can end the comment and put
         // text of the log's choosing into the proposal.
@@ -192,7 +259,17 @@ pub fn audit2rules(entries: &[Entry]) -> String {
                 list.join(", ")
             );
         }
-        let mut name = format!("allow-{st}-to-{tt}");
+        if sl.is_some() || dl.is_some() {
+            let side = |what: &str, l: &Option<String>| l.as_ref().map(|l| format!("{what} {l}"));
+            let seen: Vec<String> = [side("source", &sl), side("dest", &dl)].into_iter().flatten().collect();
+            let _ = writeln!(
+                s,
+                "# levels as seen: {}; the rule requires these low levels (--generalize-levels drops them)",
+                seen.join(", ")
+            );
+        }
+        let at = |l: &Option<String>| l.as_deref().map(|l| format!("@{}", level_in_name(l))).unwrap_or_default();
+        let mut name = format!("allow-{st}{}-to-{tt}{}", at(&sl), at(&dl));
         if let Some(p) = &proto {
             name.push('-');
             name.push_str(p);
@@ -202,6 +279,12 @@ pub fn audit2rules(entries: &[Entry]) -> String {
         }
         let _ = write!(name, "-{hook}");
         let _ = writeln!(s, "[[rule]]\nname = \"{name}\"\nhook = \"{hook}\"\nsource = \"{st}\"\ndest = \"{tt}\"");
+        if let Some(l) = &sl {
+            let _ = writeln!(s, "source_level = \"= {l}\"");
+        }
+        if let Some(l) = &dl {
+            let _ = writeln!(s, "dest_level = \"= {l}\"");
+        }
         if let Some(p) = proto {
             let _ = writeln!(s, "proto = \"{p}\"");
             if let Some(d) = dport {
@@ -269,7 +352,14 @@ mod tests {
         let text = format!("{DENY}\n{DENY}\n{other}\n");
         let (v, _) = parse_text(&text);
         let out = audit2rules(&v);
-        assert!(out.starts_with("# 2 denial(s), denied by: db-port-others\n[[rule]]\nname = \"allow-httpd_t-to-postgresql_t-tcp-5432-output\""), "{out}");
+        assert!(
+            out.starts_with(
+                "# 2 denial(s), denied by: db-port-others\n\
+                 # levels as seen: source s0, dest s0; the rule requires these low levels (--generalize-levels drops them)\n\
+                 [[rule]]\nname = \"allow-httpd_t@s0-to-postgresql_t@s0-tcp-5432-output\""
+            ),
+            "{out}"
+        );
         assert_eq!(out.matches("[[rule]]").count(), 2);
         let p = crate::policy::Policy::from_toml(&out, "proposed").unwrap();
         assert_eq!(p.rules.len(), 2);
@@ -306,6 +396,121 @@ mod tests {
                 assert!(r.dport.get().is_none(), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn reads_the_labelgate_flow_class_and_both_forms_of_grant() {
+        let new = DENY.replace("tclass=packet", "tclass=labelgate_flow");
+        let e = parse_line(&new).unwrap();
+        assert!(e.denied);
+        let grant = new.replace("msg='avc:  denied", "msg='labelgate:  granted");
+        let e = parse_line(&grant).unwrap();
+        assert!(!e.denied);
+        let old_grant = DENY.replace("avc:  denied", "avc:  granted");
+        assert!(!parse_line(&old_grant).unwrap().denied);
+        // No denial is read from a `labelgate:` message, and no other
+        // object manager's USER_AVC is taken for labelgate's.
+        assert_eq!(parse_line(&new.replace("msg='avc:", "msg='labelgate:")), None);
+        assert_eq!(parse_line(&DENY.replace("tclass=packet", "tclass=dbus")), None);
+        let fwd = new.replace("{ send }", "{ forward }");
+        assert_eq!(parse_line(&fwd).unwrap().hook(), "forward");
+        let j = r#"{"outcome":"denied","perm":"forward","tclass":"labelgate_flow","scontext":"u:r:a_t:s0","tcontext":"u:r:b_t:s0","permissive":0,"rule":"r"}"#;
+        assert_eq!(parse_line(j).unwrap().hook(), "forward");
+        assert_eq!(parse_line(&j.replace("labelgate_flow", "dbus")), None);
+    }
+
+    /// What the writer writes, the reader reads, in both formats and for
+    /// both outcomes, at every hook.
+    #[test]
+    fn reads_what_the_writer_writes() {
+        use crate::audit::{format_avc, format_json, Identity, Outcome};
+        use crate::labels::{Hook, Label, Origin};
+        let id = Identity { pid: 9, subj: "unconfined".into(), exe: "/usr/sbin/labelgate".into() };
+        for outcome in [Outcome::Denied, Outcome::Granted] {
+            for (hook, expect) in [
+                (Hook::Output, "output"),
+                (Hook::Postrouting, "output"),
+                (Hook::Input, "input"),
+                (Hook::Prerouting, "input"),
+                (Hook::Forward, "forward"),
+            ] {
+                let mut r = crate::audit::tests::record();
+                r.outcome = outcome;
+                r.hook = hook;
+                r.source = Label { context: "u:r:a_t:s1:c5,c7".parse().unwrap(), origin: Origin::Socket };
+                r.dest = Label { context: "u:r:b_t:s1:c5".parse().unwrap(), origin: Origin::Socket };
+                for line in [format_avc(&r, &id, 1, Some("lo")), format_json(&r, &id, 1, None)] {
+                    let e = parse_line(&line).unwrap_or_else(|| panic!("{line}"));
+                    assert_eq!(e.denied, outcome == Outcome::Denied, "{line}");
+                    assert_eq!((e.hook(), e.dport, e.proto), (expect, Some(5432), Some(Proto::Tcp)), "{line}");
+                    assert_eq!(e.scontext, r.source.context);
+                    assert_eq!(e.tcontext, r.dest.context);
+                }
+            }
+        }
+    }
+
+    /// Issue 14 item 7: a permissive run that saw only
+    /// nginx_t:s1:c5,c7 -> mysqld_t:s1:c5 must not propose a rule that lets
+    /// nginx_t:s0 through.
+    #[test]
+    fn proposals_keep_the_levels_seen_unless_generalized() {
+        use crate::labels::{Label, Labels, Origin};
+        use crate::policy::{Facts, Mode, Verdict};
+        let line = DENY
+            .replace("httpd_t:s0", "nginx_t:s1:c5,c7")
+            .replace("postgresql_t:s0", "mysqld_t:s1:c5")
+            .replace("dest=5432", "dest=3306");
+        let (v, _) = parse_text(&line);
+        let decide = |text: &str, source: &str| {
+            let p = crate::policy::Policy::from_toml(text, "proposal").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let pkt = crate::packet::PacketInfo {
+                src: std::net::Ipv4Addr::LOCALHOST.into(),
+                dst: std::net::Ipv4Addr::LOCALHOST.into(),
+                proto: Proto::Tcp,
+                sport: Some(40000),
+                dport: Some(3306),
+                icmp: None,
+                tcp_syn: true,
+                label_option: None,
+            };
+            let mut l = Labels::unresolved("test");
+            l.source = Label { context: source.parse().unwrap(), origin: Origin::Socket };
+            l.dest = Label { context: "system_u:system_r:mysqld_t:s1:c5".parse().unwrap(), origin: Origin::Socket };
+            let none = || None::<String>;
+            let f = Facts { hook: crate::labels::Hook::Output, pkt: &pkt, labels: &l, iif: &none, oif: &none };
+            p.decide(&f, Mode::Enforcing).verdict
+        };
+        let out = audit2rules(&v);
+        assert!(out.contains("# levels as seen: source s1:c5,c7, dest s1:c5;"), "{out}");
+        assert!(out.contains("source_level = \"= s1:c5,c7\"\ndest_level = \"= s1:c5\"\n"), "{out}");
+        let with_default_drop = format!("default = \"drop\"\n{out}");
+        assert_eq!(decide(&with_default_drop, "system_u:system_r:nginx_t:s1:c5,c7"), Verdict::Accept);
+        assert_eq!(decide(&with_default_drop, "system_u:system_r:nginx_t:s0"), Verdict::Drop);
+        assert_eq!(decide(&with_default_drop, "system_u:system_r:nginx_t:s1:c5"), Verdict::Drop);
+        // Generalised: types alone.
+        let out = audit2rules_with(&v, Levels::Generalize);
+        assert!(!out.contains("level"), "{out}");
+        let with_default_drop = format!("default = \"drop\"\n{out}");
+        assert_eq!(decide(&with_default_drop, "system_u:system_r:nginx_t:s0"), Verdict::Accept);
+        // The same types at two levels: two rules with distinct names; a
+        // context without MLS part gives no level condition.
+        let other = line.replace("nginx_t:s1:c5,c7", "nginx_t:s0");
+        let plain = line.replace("nginx_t:s1:c5,c7", "nginx_t").replace("mysqld_t:s1:c5", "mysqld_t");
+        let (v, _) = parse_text(&format!("{line}\n{other}\n{plain}\n"));
+        let out = audit2rules(&v);
+        let p = crate::policy::Policy::from_toml(&out, "p").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(p.rules.len(), 3, "{out}");
+        assert!(out.contains("name = \"allow-nginx_t-to-mysqld_t-tcp-3306-output\"\nhook"), "{out}");
+        assert_eq!(audit2rules_with(&v, Levels::Generalize).matches("[[rule]]").count(), 1);
+        // A long category list is named by a digest, not spelt out.
+        let cats: Vec<String> = (0..200).step_by(2).map(|c| format!("c{c}")).collect();
+        let long = line.replace("s1:c5,c7", &format!("s1:{}", cats.join(",")));
+        let (v, _) = parse_text(&long);
+        let out = audit2rules(&v);
+        let name = out.lines().find(|l| l.starts_with("name = ")).unwrap();
+        assert!(name.len() < 100 && name.contains("@level-"), "{name}");
+        crate::policy::Policy::from_toml(&out, "p").unwrap_or_else(|e| panic!("{e}\n{out}"));
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub enum Command {
     Audit2rules {
         /// Audit files (USER_AVC or JSON lines); none: standard input.
         files: Vec<PathBuf>,
+        /// Propose rules on types alone. By default a record whose contexts
+        /// carry MLS levels yields a rule requiring the low levels seen
+        /// (source_level/dest_level "= LEVEL").
+        #[arg(long)]
+        generalize_levels: bool,
     },
     /// Summarise what switching to enforcing would block, from permissive audit records.
     WouldBreak {

@@ -142,6 +142,7 @@ impl Engine {
                     let mut labels = Labels::unresolved("malformed");
                     labels.secmark = crate::labels::secmark_context(meta);
                     labels.uid = meta.uid;
+                    labels.gid = meta.gid;
                     let mut r = base_record(hook.unwrap_or(Hook::Input), ifindex, labels, &d, policy);
                     r.malformed = Some(why);
                     r.rule = "malformed".into();
@@ -224,9 +225,11 @@ fn base_record(hook: Hook, ifindex: u32, labels: Labels, d: &Decision, policy: &
         secmark: labels.secmark,
         peer: labels.peer,
         uid: labels.uid,
+        gid: labels.gid,
         rule: policy.rule_name(d.rule).to_string(),
         permissive: d.permissive,
         malformed: None,
+        policy: policy.digest,
     }
 }
 

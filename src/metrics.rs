@@ -81,6 +81,11 @@ fn render_counters(engine: &Engine, loaded: &Loaded, queues: &[u16]) -> String {
         }
     };
     let g = Counters::get;
+    let _ = writeln!(
+        s,
+        "# HELP labelgate_policy_info The running policy: its digest (sha256: and the first 16 hex digits of the file's SHA-256).\n# TYPE labelgate_policy_info gauge\nlabelgate_policy_info{{policy=\"{}\"}} 1",
+        loaded.policy.digest
+    );
     counter(
         &mut s,
         "labelgate_packets_total",

@@ -312,7 +312,63 @@ pub struct Policy {
     /// The `[[scope]]` entries; `None` when the policy declares none (it
     /// then governs every packet queued to it).
     pub scope: Option<Vec<ScopeEntry>>,
+    /// Digest of the policy text as loaded, put in every record, the
+    /// metrics and the start and reload log lines.
+    pub digest: PolicyDigest,
     index: Index,
+}
+
+/// The first 8 bytes of the SHA-256 of a policy file's bytes as loaded,
+/// printed `sha256:<16 hex digits>`: enough to tell apart the policies a
+/// fleet of hosts enforces (`sha256sum FILE | cut -c1-16` gives the same
+/// digits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyDigest([u8; 8]);
+
+impl PolicyDigest {
+    /// The digest of policy bytes.
+    pub fn of(bytes: &[u8]) -> PolicyDigest {
+        use sha2::Digest as _;
+        let full = sha2::Sha256::digest(bytes);
+        let mut d = [0u8; 8];
+        d.iter_mut().zip(full.iter()).for_each(|(a, b)| *a = *b);
+        PolicyDigest(d)
+    }
+
+    /// The digest of a regular file's bytes, read in pieces (a policy of
+    /// 100,000 rules is never held whole for it).
+    fn of_file(file: &mut std::fs::File) -> std::io::Result<PolicyDigest> {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.update(buf.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let full = h.finalize();
+        let mut d = [0u8; 8];
+        d.iter_mut().zip(full.iter()).for_each(|(a, b)| *a = *b);
+        Ok(PolicyDigest(d))
+    }
+}
+
+impl fmt::Display for PolicyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// What identifies one version of a file without reading it: a change of
+/// contents between two of these changes the modification or change time.
+fn file_version(m: &std::fs::Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
 }
 
 /// Rules grouped by the types their source and destination patterns name, so
@@ -551,13 +607,38 @@ impl<const N: usize> Iterator for Merged<'_, N> {
 
 impl Policy {
     /// Read and compile a policy file.
+    ///
+    /// The file is compiled, then its digest taken; a file that changed
+    /// meanwhile (another version: times, size or inode differ before the
+    /// compile and after the digest) is loaded again, at most three times,
+    /// so the digest is always of the bytes compiled.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        parse::load(path)
+        for _ in 0..3 {
+            let before = std::fs::metadata(path).map_err(|e| PolicyError::io(path, e))?;
+            let mut p = parse::load(path)?;
+            if !before.is_file() {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+                return Err(PolicyError::io(path, e));
+            }
+            let mut f = std::fs::File::open(path).map_err(|e| PolicyError::io(path, e))?;
+            let read = f.metadata().map_err(|e| PolicyError::io(path, e))?;
+            let digest = PolicyDigest::of_file(&mut f).map_err(|e| PolicyError::io(path, e))?;
+            let after = f.metadata().map_err(|e| PolicyError::io(path, e))?;
+            if file_version(&before) == file_version(&read) && file_version(&read) == file_version(&after) {
+                p.digest = digest;
+                return Ok(p);
+            }
+        }
+        let e = std::io::Error::new(std::io::ErrorKind::Interrupted, "the file kept changing while it was loaded");
+        Err(PolicyError::io(path, e))
     }
 
-    /// Compile policy text; `origin` names it in error messages.
+    /// Compile policy text; `origin` names it in error messages. The
+    /// digest is of `text`.
     pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        parse::compile(text, origin)
+        let mut p = parse::compile(text, origin)?;
+        p.digest = PolicyDigest::of(text.as_bytes());
+        Ok(p)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -572,7 +653,8 @@ impl Policy {
         sets: HashMap<String, Vec<String>>,
     ) -> Policy {
         let index = Index::build(&rules);
-        Policy { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope: None, index }
+        let digest = PolicyDigest::default();
+        Policy { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope: None, digest, index }
     }
 
     /// Indices of the rules that could match, in rule order.
@@ -672,3 +754,21 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_of_the_bytes_loaded() {
+        // `printf 'mode = "permissive"\n' | sha256sum | cut -c1-16`
+        let text = "mode = \"permissive\"\n";
+        assert_eq!(Policy::from_toml(text, "t").unwrap().digest.to_string(), "sha256:716159393d62e3f6");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
+        std::fs::write(&path, "mode = \"permissive\"\n\n").unwrap();
+        assert_ne!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
+    }
+}

@@ -158,7 +158,7 @@ queue_in() { iptables -A INPUT -i lo -p tcp -m multiport --dports "$1" -j NFQUEU
 # avc_lines FILE OUTCOME PERM SCTX TCTX: the audit lines of FILE recording
 # OUTCOME (denied|granted) { PERM } from SCTX to TCTX.
 avc_lines() {
-  grep -E "avc: +$2 +\{ $3 \}" "$1" 2>/dev/null \
+  grep -E "(avc|labelgate): +$2 +\{ $3 \}" "$1" 2>/dev/null \
     | grep -F "scontext=$4 " | grep -F "tcontext=$5 " || true
 }
 
@@ -174,7 +174,7 @@ check_avc() {
 # audit_digest FILE: a one-line summary of what FILE does hold.
 audit_digest() {
   [ -s "$1" ] || { echo "file empty"; return; }
-  echo "$(wc -l <"$1") lines; distinct: $(grep -oE 'avc: +[a-z]+ +\{ [a-z]+ \}|scontext=[^ ]+ tcontext=[^ ]+|permissive=[01] rule=[^ ]+' "$1" \
+  echo "$(wc -l <"$1") lines; distinct: $(grep -oE '(avc|labelgate): +[a-z]+ +\{ [a-z]+ \}|scontext=[^ ]+ tcontext=[^ ]+|permissive=[01] rule=[^ ]+' "$1" \
     | tr -s ' ' | sort | uniq -c | sort -rn | head -n 6 | awk '{c=$1; $1=""; printf "%s x%s;", $0, c}')"
 }
 check_no_avc() {

@@ -73,11 +73,11 @@ compare() {
   sport="$(ss_field "$pid" sport)"; proc="$(ss_field "$pid" proc_ctx)"; sock="$(ss_field "$pid" sock_ctx)"
   log "$tag: ss pid=$pid sport=$sport proc_ctx=$proc sock_ctx=$sock"
   if [ -z "$sport" ]; then fail "$tag-ss" "ss shows no socket for pid $pid"; return; fi
-  rec="$(grep -E "avc: +$outcome " "$AUDIT" | grep -E " src=$sport " | head -n1 || true)"
+  rec="$(grep -E "(avc|labelgate): +$outcome " "$AUDIT" | grep -E " src=$sport " | head -n1 || true)"
   log "$tag: record: $rec"
   if [ -z "$rec" ]; then fail "$tag-record" "no $outcome record with src=$sport"; return; fi
   pass "$tag-record"
-  local rpid; rpid="$(sed -nE "s/.*msg='avc:.* pid=([0-9]+) .*/\1/p" <<<"$rec")"
+  local rpid; rpid="$(sed -nE "s/.*msg='(avc|labelgate):.* pid=([0-9]+) .*/\2/p" <<<"$rec")"
   if [ "$rpid" = "$pid" ]; then pass "$tag-pid"; else fail "$tag-pid" "record pid=$rpid, ss pid=$pid"; fi
   if grep -qE ' comm="?python3' <<<"$rec"; then pass "$tag-comm"; else fail "$tag-comm" "no comm=python3 in record"; fi
   if grep -qE "(path|exe)=\"?$exe[\" ]" <<<"$rec"; then pass "$tag-exe"; else fail "$tag-exe" "/proc/$pid/exe is $exe"; fi

@@ -2,7 +2,7 @@
 # (7) The audit file works with the stock audit tools:
 #  - `ausearch -if FILE -m USER_AVC` finds every denial;
 #  - `ausearch -i -if FILE` interprets addresses, ports and protocol;
-#  - `audit2allow -i FILE -p POLICY` proposes `allow SRC TGT:packet PERM;`.
+#  - `audit2allow -i FILE -p POLICY` proposes `allow SRC TGT:labelgate_flow PERM;`.
 set -euo pipefail
 . "$(dirname "$0")/../guest/common.sh"
 scenario_begin audit-tools
@@ -54,15 +54,15 @@ check_grep interp-proto-tcp "$I" " proto=tcp "
 check_grep interp-saddr "$I" "denied +\{ send \}.* (saddr|src_addr|laddr)=127\.0\.0\.1 "
 check_grep interp-daddr "$I" "denied +\{ send \}.* (daddr|dst_addr|dest_addr|faddr)=127\.0\.0\.1 "
 check_grep interp-ports "$I" "denied +\{ send \}.* src=[0-9]+ .*dest=5432 "
-check_grep interp-contexts "$I" "scontext=$CTX_INTRUDER tcontext=$CTX_PG tclass=packet"
+check_grep interp-contexts "$I" "scontext=$CTX_INTRUDER tcontext=$CTX_PG tclass=labelgate_flow"
 check_no_grep interp-no-garble "$I" "unknown-family|unknown[(]|proto=unknown"
 
 # audit2allow against the compiled test policy.
 A="$LG_WORK/audit-tools-audit2allow.txt"
 audit2allow -i "$AUDIT" -p "$LG_POLICY" >"$A" 2>&1 || true
 log "audit2allow: $(tr '\n' ' ' <"$A")"
-check_grep a2a-send "$A" "^allow intruder_t postgresql_t:packet send;"
-check_grep a2a-recv "$A" "^allow httpd_t intruder_t:packet recv;"
-check_no_grep a2a-no-granted "$A" "allow httpd_t postgresql_t:packet"
+check_grep a2a-send "$A" "^allow intruder_t postgresql_t:labelgate_flow send;"
+check_grep a2a-recv "$A" "^allow httpd_t intruder_t:labelgate_flow recv;"
+check_no_grep a2a-no-granted "$A" "allow httpd_t postgresql_t:"
 
 scenario_end
