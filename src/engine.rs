@@ -7,6 +7,7 @@ use crate::counters::Counters;
 use crate::labels::{Hook, Labels, QueueMeta, Resolver};
 use crate::packet::PacketInfo;
 use crate::policy::{Decision, Facts, Mode, Policy, Verdict};
+use crate::sepolicy::AccessOracle;
 use crate::sys::IfNames;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct Engine {
     mode_override: Option<Mode>,
     pub counters: Arc<Counters>,
     audit: AuditSink,
+    /// The loaded SELinux policy, asked by `selinux` verdicts.
+    oracle: Option<Arc<dyn AccessOracle>>,
 }
 
 /// Per-thread scratch state (interface-name cache).
@@ -46,7 +49,19 @@ impl Engine {
         audit: AuditSink,
     ) -> Engine {
         let resolver = factory(&policy);
-        Engine { loaded: ArcSwap::from_pointee(Loaded { policy, resolver }), factory, mode_override, counters, audit }
+        let loaded = ArcSwap::from_pointee(Loaded { policy, resolver });
+        Engine { loaded, factory, mode_override, counters, audit, oracle: None }
+    }
+
+    /// Ask `oracle` for rules with verdict `selinux`.
+    pub fn with_oracle(mut self, oracle: Arc<dyn AccessOracle>) -> Engine {
+        self.oracle = Some(oracle);
+        self
+    }
+
+    /// Whether `selinux` verdicts can be asked.
+    pub fn has_oracle(&self) -> bool {
+        self.oracle.is_some()
     }
 
     /// The policy in force.
@@ -127,7 +142,7 @@ impl Engine {
                 let iif = || names.borrow_mut().name(meta.indev);
                 let oif = || names.borrow_mut().name(meta.outdev);
                 let facts = Facts { hook, pkt, labels: &labels, iif: &iif, oif: &oif };
-                let d = policy.decide(&facts, mode);
+                let d = policy.decide_with(&facts, mode, self.oracle.as_deref());
                 let rec = (d.audit && self.audit.enabled()).then(|| {
                     let mut r = base_record(hook, ifindex, labels, &d, policy);
                     r.set_packet(pkt);

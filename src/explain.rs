@@ -3,7 +3,8 @@
 use crate::context::SecurityContext;
 use crate::labels::{Hook, Label, Labels, Origin};
 use crate::packet::{PacketInfo, Proto};
-use crate::policy::{Facts, Mode, Policy, Verdict};
+use crate::policy::{Facts, Mode, Policy, RuleVerdict, Verdict};
+use crate::sepolicy::AccessOracle;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -30,6 +31,12 @@ pub struct Question {
 /// (`Policy::decide` through the index); the walk over every rule shows why
 /// the earlier ones did not match.
 pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
+    explain_with(p, q, mode, None)
+}
+
+/// [`explain`], asking `oracle` (the loaded SELinux policy) for a rule or
+/// default with verdict `selinux`; with `None` it says it cannot ask.
+pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn AccessOracle>) -> String {
     let pkt = PacketInfo {
         src: q.saddr,
         dst: q.daddr,
@@ -95,16 +102,59 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
     }
     // Rule hit counters are not touched: decide on a copy of the facts only
     // through the pure parts.
-    let table = decided.and_then(|i| p.rules.get(i)).map_or(p.default, |r| r.verdict);
+    let asked = decided.and_then(|i| p.rules.get(i)).map_or(p.default, |r| r.verdict);
+    let mut policy_permissive = false;
+    let table = match asked {
+        RuleVerdict::Accept => Verdict::Accept,
+        RuleVerdict::Drop => Verdict::Drop,
+        RuleVerdict::Selinux => {
+            let perm = crate::audit::permission(q.hook);
+            let asker = format!("{} asks the loaded SELinux policy", p.rule_name(decided));
+            match oracle.map(|o| o.ask(&q.source, &q.dest, perm)) {
+                Some(Ok(a)) => {
+                    let _ = writeln!(
+                        s,
+                        "selinux: {asker}: {} {{ {perm} }} for scontext={} tcontext={} tclass={}{}",
+                        if a.allowed { "allowed" } else { "denied" },
+                        q.source,
+                        q.dest,
+                        crate::audit::CLASS,
+                        if a.permissive { " (the policy runs this domain permissive)" } else { "" }
+                    );
+                    policy_permissive = a.permissive && !a.allowed;
+                    if a.allowed {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Drop
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(s, "selinux: {asker}, which cannot be asked here ({e}): decided as a denial");
+                    Verdict::Drop
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "selinux: {asker}, which cannot be asked here (SELinux is not active): decided as a denial"
+                    );
+                    Verdict::Drop
+                }
+            }
+        }
+    };
     let rule_permissive = decided.and_then(|i| p.rules.get(i)).is_some_and(|r| r.permissive);
     let domain_permissive = p.domain_permissive(q.source.type_());
-    let verdict = if table == Verdict::Drop && (mode == Mode::Permissive || rule_permissive || domain_permissive) {
+    let verdict = if table == Verdict::Drop
+        && (mode == Mode::Permissive || rule_permissive || domain_permissive || policy_permissive)
+    {
         let why = if mode == Mode::Permissive {
             "global mode is permissive"
         } else if rule_permissive {
             "the rule is permissive"
-        } else {
+        } else if domain_permissive {
             "the source domain is in permissive_domains"
+        } else {
+            "the loaded SELinux policy runs the source domain permissive"
         };
         let _ =
             writeln!(s, "permissive: {why}; the denial would be recorded with permissive=1 and the packet accepted");

@@ -7,7 +7,7 @@
 
 use crate::packet::Proto;
 use crate::policy::pattern::{NetSet, PortSet};
-use crate::policy::{HookSel, Policy, Verdict};
+use crate::policy::{HookSel, Policy, RuleVerdict};
 use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -241,11 +241,11 @@ impl RuleSpec {
                     })
                     .collect(),
             ),
-            None if p.default == Verdict::Accept => (
+            None if p.default == RuleVerdict::Accept => (
                 ScopeSource::Derived,
                 p.rules
                     .iter()
-                    .filter(|r| r.verdict == Verdict::Drop || r.audit)
+                    .filter(|r| r.verdict != RuleVerdict::Accept || r.audit)
                     .map(|r| {
                         (
                             r.hook,

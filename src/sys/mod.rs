@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 pub mod nfqueue;
+pub mod selinux_status;
 pub mod sockdiag;
 
 fn sock_opt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
