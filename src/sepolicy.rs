@@ -11,7 +11,7 @@
 
 use crate::context::SecurityContext;
 use std::collections::HashMap;
-use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -36,8 +36,9 @@ pub struct Answer {
     /// The permission is allowed.
     pub allowed: bool,
     /// A denial would not be enforced: the source domain is permissive
-    /// (`permissive`/`typepermissive`, `semanage permissive -a`) or the
-    /// kernel is in permissive mode (`setenforce 0`).
+    /// (`permissive`/`typepermissive`, `semanage permissive -a`). The
+    /// kernel's global mode (`setenforce 0`) is not asked: labelgate's own
+    /// `mode` is its global switch.
     pub permissive: bool,
     /// The policy wants the answer recorded: a denial not `dontaudit`ed,
     /// or a grant it `auditallow`s.
@@ -105,9 +106,7 @@ impl<B: Backend> CachedOracle<B> {
     }
 
     fn key(&self, source: &SecurityContext, dest: &SecurityContext, perm: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        (source, dest, perm).hash(&mut h);
-        h.finish()
+        self.hasher.hash_one((source, dest, perm))
     }
 }
 
@@ -233,10 +232,9 @@ impl Backend for KernelAccess {
         let d = selinux::SecurityContext::from_c_str(&d, true);
         let avd = s.query_access_decision(&d, bits.class, want).map_err(|e| OracleError::Check(e.to_string()))?;
         let domain_permissive = avd.flags & (selinux_sys::SELINUX_AVD_FLAGS_PERMISSIVE as u32) != 0;
-        let kernel_permissive = crate::sys::selinux_status::enforcing() == 0;
         let allowed = avd.allowed & want == want;
         let audited = if allowed { avd.auditallow & want != 0 } else { avd.auditdeny & want != 0 };
-        Ok(Answer { allowed, permissive: domain_permissive || kernel_permissive, audited })
+        Ok(Answer { allowed, permissive: domain_permissive, audited })
     }
 
     fn changed(&self) -> bool {

@@ -40,10 +40,3 @@ pub fn updated() -> bool {
     let rc = unsafe { selinux_sys::selinux_status_updated() };
     rc != 0
 }
-
-/// Whether the kernel enforces (1) or is permissive (0); -1 on error.
-pub fn enforcing() -> i32 {
-    // SAFETY: security_getenforce takes no pointers; it reads
-    // /sys/fs/selinux/enforce.
-    unsafe { selinux_sys::security_getenforce() }
-}
