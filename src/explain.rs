@@ -224,4 +224,32 @@ mod tests {
         let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing);
         assert!(out.contains("MATCHES -> drop") && out.contains("verdict: drop"), "{out}");
     }
+
+    #[test]
+    fn a_selinux_verdict_shows_the_policys_answer_and_the_rule_that_asked() {
+        use crate::sepolicy::fake::{oracle, FakePolicy};
+        let p = Policy::from_toml(
+            "default = \"drop\"\n[[rule]]\nname = \"db-by-selinux\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"selinux\"\n",
+            "t",
+        )
+        .unwrap();
+        let (fake, o) = oracle(FakePolicy::allowing(&[("httpd_t", "postgresql_t", "send")]));
+        fake.permissive_types.lock().unwrap().push("unconfined_t".into());
+        let out = explain_with(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing, Some(&o));
+        assert!(out.contains("rule 1 \"db-by-selinux\" (line 2): MATCHES -> selinux"), "{out}");
+        assert!(out.contains("selinux: db-by-selinux asks the loaded SELinux policy: allowed { send }"), "{out}");
+        assert!(out.ends_with("verdict: accept (table: accept, rule: db-by-selinux, mode: enforcing)\n"), "{out}");
+        let out = explain_with(&p, &q("system_u:system_r:intruder_t:s0", 5432), Mode::Enforcing, Some(&o));
+        assert!(
+            out.contains("denied { send }")
+                && out.ends_with("verdict: drop (table: drop, rule: db-by-selinux, mode: enforcing)\n"),
+            "{out}"
+        );
+        let out = explain_with(&p, &q("system_u:system_r:unconfined_t:s0", 5432), Mode::Enforcing, Some(&o));
+        assert!(out.contains("the loaded SELinux policy runs the source domain permissive"), "{out}");
+        assert!(out.contains("verdict: accept (table: drop"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing);
+        assert!(out.contains("cannot be asked here (SELinux is not active): decided as a denial"), "{out}");
+        assert!(out.contains("verdict: drop"), "{out}");
+    }
 }

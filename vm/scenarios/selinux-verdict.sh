@@ -34,8 +34,17 @@ TOML
 check policy-check lg_policy_check "$POL"
 check bool-exists test -e "$BOOL"
 
-tcp_echo_server "$CTX_PG" 5432
-tcp_echo_server "$CTX_PG" 8080
+# The servers wait up to 60 s for the answer after the client's half-close
+# (socat's default 0.5 s loses the race with a slow fork of the answering
+# shell under TCG: "echo: I/O error" and no answer; branch vm9p makes
+# tcp_echo_server do the same).
+echo_server() {
+  start_in "$1" "$LG_WORK/$SCENARIO-server-$2.log" \
+    socat -t60 -T120 "TCP4-LISTEN:$2,bind=127.0.0.1,reuseaddr,fork" "SYSTEM:echo pong-$2"
+  wait_listen "$2"
+}
+echo_server "$CTX_PG" 5432
+echo_server "$CTX_PG" 8080
 check baseline-intruder tcp_try "$CTX_INTRUDER" 5432
 
 queue_out 5432,8080
