@@ -18,7 +18,7 @@ use std::sync::{Mutex, RwLock};
 /// What went wrong asking the loaded policy.
 #[derive(Debug, thiserror::Error)]
 pub enum OracleError {
-    #[error("SELinux is not active on this host: rules with verdict \"selinux\" cannot be decided here")]
+    #[error("SELinux is not active on this host")]
     Inactive,
     #[error("the loaded SELinux policy has no class {class} (load packaging/selinux/labelgate_flow.cil): {source}")]
     NoClass { class: &'static str, source: std::io::Error },
