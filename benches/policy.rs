@@ -5,14 +5,22 @@
 //! `policy_load` times compiling the 10,000-rule text (`Policy::from_toml`)
 //! and linting it (`lint::lint`).
 //!
+//! `policy_selinux` compares a decision by a table rule with the same
+//! decision by a `verdict = "selinux"` rule answered from the access cache
+//! (`sepolicy::CachedOracle`); the backend behind the cache is a table in
+//! the bench, not the kernel, as the cached path never reaches the kernel
+//! (and the bench host may run without SELinux).
+//!
 //! `LABELGATE_BENCH_RULES=10,1000` chooses other sizes for `policy_decide`
 //! (compiling 100,000 rules takes about 2 s of the run).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use labelgate::context::SecurityContext;
 use labelgate::labels::{Hook, Label, Labels, Origin};
 use labelgate::lint;
 use labelgate::packet::{self, build, PacketInfo};
 use labelgate::policy::{Facts, Policy};
+use labelgate::sepolicy::{AccessOracle, Answer, Backend, CachedOracle, OracleError};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -113,5 +121,48 @@ fn bench_load(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_load);
+/// The bench's stand-in for the kernel behind the cache: allows
+/// httpd_t -> postgresql_t, never reports a policy change.
+struct TableBackend;
+
+impl Backend for TableBackend {
+    fn ask(&self, s: &SecurityContext, d: &SecurityContext, _perm: &'static str) -> Result<Answer, OracleError> {
+        let allowed = s.type_() == "httpd_t" && d.type_() == "postgresql_t";
+        Ok(Answer { allowed, permissive: false, audited: !allowed })
+    }
+    fn changed(&self) -> bool {
+        false
+    }
+}
+
+fn bench_selinux(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy_selinux");
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    let none = || None;
+    let rule = |verdict: &str| {
+        format!(
+            "default = \"drop\"\n[[rule]]\nname = \"db\"\nsource = \"httpd_t\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"{verdict}\"\n"
+        )
+    };
+    let table = Policy::from_toml(&rule("accept"), "table.toml").unwrap();
+    let asks = Policy::from_toml(&rule("selinux"), "selinux.toml").unwrap();
+    let oracle = CachedOracle::new(TableBackend);
+    let l = labels("system_u:system_r:httpd_t:s0", "system_u:system_r:postgresql_t:s0");
+    let pkt = tcp_to(5432);
+    g.bench_function("table_rule", |b| {
+        b.iter(|| {
+            let f = Facts { hook: Hook::Output, pkt: &pkt, labels: &l, iif: &none, oif: &none };
+            black_box(table.decide(black_box(&f), table.mode))
+        })
+    });
+    g.bench_function("selinux_rule_cached", |b| {
+        b.iter(|| {
+            let f = Facts { hook: Hook::Output, pkt: &pkt, labels: &l, iif: &none, oif: &none };
+            black_box(asks.decide_with(black_box(&f), asks.mode, Some(&oracle as &dyn AccessOracle)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_load, bench_selinux);
 criterion_main!(benches);

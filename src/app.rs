@@ -226,7 +226,18 @@ fn check(file: &std::path::Path, strict: bool) -> anyhow::Result<()> {
         Some(u) if u.is_empty() => out.push_str("all types are known to the loaded SELinux policy\n"),
         Some(_) => {}
     }
-    let findings = crate::lint::check_findings(&p, unknown.as_deref());
+    let mut findings = crate::lint::check_findings(&p, unknown.as_deref());
+    if p.asks_selinux() {
+        if let Err(e) = crate::sepolicy::KernelAccess::open() {
+            findings.push(crate::lint::Finding {
+                severity: crate::lint::Severity::Warning,
+                line: 0,
+                message: format!(
+                    "rules with verdict selinux cannot be decided here ({e}); `labelgate run` refuses this policy"
+                ),
+            });
+        }
+    }
     for f in &findings {
         let _ = match f.line {
             0 => writeln!(out, "{}: warning: {}", file.display(), f.message),
@@ -341,7 +352,9 @@ fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
         iif: a.iif,
         oif: a.oif,
     };
-    print!("{}", crate::explain::explain(&p, &q, a.mode.unwrap_or(p.mode)));
+    let oracle = if p.asks_selinux() { crate::sepolicy::KernelAccess::cached().ok() } else { None };
+    let oracle = oracle.as_ref().map(|o| o as &dyn crate::sepolicy::AccessOracle);
+    print!("{}", crate::explain::explain_with(&p, &q, a.mode.unwrap_or(p.mode), oracle));
     Ok(())
 }
 
@@ -441,6 +454,11 @@ impl Reloads {
         };
         self.running = None;
         match result {
+            Ok(p) if p.asks_selinux() && !engine.has_oracle() => log::error!(
+                "reload refused, keeping the running policy: {} has rules with verdict selinux and the loaded \
+                 SELinux policy cannot be asked here",
+                path.display()
+            ),
             Ok(p) => {
                 let n = p.rules.len();
                 let old = engine.current();
@@ -534,13 +552,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (sink, Some(w))
     };
 
-    let engine = Arc::new(Engine::new(
+    // The loaded SELinux policy, for rules with verdict "selinux": a policy
+    // that has such rules is refused where it cannot be asked.
+    let oracle = match crate::sepolicy::KernelAccess::cached() {
+        Ok(o) => Some(Arc::new(o)),
+        Err(e) if policy.asks_selinux() => {
+            bail!("{}: cannot ask the loaded SELinux policy: {e}", args.policy.display())
+        }
+        Err(_) => None,
+    };
+    let mut engine = Engine::new(
         policy,
         resolver_factory(Duration::from_millis(args.udp_recheck_ms), args.flow),
         args.mode,
         counters.clone(),
         sink,
-    ));
+    );
+    if let Some(o) = oracle {
+        engine = engine.with_oracle(o);
+    }
+    let engine = Arc::new(engine);
     // Before the queues: every UDP flow accepted is remembered, and a
     // socket closed from now on ends its flows' conntrack pass.
     let watch = Arc::new(crate::flowwatch::FlowWatch::new(crate::flowwatch::DEFAULT_CAPACITY, counters.clone()));

@@ -7,6 +7,7 @@ use crate::counters::Counters;
 use crate::labels::{Hook, Labels, QueueMeta, Resolver};
 use crate::packet::{PacketError, PacketInfo, Partial};
 use crate::policy::{Decision, Facts, Mode, Policy, Verdict};
+use crate::sepolicy::AccessOracle;
 use crate::sys::IfNames;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Engine {
     audit: AuditSink,
     /// Where accepted UDP flows are remembered (see [`crate::flowwatch`]).
     flow_watch: std::sync::OnceLock<Arc<crate::flowwatch::FlowWatch>>,
+    /// The loaded SELinux policy, asked by `selinux` verdicts.
+    oracle: Option<Arc<dyn AccessOracle>>,
 }
 
 /// Per-thread scratch state (interface-name cache).
@@ -58,6 +61,7 @@ impl Engine {
             counters,
             audit,
             flow_watch: std::sync::OnceLock::new(),
+            oracle: None,
         }
     }
 
@@ -65,6 +69,16 @@ impl Engine {
     /// calls are ignored).
     pub fn watch_flows(&self, w: Arc<crate::flowwatch::FlowWatch>) {
         let _ = self.flow_watch.set(w);
+    }
+    /// Ask `oracle` for rules with verdict `selinux`.
+    pub fn with_oracle(mut self, oracle: Arc<dyn AccessOracle>) -> Engine {
+        self.oracle = Some(oracle);
+        self
+    }
+
+    /// Whether `selinux` verdicts can be asked.
+    pub fn has_oracle(&self) -> bool {
+        self.oracle.is_some()
     }
 
     /// The policy in force.
@@ -146,7 +160,7 @@ impl Engine {
                 let iif = || names.borrow_mut().name(meta.indev);
                 let oif = || names.borrow_mut().name(meta.outdev);
                 let facts = Facts { hook, pkt, labels: &labels, iif: &iif, oif: &oif };
-                let d = policy.decide(&facts, mode);
+                let d = policy.decide_with(&facts, mode, self.oracle.as_deref());
                 let rec = (d.audit && self.audit.enabled()).then(|| {
                     let mut r = base_record(hook, ifindex, labels, &d, policy);
                     r.set_packet(pkt);

@@ -7,7 +7,8 @@
 use crate::context::{ContextError, SecurityContext};
 use crate::labels::{Hook, Label, Labels, Origin};
 use crate::packet::{PacketInfo, Proto};
-use crate::policy::{Facts, Mode, Policy, Verdict};
+use crate::policy::{Facts, Mode, Policy, RuleVerdict, Verdict};
+use crate::sepolicy::AccessOracle;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -93,6 +94,12 @@ pub struct Question {
 /// (`Policy::decide` through the index); the walk over every rule shows why
 /// the earlier ones did not match.
 pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
+    explain_with(p, q, mode, None)
+}
+
+/// [`explain`], asking `oracle` (the loaded SELinux policy) for a rule or
+/// default with verdict `selinux`; with `None` it says it cannot ask.
+pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn AccessOracle>) -> String {
     let pkt = PacketInfo {
         src: q.saddr,
         dst: q.daddr,
@@ -164,16 +171,59 @@ pub fn explain(p: &Policy, q: &Question, mode: Mode) -> String {
     }
     // Rule hit counters are not touched: decide on a copy of the facts only
     // through the pure parts.
-    let table = decided.and_then(|i| p.rules.get(i)).map_or(p.default, |r| r.verdict);
+    let asked = decided.and_then(|i| p.rules.get(i)).map_or(p.default, |r| r.verdict);
+    let mut policy_permissive = false;
+    let table = match asked {
+        RuleVerdict::Accept => Verdict::Accept,
+        RuleVerdict::Drop => Verdict::Drop,
+        RuleVerdict::Selinux => {
+            let perm = crate::audit::permission(q.hook);
+            let asker = format!("{} asks the loaded SELinux policy", p.rule_name(decided));
+            match oracle.map(|o| o.ask(&q.source.context, &q.dest.context, perm)) {
+                Some(Ok(a)) => {
+                    let _ = writeln!(
+                        s,
+                        "selinux: {asker}: {} {{ {perm} }} for scontext={} tcontext={} tclass={}{}",
+                        if a.allowed { "allowed" } else { "denied" },
+                        q.source.context,
+                        q.dest.context,
+                        crate::audit::CLASS,
+                        if a.permissive { " (the policy runs this domain permissive)" } else { "" }
+                    );
+                    policy_permissive = a.permissive && !a.allowed;
+                    if a.allowed {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Drop
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(s, "selinux: {asker}, which cannot be asked here ({e}): decided as a denial");
+                    Verdict::Drop
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "selinux: {asker}, which cannot be asked here (SELinux is not active): decided as a denial"
+                    );
+                    Verdict::Drop
+                }
+            }
+        }
+    };
     let rule_permissive = decided.and_then(|i| p.rules.get(i)).is_some_and(|r| r.permissive);
     let domain_permissive = p.domain_permissive(q.source.context.type_());
-    let verdict = if table == Verdict::Drop && (mode == Mode::Permissive || rule_permissive || domain_permissive) {
+    let verdict = if table == Verdict::Drop
+        && (mode == Mode::Permissive || rule_permissive || domain_permissive || policy_permissive)
+    {
         let why = if mode == Mode::Permissive {
             "global mode is permissive"
         } else if rule_permissive {
             "the rule is permissive"
-        } else {
+        } else if domain_permissive {
             "the source domain is in permissive_domains"
+        } else {
+            "the loaded SELinux policy runs the source domain permissive"
         };
         let _ =
             writeln!(s, "permissive: {why}; the denial would be recorded with permissive=1 and the packet accepted");
@@ -277,5 +327,33 @@ mod tests {
         let out = explain(&p, &q("unlabeled_t", 5432), Mode::Enforcing);
         assert!(out.contains("source=system_u:object_r:unlabeled_t:s0"), "{out}");
         assert!(out.ends_with("verdict: drop (table: drop, rule: no-unlabeled, mode: enforcing)\n"), "{out}");
+    }
+
+    #[test]
+    fn a_selinux_verdict_shows_the_policys_answer_and_the_rule_that_asked() {
+        use crate::sepolicy::fake::{oracle, FakePolicy};
+        let p = Policy::from_toml(
+            "default = \"drop\"\n[[rule]]\nname = \"db-by-selinux\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"selinux\"\n",
+            "t",
+        )
+        .unwrap();
+        let (fake, o) = oracle(FakePolicy::allowing(&[("httpd_t", "postgresql_t", "send")]));
+        fake.permissive_types.lock().unwrap().push("unconfined_t".into());
+        let out = explain_with(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing, Some(&o));
+        assert!(out.contains("rule 1 \"db-by-selinux\" (line 2): MATCHES -> selinux"), "{out}");
+        assert!(out.contains("selinux: db-by-selinux asks the loaded SELinux policy: allowed { send }"), "{out}");
+        assert!(out.ends_with("verdict: accept (table: accept, rule: db-by-selinux, mode: enforcing)\n"), "{out}");
+        let out = explain_with(&p, &q("system_u:system_r:intruder_t:s0", 5432), Mode::Enforcing, Some(&o));
+        assert!(
+            out.contains("denied { send }")
+                && out.ends_with("verdict: drop (table: drop, rule: db-by-selinux, mode: enforcing)\n"),
+            "{out}"
+        );
+        let out = explain_with(&p, &q("system_u:system_r:unconfined_t:s0", 5432), Mode::Enforcing, Some(&o));
+        assert!(out.contains("the loaded SELinux policy runs the source domain permissive"), "{out}");
+        assert!(out.contains("verdict: accept (table: drop"), "{out}");
+        let out = explain(&p, &q("system_u:system_r:httpd_t:s0", 5432), Mode::Enforcing);
+        assert!(out.contains("cannot be asked here (SELinux is not active): decided as a denial"), "{out}");
+        assert!(out.contains("verdict: drop"), "{out}");
     }
 }

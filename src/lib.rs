@@ -31,6 +31,7 @@ pub mod policy;
 pub mod resolve;
 pub mod rules;
 pub mod runtime;
+pub mod sepolicy;
 pub mod sys;
 
 /// The daemon's resolver factory: one shared [`resolve::SocketResolver`]

@@ -4,7 +4,7 @@
 //! not know. Every finding is a warning, and every warning is counted.
 
 use crate::policy::pattern::{ContextPattern, TypePattern};
-use crate::policy::{HookSel, Policy, Rule, ScopeEntry, Verdict};
+use crate::policy::{HookSel, Policy, Rule, RuleVerdict, ScopeEntry};
 use std::collections::HashMap;
 
 /// At most this many rule pairs are compared in the shadowed-rule check
@@ -200,7 +200,7 @@ pub fn lint_with_budget(p: &Policy, budget: u64) -> Vec<Finding> {
     let mut cands = Vec::new();
     let mut compared: u64 = 0;
     let mut shadow_check = true;
-    if p.default == Verdict::Drop && p.scope.is_none() {
+    if p.default != RuleVerdict::Accept && p.scope.is_none() {
         out.push(warn(
             0,
             "default = \"drop\" and no [[scope]]: `labelgate rules` queues every new connection on the hooks the \

@@ -7,7 +7,7 @@
 
 use crate::packet::Proto;
 use crate::policy::pattern::{NetSet, PortSet};
-use crate::policy::{HookSel, Policy, Verdict};
+use crate::policy::{HookSel, Policy, RuleVerdict};
 use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -241,11 +241,11 @@ impl RuleSpec {
                     })
                     .collect(),
             ),
-            None if p.default == Verdict::Accept => (
+            None if p.default == RuleVerdict::Accept => (
                 ScopeSource::Derived,
                 p.rules
                     .iter()
-                    .filter(|r| r.verdict == Verdict::Drop || r.audit)
+                    .filter(|r| r.verdict != RuleVerdict::Accept || r.audit)
                     .map(|r| {
                         (
                             r.hook,
@@ -313,7 +313,9 @@ impl RuleSpec {
             "# scope: {}",
             match self.source {
                 ScopeSource::Declared => "the policy's [[scope]] entries; queued packets outside them are accepted",
-                ScopeSource::Derived => "default accept and no [[scope]]: only what drop or audited rules can match",
+                ScopeSource::Derived => {
+                    "default accept and no [[scope]]: only what drop, selinux or audited rules can match"
+                }
                 ScopeSource::Everything => {
                     "EVERYTHING: default drop and no [[scope]]; every new connection on these hooks is queued"
                 }
@@ -647,6 +649,20 @@ mod tests {
         assert!(a.contains(&format!("iptables-restore --noflush <<'LABELGATE_IPV4'\n{v4}LABELGATE_IPV4\n")), "{both}");
         assert_eq!(b, format!("{v6}LABELGATE_IPV6\n"));
         assert!(both.lines().find(|l| !l.starts_with('#')) == Some("set -e"), "{both}");
+    }
+
+    #[test]
+    fn default_accept_queues_what_selinux_rules_can_match() {
+        let t = "default = \"accept\"\n[[rule]]\nname = \"db\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"selinux\"\n";
+        let v4 = iptables_restore(&spec(t, vec![0], false, false), false);
+        assert_eq!(
+            queue_lines(&v4),
+            [
+                "-A LABELGATE_IN -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+                "-A LABELGATE_OUT -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+            ],
+            "{v4}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ VM="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$VM")"
 BIN="${1:-$REPO/target/release/labelgate}"
 
-ALL="smoke article postgres permissive permissive-domains secmark cipso peer-oracle audit-tools attribution operator-rules"
+ALL="smoke article postgres permissive permissive-domains secmark cipso peer-oracle audit-tools attribution operator-rules selinux-verdict"
 SCENARIOS="${LABELGATE_VM_SCENARIOS:-$ALL}"
 
 "$VM/setup.sh"
@@ -21,7 +21,12 @@ mkdir -p "$WORK"; WORK="$(realpath "$WORK")"
 export LABELGATE_VM_WORK="$WORK"
 
 # Compile the test policy (the guest loads it; audit2allow reads it).
-secilc -M true -c 33 -o "$WORK/policy.33" -f /dev/null "$VM/policy/labelgate-test.cil"
+# The labelgate_flow rules (selinux-verdict) are a second module loaded with
+# it; selinux-verdict reloads the policy with a third one added.
+secilc -M true -c 33 -o "$WORK/policy.33" -f /dev/null "$VM/policy/labelgate-test.cil" \
+  "$VM/policy/labelgate-flow-rules.cil"
+secilc -M true -c 33 -o "$WORK/policy-flow-reload.33" -f /dev/null "$VM/policy/labelgate-test.cil" \
+  "$VM/policy/labelgate-flow-rules.cil" "$VM/policy/labelgate-flow-reload.cil"
 echo "e2e: policy compiled to $WORK/policy.33"
 
 # Snapshot the binary so a rebuild during the run does not change it.

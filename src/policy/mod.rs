@@ -14,6 +14,7 @@ pub use scope::ScopeEntry;
 
 use crate::labels::{Hook, Labels};
 use crate::packet::{PacketInfo, Proto};
+use crate::sepolicy::AccessOracle;
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +37,38 @@ impl fmt::Display for Verdict {
             Verdict::Drop => "drop",
         })
     }
+}
+
+/// What a rule (or the policy's `default`) decides: a verdict of its own,
+/// or `selinux`: ask the loaded SELinux policy whether the source context
+/// may do the hook's permission (`send`, `recv`, `forward`) on the
+/// destination context in class `labelgate_flow` (see [`crate::sepolicy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleVerdict {
+    Accept,
+    Drop,
+    Selinux,
+}
+
+impl fmt::Display for RuleVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleVerdict::Accept => "accept",
+            RuleVerdict::Drop => "drop",
+            RuleVerdict::Selinux => "selinux",
+        })
+    }
+}
+
+/// What the loaded SELinux policy answered a `selinux` verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// The policy's answer.
+    Answered(crate::sepolicy::Answer),
+    /// The policy could not be asked (SELinux inactive, class missing, the
+    /// check failed): decided as a denial, never let through silently.
+    Failed,
 }
 
 /// Enforcing drops what the table denies; permissive records it and lets it pass.
@@ -117,7 +150,7 @@ pub struct Rule {
     pub line: u32,
     pub hook: HookSel,
     pub proto: Option<Proto>,
-    pub verdict: Verdict,
+    pub verdict: RuleVerdict,
     pub permissive: bool,
     pub audit: bool,
 }
@@ -296,13 +329,15 @@ pub struct Decision {
     pub permissive: bool,
     /// Whether this decision must be written to the audit log.
     pub audit: bool,
+    /// The loaded SELinux policy's answer, when a `selinux` verdict asked it.
+    pub selinux: Option<Asked>,
 }
 
 /// A compiled, immutable policy.
 #[derive(Debug)]
 pub struct Policy {
     pub mode: Mode,
-    pub default: Verdict,
+    pub default: RuleVerdict,
     pub malformed: Verdict,
     pub permissive_domains: Vec<String>,
     pub rules: Vec<Rule>,
@@ -606,6 +641,27 @@ impl<const N: usize> Iterator for Merged<'_, N> {
     }
 }
 
+/// Ask the loaded policy about a packet's source and dest contexts, for
+/// the hook's permission; a failure is logged (at most once a second).
+fn ask(oracle: Option<&dyn AccessOracle>, f: &Facts<'_>) -> Asked {
+    let perm = crate::audit::permission(f.hook);
+    let answer = match oracle {
+        Some(o) => o.ask(&f.labels.source.context, &f.labels.dest.context, perm),
+        None => Err(crate::sepolicy::OracleError::Inactive),
+    };
+    match answer {
+        Ok(a) => Asked::Answered(a),
+        Err(e) => {
+            static LAST: AtomicU64 = AtomicU64::new(0);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if LAST.swap(now, Ordering::Relaxed) != now {
+                log::warn!("verdict selinux: cannot ask the loaded policy, denying: {e}");
+            }
+            Asked::Failed
+        }
+    }
+}
+
 impl Policy {
     /// Read and compile a policy file.
     ///
@@ -643,7 +699,7 @@ impl Policy {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         mode: Mode,
-        default: Verdict,
+        default: RuleVerdict,
         malformed: Verdict,
         permissive_domains: Vec<String>,
         rules: Vec<Rule>,
@@ -707,23 +763,67 @@ impl Policy {
         self.scope.as_ref().is_none_or(|s| s.iter().any(|e| e.matches(hook, pkt)))
     }
 
+    /// Whether a rule or the default asks the loaded SELinux policy.
+    pub fn asks_selinux(&self) -> bool {
+        self.default == RuleVerdict::Selinux || self.rules.iter().any(|r| r.verdict == RuleVerdict::Selinux)
+    }
+
+    /// Decide one packet with no SELinux oracle: a `selinux` verdict is
+    /// decided as a failed check (a denial). See [`decide_with`](Self::decide_with).
+    pub fn decide(&self, f: &Facts<'_>, mode: Mode) -> Decision {
+        self.decide_with(f, mode, None)
+    }
+
     /// Decide one packet. `mode` is the effective global mode (the command
     /// line may override the file). A packet outside the policy's scope is
-    /// accepted without consulting the rules (no hit, no audit record).
-    pub fn decide(&self, f: &Facts<'_>, mode: Mode) -> Decision {
+    /// accepted without consulting the rules (no hit, no audit record). A
+    /// `selinux` verdict asks `oracle`; the policy's denial in a domain it
+    /// runs permissive is let through and recorded, as any permissive denial.
+    pub fn decide_with(&self, f: &Facts<'_>, mode: Mode, oracle: Option<&dyn AccessOracle>) -> Decision {
         if !self.in_scope(f.hook, f.pkt) {
             let verdict = Verdict::Accept;
-            return Decision { verdict, table_verdict: verdict, rule: None, permissive: false, audit: false };
+            return Decision {
+                verdict,
+                table_verdict: verdict,
+                rule: None,
+                permissive: false,
+                audit: false,
+                selinux: None,
+            };
         }
         let rule = self.first_match(f);
-        let (table_verdict, rule_permissive, rule_audit) = match rule.and_then(|i| self.rules.get(i)) {
+        let (rule_verdict, rule_permissive, rule_audit) = match rule.and_then(|i| self.rules.get(i)) {
             Some(r) => {
                 r.hits.fetch_add(1, Ordering::Relaxed);
                 (r.verdict, r.permissive, r.audit)
             }
             None => (self.default, false, false),
         };
-        self.finish(table_verdict, rule, rule_permissive, rule_audit, f.labels.source.context.type_(), mode)
+        let (table_verdict, selinux) = match rule_verdict {
+            RuleVerdict::Accept => (Verdict::Accept, None),
+            RuleVerdict::Drop => (Verdict::Drop, None),
+            RuleVerdict::Selinux => {
+                let asked = ask(oracle, f);
+                let allowed = matches!(asked, Asked::Answered(a) if a.allowed);
+                (if allowed { Verdict::Accept } else { Verdict::Drop }, Some(asked))
+            }
+        };
+        let mut d =
+            self.finish(table_verdict, rule, rule_permissive, rule_audit, f.labels.source.context.type_(), mode);
+        if let Some(asked) = selinux {
+            d.selinux = Some(asked);
+            // Recorded as libselinux's AVC would: denials unless the policy
+            // says `dontaudit`, grants when it says `auditallow` (or the
+            // rule says `audit = true`); a failed check always.
+            d.audit = rule_audit || !matches!(asked, Asked::Answered(a) if !a.audited);
+            if let Asked::Answered(a) = asked {
+                if d.table_verdict == Verdict::Drop && a.permissive {
+                    d.permissive = true;
+                    d.verdict = Verdict::Accept;
+                }
+            }
+        }
+        d
     }
 
     /// The decision for a packet that could not be parsed.
@@ -741,9 +841,14 @@ impl Policy {
         mode: Mode,
     ) -> Decision {
         match table_verdict {
-            Verdict::Accept => {
-                Decision { verdict: Verdict::Accept, table_verdict, rule, permissive: false, audit: rule_audit }
-            }
+            Verdict::Accept => Decision {
+                verdict: Verdict::Accept,
+                table_verdict,
+                rule,
+                permissive: false,
+                audit: rule_audit,
+                selinux: None,
+            },
             Verdict::Drop => {
                 let permissive = mode == Mode::Permissive || rule_permissive || self.domain_permissive(source_type);
                 Decision {
@@ -752,6 +857,7 @@ impl Policy {
                     rule,
                     permissive,
                     audit: true,
+                    selinux: None,
                 }
             }
         }

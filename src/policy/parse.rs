@@ -2,7 +2,7 @@
 //! refusal names the file, line and column.
 
 use super::pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortSet};
-use super::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, Policy, RareConds, Rule, Verdict};
+use super::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, Policy, RareConds, Rule, RuleVerdict, Verdict};
 use crate::packet::Proto;
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -134,7 +134,7 @@ impl<'a> Ctx<'a> {
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     mode: Option<Mode>,
-    default: Option<Verdict>,
+    default: Option<RuleVerdict>,
     malformed: Option<Verdict>,
     #[serde(default)]
     permissive_domains: Vec<Spanned<String>>,
@@ -171,7 +171,7 @@ struct RawRule {
     daddr: Option<Spanned<toml::Value>>,
     iif: Option<Spanned<String>>,
     oif: Option<Spanned<String>>,
-    verdict: Verdict,
+    verdict: RuleVerdict,
     #[serde(default)]
     permissive: bool,
     #[serde(default)]
@@ -222,7 +222,7 @@ struct RuleSection {
 /// Everything in a policy but its rules, compiled.
 struct Head {
     mode: Mode,
-    default: Verdict,
+    default: RuleVerdict,
     malformed: Verdict,
     permissive_domains: Vec<String>,
     sets: SetMap,
@@ -638,7 +638,7 @@ fn head_sets(cx: &Ctx<'_>, raw: &RawPolicy) -> Result<Head, PolicyError> {
     }
     Ok(Head {
         mode: raw.mode.unwrap_or(Mode::Enforcing),
-        default: raw.default.unwrap_or(Verdict::Drop),
+        default: raw.default.unwrap_or(RuleVerdict::Drop),
         malformed: raw.malformed.unwrap_or(Verdict::Drop),
         permissive_domains,
         sets,
