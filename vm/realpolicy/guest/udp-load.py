@@ -1,0 +1,62 @@
+#!/usr/bin/python3
+"""Bounded UDP load on loopback for the lifecycle scenario.
+
+  udp-load.py sink PORT IDLE_S MAX_S OUTFILE   count datagrams until IDLE_S
+                                               without one (or MAX_S), write
+                                               the count to OUTFILE
+  udp-load.py flood PORT COUNT SECONDS MAX_S   send COUNT datagrams to
+                                               127.0.0.1:PORT paced over
+                                               SECONDS (stop at MAX_S), print
+                                               how many were sent
+One socket, no replies: conntrack keeps the flow NEW, so the queue rules send
+every datagram to labelgate.
+"""
+import socket
+import sys
+import time
+
+
+def sink(port, idle, max_s, out):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind(("127.0.0.1", port))
+    s.settimeout(idle)
+    n = 0
+    end = time.monotonic() + max_s
+    started = False
+    while time.monotonic() < end:
+        try:
+            s.recv(2048)
+            n += 1
+            started = True
+        except socket.timeout:
+            if started:
+                break
+    with open(out, "w") as f:
+        f.write(f"{n}\n")
+
+
+def flood(port, count, seconds, max_s):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    start = time.monotonic()
+    sent = 0
+    for i in range(count):
+        now = time.monotonic()
+        if now - start > max_s:
+            break
+        due = start + seconds * i / count
+        if due > now:
+            time.sleep(due - now)
+        s.sendto(b"x" * 64, ("127.0.0.1", port))
+        sent += 1
+    print(sent)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    if a and a[0] == "sink" and len(a) == 5:
+        sink(int(a[1]), float(a[2]), float(a[3]), a[4])
+    elif a and a[0] == "flood" and len(a) == 5:
+        flood(int(a[1]), int(a[2]), float(a[3]), float(a[4]))
+    else:
+        sys.exit(__doc__)
