@@ -224,7 +224,8 @@ fn rules(args: cli::RulesArgs) -> anyhow::Result<()> {
     }
     let p = Policy::load(&args.policy)?;
     let queues = cli::parse_queues(&args.queues).map_err(anyhow::Error::msg).context("--queues")?;
-    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, !args.no_bypass);
+    let bypass = args.fail.map_or(!args.no_bypass, |f| f == cli::Fail::Open);
+    let mut spec = RuleSpec::for_policy(&p, queues, args.flow, bypass);
     spec.new_only = !args.all_packets;
     if args.install {
         r::install(args.backend, &spec)?;
@@ -325,7 +326,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let low_port = matches!(&args.metrics, Some(crate::metrics::Endpoint::Tcp(a)) if a.port() < 1024);
         let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port };
         let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
-        log::info!("confined: capabilities {:?}; no_new_privs", r.kept);
+        log::info!("confined: {r}");
     }
 
     let counters = Arc::new(Counters::default());
@@ -379,6 +380,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         log::info!("metrics on {ep:?}");
     }
     log::info!("labelgate running: policy {} mode {:?}", args.policy.display(), mode);
+    // Ready only now that every queue is bound (Type=notify in the unit).
+    let notify = crate::notify::Notifier::from_env()?;
+    let status = |what: &str| format!("{what}: policy {} mode {mode:?}", args.policy.display());
+    crate::notify::log_err(notify.ready(&status("running")));
 
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -386,6 +391,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             print_counters(&engine);
         }
         if reload.swap(false, Ordering::Relaxed) {
+            crate::notify::log_err(notify.reloading());
             match Policy::load(&args.policy) {
                 Ok(p) => {
                     let n = p.rules.len();
@@ -395,8 +401,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
             }
+            crate::notify::log_err(notify.ready(&status("running")));
         }
     }
+    crate::notify::log_err(notify.stopping());
     log::info!("stopping: answering queued packets");
     runtime.join();
     print_counters(&engine);

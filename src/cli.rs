@@ -71,6 +71,9 @@ pub struct RulesArgs {
     /// Drop packets while labelgate is not running (default: let them pass).
     #[arg(long)]
     pub no_bypass: bool,
+    /// Packets while labelgate is not running: open lets them pass (--queue-bypass), closed drops them.
+    #[arg(long, value_enum, conflicts_with = "no_bypass")]
+    pub fail: Option<Fail>,
     /// Apply the rules atomically (replacing labelgate's previous rules).
     #[arg(long, conflicts_with = "remove")]
     pub install: bool,

@@ -4,6 +4,15 @@
 //! Capabilities are per thread and inherited by threads created later, so
 //! [`apply`] must run before the daemon starts any thread.
 //!
+//! The bounding set is trimmed only when labelgate holds CAP_SETPCAP (run by
+//! hand as root). Under its systemd unit it does not: the unit's
+//! `CapabilityBoundingSet=` already limits the bounding set, and giving the
+//! daemon CAP_SETPCAP only to trim it again would widen what a compromised
+//! daemon could do (CAP_SETPCAP also changes securebits). What is left in the
+//! bounding set then cannot come back: the permitted and effective sets are
+//! cut to what is kept, no_new_privs stops execve from granting more, and
+//! [`Report::bounding_left`] names what the caller left there, for the log.
+//!
 //! Why no Landlock: a Landlock-restricted process may not ptrace-access
 //! processes outside its domain, and reading `/proc/PID/fd` of other
 //! processes (how labelgate finds which process owns a socket) is exactly
@@ -37,6 +46,19 @@ pub enum ConfineError {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub kept: Vec<Capability>,
+    /// Capabilities left in the bounding set beyond `kept` because labelgate
+    /// lacked CAP_SETPCAP to drop them (empty when it could).
+    pub bounding_left: Vec<Capability>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "capabilities {:?}; no_new_privs", self.kept)?;
+        if !self.bounding_left.is_empty() {
+            write!(f, "; bounding set limited by the caller (no CAP_SETPCAP), also holds {:?}", self.bounding_left)?;
+        }
+        Ok(())
+    }
 }
 
 /// The capabilities `labelgate run` keeps:
@@ -58,12 +80,20 @@ pub fn kept(needs: &Needs) -> HashSet<Capability> {
 /// Drop capabilities and set no_new_privs. Call before starting any thread.
 pub fn apply(needs: &Needs) -> Result<Report, ConfineError> {
     let keep = kept(needs);
-    // The bounding set first (dropping from it needs CAP_SETPCAP, which goes next).
+    // The bounding set first (dropping from it needs CAP_SETPCAP, which goes
+    // next); without CAP_SETPCAP the service manager limited it already.
+    let can_trim = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)?;
+    let mut bounding_left = Vec::new();
     for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)?;
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap)? {
+            if can_trim {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            } else {
+                bounding_left.push(cap);
+            }
         }
     }
+    bounding_left.sort_by_key(|c| c.index());
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
     let have = caps::read(None, CapSet::Permitted)?;
@@ -74,7 +104,7 @@ pub fn apply(needs: &Needs) -> Result<Report, ConfineError> {
 
     let mut kept: Vec<Capability> = keep.into_iter().collect();
     kept.sort_by_key(|c| c.index());
-    Ok(Report { kept })
+    Ok(Report { kept, bounding_left })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod labels;
 pub mod lint;
 pub mod metrics;
 pub mod mls;
+pub mod notify;
 pub mod packet;
 pub mod policy;
 pub mod resolve;
