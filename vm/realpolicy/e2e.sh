@@ -99,7 +99,7 @@ in_root dpkg -s labelgate >/dev/null || die "labelgate is not installed in the i
 # The guest's test runner and the site configuration the scenarios use.
 G="$HERE/guest"
 install -d -m 755 "$MNT/usr/local/lib/labelgate-tests" "$MNT/usr/local/lib/labelgate-tests/scenarios"
-install -m 755 "$G/run.sh" "$G/common.sh" "$G/udp-load.py" "$MNT/usr/local/lib/labelgate-tests/"
+install -m 755 "$G/run.sh" "$G/common.sh" "$G/load.py" "$MNT/usr/local/lib/labelgate-tests/"
 install -m 755 "$G"/scenarios/*.sh "$MNT/usr/local/lib/labelgate-tests/scenarios/"
 install -m 644 "$G/labelgate-tests.service" "$MNT/etc/systemd/system/"
 ln -sf /etc/systemd/system/labelgate-tests.service "$MNT/etc/systemd/system/multi-user.target.wants/labelgate-tests.service"

@@ -15,9 +15,10 @@ SPORT=40123   # the refused connection's source port: finds its records
 echo_server_start || fail echo-server "socat did not listen on $ECHO_PORT"
 article_policy >"$LGT_OUT/auditd-policy.toml"
 install_policy "$LGT_OUT/auditd-policy.toml"
+# /etc/default/labelgate (the package's conffile) with LABELGATE_OPTS set.
 had_default=0
-[ -f /etc/default/labelgate ] && { had_default=1; cp /etc/default/labelgate "$LGT_OUT/default-labelgate.orig"; }
-echo 'LABELGATE_OPTS=--audit-kernel' >/etc/default/labelgate
+[ -f /etc/default/labelgate ] && { had_default=1; cp -p /etc/default/labelgate "$LGT_OUT/default-labelgate.orig"; }
+echo 'LABELGATE_OPTS=--audit-kernel' >>/etc/default/labelgate
 lg_restart unit-restarts || { scenario_end; exit 1; }
 check runs-with-audit-kernel grep -q -- '--audit-kernel' <(tr '\0' ' ' <"/proc/$(lg_pid)/cmdline")
 
@@ -45,7 +46,7 @@ check audit2allow-reads-labelgate grep -qE '^allow unconfined_t postgresql_t:[a-
 check audit2allow-reads-kernel grep -qE '^allow httpd_t shadow_t:file ' "$LGT_OUT/auditd-audit2allow.txt"
 
 # Back to the packaged defaults for the scenarios that follow.
-if [ "$had_default" = 1 ]; then cp "$LGT_OUT/default-labelgate.orig" /etc/default/labelgate
+if [ "$had_default" = 1 ]; then cp -p "$LGT_OUT/default-labelgate.orig" /etc/default/labelgate
 else rm -f /etc/default/labelgate; fi
 lg_restart unit-restarts-without-audit-kernel
 echo_server_stop

@@ -1,13 +1,16 @@
 #!/bin/bash
-# Scenario lifecycle (issue 15, 2.6): the unit's stop, restart and reload.
+# Scenario lifecycle (issue 15, 2.6): the unit's stop, restart and reload,
+# with the package's defaults (LABELGATE_FAIL=closed: the queue rules stay
+# when labelgate is not running, so new connections are then dropped).
 #  - `systemctl stop` under a bounded UDP load answers every queued packet:
 #    labelgate reads the kernel's queue counters
 #    (/proc/net/netfilter/nfnetlink_queue) after its last verdict and logs
-#    them; id_sequence equals the packets it answered, nothing waits or was
-#    dropped, and every datagram sent arrived.
-#  - `systemctl restart` under the same load: a new process binds the queue,
-#    every datagram arrived, and the table is enforced afterwards (refusal and
-#    positive control).
+#    them; id_sequence equals the packets it answered and nothing waits or
+#    was dropped. Once stopped, a new connection is refused (fail closed).
+#  - `systemctl restart` under a bounded TCP load: every connection is
+#    answered (a SYN dropped while no process is bound is sent again), the
+#    old process answered every packet queued to it, a new process binds the
+#    queue, and the table is enforced afterwards.
 #  - `systemctl reload` with a broken policy: refused, the running table
 #    stays (same process, unit active, same decisions).
 # Kernel permissive: the scenario is about the unit.
@@ -31,23 +34,15 @@ enforced() {
   expect_eq "root-socat-refused-$1" "$(tcp_try 5432)" "" "socat to 5432"
 }
 
-# load_start TAG: a UDP sink and a paced sender (COUNT datagrams over
-# SECONDS_LOAD s, at most 60 s), from the root shell.
-load_start() {
-  rm -f "$LGT_OUT/$1-received" "$LGT_OUT/$1-sent"
-  python3 "$LOAD" sink "$UDP_PORT" 5 120 "$LGT_OUT/$1-received" &
+# udp_load_start: a UDP sink and a paced sender (COUNT datagrams over
+# SECONDS_LOAD s, at most 60 s) from the root shell.
+udp_load_start() {
+  rm -f "$LGT_OUT/stop-received" "$LGT_OUT/stop-sent"
+  python3 "$LOAD" sink "$UDP_PORT" 5 120 "$LGT_OUT/stop-received" &
   SINK_PID=$!
   sleep 1
-  as_root_login "python3 $LOAD flood $UDP_PORT $COUNT $SECONDS_LOAD 60 >$LGT_OUT/$1-sent" &
+  as_root_login "python3 $LOAD flood $UDP_PORT $COUNT $SECONDS_LOAD 60 >$LGT_OUT/stop-sent" &
   FLOOD_PID=$!
-}
-load_finish() {   # TAG
-  wait "$FLOOD_PID"; wait "$SINK_PID"
-  local sent recv
-  sent="$(cat "$LGT_OUT/$1-sent" 2>/dev/null)"; recv="$(cat "$LGT_OUT/$1-received" 2>/dev/null)"
-  log "$1: sent ${sent:-?}, received ${recv:-?}"
-  expect_eq "$1-all-sent" "${sent:-0}" "$COUNT" "datagrams sent"
-  expect_eq "$1-all-delivered" "${recv:-none}" "${sent:-0}" "datagrams received"
 }
 # stop_counters TAG JOURNAL_MARK MID: the exiting process's kernel counters.
 stop_counters() {
@@ -68,31 +63,45 @@ stop_counters() {
 }
 
 # --- stop under load ---------------------------------------------------------
-load_start stop
+enforced before-stop
+udp_load_start
 sleep 6
 mid="$(queue_field 0 8)"; mid="${mid:-0}"
 log "id_sequence mid-load: $mid"
+check load-running-at-stop kill -0 "$FLOOD_PID"
 jm="$(journal_mark)"
 systemctl stop labelgate.service || fail stop-command "systemctl stop returned $?"
 expect_eq stopped "$(systemctl is-active labelgate.service)" inactive "unit state after stop"
 expect_eq queue-unbound "$(queue_portid 0)" "" "queue 0's reader after stop"
-load_finish stop
 stop_counters stop "$jm" "$mid"
+wait "$FLOOD_PID"; wait "$SINK_PID"
+log "stop: sent $(cat "$LGT_OUT/stop-sent" 2>/dev/null), received $(cat "$LGT_OUT/stop-received" 2>/dev/null) (datagrams after the stop are dropped: fail closed)"
+# Fail closed: the rules stayed, nothing reads the queue, so a new connection
+# (to the port allowed a moment ago, positive control above) is dropped.
+check rules-stay-after-stop bash -c "iptables -t security -S | grep -q -- '-j NFQUEUE --queue-num 0'"
+expect_eq closed-while-stopped "$(tcp_try "$ECHO_PORT")" "" "socat to the allowed port while labelgate is stopped"
 
 # --- restart under load ------------------------------------------------------
 systemctl start labelgate.service
 lg_wait_ready && pass started-again || fail started-again "unit not active and bound"
 enforced before-restart
 old="$(lg_pid)"; oldport="$(queue_portid 0)"
-load_start restart
-sleep 6
+as_root_login "python3 $LOAD tcp $ECHO_PORT 100 240 >$LGT_OUT/restart-tcp" &
+TCP_PID=$!
+sleep 8
 mid="$(queue_field 0 8)"; mid="${mid:-0}"
+log "id_sequence mid-load: $mid"
+check load-running-at-restart kill -0 "$TCP_PID"
 jm="$(journal_mark)"
 systemctl restart labelgate.service || fail restart-command "systemctl restart returned $?"
 lg_wait_ready "$oldport" && pass restarted-bound || fail restarted-bound "no new reader on queue 0"
 check new-process test "$(lg_pid)" != "$old"
-load_finish restart
 stop_counters restart "$jm" "$mid"
+wait "$TCP_PID"
+read -r answered tried <"$LGT_OUT/restart-tcp" || true
+log "restart: $answered of $tried connections answered"
+expect_eq restart-connections-tried "${tried:-0}" 100 "connections tried"
+expect_eq restart-connections-answered "${answered:-0}" "${tried:-none}" "connections answered"
 enforced after-restart
 
 # --- reload with a broken policy -----------------------------------------------

@@ -23,23 +23,30 @@ if [ "$phase" = setup ]; then
     fail module-source "the labelgate package ships no labelgate.te ($(dpkg -L labelgate | tr '\n' ' '))"
   else
     pass module-source
+    # Every module source the package ships beside it: .te files are built
+    # with the policy's development Makefile, .cil files loaded as they are.
+    src="$(dirname "$te")"
     build=/root/labelgate-selinux
     rm -rf "$build"; mkdir -p "$build"
-    cp "$(dirname "$te")"/labelgate.* "$build/"
-    rm -f "$build"/*.pp
-    if (cd "$build" && make -f /usr/share/selinux/devel/Makefile labelgate.pp) >"$LGT_OUT/module-build.log" 2>&1; then
+    cp "$src"/*.te "$src"/*.if "$src"/*.fc "$build/" 2>/dev/null
+    mods=()
+    for t in "$build"/*.te; do mods+=("${t%.te}.pp"); done
+    if (cd "$build" && make -f /usr/share/selinux/devel/Makefile "${mods[@]##*/}") >"$LGT_OUT/module-build.log" 2>&1; then
       pass module-builds
     else
       fail module-builds "$(tail -n 5 "$LGT_OUT/module-build.log" | tr '\n' ' ')"
     fi
+    for c in "$src"/*.cil; do [ -f "$c" ] && mods+=("$c"); done
+    log "loading: ${mods[*]}"
     # -D: no dontaudit rules, so a permissive kernel logs every would-be denial.
-    if semodule -D -i "$build/labelgate.pp" >"$LGT_OUT/semodule.log" 2>&1; then
+    inst=(); for m in "${mods[@]}"; do inst+=(-i "$m"); done
+    if semodule -D "${inst[@]}" >"$LGT_OUT/semodule.log" 2>&1; then
       pass module-loads
     else
       fail module-loads "$(tail -n 5 "$LGT_OUT/semodule.log" | tr '\n' ' ')"
     fi
     check module-listed bash -c 'semodule -l | grep -qx labelgate'
-    check dontaudit-off test -e /var/lib/selinux/default/disable_dontaudit
+    check dontaudit-off test -e /var/lib/selinux/default/active/disable_dontaudit
   fi
   # Records of every would-be denial must reach the log.
   auditctl -b 16384 >/dev/null 2>&1
@@ -51,6 +58,8 @@ if [ "$phase" = setup ]; then
   # The unit with the packaged starter policy (permissive, accept), kept for
   # the scenarios that start from it.
   cp /etc/labelgate/policy.toml "$LGT_OUT/packaged-policy.toml"
+  # As an administrator would once a policy is written: enable and start.
+  systemctl enable labelgate.service >/dev/null 2>&1 || fail unit-enables "systemctl enable failed"
   lg_restart unit-starts
   expect_eq runs-in-labelgate_t "$(lg_ctx)" system_u:system_r:labelgate_t:s0 "labelgate's context"
   echo "$SCENARIO_FAILS" >"$STATE"

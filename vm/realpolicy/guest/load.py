@@ -1,14 +1,19 @@
 #!/usr/bin/python3
-"""Bounded UDP load on loopback for the lifecycle scenario.
+"""Bounded UDP and TCP load on loopback for the lifecycle scenario.
 
-  udp-load.py sink PORT IDLE_S MAX_S OUTFILE   count datagrams until IDLE_S
+  load.py sink PORT IDLE_S MAX_S OUTFILE   count datagrams until IDLE_S
                                                without one (or MAX_S), write
                                                the count to OUTFILE
-  udp-load.py flood PORT COUNT SECONDS MAX_S   send COUNT datagrams to
+  load.py flood PORT COUNT SECONDS MAX_S   send COUNT datagrams to
                                                127.0.0.1:PORT paced over
                                                SECONDS (stop at MAX_S), print
                                                how many were sent
-One socket, no replies: conntrack keeps the flow NEW, so the queue rules send
+  load.py tcp PORT COUNT MAX_S                 COUNT connections one after
+                                               the other to 127.0.0.1:PORT
+                                               (15 s each to connect and read
+                                               the answer; stop at MAX_S);
+                                               print "answered tried"
+UDP: one socket, no replies: conntrack keeps the flow NEW, so the queue rules send
 every datagram to labelgate.
 """
 import socket
@@ -52,11 +57,30 @@ def flood(port, count, seconds, max_s):
     print(sent)
 
 
+def tcp(port, count, max_s):
+    start = time.monotonic()
+    tried = answered = 0
+    for _ in range(count):
+        if time.monotonic() - start > max_s:
+            break
+        tried += 1
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+                c.shutdown(socket.SHUT_WR)
+                if c.recv(64).startswith(b"pong"):
+                    answered += 1
+        except OSError:
+            pass
+    print(answered, tried)
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if a and a[0] == "sink" and len(a) == 5:
         sink(int(a[1]), float(a[2]), float(a[3]), a[4])
     elif a and a[0] == "flood" and len(a) == 5:
         flood(int(a[1]), int(a[2]), float(a[3]), float(a[4]))
+    elif a and a[0] == "tcp" and len(a) == 4:
+        tcp(int(a[1]), int(a[2]), float(a[3]))
     else:
         sys.exit(__doc__)
