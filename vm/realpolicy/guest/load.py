@@ -7,7 +7,9 @@
   load.py flood PORT COUNT SECONDS MAX_S   send COUNT datagrams to
                                                127.0.0.1:PORT paced over
                                                SECONDS (stop at MAX_S), print
-                                               how many were sent
+                                               "sent refused": refused = the
+                                               kernel dropped it on output
+                                               (sendto fails with EPERM)
   load.py tcp PORT COUNT MAX_S                 COUNT connections one after
                                                the other to 127.0.0.1:PORT
                                                (15 s each to connect and read
@@ -44,7 +46,7 @@ def sink(port, idle, max_s, out):
 def flood(port, count, seconds, max_s):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     start = time.monotonic()
-    sent = 0
+    sent = refused = 0
     for i in range(count):
         now = time.monotonic()
         if now - start > max_s:
@@ -52,9 +54,12 @@ def flood(port, count, seconds, max_s):
         due = start + seconds * i / count
         if due > now:
             time.sleep(due - now)
-        s.sendto(b"x" * 64, ("127.0.0.1", port))
-        sent += 1
-    print(sent)
+        try:
+            s.sendto(b"x" * 64, ("127.0.0.1", port))
+            sent += 1
+        except OSError:
+            refused += 1
+    print(sent, refused)
 
 
 def tcp(port, count, max_s):
