@@ -11,8 +11,9 @@ PKGS=(
   iproute2 iptables util-linux python3 iputils-ping netcat-openbsd conntrack
   # benchmark reference consumer (C, libnetfilter_queue)
   libnetfilter-queue-dev libmnl-dev
-  # packaging checks: systemd-analyze, the SELinux policy module build
-  systemd selinux-policy-dev checkpolicy make
+  # packaging checks: systemd-analyze, the SELinux policy module build,
+  # rpmbuild and rpm (the RPM, on Debian), objcopy (its stripped binary)
+  systemd selinux-policy-dev checkpolicy make rpm binutils
 )
 
 missing=()
@@ -31,4 +32,10 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+# cargo-deb builds the .deb (scripts/package.sh); from crates.io, only if missing.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
 fi

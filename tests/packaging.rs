@@ -98,6 +98,7 @@ fn selinux_policy_module_for_labelgate_t_compiles() {
         ("allow iptables_t labelgate_t:fifo_file", "write", "iptables writes its stderr pipe"),
         ("allow labelgate_t security_t:filesystem", "getattr", "libselinux finds selinuxfs (check)"),
         ("allow labelgate_t init_runtime_t:sock_file", "write", "sd_notify READY=1"),
+        ("allow labelgate_t self:process", "getsched", "available_parallelism"),
     ] {
         assert!(has(prefix, perm), "the module lacks `{prefix} ... {perm}` ({why})");
     }
@@ -386,4 +387,160 @@ fn exec_lines_split_like_systemd() {
         [("A", "x y"), ("E", ""), ("P", "/p q")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     assert_eq!(exec_argv("cmd ${A} $A $E --p=${P}", &env), ["cmd", "x y", "x", "y", "--p=/p q"]);
     assert_eq!(exec_argv("/bin/sh -c 'a \"${P}\" b'", &env), ["/bin/sh", "-c", "a \"/p q\" b"]);
+}
+
+// ---------------------------------------------------------------------------
+// The packages: scripts/package.sh builds the .deb (cargo-deb) and the RPM
+// (rpmbuild), and both carry what an administrator needs.
+
+fn output_of(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn one_file(dir: &str, prefix: &str, suffix: &str) -> String {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+        .filter(|p| {
+            let name = p.rsplit('/').next().unwrap();
+            name.starts_with(prefix) && name.ends_with(suffix)
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one {prefix}*{suffix} in {dir}: {found:?}");
+    found.remove(0)
+}
+
+/// What both packages must hold (paths without the man page suffix).
+fn common_files(man_pages: &[String]) -> Vec<String> {
+    let mut want: Vec<String> = [
+        "/usr/sbin/labelgate",
+        "/usr/lib/systemd/system/labelgate.service",
+        "/etc/labelgate/policy.toml",
+        "/usr/share/bash-completion/completions/labelgate",
+        "/usr/share/fish/vendor_completions.d/labelgate.fish",
+        "/usr/share/labelgate/selinux/labelgate.te",
+        "/usr/share/labelgate/selinux/labelgate.fc",
+        "/usr/share/labelgate/selinux/labelgate.if",
+        "/usr/share/labelgate/selinux/labelgate_flow.cil",
+        "/usr/share/selinux/packages/labelgate.pp",
+        "/usr/share/doc/labelgate/README.md",
+        "/usr/share/doc/labelgate/DEPLOYMENT.md",
+        "/usr/share/doc/labelgate/POLICY.md",
+        "/usr/share/doc/labelgate/examples/article.toml",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    want.extend(man_pages.iter().map(|m| format!("/usr/share/man/man8/{m}")));
+    want
+}
+
+#[test]
+fn packages_ship_the_unit_module_docs_and_safe_scripts() {
+    let tools = ["rpmbuild", "rpm", "dpkg-deb"];
+    let deb_ok = Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());
+    if tools.iter().any(|t| which(t).is_err()) || !deb_ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI needs {tools:?} and cargo-deb (scripts/install-deps.sh)");
+        }
+        eprintln!("SKIP: needs {tools:?} and cargo-deb (scripts/install-deps.sh)");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out =
+        Command::new("bash").arg(format!("{root}/scripts/package.sh")).env("LABELGATE_DEB_FAST", "1").output().unwrap();
+    assert!(out.status.success(), "package.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let deb = one_file(&format!("{root}/target/debian"), "labelgate_", ".deb");
+    let rpm = one_file(&format!("{root}/target/rpm/RPMS/x86_64"), "labelgate-", ".rpm");
+
+    let man = tempfile::tempdir().unwrap();
+    output_of(Command::new(LABELGATE).arg("man").arg(man.path()));
+    let mut man_pages: Vec<String> =
+        std::fs::read_dir(man.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    man_pages.sort();
+    assert!(man_pages.len() >= 5, "{man_pages:?}");
+    let want = common_files(&man_pages);
+
+    // The .deb: files (man pages gzipped), conffiles, maintainer scripts.
+    let deb_files: Vec<String> = output_of(Command::new("dpkg-deb").args(["-c", &deb]))
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches('.').trim_end_matches(".gz").to_string())
+        .collect();
+    for f in want
+        .iter()
+        .chain(&["/etc/default/labelgate".to_string(), "/usr/share/zsh/vendor-completions/_labelgate".into()])
+    {
+        assert!(deb_files.contains(f), "the .deb lacks {f}: {deb_files:?}");
+    }
+    let ctl = tempfile::tempdir().unwrap();
+    output_of(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(ctl.path()));
+    let read = |f: &str| std::fs::read_to_string(ctl.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let conffiles = read("conffiles");
+    assert!(conffiles.contains("/etc/labelgate/policy.toml") && conffiles.contains("/etc/default/labelgate"));
+    for f in ["postinst", "prerm", "postrm"] {
+        output_of(Command::new("sh").arg("-n").arg(ctl.path().join(f)));
+    }
+    let (postinst, prerm, postrm) = (read("postinst"), read("prerm"), read("postrm"));
+    assert!(postinst.contains("install -d -m 0700 /var/log/labelgate"), "{postinst}");
+    assert!(postinst.contains("selinuxenabled") && postinst.contains("restorecon -R"), "{postinst}");
+    assert!(postinst.contains("deb-systemd-helper update-state labelgate.service"), "{postinst}");
+    assert!(postinst.contains("try-restart labelgate.service"), "an upgrade restarts a running labelgate");
+    // debhelper's "do not enable" form: enable again only a unit the admin had enabled.
+    let guard = postinst.find("if deb-systemd-helper debian-installed labelgate.service").expect("no-enable form");
+    assert!(postinst.match_indices("deb-systemd-helper enable").all(|(i, _)| i > guard), "{postinst}");
+    assert!(!postinst.contains("deb-systemd-invoke start"), "installing does not start the unit: {postinst}");
+    let stop = prerm.find("deb-systemd-invoke stop").expect("prerm stops on remove");
+    let lift = prerm.find("labelgate rules --policy /etc/labelgate/policy.toml --remove").expect("prerm lifts rules");
+    assert!(stop < lift, "stop first, then remove the queue rules: {prerm}");
+    assert!(
+        postrm.contains("deb-systemd-helper purge labelgate.service") && postrm.contains("rm -rf /var/log/labelgate")
+    );
+
+    // What the .deb unpacks to works: the binary runs, the unit is the repository's.
+    let tree = tempfile::tempdir().unwrap();
+    output_of(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tree.path()));
+    let shipped = tree.path().join("usr/sbin/labelgate");
+    assert!(output_of(Command::new(&shipped).arg("--help")).contains("rules"));
+    assert_eq!(
+        std::fs::read(tree.path().join("usr/lib/systemd/system/labelgate.service")).unwrap(),
+        std::fs::read(format!("{root}/packaging/labelgate.service")).unwrap()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(tree.path().join("etc/labelgate/policy.toml")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the policy is root's only");
+
+    // The RPM: files, config files, scripts.
+    let rpm_files: Vec<String> = output_of(Command::new("rpm").args(["-qlp", &rpm]))
+        .lines()
+        .map(|l| l.trim_end_matches(".gz").to_string())
+        .collect();
+    for f in
+        want.iter().chain(&["/etc/sysconfig/labelgate".to_string(), "/usr/share/zsh/site-functions/_labelgate".into()])
+    {
+        assert!(rpm_files.contains(f), "the RPM lacks {f}: {rpm_files:?}");
+    }
+    let config = output_of(Command::new("rpm").args(["-qp", "--configfiles", &rpm]));
+    assert!(config.contains("/etc/labelgate/policy.toml") && config.contains("/etc/sysconfig/labelgate"), "{config}");
+    let scripts = output_of(Command::new("rpm").args(["-qp", "--scripts", &rpm]));
+    // `rpm --scripts` prints "NAME scriptlet (using /bin/sh):" before each one.
+    let section = |name: &str| {
+        let mut lines = scripts.lines().skip_while(|l| !l.starts_with(name));
+        assert!(lines.next().is_some(), "no {name} in {scripts}");
+        lines.take_while(|l| !l.contains(" scriptlet (using ")).collect::<Vec<_>>().join("\n")
+    };
+    let (post, preun, postun) =
+        (section("postinstall scriptlet"), section("preuninstall scriptlet"), section("postuninstall scriptlet"));
+    assert!(post.contains("restorecon -R") && post.contains("preset labelgate.service"), "{post}");
+    let systemctl: Vec<&str> = post.lines().map(str::trim).filter(|l| l.starts_with("/usr/bin/systemctl")).collect();
+    assert!(!systemctl.is_empty() && systemctl.iter().all(|l| l.contains(" preset ")), "only presets: {post}");
+    assert!(preun.contains("$1 -eq 0") && preun.contains("disable --now labelgate.service"), "{preun}");
+    assert!(preun.contains("rules --policy /etc/labelgate/policy.toml --remove"), "{preun}");
+    assert!(postun.contains("try-restart labelgate.service"), "{postun}");
+    let listing = output_of(Command::new("rpm").args(["-qlvp", &rpm]));
+    let policy_line = listing.lines().find(|l| l.ends_with("/etc/labelgate/policy.toml")).unwrap();
+    assert!(policy_line.starts_with("-rw-------"), "{policy_line}");
 }
