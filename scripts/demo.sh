@@ -69,9 +69,10 @@ done
 echo "  all checks of the run: $(grep -c '^RESULT PASS' "$work/results.txt" 2>/dev/null) passed, $(grep -c '^RESULT FAIL' "$work/results.txt" 2>/dev/null) failed"
 grep '^RESULT FAIL' "$work/results.txt" 2>/dev/null | sed 's/^/    /' || true
 echo
-echo "labelgate's records (/var/log/labelgate/audit.log; one per source/target/port and verdict):"
+echo "labelgate's records of the permissive-kernel half (/var/log/labelgate/audit.log; one per"
+echo "verdict, hook, program, source, target and port: a refused SYN sent again is left out here):"
 if [ -s "$g/article-records.log" ]; then
-  awk '{ match($0, /avc: +[a-z]+ +\{ [a-z_]+ \}/); k = substr($0, RSTART, RLENGTH); match($0, /scontext=[^ ]+ tcontext=[^ ]+/); k = k substr($0, RSTART, RLENGTH); match($0, / dest=[0-9]+/); k = k substr($0, RSTART, RLENGTH); if (!(k in seen)) { seen[k] = 1; print "  " $0 } }' "$g/article-records.log"
+  awk '{ match($0, /avc: +[a-z]+ +\{ [a-z_]+ \}/); k = substr($0, RSTART, RLENGTH); match($0, / comm="[^"]*"/); k = k substr($0, RSTART, RLENGTH); match($0, /scontext=[^ ]+ tcontext=[^ ]+/); k = k substr($0, RSTART, RLENGTH); match($0, / dest=[0-9]+/); k = k substr($0, RSTART, RLENGTH); if (!(k in seen)) { seen[k] = 1; print "  " $0 } }' "$g/article-records.log"
 else
   echo "  (none: see $work/e2e.out)"
 fi

@@ -6,7 +6,8 @@
 # guest reports `RESULT PASS|FAIL scenario/check` lines on the serial console.
 #
 # Usage: vm/realpolicy/e2e.sh [PATH_TO_LABELGATE_DEB]
-#   default: build the .deb with scripts/package.sh (needs cargo-deb)
+#   default: build the packages with scripts/package.sh (cargo-deb, rpmbuild:
+#   scripts/install-deps.sh installs them)
 # Env: LABELGATE_REALVM_SCENARIOS  space-separated subset of: article staging
 #                                  auditd check lifecycle (default: all);
 #                                  selinux-module always runs (it loads
@@ -57,9 +58,8 @@ log "base image $BASE ($(secs "$tb") s)"
 # --- the package, built as a release would be ---------------------------------
 DEB="${1:-}"
 if [ -z "$DEB" ]; then
-  cargo deb --version >/dev/null 2>&1 || die "cargo-deb is not installed (scripts/install-deps.sh installs it)"
-  log "building the .deb (scripts/package.sh)"
-  (cd "$REPO" && ./scripts/package.sh) >"$WORK/package.log" 2>&1 || { tail -n 30 "$WORK/package.log"; die "scripts/package.sh failed"; }
+  log "building the packages (scripts/package.sh)"
+  (cd "$REPO" && LABELGATE_DEB_FAST=1 ./scripts/package.sh) >"$WORK/package.log" 2>&1 || { tail -n 30 "$WORK/package.log"; die "scripts/package.sh failed"; }
   DEB="$(ls -t "$REPO"/target/debian/labelgate_*.deb 2>/dev/null | head -n1)"
 fi
 [ -f "$DEB" ] || die "no labelgate .deb (${DEB:-none found in target/debian})"
