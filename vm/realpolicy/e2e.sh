@@ -45,10 +45,6 @@ secs() { echo $(( $(date +%s) - $1 )); }
 
 # --- host tools, kernel, base image ------------------------------------------
 "$REPO/vm/setup.sh" >"$WORK/setup.log" 2>&1 || { cat "$WORK/setup.log"; die "vm/setup.sh failed"; }
-for p in mmdebstrap e2fsprogs policycoreutils; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-    || { log "installing $p"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null; }
-done
 ABI="$(cat "$CACHE/kernel-abi")"
 KERNEL="$CACHE/kernel/boot/vmlinuz-$ABI"
 tb=$(date +%s)

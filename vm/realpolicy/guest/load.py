@@ -12,8 +12,10 @@
                                                (sendto fails with EPERM)
   load.py tcp PORT COUNT MAX_S                 COUNT connections one after
                                                the other to 127.0.0.1:PORT
-                                               (15 s each to connect and read
-                                               the answer; stop at MAX_S);
+                                               (90 s each to connect and read
+                                               the answer, as SYNs dropped
+                                               while no labelgate runs are
+                                               sent again; stop at MAX_S);
                                                print "answered tried"
 UDP: one socket, no replies: conntrack keeps the flow NEW, so the queue rules send
 every datagram to labelgate.
@@ -70,7 +72,7 @@ def tcp(port, count, max_s):
             break
         tried += 1
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+            with socket.create_connection(("127.0.0.1", port), timeout=90) as c:
                 c.shutdown(socket.SHUT_WR)
                 if c.recv(64).startswith(b"pong"):
                     answered += 1

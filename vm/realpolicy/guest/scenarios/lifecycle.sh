@@ -5,12 +5,13 @@
 #  - `systemctl stop` under a bounded UDP load answers every queued packet:
 #    labelgate reads the kernel's queue counters
 #    (/proc/net/netfilter/nfnetlink_queue) after its last verdict and logs
-#    them; id_sequence equals the packets it answered and nothing waits or
-#    was dropped. Once stopped, a new connection is refused (fail closed).
+#    them; id_sequence equals the packets it answered, none waits, none was
+#    lost on the way to it (user_dropped). Once stopped, a new connection is
+#    refused (fail closed).
 #  - `systemctl restart` under a bounded TCP load: every connection is
-#    answered (a SYN dropped while no process is bound is sent again), the
-#    old process answered every packet queued to it, a new process binds the
-#    queue, and the table is enforced afterwards.
+#    answered (a SYN dropped while no process is bound is sent again: each
+#    connect may take 90 s), the old process answered every packet queued to
+#    it, a new process binds the queue, and the table is enforced afterwards.
 #  - `systemctl reload` with a broken policy: refused, the running table
 #    stays (same process, unit active, same decisions).
 # Kernel permissive: the scenario is about the unit.
@@ -55,7 +56,9 @@ stop_counters() {
   local idseq answered
   idseq="$(f id_sequence)"; answered="$(sed -nE 's/.*labelgate answered ([0-9]+).*/\1/p' <<<"$line")"
   expect_eq "$1-nothing-waiting" "$(f waiting)" 0 "waiting"
-  expect_eq "$1-no-queue-drop" "$(f queue_dropped)" 0 "queue_dropped"
+  # queue_dropped is not checked: once stopping, labelgate sets the queue's
+  # length to 0 and the kernel drops what arrives after (fail closed); those
+  # packets never entered the queue.
   expect_eq "$1-no-user-drop" "$(f user_dropped)" 0 "user_dropped"
   expect_eq "$1-every-packet-answered" "$answered" "$idseq" "packets answered vs kernel id_sequence"
   # At least MIN packets queued before the stop or restart: the load, not
@@ -90,7 +93,7 @@ systemctl start labelgate.service
 lg_wait_ready && pass started-again || fail started-again "unit not active and bound"
 enforced before-restart
 old="$(lg_pid)"; oldport="$(queue_portid 0)"
-as_root_login "python3 $LOAD tcp $ECHO_PORT 100 240 >$LGT_OUT/restart-tcp" &
+as_root_login "python3 $LOAD tcp $ECHO_PORT 100 400 >$LGT_OUT/restart-tcp" &
 TCP_PID=$!
 sleep 8
 mid="$(queue_field 0 8)"; mid="${mid:-0}"
