@@ -172,7 +172,11 @@ qemu-system-x86_64 -accel tcg -smp 2 -m 2G -nographic -no-reboot \
   </dev/null >"$WORK/qemu.log" 2>&1 &
 QEMU_PID=$!
 # The guest's report lines (kernel or systemd output may precede one on its line).
-console_lines() { tr -d '\r' <"$CONSOLE" | grep -aoE '(RESULT (PASS|FAIL) |SCENARIO |STAGE |DONE ).*' || true; }
+# Only complete lines: one still being written is read on the next pass.
+console_lines() {
+  head -n "$(wc -l <"$CONSOLE")" "$CONSOLE" | tr -d '\r' \
+    | grep -aoE '(RESULT (PASS|FAIL) |SCENARIO |STAGE |DONE ).*' || true
+}
 seen=0 timed_out=0
 while kill -0 "$QEMU_PID" 2>/dev/null; do
   if [ "$(secs "$tboot")" -ge "$TIMEOUT" ]; then
