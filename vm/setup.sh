@@ -21,6 +21,7 @@ PKGS=(
   netlabel-tools                                # CIPSO
   postgresql postgresql-client                  # real workload
   netcat-openbsd socat attr util-linux procps   # clients, getfattr, setpriv
+  mmdebstrap e2fsprogs                          # the real-policy tier's image (vm/realpolicy)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,0 +1,132 @@
+#!/bin/bash
+# Scenario lifecycle (issue 15, 2.6): the unit's stop, restart and reload,
+# with the package's defaults (LABELGATE_FAIL=closed: the queue rules stay
+# when labelgate is not running, so new connections are then dropped).
+#  - `systemctl stop` under a bounded UDP load answers every queued packet:
+#    labelgate reads the kernel's queue counters
+#    (/proc/net/netfilter/nfnetlink_queue) after its last verdict and logs
+#    them; id_sequence equals the packets it answered, none waits, none was
+#    lost on the way to it (user_dropped). Once stopped, a new connection is
+#    refused (fail closed).
+#  - `systemctl restart` under a bounded TCP load: every connection is
+#    answered (a SYN dropped while no process is bound is sent again: each
+#    connect may take 90 s), the old process answered every packet queued to
+#    it, a new process binds the queue, and the table is enforced afterwards.
+#  - `systemctl reload` with a broken policy: refused, the running table
+#    stays (same process, unit active, same decisions).
+# Kernel permissive: the scenario is about the unit.
+set -uo pipefail
+. /usr/local/lib/labelgate-tests/common.sh
+scenario_begin lifecycle
+LOAD="$LGT_DIR/load.py"
+UDP_PORT=9999
+COUNT=3000
+SECONDS_LOAD=20
+
+echo_server_start || fail echo-server "socat did not listen on $ECHO_PORT"
+article_policy >"$LGT_OUT/lifecycle-policy.toml"
+install_policy "$LGT_OUT/lifecycle-policy.toml"
+lg_restart unit-restarts || { scenario_end; exit 1; }
+
+# enforced NAME: the table decides (the root shell reaches the echo port and
+# not PostgreSQL's).
+enforced() {
+  expect_eq "root-shell-reaches-echo-$1" "$(tcp_try "$ECHO_PORT")" "pong-$ECHO_PORT" "socat to the allowed port"
+  expect_eq "root-socat-refused-$1" "$(tcp_try 5432)" "" "socat to 5432"
+}
+
+# udp_load_start: a UDP sink and a paced sender (COUNT datagrams over
+# SECONDS_LOAD s, at most 60 s) from the root shell.
+udp_load_start() {
+  rm -f "$LGT_OUT/stop-received" "$LGT_OUT/stop-sent"
+  python3 "$LOAD" sink "$UDP_PORT" 5 120 "$LGT_OUT/stop-received" &
+  SINK_PID=$!
+  sleep 1
+  as_root_login "python3 $LOAD flood $UDP_PORT $COUNT $SECONDS_LOAD 60 >$LGT_OUT/stop-sent" &
+  FLOOD_PID=$!
+}
+# stop_counters TAG JOURNAL_MARK MID MIN: the exiting process's kernel counters.
+stop_counters() {
+  local line f
+  line="$(journal_since "$2" labelgate.service | grep -m1 'queue 0: kernel id_sequence=')"
+  log "$1: $line"
+  if [ -z "$line" ]; then fail "$1-counters-logged" "no 'kernel id_sequence=' line in the journal"; return; fi
+  pass "$1-counters-logged"
+  f() { sed -nE "s/.*[ ;]$1=([0-9]+).*/\1/p" <<<"$line"; }
+  local idseq answered
+  idseq="$(f id_sequence)"; answered="$(sed -nE 's/.*labelgate answered ([0-9]+).*/\1/p' <<<"$line")"
+  expect_eq "$1-nothing-waiting" "$(f waiting)" 0 "waiting"
+  # queue_dropped is not checked: once stopping, labelgate sets the queue's
+  # length to 0 and the kernel drops what arrives after (fail closed); those
+  # packets never entered the queue.
+  expect_eq "$1-no-user-drop" "$(f user_dropped)" 0 "user_dropped"
+  expect_eq "$1-every-packet-answered" "$answered" "$idseq" "packets answered vs kernel id_sequence"
+  # At least MIN packets queued before the stop or restart: the load, not
+  # the odd connection, went through the queue.
+  if [ -n "$answered" ] && [ "$answered" -ge "$3" ] && [ "$3" -ge "$4" ]; then pass "$1-load-went-through-queue"
+  else fail "$1-load-went-through-queue" "answered ${answered:-?}, id_sequence seen mid-load $3 (want >= $4)"; fi
+}
+
+# --- stop under load ---------------------------------------------------------
+enforced before-stop
+udp_load_start
+sleep 6
+mid="$(queue_field 0 8)"; mid="${mid:-0}"
+log "id_sequence mid-load: $mid"
+check load-running-at-stop kill -0 "$FLOOD_PID"
+jm="$(journal_mark)"
+systemctl stop labelgate.service || fail stop-command "systemctl stop returned $?"
+expect_eq stopped "$(systemctl is-active labelgate.service)" inactive "unit state after stop"
+expect_eq queue-unbound "$(queue_portid 0)" "" "queue 0's reader after stop"
+stop_counters stop "$jm" "$mid" 500
+wait "$FLOOD_PID"; wait "$SINK_PID"
+read -r sent refused <"$LGT_OUT/stop-sent" || true
+log "stop: sent ${sent:-?}, refused on output ${refused:-?}, received $(cat "$LGT_OUT/stop-received" 2>/dev/null) (after the stop, fail closed drops them)"
+expect_eq stop-load-complete "$(( ${sent:-0} + ${refused:-0} ))" "$COUNT" "datagrams sent or refused"
+# Fail closed: the rules stayed, nothing reads the queue, so a new connection
+# (to the port allowed a moment ago, positive control above) is dropped.
+check rules-stay-after-stop bash -c "iptables -t security -S | grep -q -- '-j NFQUEUE --queue-num 0'"
+expect_eq closed-while-stopped "$(tcp_try "$ECHO_PORT")" "" "socat to the allowed port while labelgate is stopped"
+
+# --- restart under load ------------------------------------------------------
+systemctl start labelgate.service
+lg_wait_ready && pass started-again || fail started-again "unit not active and bound"
+enforced before-restart
+old="$(lg_pid)"; oldport="$(queue_portid 0)"
+as_root_login "python3 $LOAD tcp $ECHO_PORT 100 400 >$LGT_OUT/restart-tcp" &
+TCP_PID=$!
+sleep 8
+mid="$(queue_field 0 8)"; mid="${mid:-0}"
+log "id_sequence mid-load: $mid"
+check load-running-at-restart kill -0 "$TCP_PID"
+jm="$(journal_mark)"
+systemctl restart labelgate.service || fail restart-command "systemctl restart returned $?"
+lg_wait_ready "$oldport" && pass restarted-bound || fail restarted-bound "no new reader on queue 0"
+check new-process test "$(lg_pid)" != "$old"
+stop_counters restart "$jm" "$mid" 20
+wait "$TCP_PID"
+read -r answered tried <"$LGT_OUT/restart-tcp" || true
+log "restart: $answered of $tried connections answered"
+expect_eq restart-connections-tried "${tried:-0}" 100 "connections tried"
+expect_eq restart-connections-answered "${answered:-0}" "${tried:-none}" "connections answered"
+enforced after-restart
+
+# --- reload with a broken policy -----------------------------------------------
+pid="$(lg_pid)"
+printf 'mode = "enforcing"\ndefault = "accept"\n[[rule]]\nname = "broken"\nsource = \n' >"$LGT_OUT/lifecycle-broken.toml"
+install_policy "$LGT_OUT/lifecycle-broken.toml"
+jm="$(journal_mark)"
+systemctl reload labelgate.service || fail reload-command "systemctl reload returned $?"
+for ((i = 0; i < 60; i++)); do
+  journal_since "$jm" labelgate.service | grep -q 'reload refused' && break
+  sleep 0.5
+done
+journal_since "$jm" labelgate.service >"$LGT_OUT/lifecycle-reload-journal.txt"
+check broken-reload-refused grep -q 'reload refused, keeping the running policy' "$LGT_OUT/lifecycle-reload-journal.txt"
+expect_eq active-after-broken-reload "$(systemctl is-active labelgate.service)" active "unit state"
+expect_eq same-process-after-broken-reload "$(lg_pid)" "$pid" "MainPID"
+enforced after-broken-reload
+install_policy "$LGT_OUT/lifecycle-policy.toml"
+systemctl reload labelgate.service
+echo_server_stop
+scenario_end
