@@ -199,19 +199,17 @@ expect_refused() {
 # LG_CONTROL_PORT (served by control_server, queued by queue_out/queue_in).
 CTX_CONTROL="system_u:system_r:unconfined_t:s0"
 LG_CONTROL_PORT=7070
-LG_CONTROL_RULES='# Harness controls (vm/guest/common.sh): the positive controls of the
-# refusal checks. Scenario clients never run in unconfined_t nor use port 7070.
-[[rule]]
-name = "harness-control-client"
-source = "unconfined_t"
-verdict = "accept"
-
-[[rule]]
-name = "harness-control-port"
-proto = "tcp"
-dport = 7070
-verdict = "accept"
-'
+# control_rules HOOK...: the two harness rules for each HOOK (any: no hook key).
+control_rules() {
+  local h hk
+  echo "# Harness controls (vm/guest/common.sh): the positive controls of the"
+  echo "# refusal checks. Scenario clients never run in unconfined_t nor use port $LG_CONTROL_PORT."
+  for h in "$@"; do
+    hk=""; [ "$h" = any ] || hk="hook = \"$h\""
+    printf '[[rule]]\nname = "harness-control-client-%s"\n%s\nsource = "unconfined_t"\nverdict = "accept"\n\n' "$h" "$hk"
+    printf '[[rule]]\nname = "harness-control-port-%s"\n%s\nproto = "tcp"\ndport = %s\nverdict = "accept"\n\n' "$h" "$hk" "$LG_CONTROL_PORT"
+  done
+}
 
 # control_server: start the control target once per scenario (its range
 # covers every level the scenarios use).
@@ -316,11 +314,22 @@ check_no_avc() {
 }
 
 # write_policy NAME <<TOML: store a policy for this scenario, echo its path.
-# The harness control rules (LG_CONTROL_RULES) go before the first rule, so
-# that the controls of expect_refused are admitted whatever the policy says.
+# The harness control rules (control_rules) go before the first rule, so that
+# the controls of expect_refused are admitted whatever the policy says; they
+# name the hooks the policy's rules name and no other (`labelgate rules`
+# queues the hooks a policy names).
 write_policy() {
-  local f="$LG_WORK/$SCENARIO-$1.toml"
-  awk -v ctl="$LG_CONTROL_RULES" '
+  local f="$LG_WORK/$SCENARIO-$1.toml" text hooks
+  text="$(cat)"
+  hooks="$(awk '
+    function end() { if (inrule) used[hook == "" ? "any" : hook] = 1 }
+    /^\[\[rule\]\]/ { end(); inrule = 1; hook = ""; next }
+    /^\[/ { end(); inrule = 0; next }
+    inrule && $1 == "hook" { hook = $3; gsub(/"/, "", hook) }
+    END { end(); if (!length(used) || ("any" in used)) { print "any"; exit }
+          for (h in used) print h }' <<<"$text" | sort)"
+  # shellcheck disable=SC2086  # hooks is a word list
+  printf '%s\n' "$text" | awk -v ctl="$(control_rules $hooks)" '
     !done && /^\[\[rule\]\]/ { print ctl; done = 1 }
     { print }
     END { if (!done) { print ""; print ctl } }' >"$f"
