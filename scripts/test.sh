@@ -28,3 +28,8 @@ echo "== packages (.deb and RPM)"
 
 echo "== SELinux VM end-to-end scenarios (test policy, 9p root)"
 ./vm/e2e.sh "$PWD/target/release/labelgate"
+
+echo "== real-policy VM (Debian's reference policy, the .deb, its systemd unit)"
+debs=(target/debian/labelgate_*.deb)
+[ "${#debs[@]}" = 1 ] && [ -f "${debs[0]}" ] || { echo "test: expected one .deb in target/debian, found: ${debs[*]}" >&2; exit 1; }
+./vm/realpolicy/e2e.sh "$PWD/${debs[0]}"
