@@ -12,8 +12,8 @@ use std::os::fd::RawFd;
 
 pub mod ctnetlink;
 pub mod nfqueue;
-pub mod sockdestroy;
 pub mod selinux_status;
+pub mod sockdestroy;
 pub mod sockdiag;
 
 fn sock_opt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
