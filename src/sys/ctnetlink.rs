@@ -295,15 +295,7 @@ mod tests {
         assert_eq!(t.reversed().reversed(), t);
     }
 
-    fn error(seq: u32, code: i32) -> Vec<u8> {
-        let len = NLMSG_HDRLEN + 4 + NLMSG_HDRLEN;
-        let mut m = vec![0u8; len];
-        m[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
-        m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        m[8..12].copy_from_slice(&seq.to_ne_bytes());
-        m[16..20].copy_from_slice(&code.to_ne_bytes());
-        m
-    }
+    use crate::sys::test_nlmsg_error as error;
 
     #[test]
     fn reads_acks_by_sequence() {

@@ -405,6 +405,20 @@ fn if_name(index: u32) -> Option<String> {
     Some(s.to_string_lossy().into_owned())
 }
 
+/// A netlink error (or ack, code 0) message answering request `seq`, as
+/// the kernel writes it: for the parsers' tests.
+#[cfg(test)]
+pub(crate) fn test_nlmsg_error(seq: u32, code: i32) -> Vec<u8> {
+    const HDRLEN: usize = 16;
+    let len = HDRLEN + 4 + HDRLEN;
+    let mut m = vec![0u8; len];
+    m[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    m[16..20].copy_from_slice(&code.to_ne_bytes());
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
