@@ -522,21 +522,44 @@ fn run(cmd: &str, args: &[&str]) -> Result<bool, RulesError> {
     Ok(st.success())
 }
 
-/// Install the rules: removes labelgate's previous rules first, then applies
-/// the new set in one transaction per address family (iptables: the
-/// families asked for; nft: its `inet` table, both).
+/// Install the rules, replacing labelgate's previous ones. iptables: each
+/// family asked for gets one `iptables-restore --noflush` transaction that
+/// declares labelgate's chains (which empties a chain that exists) and
+/// fills them, so a family's queue rules are replaced at once and never
+/// absent in between (a reload must not let packets pass unqueued); a
+/// transaction that fails leaves that family's previous rules in place.
+/// Chains the new rules no longer use, and the families not asked for, are
+/// removed afterwards. nft: its `inet` table, both families, atomically.
 pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), RulesError> {
     match backend {
         Backend::Iptables => {
-            remove(backend)?;
-            let tools = [(false, "iptables-restore"), (true, "ip6tables-restore")];
-            for (v6, tool) in
-                tools.into_iter().filter(|(v6, _)| family == Family::Both || *v6 == (family == Family::Ipv6))
+            for (v6, tool, restore) in
+                [(false, "iptables", "iptables-restore"), (true, "ip6tables", "ip6tables-restore")]
             {
-                if let Err(e) = pipe(tool, &["--noflush"], &iptables_restore(spec, v6)) {
-                    // Keep the families consistent: undo what was applied.
-                    let _ = remove(backend);
-                    return Err(e);
+                if !(family == Family::Both || v6 == (family == Family::Ipv6)) {
+                    for (builtin, chain) in CHAINS {
+                        remove_chain(tool, builtin, chain)?;
+                    }
+                    continue;
+                }
+                let text = iptables_restore(spec, v6);
+                let mut input = String::with_capacity(text.len());
+                for line in text.lines() {
+                    // A jump that is already there is not added twice.
+                    let present = CHAINS.iter().find(|(b, c)| line == format!("-A {b} -j {c}"));
+                    if let Some((builtin, chain)) = present {
+                        if run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
+                            continue;
+                        }
+                    }
+                    input.push_str(line);
+                    input.push('\n');
+                }
+                pipe(restore, &["--noflush"], &input)?;
+                for (builtin, chain) in CHAINS {
+                    if !text.contains(&format!("\n:{chain} - [0:0]\n")) {
+                        remove_chain(tool, builtin, chain)?;
+                    }
                 }
             }
             Ok(())
@@ -545,27 +568,36 @@ pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), 
     }
 }
 
+/// labelgate's iptables chains and the built-in chains that jump to them.
+const CHAINS: [(&str, &str); 3] =
+    [("INPUT", "LABELGATE_IN"), ("OUTPUT", "LABELGATE_OUT"), ("FORWARD", "LABELGATE_FWD")];
+
+/// Remove one of labelgate's chains and every jump to it (`tool`: iptables
+/// or ip6tables); a chain that is not there is not an error.
+fn remove_chain(tool: &str, builtin: &str, chain: &str) -> Result<(), RulesError> {
+    while run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
+        run(tool, &["-t", "security", "-D", builtin, "-j", chain])?;
+    }
+    if run(tool, &["-t", "security", "-L", chain, "-n"])? {
+        run(tool, &["-t", "security", "-F", chain])?;
+        if !run(tool, &["-t", "security", "-X", chain])? {
+            return Err(RulesError::Failed {
+                cmd: format!("{tool} -t security -X {chain}"),
+                stderr: "chain still referenced".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Remove labelgate's rules (and only those). Removing what is not there is
 /// not an error.
 pub fn remove(backend: Backend) -> Result<(), RulesError> {
     match backend {
         Backend::Iptables => {
             for tool in ["iptables", "ip6tables"] {
-                for (builtin, chain) in
-                    [("INPUT", "LABELGATE_IN"), ("OUTPUT", "LABELGATE_OUT"), ("FORWARD", "LABELGATE_FWD")]
-                {
-                    while run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
-                        run(tool, &["-t", "security", "-D", builtin, "-j", chain])?;
-                    }
-                    if run(tool, &["-t", "security", "-L", chain, "-n"])? {
-                        run(tool, &["-t", "security", "-F", chain])?;
-                        if !run(tool, &["-t", "security", "-X", chain])? {
-                            return Err(RulesError::Failed {
-                                cmd: format!("{tool} -t security -X {chain}"),
-                                stderr: "chain still referenced".into(),
-                            });
-                        }
-                    }
+                for (builtin, chain) in CHAINS {
+                    remove_chain(tool, builtin, chain)?;
                 }
             }
             Ok(())
