@@ -92,7 +92,7 @@ pub struct RulesArgs {
     /// Same as --fail closed (the older spelling).
     #[arg(long, conflicts_with = "fail")]
     pub no_bypass: bool,
-    /// Apply the rules atomically (replacing labelgate's previous rules).
+    /// Apply the rules, replacing labelgate's previous ones atomically per family (iptables: a family whose transaction fails keeps its previous rules; the families --family leaves out lose labelgate's rules).
     #[arg(long, conflicts_with = "remove")]
     pub install: bool,
     /// Remove labelgate's rules (both families), leaving every other rule alone.

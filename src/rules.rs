@@ -181,11 +181,30 @@ pub struct RuleSpec {
 }
 
 /// Sort, drop what another match covers, and widen past [`MAX_MATCHES`].
+/// The ways a list too long is widened, in order: ports left out, then
+/// addresses.
+const WIDEN: [fn(&mut Match); 2] = [|m| m.dport = None, |m| (m.saddr, m.daddr) = (None, None)];
+
+/// Deduplicate `v`, widening it (all of it, from step `steps` of [`WIDEN`]
+/// on) while it is longer than [`MAX_MATCHES`]; returns the steps now
+/// applied. Widening part of the list early is what [`normalize`] would do
+/// to the whole: a step applies when the list is too long after the
+/// earlier ones, and a list too long has every longer list too long.
+fn squeeze(v: &mut Vec<Match>, mut steps: usize) -> usize {
+    loop {
+        v.retain(|m| m.v6().is_ok());
+        v.sort_unstable();
+        v.dedup();
+        let Some(step) = WIDEN.get(steps).filter(|_| v.len() > MAX_MATCHES) else { return steps };
+        v.iter_mut().for_each(step);
+        steps += 1;
+    }
+}
+
 fn normalize(mut v: Vec<Match>) -> (Vec<Match>, bool) {
     v.retain(|m| m.v6().is_ok());
     let mut widened = false;
-    let widen: [fn(&mut Match); 2] = [|m| m.dport = None, |m| (m.saddr, m.daddr) = (None, None)];
-    for step in widen {
+    for step in WIDEN {
         v.sort_unstable();
         v.dedup();
         if v.len() <= MAX_MATCHES {
@@ -228,42 +247,42 @@ impl RuleSpec {
             (input, output) = (true, true);
         }
         let mut widened = false;
-        let (source, entries): (ScopeSource, Vec<(HookSel, Vec<Match>)>) = match &p.scope {
+        // What each entry matches is expanded one entry at a time, chain by
+        // chain, and the chain's list squeezed as it grows: a large policy
+        // never holds every rule's expansion at once.
+        type Entry<'a> = (HookSel, Option<Proto>, Option<&'a PortSet>, Option<&'a NetSet>, Option<&'a NetSet>);
+        let (source, entries): (ScopeSource, Vec<Entry<'_>>) = match &p.scope {
             Some(scope) => (
                 ScopeSource::Declared,
-                scope
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.hook,
-                            Match::expand(e.proto, e.dport.as_ref(), e.saddr.as_ref(), e.daddr.as_ref(), &mut widened),
-                        )
-                    })
-                    .collect(),
+                scope.iter().map(|e| (e.hook, e.proto, e.dport.as_ref(), e.saddr.as_ref(), e.daddr.as_ref())).collect(),
             ),
             None if p.default == RuleVerdict::Accept => (
                 ScopeSource::Derived,
                 p.rules
                     .iter()
                     .filter(|r| r.verdict != RuleVerdict::Accept || r.audit)
-                    .map(|r| {
-                        (
-                            r.hook,
-                            Match::expand(r.proto, r.dport.get(), r.saddr.as_deref(), r.daddr.as_deref(), &mut widened),
-                        )
-                    })
+                    .map(|r| (r.hook, r.proto, r.dport.get(), r.saddr.as_deref(), r.daddr.as_deref()))
                     .collect(),
             ),
-            None => (ScopeSource::Everything, vec![(HookSel::Any, vec![Match::ALL])]),
+            None => (ScopeSource::Everything, vec![(HookSel::Any, None, None, None, None)]),
         };
         let mut chains = Vec::new();
         for (chain, on) in [(Chain::Input, input), (Chain::Output, output), (Chain::Forward, forward)] {
             if !on {
                 continue;
             }
-            let all = entries.iter().filter(|(h, _)| chain.takes(*h)).flat_map(|(_, m)| m.iter().cloned()).collect();
+            let (mut all, mut steps) = (Vec::new(), 0);
+            for (_, proto, dport, saddr, daddr) in entries.iter().filter(|e| chain.takes(e.0)) {
+                let mut m = Match::expand(*proto, *dport, *saddr, *daddr, &mut widened);
+                m.retain(|m| m.v6().is_ok());
+                m.iter_mut().for_each(|m| WIDEN.iter().take(steps).for_each(|w| w(m)));
+                all.extend(m);
+                if all.len() > 4 * MAX_MATCHES {
+                    steps = squeeze(&mut all, steps);
+                }
+            }
             let (matches, w) = normalize(all);
-            widened |= w;
+            widened |= w || steps > 0;
             if !matches.is_empty() {
                 chains.push((chain, matches));
             }
@@ -524,21 +543,44 @@ fn run(cmd: &str, args: &[&str]) -> Result<bool, RulesError> {
     Ok(st.success())
 }
 
-/// Install the rules: removes labelgate's previous rules first, then applies
-/// the new set in one transaction per address family (iptables: the
-/// families asked for; nft: its `inet` table, both).
+/// Install the rules, replacing labelgate's previous ones. iptables: each
+/// family asked for gets one `iptables-restore --noflush` transaction that
+/// declares labelgate's chains (which empties a chain that exists) and
+/// fills them, so a family's queue rules are replaced at once and never
+/// absent in between (a reload must not let packets pass unqueued); a
+/// transaction that fails leaves that family's previous rules in place.
+/// Chains the new rules no longer use, and the families not asked for, are
+/// removed afterwards. nft: its `inet` table, both families, atomically.
 pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), RulesError> {
     match backend {
         Backend::Iptables => {
-            remove(backend)?;
-            let tools = [(false, "iptables-restore"), (true, "ip6tables-restore")];
-            for (v6, tool) in
-                tools.into_iter().filter(|(v6, _)| family == Family::Both || *v6 == (family == Family::Ipv6))
+            for (v6, tool, restore) in
+                [(false, "iptables", "iptables-restore"), (true, "ip6tables", "ip6tables-restore")]
             {
-                if let Err(e) = pipe(tool, &["--noflush"], &iptables_restore(spec, v6)) {
-                    // Keep the families consistent: undo what was applied.
-                    let _ = remove(backend);
-                    return Err(e);
+                if !(family == Family::Both || v6 == (family == Family::Ipv6)) {
+                    for (builtin, chain) in CHAINS {
+                        remove_chain(tool, builtin, chain)?;
+                    }
+                    continue;
+                }
+                let text = iptables_restore(spec, v6);
+                let mut input = String::with_capacity(text.len());
+                for line in text.lines() {
+                    // A jump that is already there is not added twice.
+                    let present = CHAINS.iter().find(|(b, c)| line == format!("-A {b} -j {c}"));
+                    if let Some((builtin, chain)) = present {
+                        if run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
+                            continue;
+                        }
+                    }
+                    input.push_str(line);
+                    input.push('\n');
+                }
+                pipe(restore, &["--noflush"], &input)?;
+                for (builtin, chain) in CHAINS {
+                    if !text.contains(&format!("\n:{chain} - [0:0]\n")) {
+                        remove_chain(tool, builtin, chain)?;
+                    }
                 }
             }
             Ok(())
@@ -547,27 +589,36 @@ pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), 
     }
 }
 
+/// labelgate's iptables chains and the built-in chains that jump to them.
+const CHAINS: [(&str, &str); 3] =
+    [("INPUT", "LABELGATE_IN"), ("OUTPUT", "LABELGATE_OUT"), ("FORWARD", "LABELGATE_FWD")];
+
+/// Remove one of labelgate's chains and every jump to it (`tool`: iptables
+/// or ip6tables); a chain that is not there is not an error.
+fn remove_chain(tool: &str, builtin: &str, chain: &str) -> Result<(), RulesError> {
+    while run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
+        run(tool, &["-t", "security", "-D", builtin, "-j", chain])?;
+    }
+    if run(tool, &["-t", "security", "-L", chain, "-n"])? {
+        run(tool, &["-t", "security", "-F", chain])?;
+        if !run(tool, &["-t", "security", "-X", chain])? {
+            return Err(RulesError::Failed {
+                cmd: format!("{tool} -t security -X {chain}"),
+                stderr: "chain still referenced".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Remove labelgate's rules (and only those). Removing what is not there is
 /// not an error.
 pub fn remove(backend: Backend) -> Result<(), RulesError> {
     match backend {
         Backend::Iptables => {
             for tool in ["iptables", "ip6tables"] {
-                for (builtin, chain) in
-                    [("INPUT", "LABELGATE_IN"), ("OUTPUT", "LABELGATE_OUT"), ("FORWARD", "LABELGATE_FWD")]
-                {
-                    while run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
-                        run(tool, &["-t", "security", "-D", builtin, "-j", chain])?;
-                    }
-                    if run(tool, &["-t", "security", "-L", chain, "-n"])? {
-                        run(tool, &["-t", "security", "-F", chain])?;
-                        if !run(tool, &["-t", "security", "-X", chain])? {
-                            return Err(RulesError::Failed {
-                                cmd: format!("{tool} -t security -X {chain}"),
-                                stderr: "chain still referenced".into(),
-                            });
-                        }
-                    }
+                for (builtin, chain) in CHAINS {
+                    remove_chain(tool, builtin, chain)?;
                 }
             }
             Ok(())
@@ -698,6 +749,43 @@ mod tests {
             true,
         );
         assert_eq!(sp.chains, vec![(Chain::Input, vec![Match::ALL])]);
+    }
+
+    #[test]
+    fn squeezing_a_long_list_early_gives_what_normalizing_it_whole_gives() {
+        // Drop rules of 16 x 16 address pairs each: past 4 x MAX_MATCHES the
+        // list is squeezed while it is built; the result must be the one
+        // normalizing every expansion at once gives.
+        for (rules, mixed) in [(3, false), (5, false), (40, false), (40, true)] {
+            let mut t = String::from("default = \"accept\"\n");
+            for r in 0..rules {
+                let s: Vec<String> = (0..16).map(|i| format!("\"10.{r}.{i}.0/24\"")).collect();
+                let mut d: Vec<String> = (0..16).map(|i| format!("\"192.168.{i}.0/24\"")).collect();
+                if mixed && r % 2 == 0 {
+                    d[0] = "\"fd00::/8\"".into();
+                }
+                let _ = write!(
+                    t,
+                    "[[rule]]\nname = \"r{r}\"\nhook = \"output\"\nproto = \"udp\"\ndport = {}\nsaddr = [{}]\ndaddr = [{}]\nverdict = \"drop\"\n",
+                    100 + r % 7,
+                    s.join(","),
+                    d.join(",")
+                );
+            }
+            let p = policy(&t);
+            let mut widened = false;
+            let all = p
+                .rules
+                .iter()
+                .flat_map(|r| {
+                    Match::expand(r.proto, r.dport.get(), r.saddr.as_deref(), r.daddr.as_deref(), &mut widened)
+                })
+                .collect();
+            let (whole, w) = normalize(all);
+            let sp = RuleSpec::for_policy(&p, vec![0], false, false);
+            assert_eq!(sp.chains, vec![(Chain::Output, whole)], "{rules} rules");
+            assert_eq!(sp.widened, w || widened, "{rules} rules");
+        }
     }
 
     #[test]

@@ -454,3 +454,37 @@ fn messages_name_the_path_and_the_error_once() {
     let d = Daemon::start(&ns, "default = \"accept\"\n", 50, &[]);
     d.stop();
 }
+
+/// `labelgate rules` on a large default-accept policy whose drop rules each
+/// expand to 256 matches (16 sources by 16 destinations) holds about what
+/// the policy itself needs, not every rule's expansion at once. No daemon,
+/// no root: the peak resident size of the child, from getrusage.
+#[test]
+fn rules_memory_stays_near_the_policy_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let nets = |p: &str| (0..16).map(|i| format!("\"{p}.{i}.0/24\"")).collect::<Vec<_>>().join(",");
+    let (s, d) = (nets("10.0"), nets("192.168"));
+    let mut policy = String::from("default = \"accept\"\n");
+    for r in 0..8000 {
+        policy.push_str(&format!(
+            "[[rule]]\nname = \"r{r}\"\nproto = \"tcp\"\nsaddr = [{s}]\ndaddr = [{d}]\ndport = {}\nverdict = \"drop\"\n",
+            1000 + r
+        ));
+    }
+    let path = dir.path().join("big.toml");
+    std::fs::write(&path, &policy).unwrap();
+    let out = Command::new(LABELGATE).arg("rules").arg("--policy").arg(&path).output().expect("run labelgate rules");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rules = text(&out.stdout);
+    assert!(
+        rules.contains("# widened:")
+            && rules.contains("-A LABELGATE_OUT -p tcp -s 10.0.15.0/24 -d 192.168.15.0/24 -m conntrack")
+            && !rules.contains("--dport"),
+        "{rules}"
+    );
+    // SAFETY: a zeroed rusage is valid and getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
+    let peak_mib = ru.ru_maxrss / 1024;
+    assert!(peak_mib < 64, "labelgate rules peaked at {peak_mib} MiB for a {} MiB policy", policy.len() >> 20);
+}

@@ -411,6 +411,63 @@ fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
     assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "8080", "3"]));
 }
 
+/// A reinstall (the unit's ExecReload) replaces each family's queue rules in
+/// one transaction: the old rules are still in place when the new ones are
+/// applied, and a family whose transaction fails keeps its old rules, so a
+/// fail-closed host never passes the governed port unqueued.
+#[test]
+fn reinstalling_rules_never_leaves_a_family_without_them() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let _v6 = ns.spawn_probe(&["serve-tcp", "::1", "5432", "60"]);
+    let _v6_other = ns.spawn_probe(&["serve-tcp", "::1", "8080", "60"]);
+    let policy = write_policy(&ns, SCOPED_UID_POLICY);
+    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "30", "--install"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Shims first on PATH: iptables-restore saves the IPv4 rules it finds
+    // before applying; ip6tables-restore fails, as a broken tool would.
+    let shims = ns.dir.path().join("shims");
+    std::fs::create_dir(&shims).unwrap();
+    let seen = ns.dir.path().join("seen-before-restore");
+    let real = which("iptables-restore").expect("iptables-restore");
+    let shim4 =
+        format!("#!/bin/sh\niptables -t security -S > '{}'\nexec '{}' \"$@\"\n", seen.display(), real.display());
+    for (name, body) in [
+        ("iptables-restore", shim4.as_str()),
+        ("ip6tables-restore", "#!/bin/sh\ncat >/dev/null\necho broken >&2\nexit 1\n"),
+    ] {
+        let f = shims.join(name);
+        std::fs::write(&f, body).unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
+    let moved = write_policy(&ns, &SCOPED_UID_POLICY.replace("5432", "5433"));
+    let out = ns
+        .cmd(LABELGATE)
+        .env("PATH", &path)
+        .args(["rules", "--policy", &moved, "--queues", "30", "--install"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the IPv6 transaction failed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken"), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = std::fs::read_to_string(&seen).expect("the shim ran");
+    assert!(
+        before.contains("--dport 5432") && before.contains("NFQUEUE"),
+        "old rules in place until replaced: {before}"
+    );
+    let v4 = ns.sh("iptables -t security -S");
+    assert!(v4.contains("--dport 5433") && !v4.contains("--dport 5432"), "IPv4 replaced: {v4}");
+    let v6 = ns.sh("ip6tables -t security -S");
+    assert!(v6.contains("--dport 5432") && v6.contains("NFQUEUE"), "IPv6 keeps its rules: {v6}");
+    // No labelgate reads queue 30: the governed IPv6 port stays closed,
+    // while the same client reaches another port.
+    assert!(!ns.probe_as(Some(1001), &["connect-tcp", "::1", "5432", "2"]), "fail closed kept");
+    assert!(ns.probe_as(Some(1001), &["connect-tcp", "::1", "8080", "3"]));
+}
+
 #[test]
 fn printed_rules_queue_ipv6_as_well_as_ipv4() {
     if !can_run() {
