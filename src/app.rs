@@ -420,18 +420,26 @@ struct Reloads {
 }
 
 impl Reloads {
-    fn request(&mut self, path: &std::path::Path) {
+    /// Start a reload, or queue one behind the running one. False when no
+    /// reload is pending afterwards (the thread could not be started).
+    fn request(&mut self, path: &std::path::Path) -> bool {
         if self.running.is_some() {
             self.again = true;
-            return;
+            return true;
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let path = path.to_path_buf();
         match std::thread::Builder::new().name("reload".into()).spawn(move || {
             let _ = tx.send(Policy::load(&path));
         }) {
-            Ok(_) => self.running = Some(rx),
-            Err(e) => log::error!("reload refused, keeping the running policy: cannot start a thread: {e}"),
+            Ok(_) => {
+                self.running = Some(rx);
+                true
+            }
+            Err(e) => {
+                log::error!("reload refused, keeping the running policy: cannot start a thread: {e}");
+                false
+            }
         }
     }
 
@@ -474,8 +482,7 @@ impl Reloads {
             Err(e) => log::error!("reload refused, keeping the running policy: {e}"),
         }
         if std::mem::take(&mut self.again) {
-            self.request(path);
-            return false;
+            return !self.request(path);
         }
         true
     }
@@ -622,7 +629,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
             crate::notify::log_err(notify.reloading());
-            reloads.request(&args.policy);
+            if !reloads.request(&args.policy) {
+                // No reload runs: systemd must not wait for one.
+                crate::notify::log_err(notify.ready(&status("running")));
+            }
         }
     }
     crate::notify::log_err(notify.stopping());
