@@ -135,8 +135,12 @@ records_since() { tail -n +"$(($1 + 1))" "$LG_AUDIT" 2>/dev/null; }
 
 # avc_select OUTCOME SCTX TCTX [REGEX]: from standard input, labelgate's
 # records of OUTCOME (denied|granted) from SCTX to TCTX matching REGEX.
+# Denials read "avc:  denied", grants "labelgate:  granted" (no SELinux tool
+# takes a grant for a missing allow rule; docs/AUDIT.md).
 avc_select() {
-  grep -E "avc: +$1 " | grep -F "scontext=$2 " | grep -F "tcontext=$3 " | grep -E -- "${4:-.}" || true
+  local prefix=avc
+  [ "$1" = granted ] && prefix=labelgate
+  grep -E "$prefix: +$1 " | grep -F "scontext=$2 " | grep -F "tcontext=$3 " | grep -E -- "${4:-.}" || true
 }
 
 # journal_mark / journal_since UNIT: the unit's journal from a mark on.
