@@ -12,8 +12,10 @@
 #    answered (a SYN dropped while no process is bound is sent again: each
 #    connect may take 90 s), the old process answered every packet queued to
 #    it, a new process binds the queue, and the table is enforced afterwards.
-#  - `systemctl reload` with a broken policy: refused, the running table
-#    stays (same process, unit active, same decisions).
+#  - `systemctl reload` with a broken policy: the reload fails (its
+#    `rules --install` step refuses the policy), a SIGHUP sent by hand is
+#    refused by labelgate, and the running table stays (same process, unit
+#    active, same decisions); a good policy then reloads.
 # Kernel permissive: the scenario is about the unit.
 set -uo pipefail
 . /usr/local/lib/labelgate-tests/common.sh
@@ -24,7 +26,12 @@ COUNT=3000
 SECONDS_LOAD=20
 
 echo_server_start || fail echo-server "socat did not listen on $ECHO_PORT"
-article_policy >"$LGT_OUT/lifecycle-policy.toml"
+# The article's table, scoped to what this scenario sends: the UDP load on
+# $UDP_PORT is governed (queued and decided), besides the TCP ports.
+{
+  article_policy
+  printf '\n[[scope]]\nproto = "tcp"\ndport = [5432, %s]\n\n[[scope]]\nproto = "udp"\ndport = %s\n' "$ECHO_PORT" "$UDP_PORT"
+} >"$LGT_OUT/lifecycle-policy.toml"
 install_policy "$LGT_OUT/lifecycle-policy.toml"
 lg_restart unit-restarts || { scenario_end; exit 1; }
 
@@ -116,7 +123,16 @@ pid="$(lg_pid)"
 printf 'mode = "enforcing"\ndefault = "accept"\n[[rule]]\nname = "broken"\nsource = \n' >"$LGT_OUT/lifecycle-broken.toml"
 install_policy "$LGT_OUT/lifecycle-broken.toml"
 jm="$(journal_mark)"
-systemctl reload labelgate.service || fail reload-command "systemctl reload returned $?"
+# The unit's ExecReload re-installs the queue rules first: a policy that
+# does not compile fails the reload there, and nothing changes.
+if systemctl reload labelgate.service; then
+  fail reload-command-fails "systemctl reload of a broken policy succeeded"
+else
+  pass reload-command-fails
+fi
+# labelgate refuses it too when the signal comes without the unit's check
+# (kill -HUP by hand).
+systemctl kill -s HUP --kill-whom=main labelgate.service
 for ((i = 0; i < 60; i++)); do
   journal_since "$jm" labelgate.service | grep -q 'reload refused' && break
   sleep 0.5
@@ -127,6 +143,6 @@ expect_eq active-after-broken-reload "$(systemctl is-active labelgate.service)" 
 expect_eq same-process-after-broken-reload "$(lg_pid)" "$pid" "MainPID"
 enforced after-broken-reload
 install_policy "$LGT_OUT/lifecycle-policy.toml"
-systemctl reload labelgate.service
+check reload-good-policy systemctl reload labelgate.service
 echo_server_stop
 scenario_end
