@@ -10,8 +10,10 @@
                                                "sent refused": refused = the
                                                kernel dropped it on output
                                                (sendto fails with EPERM)
-  load.py tcp PORT COUNT MAX_S                 COUNT connections one after
-                                               the other to 127.0.0.1:PORT
+  load.py tcp PORT COUNT MAX_S [INTERVAL]      COUNT connections one after
+                                               the other to 127.0.0.1:PORT,
+                                               the i-th no sooner than
+                                               i * INTERVAL s after the first
                                                (90 s each to connect and read
                                                the answer, as SYNs dropped
                                                while no labelgate runs are
@@ -64,12 +66,17 @@ def flood(port, count, seconds, max_s):
     print(sent, refused)
 
 
-def tcp(port, count, max_s):
+def tcp(port, count, max_s, interval=0.0):
     start = time.monotonic()
     tried = answered = 0
-    for _ in range(count):
+    for i in range(count):
         if time.monotonic() - start > max_s:
             break
+        # Paced: connection i starts no sooner than i * interval, so the load
+        # lasts at least count * interval seconds however fast the host is.
+        wait = start + i * interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         tried += 1
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=90) as c:
@@ -87,7 +94,7 @@ if __name__ == "__main__":
         sink(int(a[1]), float(a[2]), float(a[3]), a[4])
     elif a and a[0] == "flood" and len(a) == 5:
         flood(int(a[1]), int(a[2]), float(a[3]), float(a[4]))
-    elif a and a[0] == "tcp" and len(a) == 4:
-        tcp(int(a[1]), int(a[2]), float(a[3]))
+    elif a and a[0] == "tcp" and len(a) in (4, 5):
+        tcp(int(a[1]), int(a[2]), float(a[3]), float(a[4]) if len(a) == 5 else 0.0)
     else:
         sys.exit(__doc__)

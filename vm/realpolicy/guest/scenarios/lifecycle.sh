@@ -100,7 +100,9 @@ systemctl start labelgate.service
 lg_wait_ready && pass started-again || fail started-again "unit not active and bound"
 enforced before-restart
 old="$(lg_pid)"; oldport="$(queue_portid 0)"
-as_root_login "python3 $LOAD tcp $ECHO_PORT 100 400 >$LGT_OUT/restart-tcp" &
+# Paced at one connection per 0.25 s (at least 25 s): still running when
+# the restart comes 8 s in, on a fast host as on a slow one.
+as_root_login "python3 $LOAD tcp $ECHO_PORT 100 400 0.25 >$LGT_OUT/restart-tcp" &
 TCP_PID=$!
 sleep 8
 mid="$(queue_field 0 8)"; mid="${mid:-0}"
