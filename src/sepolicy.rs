@@ -370,12 +370,7 @@ mod tests {
         let labels = Labels {
             source: Label { context: ctx(src), origin: Origin::Socket },
             dest: Label { context: ctx("postgresql_t"), origin: Origin::Socket },
-            secmark: None,
-            peer: None,
-            uid: None,
-            gid: None,
-            source_process: None,
-            dest_process: None,
+            ..Labels::unresolved("test")
         };
         let none = || None;
         let f = crate::policy::Facts { hook: Hook::Output, pkt: &pkt, labels: &labels, iif: &none, oif: &none };
