@@ -146,6 +146,19 @@ avc_select() {
 # journal_mark / journal_since UNIT: the unit's journal from a mark on.
 journal_mark() { journalctl -n 0 --show-cursor --no-pager 2>/dev/null | sed -n 's/^-- cursor: //p'; }
 journal_since() { journalctl -u "$2" --after-cursor="$1" --no-pager -o cat 2>/dev/null; }
+# journal_wait MARK UNIT PATTERN [SECS]: the unit's journal from MARK on,
+# once a line matches PATTERN (grep -E) or SECS (default 15) have passed.
+# journald reads a service's stderr stream on its own time: a line written
+# just before `systemctl stop` returns may reach the journal a moment later.
+journal_wait() {
+  local deadline=$((SECONDS + ${4:-15})) out
+  while :; do
+    out="$(journal_since "$1" "$2")"
+    if grep -qE -- "$3" <<<"$out" || [ "$SECONDS" -ge "$deadline" ]; then break; fi
+    sleep 0.5
+  done
+  printf '%s\n' "$out"
+}
 
 # article_policy: the article's table for these scenarios (queue rules come
 # from it: every new connection on input and output is decided).

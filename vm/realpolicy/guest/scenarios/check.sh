@@ -26,7 +26,7 @@ for which in good misspelt; do
   install_policy "$LGT_OUT/check-$which.toml"
   jm="$(journal_mark)"
   lg_restart "unit-restarts-$which"
-  journal_since "$jm" labelgate.service >"$LGT_OUT/check-$which-unit.txt"
+  journal_wait "$jm" labelgate.service 'types are known|is not known' >"$LGT_OUT/check-$which-unit.txt"
 done
 check unit-real-types-known grep -q 'all types are known to the loaded SELinux policy' "$LGT_OUT/check-good-unit.txt"
 check unit-not-said-inactive test -z "$(grep -i 'SELinux is not active' "$LGT_OUT/check-good-unit.txt")"

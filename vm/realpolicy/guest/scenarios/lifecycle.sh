@@ -55,7 +55,7 @@ udp_load_start() {
 # stop_counters TAG JOURNAL_MARK MID MIN: the exiting process's kernel counters.
 stop_counters() {
   local line f
-  line="$(journal_since "$2" labelgate.service | grep -m1 'queue 0: kernel id_sequence=')"
+  line="$(journal_wait "$2" labelgate.service 'queue 0: kernel id_sequence=' | grep -m1 'queue 0: kernel id_sequence=')"
   log "$1: $line"
   if [ -z "$line" ]; then fail "$1-counters-logged" "no 'kernel id_sequence=' line in the journal"; return; fi
   pass "$1-counters-logged"
@@ -135,11 +135,7 @@ fi
 # labelgate refuses it too when the signal comes without the unit's check
 # (kill -HUP by hand).
 systemctl kill -s HUP --kill-whom=main labelgate.service
-for ((i = 0; i < 60; i++)); do
-  journal_since "$jm" labelgate.service | grep -q 'reload refused' && break
-  sleep 0.5
-done
-journal_since "$jm" labelgate.service >"$LGT_OUT/lifecycle-reload-journal.txt"
+journal_wait "$jm" labelgate.service 'reload refused' 30 >"$LGT_OUT/lifecycle-reload-journal.txt"
 check broken-reload-refused grep -q 'reload refused, keeping the running policy' "$LGT_OUT/lifecycle-reload-journal.txt"
 expect_eq active-after-broken-reload "$(systemctl is-active labelgate.service)" active "unit state"
 expect_eq same-process-after-broken-reload "$(lg_pid)" "$pid" "MainPID"

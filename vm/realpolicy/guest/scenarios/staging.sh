@@ -49,11 +49,7 @@ pid="$(lg_pid)"
 jm="$(journal_mark)"
 install_policy "$LGT_OUT/staging-enforcing.toml"
 systemctl reload labelgate.service || fail reload-command "systemctl reload returned $?"
-for ((i = 0; i < 60; i++)); do
-  journal_since "$jm" labelgate.service | grep -q 'reloaded' && break
-  sleep 0.5
-done
-journal_since "$jm" labelgate.service >"$LGT_OUT/staging-reload-journal.txt"
+journal_wait "$jm" labelgate.service 'reloaded' 30 >"$LGT_OUT/staging-reload-journal.txt"
 check reload-logged grep -q "reloaded $LG_POLICY" "$LGT_OUT/staging-reload-journal.txt"
 expect_eq same-process "$(lg_pid)" "$pid" "MainPID after reload"
 expect_eq unit-active "$(systemctl is-active labelgate.service)" active
