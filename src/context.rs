@@ -29,16 +29,49 @@ pub fn is_identifier(s: &str) -> bool {
 }
 
 #[derive(PartialEq, Eq, Hash)]
-struct Inner {
+struct Parts {
     user: Box<str>,
     role: Box<str>,
     type_: Box<str>,
     range: Option<Range>,
 }
 
-/// A parsed SELinux security context. Cloning is a reference-count bump.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// The parts and their hash, taken once when the context is built: a range
+/// is two 128-byte category bitmaps, too much to hash on every cache lookup
+/// of the per-packet path.
+struct Inner {
+    parts: Parts,
+    hash: u64,
+}
+
+impl Inner {
+    fn new(parts: Parts) -> Arc<Inner> {
+        use std::hash::BuildHasher as _;
+        // A fixed seed: equal parts hash equally in every context built.
+        let hash = foldhash::fast::FixedState::with_seed(0x6c61_6265_6c67_6174).hash_one(&parts);
+        Arc::new(Inner { parts, hash })
+    }
+}
+
+/// A parsed SELinux security context. Cloning is a reference-count bump;
+/// hashing writes a hash taken once; comparing two clones of one context is
+/// a pointer comparison.
+#[derive(Clone)]
 pub struct SecurityContext(Arc<Inner>);
+
+impl PartialEq for SecurityContext {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.parts == other.0.parts)
+    }
+}
+
+impl Eq for SecurityContext {}
+
+impl std::hash::Hash for SecurityContext {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
 
 impl SecurityContext {
     /// Build a context from parts, validating each.
@@ -48,7 +81,7 @@ impl SecurityContext {
                 return Err(ContextError::Identifier(id.to_string()));
             }
         }
-        Ok(SecurityContext(Arc::new(Inner { user: user.into(), role: role.into(), type_: type_.into(), range })))
+        Ok(SecurityContext(Inner::new(Parts { user: user.into(), role: role.into(), type_: type_.into(), range })))
     }
 
     /// The context given to packets and sockets labelgate could not label:
@@ -65,24 +98,25 @@ impl SecurityContext {
     }
 
     pub fn user(&self) -> &str {
-        &self.0.user
+        &self.0.parts.user
     }
     pub fn role(&self) -> &str {
-        &self.0.role
+        &self.0.parts.role
     }
     pub fn type_(&self) -> &str {
-        &self.0.type_
+        &self.0.parts.type_
     }
     pub fn range(&self) -> Option<&Range> {
-        self.0.range.as_ref()
+        self.0.parts.range.as_ref()
     }
 
     /// The same context with its MLS range replaced.
     pub fn with_range(&self, range: Range) -> Self {
-        SecurityContext(Arc::new(Inner {
-            user: self.0.user.clone(),
-            role: self.0.role.clone(),
-            type_: self.0.type_.clone(),
+        let p = &self.0.parts;
+        SecurityContext(Inner::new(Parts {
+            user: p.user.clone(),
+            role: p.role.clone(),
+            type_: p.type_.clone(),
             range: Some(range),
         }))
     }
@@ -110,8 +144,8 @@ impl FromStr for SecurityContext {
 
 impl fmt::Display for SecurityContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.0.user, self.0.role, self.0.type_)?;
-        if let Some(r) = &self.0.range {
+        write!(f, "{}:{}:{}", self.user(), self.role(), self.type_())?;
+        if let Some(r) = self.range() {
             write!(f, ":{r}")?;
         }
         Ok(())
@@ -148,6 +182,28 @@ mod tests {
     fn refuses_bad_contexts() {
         for s in ["", "httpd_t", "a:b", "a:b:", "a::c", "a:b:c:", "a:b:c:s9999", "a b:r:t", "a:r:t:s0-"] {
             assert!(s.parse::<SecurityContext>().is_err(), "{s:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn equality_and_hash_follow_the_value() {
+        use std::hash::BuildHasher as _;
+        let h = std::hash::RandomState::new();
+        let parse = |s: &str| s.parse::<SecurityContext>().unwrap();
+        let a = parse("system_u:system_r:httpd_t:s0:c1,c2");
+        let b = parse("system_u:system_r:httpd_t:s0:c1,c2");
+        assert!(a == b && h.hash_one(&a) == h.hash_one(&b), "two parses of one context");
+        let from_parts = parse("system_u:system_r:httpd_t:s0").with_range(*a.range().unwrap());
+        assert!(from_parts == a && h.hash_one(&from_parts) == h.hash_one(&a), "built from parts");
+        for other in [
+            "system_u:system_r:httpd_t:s0:c1",
+            "system_u:system_r:httpd_t:s0:c1,c2-s0:c1,c2,c3",
+            "system_u:system_r:httpd_t",
+            "system_u:system_r:http_t:s0:c1,c2",
+            "system_u:object_r:httpd_t:s0:c1,c2",
+            "staff_u:system_r:httpd_t:s0:c1,c2",
+        ] {
+            assert!(parse(other) != a, "{other} differs from {a}");
         }
     }
 

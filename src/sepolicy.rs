@@ -49,6 +49,21 @@ pub struct Answer {
 pub trait AccessOracle: Send + Sync {
     /// May `source` do `perm` (`send`, `recv` or `forward`) on `dest`?
     fn ask(&self, source: &SecurityContext, dest: &SecurityContext, perm: &'static str) -> Result<Answer, OracleError>;
+    /// The cache's counters, for an oracle with a cache.
+    fn cache_counts(&self) -> Option<CacheCounts> {
+        None
+    }
+}
+
+/// A snapshot of [`CacheStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Answers served from the cache.
+    pub hits: u64,
+    /// Questions that went to the loaded policy.
+    pub misses: u64,
+    /// Times a policy, boolean or mode change emptied the cache.
+    pub resets: u64,
 }
 
 /// The uncached check behind [`CachedOracle`], and how it learns that its
@@ -138,6 +153,15 @@ impl<B: Backend> AccessOracle for CachedOracle<B> {
         }
         map.insert(key, Entry { source: source.clone(), dest: dest.clone(), perm, generation, answer });
         Ok(answer)
+    }
+
+    fn cache_counts(&self) -> Option<CacheCounts> {
+        let s = &self.stats;
+        Some(CacheCounts {
+            hits: s.hits.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+            resets: s.resets.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -310,6 +334,14 @@ mod tests {
         assert!(!o.ask(&db, &h, "send").unwrap().allowed, "the reverse direction is another question");
         assert_eq!(p.asked.load(Ordering::SeqCst), 3);
         assert_eq!(o.stats.hits.load(Ordering::SeqCst), 1);
+        // A context parsed again (another allocation, equal value) hits too.
+        assert!(o.ask(&ctx("httpd_t"), &ctx("postgresql_t"), "send").unwrap().allowed);
+        assert_eq!(p.asked.load(Ordering::SeqCst), 3);
+        // Another range is another context.
+        let h2: SecurityContext = "system_u:system_r:httpd_t:s0:c1".parse().unwrap();
+        assert!(o.ask(&h2, &db, "send").unwrap().allowed);
+        assert_eq!(p.asked.load(Ordering::SeqCst), 4);
+        assert_eq!(o.cache_counts(), Some(CacheCounts { hits: 2, misses: 4, resets: 0 }));
     }
 
     #[test]
