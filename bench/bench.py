@@ -343,12 +343,12 @@ def w_tcp(variant):
     return {"gbps": j["end"]["sum_received"]["bits_per_second"] / 1e9, "queued": d["queued"], "drops": d["drops"]}
 
 
-def connect_run(ns, cons, seconds, count):
+def connect_run(ns, cons, seconds, count, clients=1):
     srv = ns.spawn([C.netprobe, "tcp-serve", "127.0.0.1", "8000", str(seconds + 10)], cpu=0, ready=True)
     a = cons.snap()
     ha = hist(cons.scrape())
-    out = parse_kv(ns.x([C.netprobe, "tcp-connect", "127.0.0.1", "8000", str(count), str(seconds)], cpu=0,
-                        timeout=seconds + 30))
+    out = parse_kv(ns.x([C.netprobe, "tcp-connect", "127.0.0.1", "8000", str(count), str(seconds), str(clients)],
+                        cpu=0, timeout=seconds + 30))
     time.sleep(0.1)
     b = cons.snap()
     text = cons.scrape()
@@ -356,7 +356,10 @@ def connect_run(ns, cons, seconds, count):
     stop(srv)
     d = cons.delta(a, b)
     r = {"conn_s": out["conns"] / out["seconds"], "conns": out["conns"], "errors": out["errors"],
-         "p50_us": out["p50_us"], "p99_us": out["p99_us"], "queued": d["queued"], "drops": d["drops"]}
+         "p50_us": out["p50_us"], "p99_us": out["p99_us"], "queued": d["queued"], "drops": d["drops"],
+         "clients": clients,
+         # The consumer's CPU (B1: nfq-accept, B2/B3: labelgate) per connection made.
+         "cpu_us_per_conn": 1e6 * d["cpu"] / out["conns"] if out["conns"] else float("nan")}
     if hd[1]:
         r["dec_p50_us"] = 1e6 * hist_quantile(hd[0], hd[1], 0.5)
         r["dec_p99_us"] = 1e6 * hist_quantile(hd[0], hd[1], 0.99)
@@ -366,12 +369,22 @@ def connect_run(ns, cons, seconds, count):
     return r
 
 
-def w_conn(variant):
+def w_conn(variant, clients=1):
+    """New TCP connections per second: `clients` processes connecting one at a time each."""
     with Netns() as ns:
         cons = Consumer(ns, variant, "new")
-        r = connect_run(ns, cons, C.dur, 200000)
+        r = connect_run(ns, cons, C.dur, 200000, clients)
         cons.close()
     return r
+
+
+# Concurrent clients of the connpar workload (the serial case is `conn`).
+PAR_CLIENTS = (8, 64)
+
+
+def w_connpar(order):
+    """New connections with several concurrent clients: {clients: {variant: result}}."""
+    return {n: {v: w_conn(v, n) for v in order(["B0", "B1", "B2", "B3"])} for n in PAR_CLIENTS}
 
 
 def w_latency(variant):
@@ -458,7 +471,7 @@ def main():
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--big-rules", type=int, default=100000,
                     help="size of the large policy (default 100,000)")
-    ap.add_argument("--only", help="comma-separated workloads to run (udp,tcp,conn,lat,rules,queues,crowd,rss); "
+    ap.add_argument("--only", help="comma-separated workloads to run (udp,tcp,conn,connpar,lat,rules,queues,crowd,rss); "
                     "prints their raw figures as JSON instead of the report, for a quick check")
     a = ap.parse_args()
     C.labelgate = os.path.abspath(a.labelgate)
@@ -486,12 +499,13 @@ def main():
         cons.close()
     log("labelgate with %d rules bound its queue after %.1f s (%.1f s CPU)" % (big, C.big_load_s, C.big_load_cpu))
 
-    R = {k: [] for k in ["udp", "tcp", "conn", "lat", "rules", "queues", "crowd"]}
+    R = {k: [] for k in ["udp", "tcp", "conn", "connpar", "lat", "rules", "queues", "crowd"]}
     if a.only:
         run = {
             "udp": lambda: {v: w_udp(v) for v in C.order(["B0", "B1", "B2", "B3"])},
             "tcp": lambda: {v: w_tcp(v) for v in C.order(["B0", "B0ct", "B1", "B2", "B3"])},
             "conn": lambda: {v: w_conn(v) for v in C.order(["B0", "B1", "B2", "B3"])},
+            "connpar": lambda: w_connpar(C.order),
             "lat": lambda: {v: w_latency(v) for v in C.order(["B0", "B1", "B2", "B3"])},
             "rules": lambda: {n: w_udp("B2", nrules=n) for n in C.order([10, big])},
             "queues": lambda: {n: w_udp_queues(n) for n in C.order([1, 2])},
@@ -528,6 +542,8 @@ def main():
         for rep in range(C.conn_reps):
             R["conn"].append({v: w_conn(v) for v in xs_rot(["B0", "B1", "B2", "B3"], rnd + rep)})
             log("  conn %s" % {v: round(x["conn_s"]) for v, x in R["conn"][-1].items()})
+        R["connpar"].append(w_connpar(C.order))
+        log("  connpar %s" % {n: {v: round(x["conn_s"]) for v, x in r.items()} for n, r in R["connpar"][-1].items()})
         R["lat"].append({v: w_latency(v) for v in C.order(["B0", "B1", "B2", "B3"])})
         log("  lat %s" % {v: (x["p50_us"], x["p99_us"]) for v, x in R["lat"][-1].items()})
         R["rules"].append({n: w_udp("B2", nrules=n) for n in C.order([10, big])})
@@ -548,6 +564,7 @@ def main():
     tcp = {v: col("tcp", v) for v in ["B0", "B1", "B2", "B3"]}
     tcp_ct = col("tcp", "B0ct")
     conn = {v: col("conn", v) for v in ["B0", "B1", "B2", "B3"]}
+    connpar = {n: {v: [r[n][v] for r in R["connpar"]] for v in ["B0", "B1", "B2", "B3"]} for n in PAR_CLIENTS}
     lat = {v: col("lat", v) for v in ["B0", "B1", "B2", "B3"]}
     rules = {n: col("rules", n) for n in [10, big]}
     queues = {n: col("queues", n) for n in [1, 2]}
@@ -581,6 +598,15 @@ def main():
     L.append("| new TCP conn/s | %s |" % " | ".join(fmt(med(conn[v], "conn_s")) for v in conn))
     L.append("| connect() p50 / p99 µs | %s |" % " | ".join(
         "%s / %s" % (fmt(med(conn[v], "p50_us"), 1), fmt(med(conn[v], "p99_us"), 1)) for v in conn))
+    L.append("| consumer CPU µs per new connection | | %s |" % " | ".join(
+        fmt(med(conn[v], "cpu_us_per_conn"), 1) for v in ["B1", "B2", "B3"]))
+    for n in PAR_CLIENTS:
+        cp = connpar[n]
+        L.append("| new TCP conn/s, %d concurrent clients | %s |" % (n, " | ".join(fmt(med(cp[v], "conn_s")) for v in cp)))
+        L.append("| connect() p50 / p99 µs, %d clients | %s |" % (n, " | ".join(
+            "%s / %s" % (fmt(med(cp[v], "p50_us"), 1), fmt(med(cp[v], "p99_us"), 1)) for v in cp)))
+        L.append("| consumer CPU µs per new connection, %d clients | | %s |" % (n, " | ".join(
+            fmt(med(cp[v], "cpu_us_per_conn"), 1) for v in ["B1", "B2", "B3"])))
     L.append("| UDP request/response p50 / p99 µs | %s |" % " | ".join(
         "%s / %s" % (fmt(med(lat[v], "p50_us"), 1), fmt(med(lat[v], "p99_us"), 1)) for v in lat))
     L.append("| labelgate decision mean µs (UDP flood) | | | %s | |" % fmt(med(udp["B2"], "decision_mean_us"), 2))
@@ -621,6 +647,11 @@ def main():
     L.append("| B3/B0ct TCP bulk throughput (B0 with connection tracking on, which every queue rule set needs) "
              "| %s | (info) | |" % fmt(b3ct_tcp))
     L.append("| B3/B1 new TCP conn/s | %s | ≥ 0.8 | %s |" % (fmt(b3b1_conn), verdict(b3b1_conn >= 0.8)))
+    for n in PAR_CLIENTS:
+        r = ratio(med(connpar[n]["B3"], "conn_s"), med(connpar[n]["B1"], "conn_s"))
+        L.append("| B3/B1 new TCP conn/s, %d concurrent clients | %s | ≥ 0.9 | %s |" % (n, fmt(r), verdict(r >= 0.9)))
+    p99r = ratio(med(conn["B3"], "p99_us"), med(conn["B1"], "p99_us"))
+    L.append("| B3/B1 connect() p99, one client | %s | ≤ 1.5 | %s |" % (fmt(p99r), verdict(p99r <= 1.5)))
     bn = "{:,}".format(big)
     L.append("| %s/10 rules: decision mean time | %s | within 10%% (≤ 1.10) at 100,000 | %s |" % (
         bn, fmt(r_dec), verdict(r_dec <= 1.10)))

@@ -2,10 +2,12 @@
  *
  *   netprobe tcp-serve ADDR PORT SECONDS
  *       Accept and close connections until SECONDS pass.
- *   netprobe tcp-connect ADDR PORT COUNT SECONDS
+ *   netprobe tcp-connect ADDR PORT COUNT SECONDS [CLIENTS]
  *       Open and close (RST, so no TIME_WAIT) at most COUNT connections
- *       within SECONDS, one at a time. Prints "conns N errors E seconds S
- *       p50_us X p99_us Y" (connect() latency: SYN to established).
+ *       within SECONDS: CLIENTS processes (default 1, at most 256) each
+ *       connect one at a time, COUNT/CLIENTS connections each. Prints
+ *       "conns N errors E seconds S p50_us X p99_us Y clients C" (connect()
+ *       latency: SYN to established, over all clients).
  *   netprobe udp-echo ADDR PORT SECONDS
  *       Echo datagrams until SECONDS pass.
  *   netprobe udp-ping ADDR PORT COUNT SECONDS
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -84,32 +87,84 @@ static int tcp_serve(char **argv) {
     return 0;
 }
 
-static int tcp_connect(char **argv) {
-    struct sockaddr_in a = addr(argv[2], argv[3]);
-    long count = atol(argv[4]);
-    double start = now(), end = start + atof(argv[5]);
-    double *lat = calloc((size_t)count, sizeof *lat);
-    long n = 0, errors = 0;
+/* One client's loop: at most count connections until end; latencies (us)
+ * into lat, returns the connections made and adds failures to *errors. */
+static long connect_loop(const struct sockaddr_in *a, long count, double end, double *lat, long *errors) {
+    long n = 0;
     struct linger lg = {1, 0};
     while (n < count && now() < end) {
         int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (s < 0) {
+            (*errors)++;
+            if (*errors > 1000)
+                break;
+            continue;
+        }
         timeout(s, 1000000);
         double t = now();
-        int r = connect(s, (struct sockaddr *)&a, sizeof a);
+        int r = connect(s, (const struct sockaddr *)a, sizeof *a);
         double d = now() - t;
         if (r == 0)
             lat[n++] = d * 1e6;
         else
-            errors++;
+            (*errors)++;
         setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         close(s);
-        if (errors > 1000)
+        if (*errors > 1000)
             break;
     }
+    return n;
+}
+
+static int tcp_connect(int argc, char **argv) {
+    struct sockaddr_in a = addr(argv[2], argv[3]);
+    long count = atol(argv[4]);
+    long clients = argc > 6 ? atol(argv[6]) : 1;
+    if (count < 1 || clients < 1 || clients > 256) {
+        fprintf(stderr, "tcp-connect: COUNT >= 1 and CLIENTS in 1..256\n");
+        return 2;
+    }
+    long per = (count + clients - 1) / clients;
+    /* Shared with the children: per client its connections, errors and
+     * latencies (a slice of per entries each). */
+    size_t len = (size_t)clients * (2 * sizeof(long) + (size_t)per * sizeof(double));
+    char *shm = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shm == MAP_FAILED) {
+        perror("tcp-connect: mmap");
+        return 1;
+    }
+    long *made = (long *)shm, *errs = made + clients;
+    double *lat = (double *)(errs + clients);
+    double start = now(), end = start + atof(argv[5]);
+    if (clients == 1) {
+        made[0] = connect_loop(&a, count, end, lat, &errs[0]);
+    } else {
+        for (long c = 0; c < clients; c++) {
+            pid_t pid = fork();
+            if (pid < 0) {
+                perror("tcp-connect: fork");
+                return 1;
+            }
+            if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                made[c] = connect_loop(&a, per, end, lat + c * per, &errs[c]);
+                _exit(0);
+            }
+        }
+        while (wait(NULL) > 0 || errno == EINTR)
+            ;
+    }
     double el = now() - start;
+    /* Gather every client's latencies at the front, then sort them all. */
+    long n = 0, errors = 0;
+    for (long c = 0; c < clients; c++) {
+        memmove(lat + n, lat + c * per, (size_t)made[c] * sizeof *lat);
+        n += made[c];
+        errors += errs[c];
+    }
     qsort(lat, (size_t)n, sizeof *lat, cmp);
-    printf("conns %ld errors %ld seconds %.6f p50_us %.1f p99_us %.1f\n", n, errors, el, pct(lat, n, 0.5),
-           pct(lat, n, 0.99));
+    printf("conns %ld errors %ld seconds %.6f p50_us %.1f p99_us %.1f clients %ld\n", n, errors, el,
+           pct(lat, n, 0.5), pct(lat, n, 0.99), clients);
     return 0;
 }
 
@@ -217,8 +272,8 @@ int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
     if (!strcmp(cmd, "tcp-serve") && argc == 5)
         return tcp_serve(argv);
-    if (!strcmp(cmd, "tcp-connect") && argc == 6)
-        return tcp_connect(argv);
+    if (!strcmp(cmd, "tcp-connect") && (argc == 6 || argc == 7))
+        return tcp_connect(argc, argv);
     if (!strcmp(cmd, "udp-echo") && argc == 5)
         return udp_echo(argv);
     if (!strcmp(cmd, "udp-ping") && argc == 6)
