@@ -5,7 +5,7 @@
 use super::*;
 use crate::packet::{self, build};
 use crate::policy::AddressLabel;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering::Relaxed;
@@ -334,7 +334,8 @@ fn flow_keys_and_entries_round_trip() {
     assert_ne!(k, FlowKey::new(DiagProto::Udp, v6, v4));
     assert_eq!((k.local(), k.remote()), (v4, v6));
 
-    let cfg = ResolverConfig::default();
+    let d = ResolverConfig::default();
+    let cfg = FlowTtl { held: d.flow_ttl, negative: d.negative_ttl };
     let ds = DiagSocket { inode: 7, uid: 1000, state: sockdiag::TCP_ESTABLISHED, cookie: u64::MAX - 1 };
     // Times past 2^32 ms (49 days) keep their freshness.
     let t0 = (1u64 << 33) + 5;
