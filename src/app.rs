@@ -70,20 +70,19 @@ struct PanicAfter {
 }
 
 impl crate::labels::Resolver for PanicAfter {
-    fn resolve(
-        &self,
-        pkt: &crate::packet::PacketInfo,
-        meta: &crate::labels::QueueMeta,
-        payload: &[u8],
-    ) -> crate::labels::Labels {
+    fn resolve(&self, pkt: &crate::packet::PacketInfo, meta: &crate::labels::QueueMeta) -> crate::labels::Labels {
         if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
             panic!("injected fault (LABELGATE_FAULT_PANIC_AFTER)");
         }
-        self.inner.resolve(pkt, meta, payload)
+        self.inner.resolve(pkt, meta)
     }
 
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.inner.metrics()
+    }
+
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        self.inner.events()
     }
 }
 
@@ -651,11 +650,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 fn print_counters(engine: &Engine) {
     let loaded = engine.current();
     eprintln!("labelgate counters: {}", engine.counters.summary());
-    for (_, _, rows) in loaded.resolver.metrics() {
-        let line: Vec<String> = rows
-            .iter()
-            .map(|(labels, v)| format!("{}={v}", labels.trim_start_matches("{event=\"").trim_end_matches("\"}")))
-            .collect();
+    let events = loaded.resolver.events();
+    if !events.is_empty() {
+        let line: Vec<String> = events.iter().map(|(event, v)| format!("{event}={v}")).collect();
         eprintln!("labelgate resolver: {}", line.join(" "));
     }
     for r in &loaded.policy.rules {

@@ -183,7 +183,8 @@ impl FlowKey {
     }
 }
 
-/// A packet copied for a resolver worker.
+/// A parsed packet handed to a resolver worker (its facts, peer-label
+/// option included: the packet's bytes stay with the queue thread).
 struct Job {
     /// Index of the queue thread that must send the verdict.
     queue: usize,
@@ -191,7 +192,6 @@ struct Job {
     flow: FlowKey,
     parsed: Parsed,
     meta: QueueMeta,
-    payload: Vec<u8>,
 }
 
 /// A worker's decision, on its way back to the queue thread.
@@ -259,7 +259,7 @@ fn start_pool(
 fn worker_loop(engine: &Engine, jobs: &Receiver<Job>, replies: &[Reply]) {
     let mut scratch = Scratch::default();
     for job in jobs {
-        let verdict = engine.decide(&job.parsed, &job.payload, &job.meta, &mut scratch);
+        let verdict = engine.decide(&job.parsed, &job.meta, &mut scratch);
         Counters::bump(&engine.counters.offloaded);
         let Some(r) = replies.get(job.queue) else { continue };
         let done = Done { answer: Answer { id: job.id, verdict, mark: job.meta.mark }, flow: job.flow };
@@ -315,18 +315,18 @@ impl Pool {
         let parsed = Parsed::new(payload, &meta);
         // A malformed packet has no flow and needs no labels.
         let Some(flow) = parsed.packet().map(FlowKey::of) else {
-            return Some(engine.decide(&parsed, payload, &meta, scratch));
+            return Some(engine.decide(&parsed, &meta, scratch));
         };
         let busy = self.inflight.contains_key(&flow);
         if !busy {
-            if let Some(v) = engine.decide_cached(&parsed, payload, &meta, scratch) {
+            if let Some(v) = engine.decide_cached(&parsed, &meta, scratch) {
                 return Some(v);
             }
         }
         let Some(tx) = self.workers.get(flow.worker(self.workers.len())) else {
-            return Some(engine.decide(&parsed, payload, &meta, scratch));
+            return Some(engine.decide(&parsed, &meta, scratch));
         };
-        let job = Job { queue: self.queue, id, flow, parsed, meta, payload: payload.to_vec() };
+        let job = Job { queue: self.queue, id, flow, parsed, meta };
         let sent = match tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(job)) => {
@@ -344,7 +344,7 @@ impl Pool {
                 *self.inflight.entry(flow).or_insert(0) += 1;
                 None
             }
-            Err(job) => Some(engine.decide(&job.parsed, &job.payload, &job.meta, scratch)),
+            Err(job) => Some(engine.decide(&job.parsed, &job.meta, scratch)),
         }
     }
 
@@ -678,7 +678,7 @@ mod tests {
     struct Shared(Arc<Learning>);
 
     impl Resolver for Shared {
-        fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
             let port = pkt.sport.unwrap_or(0);
             let mut gate = self.0.gate.lock().unwrap();
             while *gate == Some(port) {
@@ -688,12 +688,12 @@ mod tests {
             drop(gate);
             std::thread::sleep(Duration::from_micros(200));
             self.0.known.lock().unwrap().insert(port);
-            KernelMetaResolver.resolve(pkt, meta, payload)
+            KernelMetaResolver.resolve(pkt, meta)
         }
 
-        fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
+        fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<Labels> {
             let known = self.0.known.lock().unwrap().contains(&pkt.sport.unwrap_or(0));
-            known.then(|| KernelMetaResolver.resolve(pkt, meta, payload))
+            known.then(|| KernelMetaResolver.resolve(pkt, meta))
         }
     }
 

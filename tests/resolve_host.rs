@@ -384,10 +384,10 @@ fn check_flow(
     ssm: &HashMap<(Proto, SocketAddr), Vec<SsEntry>>,
 ) {
     for hook in [Hook::Output, Hook::Input] {
-        let l = r.resolve(&pkt(proto, client, server), &meta(hook), &[]);
+        let l = r.resolve(&pkt(proto, client, server), &meta(hook));
         check_end(r, &l, true, proto, client, server, c, ssm);
         check_end(r, &l, false, proto, server, client, s, ssm);
-        let l = r.resolve(&pkt(proto, server, client), &meta(hook), &[]);
+        let l = r.resolve(&pkt(proto, server, client), &meta(hook));
         check_end(r, &l, true, proto, server, client, s, ssm);
         check_end(r, &l, false, proto, client, server, c, ssm);
     }
@@ -447,7 +447,7 @@ fn attribution_matches_ss() {
     for (ip, l) in [(lo4, &tcp4), (lo4, &tcp_dual), (lo6, &tcp_dual), (lo6, &tcp6)] {
         let to = SocketAddr::new(ip, l.local.port());
         let from = SocketAddr::new(ip, 9);
-        let l2 = r.resolve(&pkt(Proto::Tcp, from, to), &meta(Hook::Input), &[]);
+        let l2 = r.resolve(&pkt(Proto::Tcp, from, to), &meta(Hook::Input));
         check_end(&r, &l2, false, Proto::Tcp, to, from, &srv, &ssm);
     }
 
@@ -464,7 +464,7 @@ fn attribution_matches_ss() {
             sc.spawn(|| {
                 for _ in 0..5 {
                     for (p, c, s) in &flows {
-                        let l = r.resolve(&pkt(*p, *c, *s), &meta(Hook::Output), &[]);
+                        let l = r.resolve(&pkt(*p, *c, *s), &meta(Hook::Output));
                         assert_eq!(l.source_process.map(|x| x.pid), Some(cpid));
                         assert_eq!(l.dest_process.map(|x| x.pid), Some(spid));
                     }
@@ -484,7 +484,7 @@ fn attribution_matches_ss() {
         let rounds = 10_000;
         for i in 0..rounds {
             let (p, c, s) = flows[i % flows.len()];
-            let l = r.resolve(&pkt(p, c, s), &meta(Hook::Output), &[]);
+            let l = r.resolve(&pkt(p, c, s), &meta(Hook::Output));
             assert!(std::hint::black_box(l).source_process.is_some());
         }
         println!("cached resolve of both ends, holder checked {name}: {:?} per packet", t.elapsed() / rounds as u32);
@@ -516,9 +516,8 @@ fn closing_and_exiting() {
     let flow_ttl = Duration::from_millis(100);
     let r = SocketResolver::new(PeerConfig::default(), ResolverConfig { flow_ttl, ..ResolverConfig::default() })
         .expect("resolver");
-    let out = |r: &SocketResolver, c: &Sock, proto| {
-        r.resolve(&pkt(proto, c.local, c.peer.unwrap()), &meta(Hook::Output), &[])
-    };
+    let out =
+        |r: &SocketResolver, c: &Sock, proto| r.resolve(&pkt(proto, c.local, c.peer.unwrap()), &meta(Hook::Output));
     for (c, p) in [(&tc, Proto::Tcp), (&uc, Proto::Udp), (&keep, Proto::Udp)] {
         let got = out(&r, c, p);
         assert_eq!(got.source_process.map(|x| x.pid), Some(cli.pid), "{p} {c:?}");
@@ -546,7 +545,7 @@ fn closing_and_exiting() {
         assert_eq!(got.uid, Some(CLIENT_UID));
     }
     // The server's end of the closed TCP flow is still held (CLOSE_WAIT).
-    let got = r.resolve(&pkt(Proto::Tcp, l.local, tc.local), &meta(Hook::Output), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, l.local, tc.local), &meta(Hook::Output));
     assert_eq!(got.source_process.map(|x| x.pid), Some(srv.pid));
 
     // A socket whose only reference is an fd in flight (SCM_RIGHTS, not yet
@@ -583,7 +582,7 @@ fn closing_and_exiting() {
 
     // A flow no socket ever had: a kernel-made packet such as an RST.
     let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let got = r.resolve(&pkt(Proto::Tcp, nobody, l.local), &meta(Hook::Output), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, nobody, l.local), &meta(Hook::Output));
     assert_eq!(got.source.origin, Origin::Unlabeled("no_socket"));
     // ... whose destination, the listener, is still known.
     assert_eq!(got.dest_process.map(|x| x.pid), Some(srv.pid));
@@ -612,7 +611,7 @@ fn half_open_connection_goes_to_the_listener() {
     let states = String::from_utf8_lossy(&states.stdout);
     assert!(states.contains(&c.local.to_string()), "no SYN_RECV entry for {}: {states}", c.local);
     let r = resolver();
-    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Input), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Input));
     assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     // ss lists the mini-socket (inode 0) and the listener at that address.
     let listener = ss()[&(Proto::Tcp, l.local)].iter().find(|e| e.peer.is_none()).map(|e| e.ino);
@@ -635,7 +634,7 @@ fn new_sockets_found_without_full_scan() {
     let st = r.stats();
     let attribute = |a: &mut Agent, srv_pid: u32| {
         let c = a.sock(&format!("connect tcp 127.0.0.1 {}", l.local.port()));
-        let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output), &[]);
+        let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output));
         assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(a.pid), "{got:?}");
         assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv_pid), "{got:?}");
     };
@@ -662,7 +661,7 @@ fn new_sockets_found_without_full_scan() {
     let fly = cli.sock(&format!("connect udp 127.0.0.1 {}", l.local.port()));
     cli.cmd(&format!("inflight {}", fly.id));
     for _ in 0..20 {
-        let got = r.resolve(&pkt(Proto::Udp, fly.local, fly.peer.unwrap()), &meta(Hook::Output), &[]);
+        let got = r.resolve(&pkt(Proto::Udp, fly.local, fly.peer.unwrap()), &meta(Hook::Output));
         assert_source_unlabeled(&got, "kernel_socket");
     }
     assert_eq!(n(&st.proc_scans), scans + 1, "{:?}", st.snapshot());
@@ -682,7 +681,7 @@ fn holder_checked_after_receipt_covers_the_packet() {
     let r = resolver();
     let at = |received: Instant| {
         let m = QueueMeta { received: Some(received), ..meta(Hook::Output) };
-        r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m, &[])
+        r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m)
     };
     let batch = Instant::now();
     let first = at(batch);
@@ -729,7 +728,7 @@ fn syn_between_local_sockets_resolves_both_ends_together() {
         let mut syn = pkt(Proto::Tcp, c.local, listener.local);
         syn.tcp_syn = true;
         let before = n(&r.stats().sock_diag_queries);
-        let got = r.resolve(&syn, &meta(hook), &[]);
+        let got = r.resolve(&syn, &meta(hook));
         assert_eq!(n(&r.stats().sock_diag_queries), before + 2, "{:?}", r.stats().snapshot());
         assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
         assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
@@ -755,13 +754,13 @@ fn flow_mode_does_not_cache_syn_flows() {
     let r = SocketResolver::new(PeerConfig::default(), cfg).expect("resolver");
     let mut syn = pkt(Proto::Tcp, c.local, l.local);
     syn.tcp_syn = true;
-    let got = r.resolve(&syn, &meta(Hook::Output), &[]);
+    let got = r.resolve(&syn, &meta(Hook::Output));
     assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
     assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     assert_eq!(r.cached_socket_inode(Proto::Tcp, c.local, l.local), None);
     assert_eq!(r.cached_socket_inode(Proto::Tcp, l.local, c.local), None);
     let before = n(&r.stats().sock_diag_queries);
-    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output));
     assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
     assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     assert_eq!(n(&r.stats().sock_diag_queries), before + 2, "{:?}", r.stats().snapshot());

@@ -120,7 +120,7 @@ fn bind(w: &mut World, inode: u32) {
 /// The dest end of a UDP packet from `client(port)` to the server.
 fn dest(r: &SocketResolver<FakeKernel>, port: u16) -> Label {
     let m = QueueMeta { hook: 1, ..QueueMeta::default() };
-    r.resolve(&flow_packet(Proto::Udp, client(port), SERVER.parse().unwrap()), &m, &[]).dest
+    r.resolve(&flow_packet(Proto::Udp, client(port), SERVER.parse().unwrap()), &m).dest
 }
 
 fn holder(l: &Label) -> String {

@@ -121,7 +121,7 @@ mod end;
 mod flow;
 pub mod kernel;
 mod owner;
-pub mod peer;
+pub use crate::packet::peer;
 pub mod procfs;
 pub mod sockdiag;
 mod stats;
@@ -381,12 +381,12 @@ impl<K: KernelView> SocketResolver<K> {
 
     /// The peer label of the packet's source (see [`peer_label`]), counted
     /// into the stats.
-    pub fn peer_label(&self, pkt: &PacketInfo, payload: &[u8]) -> Option<Label> {
-        self.peer_label_with(&self.peer_config(), pkt, payload)
+    pub fn peer_label(&self, pkt: &PacketInfo) -> Option<Label> {
+        self.peer_label_with(&self.peer_config(), pkt)
     }
 
-    fn peer_label_with(&self, cfg: &PeerConfig, pkt: &PacketInfo, payload: &[u8]) -> Option<Label> {
-        let (label, outcome) = peer_label(cfg, pkt, payload);
+    fn peer_label_with(&self, cfg: &PeerConfig, pkt: &PacketInfo) -> Option<Label> {
+        let (label, outcome) = peer_label(cfg, pkt);
         match outcome {
             PeerOutcome::None => {}
             PeerOutcome::Option => bump(&self.stats.peer_options),
@@ -541,16 +541,20 @@ impl<K: KernelView> SocketResolver<K> {
 }
 
 impl<K: KernelView> Resolver for SocketResolver<K> {
-    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
-        self.resolve_with(&self.peer_config(), pkt, meta, payload)
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
+        self.resolve_with(&self.peer_config(), pkt, meta)
     }
 
-    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
-        self.resolve_cached_with(&self.peer_config(), pkt, meta, payload)
+    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<Labels> {
+        self.resolve_cached_with(&self.peer_config(), pkt, meta)
     }
 
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.stats().families()
+    }
+
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        self.stats().snapshot()
     }
 }
 
@@ -571,16 +575,20 @@ impl<K: KernelView> PolicyResolver<K> {
 }
 
 impl<K: KernelView> Resolver for PolicyResolver<K> {
-    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
-        self.core.resolve_with(&self.peer, pkt, meta, payload)
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
+        self.core.resolve_with(&self.peer, pkt, meta)
     }
 
-    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
-        self.core.resolve_cached_with(&self.peer, pkt, meta, payload)
+    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<Labels> {
+        self.core.resolve_cached_with(&self.peer, pkt, meta)
     }
 
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.core.stats().families()
+    }
+
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        self.core.stats().snapshot()
     }
 }
 
@@ -591,19 +599,13 @@ impl<K: KernelView> SocketResolver<K> {
         PolicyResolver { core: self.clone(), peer }
     }
 
-    fn resolve_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
-        self.labels_with(peer, pkt, meta, payload, None).unwrap_or_else(|| Labels::unresolved("not_resolved"))
+    fn resolve_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
+        self.labels_with(peer, pkt, meta, None).unwrap_or_else(|| Labels::unresolved("not_resolved"))
     }
 
-    fn resolve_cached_with(
-        &self,
-        peer: &PeerConfig,
-        pkt: &PacketInfo,
-        meta: &QueueMeta,
-        payload: &[u8],
-    ) -> Option<Labels> {
+    fn resolve_cached_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta) -> Option<Labels> {
         let hits = Hits::default();
-        let l = self.labels_with(peer, pkt, meta, payload, Some(&hits))?;
+        let l = self.labels_with(peer, pkt, meta, Some(&hits))?;
         self.stats.flow.hits.fetch_add(hits.flow.get(), Ordering::Relaxed);
         self.stats.owner.hits.fetch_add(hits.owner.get(), Ordering::Relaxed);
         Some(l)
@@ -617,7 +619,6 @@ impl<K: KernelView> SocketResolver<K> {
         peer: &PeerConfig,
         pkt: &PacketInfo,
         meta: &QueueMeta,
-        payload: &[u8],
         cached: Option<&Hits>,
     ) -> Option<Labels> {
         let hook = Hook::from_nf(meta.hook);
@@ -658,7 +659,7 @@ impl<K: KernelView> SocketResolver<K> {
 
         let mut l = Labels::unresolved("not_resolved");
         l.secmark = secmark_context(meta);
-        l.peer = self.peer_label_with(peer, pkt, payload);
+        l.peer = self.peer_label_with(peer, pkt);
         let mut sock_uid = None;
         match src_end {
             Some(end) => {
@@ -725,17 +726,11 @@ pub enum PeerOutcome {
 /// | none | L | `system_u:object_r:netlabel_peer_t:L` ([`Origin::PeerOption`]) |
 /// | any | malformed | unlabeled `bad_peer_option` |
 /// | any | unmapped DOI | unlabeled `unknown_doi` |
-pub fn peer_label(cfg: &PeerConfig, pkt: &PacketInfo, payload: &[u8]) -> (Option<Label>, PeerOutcome) {
+pub fn peer_label(cfg: &PeerConfig, pkt: &PacketInfo) -> (Option<Label>, PeerOutcome) {
     let parsed = match &pkt.label_option {
         None => Ok(None),
-        Some(LabelOption::Ipv4Options(r)) => match payload.get(r.clone()) {
-            Some(b) => peer::parse_cipso(b),
-            None => Err(peer::PeerError::Truncated("IPv4 options")),
-        },
-        Some(LabelOption::Ipv6HopByHop(r)) => match payload.get(r.clone()) {
-            Some(b) => peer::parse_calipso(b),
-            None => Err(peer::PeerError::Truncated("hop-by-hop")),
-        },
+        Some(LabelOption::Level { doi, level }) => Ok(Some((*doi, **level))),
+        Some(LabelOption::Malformed(e)) => Err(*e),
     };
     let (level, outcome) = match parsed {
         Ok(None) => (None, PeerOutcome::None),
