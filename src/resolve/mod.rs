@@ -117,113 +117,35 @@
 //!   socket's uid from sock_diag (no gid is known then).
 
 pub mod cache;
+mod config;
 mod end;
 mod flow;
 pub mod kernel;
 mod owner;
 pub use crate::packet::peer;
+mod local;
+mod peer_label;
 pub mod procfs;
 pub mod sockdiag;
 mod stats;
 
-use crate::context::SecurityContext;
 use crate::labels::{secmark_context, Hook, Label, Labels, Origin, QueueMeta, Resolver};
-use crate::mls::{Level, Range};
-use crate::packet::{LabelOption, PacketInfo, Proto};
-use crate::policy::{AddressLabel, DoiMap, Policy};
+use crate::packet::{PacketInfo, Proto};
 use cache::CacheCounters;
+pub use config::ResolverConfig;
 use end::{LocalEnd, Reason};
-use flow::{unmap_ip, FlowEntry, FlowKey, FlowTtl, Flows, Found, CLOSED, VIA_LISTENER};
+use flow::{FlowEntry, FlowKey, FlowTtl, Flows, Found, CLOSED, VIA_LISTENER};
 pub use kernel::{KernelView, SysKernel};
+use local::LocalAddrs;
 use owner::{OwnerTuning, Owners};
+pub use peer_label::{netlabel_peer, peer_label, PeerConfig, PeerOutcome};
 use sockdiag::{DiagProto, DiagSocket, Lookup};
 use stats::bump;
 pub use stats::ResolverStats;
-use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-
-/// What the resolver needs from the policy for peer labels; rebuild it (and
-/// the resolver, or call [`SocketResolver::set_peer_config`]) on reload.
-#[derive(Clone, Debug, Default)]
-pub struct PeerConfig {
-    /// Static labels, longest prefix first (as [`Policy::address_labels`]).
-    pub address_labels: Vec<AddressLabel>,
-    /// DOI → level mapping for CIPSO/CALIPSO.
-    pub dois: HashMap<u32, DoiMap>,
-}
-
-impl PeerConfig {
-    pub fn from_policy(p: &Policy) -> PeerConfig {
-        PeerConfig { address_labels: p.address_labels.clone(), dois: p.dois.clone() }
-    }
-
-    /// The static label of `addr` (first, i.e. longest, matching prefix).
-    pub fn static_label(&self, addr: IpAddr) -> Option<&SecurityContext> {
-        let addr = unmap_ip(addr);
-        self.address_labels.iter().find(|a| a.net.contains(&addr)).map(|a| &a.context)
-    }
-}
-
-/// Tuning of the resolver's caches.
-#[derive(Clone, Debug)]
-pub struct ResolverConfig {
-    /// Most flows remembered (flow → socket); rounded up to a multiple of
-    /// 2 × `shards`. A table slot takes 65 bytes; a full cache costs about
-    /// 75 bytes per entry when `flow_cache_size / (2 × shards)` is 7/8 of a
-    /// power of two, as for the default (114,688 = 2 × 16 × 3,584: about
-    /// 8.3 MiB), and up to twice that just above one (131,072: about 16.5
-    /// MiB). See [`cache`].
-    pub flow_cache_size: usize,
-    /// Most socket owners remembered (inode → pid, fd, label, process).
-    pub owner_cache_size: usize,
-    /// Shards per cache (lock striping).
-    pub shards: usize,
-    /// How long a flow → socket answer is trusted before sock_diag is asked again.
-    pub flow_ttl: Duration,
-    /// How long "no socket for this flow" is remembered.
-    pub negative_ttl: Duration,
-    /// How long the holder of a cached UDP socket is trusted without
-    /// checking again (one read of `/proc/PID/fd/N`) that it still
-    /// holds the socket. Zero (the default) checks every packet that was
-    /// read from the queue after the last check (once per batch read); a
-    /// few milliseconds saves most of the remaining cost at the price of that
-    /// long a window in which a packet of a just-closed socket's reused
-    /// 4-tuple could be attributed to the old socket. (TCP flows are not
-    /// checked per packet: a TCP 4-tuple gets a new socket only through a
-    /// new handshake, and a SYN is always looked up afresh.)
-    pub owner_revalidate_after: Duration,
-    /// How long the set of local addresses is trusted.
-    pub local_addr_ttl: Duration,
-    /// Where procfs is mounted.
-    pub proc_root: PathBuf,
-    /// Remember the flows of TCP SYNs (both ends). Flow mode turns this off:
-    /// there the kernel decides every later packet of a connection by its
-    /// connmark, so those entries would never be read, and writing them
-    /// costs lookups in a large map per new connection. (A later packet
-    /// that does come, say from a rule of the operator's own, is looked up
-    /// with sock_diag: slower, never wrong.)
-    pub cache_syn_flows: bool,
-}
-
-impl Default for ResolverConfig {
-    fn default() -> Self {
-        ResolverConfig {
-            flow_cache_size: 114_688,
-            owner_cache_size: 16_384,
-            shards: 16,
-            flow_ttl: Duration::from_secs(5),
-            negative_ttl: Duration::from_millis(500),
-            owner_revalidate_after: Duration::ZERO,
-            local_addr_ttl: Duration::from_secs(2),
-            proc_root: PathBuf::from("/proc"),
-            cache_syn_flows: true,
-        }
-    }
-}
+use std::time::Instant;
 
 /// Why the resolver could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -251,11 +173,6 @@ struct PacketFacts {
     received: Option<Instant>,
 }
 
-struct LocalAddrs {
-    at: Instant,
-    set: HashSet<IpAddr>,
-}
-
 /// The resolver: sock_diag + /proc + CIPSO/CALIPSO + static labels, made
 /// of parts that each own their state: the flow table ([`flow::Flows`]),
 /// the owner search ([`owner::Owners`]), the kernel it asks
@@ -268,7 +185,7 @@ pub struct SocketResolver<K: KernelView = SysKernel> {
     kernel: K,
     flows: Flows,
     owners: Owners,
-    local: RwLock<LocalAddrs>,
+    local: LocalAddrs,
     stats: ResolverStats,
     epoch: Instant,
 }
@@ -296,7 +213,7 @@ impl<K: KernelView> SocketResolver<K> {
         SocketResolver {
             flows: Flows::new(ttl, cfg.flow_cache_size, cfg.owner_cache_size, cfg.shards),
             owners: Owners::new(first, tuning, cfg.owner_cache_size, cfg.shards, start),
-            local: RwLock::new(LocalAddrs { at: start, set: local_addrs() }),
+            local: LocalAddrs::new(cfg.local_addr_ttl, start),
             peer: RwLock::new(Arc::new(peer)),
             kernel,
             cfg,
@@ -358,25 +275,7 @@ impl<K: KernelView> SocketResolver<K> {
 
     /// Whether `ip` is an address of this host (loopback included).
     pub fn is_local(&self, ip: IpAddr) -> bool {
-        if let Some(known) = self.is_local_cached(ip) {
-            return known;
-        }
-        let ip = unmap_ip(ip);
-        let set = local_addrs();
-        let hit = set.contains(&ip);
-        *self.local.write().unwrap_or_else(|e| e.into_inner()) = LocalAddrs { at: Instant::now(), set };
-        hit
-    }
-
-    /// [`is_local`](Self::is_local) without refreshing the set of local
-    /// addresses: `None` once it is older than `local_addr_ttl`.
-    fn is_local_cached(&self, ip: IpAddr) -> Option<bool> {
-        let ip = unmap_ip(ip);
-        if ip.is_loopback() {
-            return Some(true);
-        }
-        let l = self.local.read().unwrap_or_else(|e| e.into_inner());
-        (l.at.elapsed() < self.cfg.local_addr_ttl).then(|| l.set.contains(&ip))
+        self.local.is_local(ip)
     }
 
     /// The peer label of the packet's source (see [`peer_label`]), counted
@@ -635,8 +534,8 @@ impl<K: KernelView> SocketResolver<K> {
             (Some(p), Some(hits)) => self.cached_end(p, local, remote, pk, hits),
         };
         let is_local = |ip: IpAddr| match cached {
-            None => Some(self.is_local(ip)),
-            Some(_) => self.is_local_cached(ip),
+            None => Some(self.local.is_local(ip)),
+            Some(_) => self.local.is_local_cached(ip),
         };
         let (src, dst) =
             (SocketAddr::new(pkt.src, pkt.sport.unwrap_or(0)), SocketAddr::new(pkt.dst, pkt.dport.unwrap_or(0)));
@@ -699,70 +598,6 @@ pub fn flow_packet(proto: Proto, src: SocketAddr, dst: SocketAddr) -> PacketInfo
         icmp: None,
         tcp_syn: false,
         label_option: None,
-    }
-}
-
-/// What the packet's label option was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerOutcome {
-    /// No CIPSO/CALIPSO option.
-    None,
-    /// A well-formed option with a mapped DOI.
-    Option,
-    /// A well-formed option with a DOI the policy does not map.
-    UnknownDoi,
-    /// A malformed option.
-    Malformed(peer::PeerError),
-}
-
-/// The peer label of the packet's source address: the CIPSO/CALIPSO level
-/// (DOI mapped by `cfg.dois`) and/or the static address label.
-///
-/// | static label | option level | peer label |
-/// |---|---|---|
-/// | none | none | `None` |
-/// | C | none | C ([`Origin::Static`]) |
-/// | C | L | C with its range replaced by L ([`Origin::PeerOption`]) |
-/// | none | L | `system_u:object_r:netlabel_peer_t:L` ([`Origin::PeerOption`]) |
-/// | any | malformed | unlabeled `bad_peer_option` |
-/// | any | unmapped DOI | unlabeled `unknown_doi` |
-pub fn peer_label(cfg: &PeerConfig, pkt: &PacketInfo) -> (Option<Label>, PeerOutcome) {
-    let parsed = match &pkt.label_option {
-        None => Ok(None),
-        Some(LabelOption::Level { doi, level }) => Ok(Some((*doi, **level))),
-        Some(LabelOption::Malformed(e)) => Err(*e),
-    };
-    let (level, outcome) = match parsed {
-        Ok(None) => (None, PeerOutcome::None),
-        Ok(Some((doi, level))) => match cfg.dois.get(&doi) {
-            Some(DoiMap::Pass) => (Some(level), PeerOutcome::Option),
-            None => return (Some(Label::unlabeled("unknown_doi")), PeerOutcome::UnknownDoi),
-        },
-        Err(e) => return (Some(Label::unlabeled("bad_peer_option")), PeerOutcome::Malformed(e)),
-    };
-    let label = match (cfg.static_label(pkt.src), level) {
-        (None, None) => None,
-        (Some(c), None) => Some(Label { context: c.clone(), origin: Origin::Static }),
-        (Some(c), Some(l)) => Some(Label { context: c.with_range(Range::single(l)), origin: Origin::PeerOption }),
-        (None, Some(l)) => Some(Label { context: netlabel_peer(l), origin: Origin::PeerOption }),
-    };
-    (label, outcome)
-}
-
-/// `system_u:object_r:netlabel_peer_t:<level>`: the peer context for a
-/// packet option with no static label (as SELinux's `netlabel_peer_t`).
-pub fn netlabel_peer(level: Level) -> SecurityContext {
-    SecurityContext::new("system_u", "object_r", "netlabel_peer_t", Some(Range::single(level)))
-        .unwrap_or_else(|_| unreachable!("constant identifiers are valid"))
-}
-
-fn local_addrs() -> HashSet<IpAddr> {
-    match if_addrs::get_if_addrs() {
-        Ok(v) => v.into_iter().map(|i| i.ip()).collect(),
-        Err(e) => {
-            log::warn!("cannot list local addresses: {e}");
-            HashSet::new()
-        }
     }
 }
 

@@ -3,12 +3,14 @@
 //! sock_diag answers any user, and our own /proc entries are readable).
 
 use super::*;
+use crate::context::SecurityContext;
 use crate::packet::{self, build};
-use crate::policy::AddressLabel;
+use crate::policy::{AddressLabel, DoiMap};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 const KERNEL_CIPSO: [u8; 12] = [0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00];
 
