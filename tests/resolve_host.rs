@@ -1,11 +1,14 @@
 //! Host integration tests of `SocketResolver` against the real kernel.
 //!
-//! Each test makes a fresh network namespace (`ip netns add lg-test-…`),
-//! moves its own thread into it with `setns`, starts socket-holding Python
+//! Each test makes a fresh network namespace ([`support::Netns`]), moves
+//! its own thread into it with `setns`, starts socket-holding Python
 //! processes under other uids with `setpriv`, and checks what the resolver
 //! says about their real 4-tuples against `ss -tunapeH` (pid, uid, inode)
-//! and `/proc/PID/exe`. They need root and `ip netns`; without them they
-//! print a SKIP line and return.
+//! and `/proc/PID/exe`. They need root, `ip`, `ss`, `python3` and
+//! `setpriv`: without them they print a SKIP line and return, except under
+//! CI (`CI` set), where they fail ([`support::can_run_with`]).
+
+mod support;
 
 use labelgate::labels::{Hook, Labels, Origin, QueueMeta, Resolver};
 use labelgate::packet::Proto;
@@ -13,10 +16,9 @@ use labelgate::resolve::{flow_packet as pkt, PeerConfig, ResolverConfig, SocketR
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{run_ok, Netns};
 
 const PYTHON: &str = "/usr/bin/python3";
 const SERVER_UID: u32 = 4101;
@@ -82,67 +84,8 @@ for line in sys.stdin:
         say({'error': repr(e)})
 "#;
 
-fn skip(why: &str) {
-    println!("SKIP resolve host test: {why}");
-}
-
-/// Whether the environment can run these tests; prints SKIP when not.
-fn usable() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        skip("not root");
-        return false;
-    }
-    for tool in [PYTHON, "/usr/bin/setpriv"] {
-        if !Path::new(tool).exists() {
-            skip(&format!("{tool} missing"));
-            return false;
-        }
-    }
-    works("ip", &["netns", "list"]) && works("ss", &["-V"])
-}
-
-/// Whether `cmd args` runs and succeeds; prints a SKIP line when not.
-fn works(cmd: &str, args: &[&str]) -> bool {
-    let ok = Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!("`{cmd} {}` does not run", args.join(" ")));
-    }
-    ok
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).status().expect(cmd);
-    assert!(st.success(), "{cmd} {args:?} failed: {st}");
-}
-
-/// A network namespace this test made; deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Create the namespace, bring its loopback up and move the calling
-    /// thread into it (children spawned from this thread inherit it).
-    fn enter() -> Netns {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("lg-test-{}-{nanos:x}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        let f = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
-        // SAFETY: setns on a valid, open namespace fd; it changes only this
-        // thread's network namespace.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
+/// What these tests need besides root.
+const TOOLS: &[&str] = &["ip", "ss", "python3", "setpriv"];
 
 #[derive(Debug, Clone)]
 struct Sock {
@@ -319,10 +262,16 @@ fn exe_of(pid: u32) -> String {
 /// A fresh namespace with a server agent and a client agent in it, or
 /// `None` (after a SKIP line) where the host cannot run these tests.
 fn setup() -> Option<(Netns, Agent, Agent)> {
-    if !usable() {
+    setup_with(TOOLS)
+}
+
+/// [`setup`] for a test that needs `tools`.
+fn setup_with(tools: &[&str]) -> Option<(Netns, Agent, Agent)> {
+    if !support::can_run_with(tools) {
         return None;
     }
-    let ns = Netns::enter();
+    let ns = Netns::new();
+    ns.enter();
     Some((ns, Agent::start(SERVER_UID), Agent::start(CLIENT_UID)))
 }
 
@@ -593,19 +542,25 @@ fn closing_and_exiting() {
 /// packets belong to the listener.
 #[test]
 fn half_open_connection_goes_to_the_listener() {
-    if !works("iptables", &["-V"]) {
-        return;
-    }
-    let Some((_ns, mut srv, mut cli)) = setup() else {
+    let Some((_ns, mut srv, mut cli)) = setup_with(&["ip", "ss", "python3", "setpriv", "iptables"]) else {
         return;
     };
     let l = srv.sock("listen tcp 127.0.0.1 0");
     let port = l.local.port().to_string();
     // Drop the client's bare ACKs to the server: the server stays in SYN_RECV.
-    run(
-        "iptables",
-        &["-A", "INPUT", "-p", "tcp", "--dport", &port, "--tcp-flags", "SYN,ACK,RST,FIN", "ACK", "-j", "DROP"],
-    );
+    run_ok(Command::new("iptables").args([
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "--tcp-flags",
+        "SYN,ACK,RST,FIN",
+        "ACK",
+        "-j",
+        "DROP",
+    ]));
     let c = cli.sock(&format!("connect tcp 127.0.0.1 {port}"));
     let states = Command::new("ss").args(["-tanH", "state", "syn-recv"]).output().unwrap();
     let states = String::from_utf8_lossy(&states.stdout);
