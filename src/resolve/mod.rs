@@ -25,8 +25,14 @@
 //!    holder's comm and exe for audit records (a recent holder's are reused
 //!    for its next sockets for up to a second, then while its exe link is
 //!    unchanged);
-//! 4. parses CIPSO/CALIPSO options ([`peer`]) and applies static address
-//!    labels from the policy ([`PeerConfig`]).
+//! 4. maps the packet's CIPSO/CALIPSO option (parsed with the packet,
+//!    [`peer`]) through the policy's DOI map and applies static address
+//!    labels from the policy ([`PeerConfig`], [`peer_label`]).
+//!
+//! The parts, each in its own file: the flow table (`flow.rs`), the owner
+//! search (`owner.rs`), what is asked of the kernel (`kernel.rs`, a
+//! [`KernelView`]; [`SysKernel`] outside tests, a fake in the unit tests),
+//! the local addresses (`local.rs`), the counters ([`ResolverStats`]).
 //!
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in
@@ -70,7 +76,7 @@
 //! for a connection), look up the owner cache, and re-validate a UDP
 //! socket's cached holder exactly as [`Resolver::resolve`] would (the one
 //! read of `/proc/PID/fd/N`, skipped within
-//! [`ResolverConfig::owner_revalidate_after`]); plus parsing the packet's
+//! [`ResolverConfig::owner_revalidate_after`]); plus mapping the packet's
 //! CIPSO/CALIPSO option and reading the set of local addresses while it is
 //! within [`ResolverConfig::local_addr_ttl`]. What it never does: a
 //! sock_diag query, a `/proc` scan, reading a socket's or process's label

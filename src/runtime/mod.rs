@@ -3,10 +3,10 @@
 //!
 //! With `workers > 0` (`--workers N`) the queue threads share a pool of N
 //! resolver workers. A queue thread decides a packet itself when that needs
-//! no slow work ([`Engine::decide_cached`]); otherwise it copies the packet
-//! to the worker its flow hashes to, over that worker's bounded channel,
-//! and the worker sends the verdict back over the queue thread's result
-//! channel and wakes it through an eventfd. See `pool::Pool` for how one
+//! no slow work ([`Engine::decide_cached`]); otherwise it hands the parsed
+//! packet (not its bytes) to the worker its flow hashes to, over that
+//! worker's bounded channel, and the worker sends the verdict back over the
+//! queue thread's result channel and wakes it through an eventfd. See `pool::Pool` for how one
 //! flow's packets keep their order.
 //!
 //! The queue thread's loop (reading, deciding, sending verdicts, shutdown)
