@@ -33,6 +33,8 @@
 //! search (`owner.rs`), what is asked of the kernel (`kernel.rs`, a
 //! [`KernelView`]; [`SysKernel`] outside tests, a fake in the unit tests),
 //! the local addresses (`local.rs`), the counters ([`ResolverStats`]).
+//! This file composes them; about a fifth of its length is this
+//! documentation, which is why it is a little over 600 lines.
 //!
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in
