@@ -34,16 +34,16 @@ fn bench_resolve(c: &mut Criterion) {
     ] {
         let r = SocketResolver::new(PeerConfig::default(), cfg).expect("socket resolver");
         // Warm the caches (first call scans /proc and asks sock_diag).
-        let l = r.resolve(&pkt, &out, &[]);
+        let l = r.resolve(&pkt, &out);
         assert_eq!(l.source_process.map(|p| p.pid), Some(std::process::id()), "own socket attributed");
-        g.bench_function(name, |bch| bch.iter(|| black_box(r.resolve(black_box(&pkt), &out, &[]))));
+        g.bench_function(name, |bch| bch.iter(|| black_box(r.resolve(black_box(&pkt), &out))));
         if name == "socket_cache_hit" {
             // Batches of 64 packets read at one instant: one check per batch.
             g.bench_function("socket_cache_hit_batch64", |bch| {
                 bch.iter(|| {
                     let m = QueueMeta { received: Some(std::time::Instant::now()), ..out.clone() };
                     for _ in 0..64 {
-                        black_box(r.resolve(black_box(&pkt), &m, &[]));
+                        black_box(r.resolve(black_box(&pkt), &m));
                     }
                 })
             });
@@ -60,7 +60,7 @@ fn bench_resolve(c: &mut Criterion) {
         p
     };
     let first = syn_sent(to);
-    let l = r.resolve(&syn_from(&first), &out, &[]);
+    let l = r.resolve(&syn_from(&first), &out);
     assert_eq!(l.source_process.as_ref().map(|p| p.pid), Some(std::process::id()), "client attributed: {l:?}");
     assert_eq!(l.dest_process.map(|p| p.pid), Some(std::process::id()), "listener attributed");
     g.bench_function("new_tcp_connection_syn", |bch| {
@@ -68,7 +68,7 @@ fn bench_resolve(c: &mut Criterion) {
             || syn_sent(to),
             |c| {
                 let m = QueueMeta { received: Some(std::time::Instant::now()), ..out.clone() };
-                black_box(r.resolve(black_box(&syn_from(&c)), &m, &[]));
+                black_box(r.resolve(black_box(&syn_from(&c)), &m));
                 c
             },
             criterion::BatchSize::PerIteration,
@@ -88,7 +88,7 @@ fn bench_resolve(c: &mut Criterion) {
     let cfg =
         PeerConfig { dois: [(16, labelgate::policy::DoiMap::Pass)].into_iter().collect(), ..PeerConfig::default() };
     g.bench_function("peer_label_cipso_packet", |bch| {
-        bch.iter(|| black_box(labelgate::resolve::peer_label(&cfg, black_box(&cpkt), &bytes)))
+        bch.iter(|| black_box(labelgate::resolve::peer_label(&cfg, black_box(&cpkt))))
     });
     g.finish();
 }

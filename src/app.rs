@@ -1,5 +1,10 @@
-//! The commands behind the binary: validated configuration, start-up,
-//! signal handling and shutdown. The only place errors become exit codes.
+//! The commands behind the binary: validated configuration, start-up
+//! (the resolver factory included), signal handling and shutdown. The only
+//! place errors become exit codes.
+//!
+//! Over 600 lines on purpose: one short function per command plus the
+//! daemon's start-up and shutdown, kept together so that every error's exit
+//! code is decided in this one file.
 
 use crate::audit::{self, AuditSink};
 use crate::cli::{self, Cli, Command, Fail, RunArgs};
@@ -70,20 +75,19 @@ struct PanicAfter {
 }
 
 impl crate::labels::Resolver for PanicAfter {
-    fn resolve(
-        &self,
-        pkt: &crate::packet::PacketInfo,
-        meta: &crate::labels::QueueMeta,
-        payload: &[u8],
-    ) -> crate::labels::Labels {
+    fn resolve(&self, pkt: &crate::packet::PacketInfo, meta: &crate::labels::QueueMeta) -> crate::labels::Labels {
         if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
             panic!("injected fault (LABELGATE_FAULT_PANIC_AFTER)");
         }
-        self.inner.resolve(pkt, meta, payload)
+        self.inner.resolve(pkt, meta)
     }
 
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.inner.metrics()
+    }
+
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        self.inner.events()
     }
 }
 
@@ -95,7 +99,7 @@ fn resolver_factory(udp_recheck: Duration, flow: bool) -> crate::engine::Resolve
         cache_syn_flows: !flow,
         ..Default::default()
     };
-    let real = crate::resolver_factory_with(cfg);
+    let real = socket_resolver_factory(cfg);
     match std::env::var("LABELGATE_FAULT_PANIC_AFTER").ok().and_then(|v| v.parse::<u64>().ok()) {
         None => real,
         Some(n) => {
@@ -105,6 +109,29 @@ fn resolver_factory(udp_recheck: Duration, flow: bool) -> crate::engine::Resolve
                 let left = std::sync::atomic::AtomicU64::new(left.load(Ordering::SeqCst));
                 Box::new(PanicAfter { inner: real(p), left }) as Box<dyn crate::labels::Resolver>
             })
+        }
+    }
+}
+
+/// The daemon's resolver factory: one shared
+/// [`SocketResolver`](crate::resolve::SocketResolver) (sock_diag, /proc,
+/// socket labels, peer labels; caches kept across policy reloads), viewed
+/// through each policy's peer configuration. Falls back to the NFQUEUE
+/// metadata alone if the socket resolver cannot start.
+///
+/// Call it in the network namespace the daemon serves: its sock_diag sockets
+/// belong to the namespace they are opened in.
+fn socket_resolver_factory(cfg: crate::resolve::ResolverConfig) -> crate::engine::ResolverFactory {
+    use crate::labels::{KernelMetaResolver, Resolver};
+    use crate::resolve::{PeerConfig, SocketResolver};
+    match SocketResolver::new(PeerConfig::default(), cfg) {
+        Ok(core) => {
+            let core = Arc::new(core);
+            Box::new(move |p: &Policy| Box::new(core.for_policy(PeerConfig::from_policy(p))) as Box<dyn Resolver>)
+        }
+        Err(e) => {
+            log::warn!("socket resolver unavailable ({e}); using NFQUEUE metadata only (secmark, uid, gid)");
+            Box::new(|_: &Policy| Box::new(KernelMetaResolver) as Box<dyn Resolver>)
         }
     }
 }
@@ -651,11 +678,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 fn print_counters(engine: &Engine) {
     let loaded = engine.current();
     eprintln!("labelgate counters: {}", engine.counters.summary());
-    for (_, _, rows) in loaded.resolver.metrics() {
-        let line: Vec<String> = rows
-            .iter()
-            .map(|(labels, v)| format!("{}={v}", labels.trim_start_matches("{event=\"").trim_end_matches("\"}")))
-            .collect();
+    let events = loaded.resolver.events();
+    if !events.is_empty() {
+        let line: Vec<String> = events.iter().map(|(event, v)| format!("{event}={v}")).collect();
         eprintln!("labelgate resolver: {}", line.join(" "));
     }
     for r in &loaded.policy.rules {

@@ -100,20 +100,20 @@ impl Engine {
     /// Decide one packet on the calling thread, slow lookups included.
     /// Never panics on packet bytes; always returns a verdict.
     pub fn handle(&self, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
-        self.decide(&Parsed::new(payload, meta), payload, meta, scratch)
+        self.decide(&Parsed::new(payload, meta), meta, scratch)
     }
 
     /// Decide one packet only if that needs no slow work (see
     /// [`decide_cached`](Self::decide_cached)).
     pub fn handle_fast(&self, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Option<Verdict> {
-        self.decide_cached(&Parsed::new(payload, meta), payload, meta, scratch)
+        self.decide_cached(&Parsed::new(payload, meta), meta, scratch)
     }
 
     /// Decide a parsed packet, resolving its labels in full.
-    pub fn decide(&self, p: &Parsed, payload: &[u8], meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
+    pub fn decide(&self, p: &Parsed, meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
         let loaded = self.loaded.load();
         let input = match &p.kind {
-            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve(pkt, meta, payload))),
+            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve(pkt, meta))),
             Kind::Malformed { why, hook, known } => Err((*why, *hook, known)),
         };
         self.finish(&loaded, p, input, meta, scratch)
@@ -123,16 +123,10 @@ impl Engine {
     /// ([`Resolver::resolve_cached`]); a malformed packet always is. `None`:
     /// nothing was decided, counted or audited; call [`decide`](Self::decide)
     /// (on a resolver worker).
-    pub fn decide_cached(
-        &self,
-        p: &Parsed,
-        payload: &[u8],
-        meta: &QueueMeta,
-        scratch: &mut Scratch,
-    ) -> Option<Verdict> {
+    pub fn decide_cached(&self, p: &Parsed, meta: &QueueMeta, scratch: &mut Scratch) -> Option<Verdict> {
         let loaded = self.loaded.load();
         let input = match &p.kind {
-            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve_cached(pkt, meta, payload)?)),
+            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve_cached(pkt, meta)?)),
             Kind::Malformed { why, hook, known } => Err((*why, *hook, known)),
         };
         Some(self.finish(&loaded, p, input, meta, scratch))
@@ -399,9 +393,9 @@ mod tests {
     struct SlowResolver(Arc<std::sync::atomic::AtomicU64>);
 
     impl Resolver for SlowResolver {
-        fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels {
+        fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
             Counters::bump(&self.0);
-            KernelMetaResolver.resolve(pkt, meta, payload)
+            KernelMetaResolver.resolve(pkt, meta)
         }
     }
 
@@ -439,7 +433,7 @@ mod tests {
         // The full path decides the first packet, counted once.
         let parsed = Parsed::new(&pkt, &meta(3, 0));
         assert!(parsed.packet().is_some());
-        assert_eq!(e.decide(&parsed, &pkt, &meta(3, 0), &mut s), Verdict::Accept);
+        assert_eq!(e.decide(&parsed, &meta(3, 0), &mut s), Verdict::Accept);
         assert_eq!(Counters::get(&resolves), 1);
         assert_eq!(
             (Counters::get(&c.packets), Counters::get(&c.accepted), Counters::get(&c.latency.count), hits(&e)),

@@ -184,20 +184,28 @@ impl Labels {
 /// any input and must always return labels (unlabeled with a reason when
 /// nothing better is known).
 pub trait Resolver: Send + Sync {
-    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Labels;
+    /// The packet's labels; its peer-label option is in `pkt` (parsed with
+    /// the packet, [`crate::packet::LabelOption`]).
+    fn resolve(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Labels;
 
     /// The labels [`resolve`](Self::resolve) would return, when they can be
     /// had without slow work (no socket lookup, no `/proc` scan, no label
     /// read): `None` means "ask `resolve`". The queue threads call this
     /// first and hand only the packets it cannot answer to the resolver
     /// workers. The default knows nothing cheaply.
-    fn resolve_cached(&self, _pkt: &PacketInfo, _meta: &QueueMeta, _payload: &[u8]) -> Option<Labels> {
+    fn resolve_cached(&self, _pkt: &PacketInfo, _meta: &QueueMeta) -> Option<Labels> {
         None
     }
 
     /// Counters the resolver keeps (cache hits and the like) as Prometheus
     /// counter families: `(name, help, [(labels, value)])`.
     fn metrics(&self) -> Vec<MetricFamily> {
+        Vec::new()
+    }
+
+    /// The same counters as `(event, value)` pairs, for logs: the events
+    /// [`metrics`](Self::metrics) labels its rows with.
+    fn events(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
 }
@@ -216,7 +224,7 @@ pub fn secmark_context(meta: &QueueMeta) -> Option<SecurityContext> {
 pub struct KernelMetaResolver;
 
 impl Resolver for KernelMetaResolver {
-    fn resolve(&self, _pkt: &PacketInfo, meta: &QueueMeta, _payload: &[u8]) -> Labels {
+    fn resolve(&self, _pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
         let mut l = Labels::unresolved("not_resolved");
         l.secmark = secmark_context(meta);
         l.uid = meta.uid;
@@ -225,7 +233,7 @@ impl Resolver for KernelMetaResolver {
     }
 
     /// Everything this resolver knows is in the queue message: always cheap.
-    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta, payload: &[u8]) -> Option<Labels> {
-        Some(self.resolve(pkt, meta, payload))
+    fn resolve_cached(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<Labels> {
+        Some(self.resolve(pkt, meta))
     }
 }

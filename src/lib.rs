@@ -33,31 +33,3 @@ pub mod rules;
 pub mod runtime;
 pub mod sepolicy;
 pub mod sys;
-
-/// The daemon's resolver factory: one shared [`resolve::SocketResolver`]
-/// (sock_diag, /proc, socket labels, peer labels; caches kept across policy
-/// reloads), viewed through each policy's peer configuration. Falls back to
-/// the NFQUEUE metadata alone if the socket resolver cannot start.
-///
-/// Call it in the network namespace the daemon serves: its sock_diag sockets
-/// belong to the namespace they are opened in.
-pub fn resolver_factory() -> engine::ResolverFactory {
-    resolver_factory_with(resolve::ResolverConfig::default())
-}
-
-/// [`resolver_factory`] with the resolver tuned by `cfg`.
-pub fn resolver_factory_with(cfg: resolve::ResolverConfig) -> engine::ResolverFactory {
-    use resolve::{PeerConfig, SocketResolver};
-    match SocketResolver::new(PeerConfig::default(), cfg) {
-        Ok(core) => {
-            let core = std::sync::Arc::new(core);
-            Box::new(move |p: &policy::Policy| {
-                Box::new(core.for_policy(PeerConfig::from_policy(p))) as Box<dyn labels::Resolver>
-            })
-        }
-        Err(e) => {
-            log::warn!("socket resolver unavailable ({e}); using NFQUEUE metadata only (secmark, uid, gid)");
-            Box::new(|_: &policy::Policy| Box::new(labels::KernelMetaResolver) as Box<dyn labels::Resolver>)
-        }
-    }
-}

@@ -3,7 +3,7 @@
 
 use crate::counters::{Counters, LATENCY_BOUNDS};
 use crate::engine::{Engine, Loaded};
-use crate::runtime::KernelQueueStats;
+use crate::sys::nfqueue::KernelQueueStats;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering::Relaxed;

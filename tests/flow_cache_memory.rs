@@ -48,8 +48,7 @@ fn fill(capacity: usize, flows: u32) -> (u64, usize, usize) {
     let cfg = ResolverConfig { flow_cache_size: capacity, ..ResolverConfig::default() };
     let r = SocketResolver::new(PeerConfig::default(), cfg).expect("resolver");
     let out = QueueMeta { hook: 3, ..QueueMeta::default() };
-    let _ =
-        r.resolve(&flow_packet(Proto::Udp, "127.0.0.1:1".parse().unwrap(), "198.18.0.1:1".parse().unwrap()), &out, &[]);
+    let _ = r.resolve(&flow_packet(Proto::Udp, "127.0.0.1:1".parse().unwrap(), "198.18.0.1:1".parse().unwrap()), &out);
     let base = LIVE.load(Relaxed);
     PEAK.store(base, Relaxed);
     for i in 0..flows {
@@ -57,7 +56,7 @@ fn fill(capacity: usize, flows: u32) -> (u64, usize, usize) {
         let [_, b, c, d] = i.to_be_bytes();
         let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18 + (b & 1), c, d)), 1 + (i >> 17) as u16);
         let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_000);
-        let l = r.resolve(&flow_packet(Proto::Udp, local, remote), &out, &[]);
+        let l = r.resolve(&flow_packet(Proto::Udp, local, remote), &out);
         assert!(l.source.is_unlabeled(), "no socket for {local} -> {remote}");
     }
     let snap: std::collections::HashMap<_, _> = r.stats().snapshot().into_iter().collect();

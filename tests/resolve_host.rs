@@ -1,11 +1,14 @@
 //! Host integration tests of `SocketResolver` against the real kernel.
 //!
-//! Each test makes a fresh network namespace (`ip netns add lg-test-…`),
-//! moves its own thread into it with `setns`, starts socket-holding Python
+//! Each test makes a fresh network namespace ([`support::Netns`]), moves
+//! its own thread into it with `setns`, starts socket-holding Python
 //! processes under other uids with `setpriv`, and checks what the resolver
 //! says about their real 4-tuples against `ss -tunapeH` (pid, uid, inode)
-//! and `/proc/PID/exe`. They need root and `ip netns`; without them they
-//! print a SKIP line and return.
+//! and `/proc/PID/exe`. They need root, `ip`, `ss`, `python3` and
+//! `setpriv`: without them they print a SKIP line and return, except under
+//! CI (`CI` set), where they fail ([`support::can_run_with`]).
+
+mod support;
 
 use labelgate::labels::{Hook, Labels, Origin, QueueMeta, Resolver};
 use labelgate::packet::Proto;
@@ -13,10 +16,9 @@ use labelgate::resolve::{flow_packet as pkt, PeerConfig, ResolverConfig, SocketR
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{run_ok, Netns};
 
 const PYTHON: &str = "/usr/bin/python3";
 const SERVER_UID: u32 = 4101;
@@ -82,67 +84,8 @@ for line in sys.stdin:
         say({'error': repr(e)})
 "#;
 
-fn skip(why: &str) {
-    println!("SKIP resolve host test: {why}");
-}
-
-/// Whether the environment can run these tests; prints SKIP when not.
-fn usable() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        skip("not root");
-        return false;
-    }
-    for tool in [PYTHON, "/usr/bin/setpriv"] {
-        if !Path::new(tool).exists() {
-            skip(&format!("{tool} missing"));
-            return false;
-        }
-    }
-    works("ip", &["netns", "list"]) && works("ss", &["-V"])
-}
-
-/// Whether `cmd args` runs and succeeds; prints a SKIP line when not.
-fn works(cmd: &str, args: &[&str]) -> bool {
-    let ok = Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!("`{cmd} {}` does not run", args.join(" ")));
-    }
-    ok
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).status().expect(cmd);
-    assert!(st.success(), "{cmd} {args:?} failed: {st}");
-}
-
-/// A network namespace this test made; deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Create the namespace, bring its loopback up and move the calling
-    /// thread into it (children spawned from this thread inherit it).
-    fn enter() -> Netns {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("lg-test-{}-{nanos:x}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        let f = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
-        // SAFETY: setns on a valid, open namespace fd; it changes only this
-        // thread's network namespace.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
+/// What these tests need besides root.
+const TOOLS: &[&str] = &["ip", "ss", "python3", "setpriv"];
 
 #[derive(Debug, Clone)]
 struct Sock {
@@ -319,10 +262,16 @@ fn exe_of(pid: u32) -> String {
 /// A fresh namespace with a server agent and a client agent in it, or
 /// `None` (after a SKIP line) where the host cannot run these tests.
 fn setup() -> Option<(Netns, Agent, Agent)> {
-    if !usable() {
+    setup_with(TOOLS)
+}
+
+/// [`setup`] for a test that needs `tools`.
+fn setup_with(tools: &[&str]) -> Option<(Netns, Agent, Agent)> {
+    if !support::can_run_with(tools) {
         return None;
     }
-    let ns = Netns::enter();
+    let ns = Netns::new();
+    ns.enter();
     Some((ns, Agent::start(SERVER_UID), Agent::start(CLIENT_UID)))
 }
 
@@ -384,10 +333,10 @@ fn check_flow(
     ssm: &HashMap<(Proto, SocketAddr), Vec<SsEntry>>,
 ) {
     for hook in [Hook::Output, Hook::Input] {
-        let l = r.resolve(&pkt(proto, client, server), &meta(hook), &[]);
+        let l = r.resolve(&pkt(proto, client, server), &meta(hook));
         check_end(r, &l, true, proto, client, server, c, ssm);
         check_end(r, &l, false, proto, server, client, s, ssm);
-        let l = r.resolve(&pkt(proto, server, client), &meta(hook), &[]);
+        let l = r.resolve(&pkt(proto, server, client), &meta(hook));
         check_end(r, &l, true, proto, server, client, s, ssm);
         check_end(r, &l, false, proto, client, server, c, ssm);
     }
@@ -447,7 +396,7 @@ fn attribution_matches_ss() {
     for (ip, l) in [(lo4, &tcp4), (lo4, &tcp_dual), (lo6, &tcp_dual), (lo6, &tcp6)] {
         let to = SocketAddr::new(ip, l.local.port());
         let from = SocketAddr::new(ip, 9);
-        let l2 = r.resolve(&pkt(Proto::Tcp, from, to), &meta(Hook::Input), &[]);
+        let l2 = r.resolve(&pkt(Proto::Tcp, from, to), &meta(Hook::Input));
         check_end(&r, &l2, false, Proto::Tcp, to, from, &srv, &ssm);
     }
 
@@ -464,7 +413,7 @@ fn attribution_matches_ss() {
             sc.spawn(|| {
                 for _ in 0..5 {
                     for (p, c, s) in &flows {
-                        let l = r.resolve(&pkt(*p, *c, *s), &meta(Hook::Output), &[]);
+                        let l = r.resolve(&pkt(*p, *c, *s), &meta(Hook::Output));
                         assert_eq!(l.source_process.map(|x| x.pid), Some(cpid));
                         assert_eq!(l.dest_process.map(|x| x.pid), Some(spid));
                     }
@@ -484,7 +433,7 @@ fn attribution_matches_ss() {
         let rounds = 10_000;
         for i in 0..rounds {
             let (p, c, s) = flows[i % flows.len()];
-            let l = r.resolve(&pkt(p, c, s), &meta(Hook::Output), &[]);
+            let l = r.resolve(&pkt(p, c, s), &meta(Hook::Output));
             assert!(std::hint::black_box(l).source_process.is_some());
         }
         println!("cached resolve of both ends, holder checked {name}: {:?} per packet", t.elapsed() / rounds as u32);
@@ -516,9 +465,8 @@ fn closing_and_exiting() {
     let flow_ttl = Duration::from_millis(100);
     let r = SocketResolver::new(PeerConfig::default(), ResolverConfig { flow_ttl, ..ResolverConfig::default() })
         .expect("resolver");
-    let out = |r: &SocketResolver, c: &Sock, proto| {
-        r.resolve(&pkt(proto, c.local, c.peer.unwrap()), &meta(Hook::Output), &[])
-    };
+    let out =
+        |r: &SocketResolver, c: &Sock, proto| r.resolve(&pkt(proto, c.local, c.peer.unwrap()), &meta(Hook::Output));
     for (c, p) in [(&tc, Proto::Tcp), (&uc, Proto::Udp), (&keep, Proto::Udp)] {
         let got = out(&r, c, p);
         assert_eq!(got.source_process.map(|x| x.pid), Some(cli.pid), "{p} {c:?}");
@@ -546,7 +494,7 @@ fn closing_and_exiting() {
         assert_eq!(got.uid, Some(CLIENT_UID));
     }
     // The server's end of the closed TCP flow is still held (CLOSE_WAIT).
-    let got = r.resolve(&pkt(Proto::Tcp, l.local, tc.local), &meta(Hook::Output), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, l.local, tc.local), &meta(Hook::Output));
     assert_eq!(got.source_process.map(|x| x.pid), Some(srv.pid));
 
     // A socket whose only reference is an fd in flight (SCM_RIGHTS, not yet
@@ -583,7 +531,7 @@ fn closing_and_exiting() {
 
     // A flow no socket ever had: a kernel-made packet such as an RST.
     let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let got = r.resolve(&pkt(Proto::Tcp, nobody, l.local), &meta(Hook::Output), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, nobody, l.local), &meta(Hook::Output));
     assert_eq!(got.source.origin, Origin::Unlabeled("no_socket"));
     // ... whose destination, the listener, is still known.
     assert_eq!(got.dest_process.map(|x| x.pid), Some(srv.pid));
@@ -594,25 +542,31 @@ fn closing_and_exiting() {
 /// packets belong to the listener.
 #[test]
 fn half_open_connection_goes_to_the_listener() {
-    if !works("iptables", &["-V"]) {
-        return;
-    }
-    let Some((_ns, mut srv, mut cli)) = setup() else {
+    let Some((_ns, mut srv, mut cli)) = setup_with(&["ip", "ss", "python3", "setpriv", "iptables"]) else {
         return;
     };
     let l = srv.sock("listen tcp 127.0.0.1 0");
     let port = l.local.port().to_string();
     // Drop the client's bare ACKs to the server: the server stays in SYN_RECV.
-    run(
-        "iptables",
-        &["-A", "INPUT", "-p", "tcp", "--dport", &port, "--tcp-flags", "SYN,ACK,RST,FIN", "ACK", "-j", "DROP"],
-    );
+    run_ok(Command::new("iptables").args([
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+        "--tcp-flags",
+        "SYN,ACK,RST,FIN",
+        "ACK",
+        "-j",
+        "DROP",
+    ]));
     let c = cli.sock(&format!("connect tcp 127.0.0.1 {port}"));
     let states = Command::new("ss").args(["-tanH", "state", "syn-recv"]).output().unwrap();
     let states = String::from_utf8_lossy(&states.stdout);
     assert!(states.contains(&c.local.to_string()), "no SYN_RECV entry for {}: {states}", c.local);
     let r = resolver();
-    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Input), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Input));
     assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     // ss lists the mini-socket (inode 0) and the listener at that address.
     let listener = ss()[&(Proto::Tcp, l.local)].iter().find(|e| e.peer.is_none()).map(|e| e.ino);
@@ -635,7 +589,7 @@ fn new_sockets_found_without_full_scan() {
     let st = r.stats();
     let attribute = |a: &mut Agent, srv_pid: u32| {
         let c = a.sock(&format!("connect tcp 127.0.0.1 {}", l.local.port()));
-        let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output), &[]);
+        let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output));
         assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(a.pid), "{got:?}");
         assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv_pid), "{got:?}");
     };
@@ -662,7 +616,7 @@ fn new_sockets_found_without_full_scan() {
     let fly = cli.sock(&format!("connect udp 127.0.0.1 {}", l.local.port()));
     cli.cmd(&format!("inflight {}", fly.id));
     for _ in 0..20 {
-        let got = r.resolve(&pkt(Proto::Udp, fly.local, fly.peer.unwrap()), &meta(Hook::Output), &[]);
+        let got = r.resolve(&pkt(Proto::Udp, fly.local, fly.peer.unwrap()), &meta(Hook::Output));
         assert_source_unlabeled(&got, "kernel_socket");
     }
     assert_eq!(n(&st.proc_scans), scans + 1, "{:?}", st.snapshot());
@@ -682,7 +636,7 @@ fn holder_checked_after_receipt_covers_the_packet() {
     let r = resolver();
     let at = |received: Instant| {
         let m = QueueMeta { received: Some(received), ..meta(Hook::Output) };
-        r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m, &[])
+        r.resolve(&pkt(Proto::Udp, c.local, c.peer.unwrap()), &m)
     };
     let batch = Instant::now();
     let first = at(batch);
@@ -729,7 +683,7 @@ fn syn_between_local_sockets_resolves_both_ends_together() {
         let mut syn = pkt(Proto::Tcp, c.local, listener.local);
         syn.tcp_syn = true;
         let before = n(&r.stats().sock_diag_queries);
-        let got = r.resolve(&syn, &meta(hook), &[]);
+        let got = r.resolve(&syn, &meta(hook));
         assert_eq!(n(&r.stats().sock_diag_queries), before + 2, "{:?}", r.stats().snapshot());
         assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
         assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
@@ -755,13 +709,13 @@ fn flow_mode_does_not_cache_syn_flows() {
     let r = SocketResolver::new(PeerConfig::default(), cfg).expect("resolver");
     let mut syn = pkt(Proto::Tcp, c.local, l.local);
     syn.tcp_syn = true;
-    let got = r.resolve(&syn, &meta(Hook::Output), &[]);
+    let got = r.resolve(&syn, &meta(Hook::Output));
     assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
     assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     assert_eq!(r.cached_socket_inode(Proto::Tcp, c.local, l.local), None);
     assert_eq!(r.cached_socket_inode(Proto::Tcp, l.local, c.local), None);
     let before = n(&r.stats().sock_diag_queries);
-    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output), &[]);
+    let got = r.resolve(&pkt(Proto::Tcp, c.local, l.local), &meta(Hook::Output));
     assert_eq!(got.source_process.as_ref().map(|p| p.pid), Some(cli.pid), "{got:?}");
     assert_eq!(got.dest_process.as_ref().map(|p| p.pid), Some(srv.pid), "{got:?}");
     assert_eq!(n(&r.stats().sock_diag_queries), before + 2, "{:?}", r.stats().snapshot());

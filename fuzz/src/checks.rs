@@ -62,14 +62,8 @@ fn check_packet(data: &[u8]) {
             let addr = |at: usize| IpAddr::from([data[at], data[at + 1], data[at + 2], data[at + 3]]);
             assert_eq!((info.src, info.dst), (addr(12), addr(16)));
             assert_eq!(Proto::from_number(data[9]), info.proto);
-            match &info.label_option {
-                Some(LabelOption::Ipv4Options(r)) => {
-                    assert_eq!(*r, 20..hlen, "IPv4 options area");
-                    assert!(hlen > 20 && hlen <= data.len());
-                }
-                Some(other) => panic!("IPv4 packet with {other:?}"),
-                None => assert_eq!(hlen, 20, "IPv4 options not reported"),
-            }
+            assert!(hlen >= 20 && hlen <= data.len());
+            check_label_option(&info, (hlen > 20).then(|| &data[20..hlen]), peer::parse_cipso);
             let first_fragment = be16(data, 6).is_some_and(|f| f & 0x1fff == 0);
             if first_fragment && info.proto.has_ports() {
                 assert_eq!(info.sport, be16(data, hlen), "source port is not at the L4 start");
@@ -86,21 +80,13 @@ fn check_packet(data: &[u8]) {
                 IpAddr::from(a)
             };
             assert_eq!((info.src, info.dst), (addr(8), addr(24)));
-            match &info.label_option {
-                Some(LabelOption::Ipv6HopByHop(r)) => {
-                    assert_eq!(data[6], 0, "hop-by-hop options must come first");
-                    assert_eq!(r.start, 42);
-                    assert_eq!(r.end, 40 + (usize::from(data[41]) + 1) * 8);
-                    assert!(r.end <= data.len());
-                }
-                Some(other) => panic!("IPv6 packet with {other:?}"),
-                None => assert_ne!(data[6], 0, "hop-by-hop header not reported"),
-            }
+            let hop_by_hop = (data[6] == 0).then(|| &data[42..40 + (usize::from(data[41]) + 1) * 8]);
+            check_label_option(&info, hop_by_hop, peer::parse_calipso);
         }
         v => panic!("parsed a packet of IP version {v}"),
     }
-    // What the daemon does with the options area: resolve::peer reads it.
-    check_peer_label(&info, data);
+    // What the daemon does with the parsed option: resolve::peer_label.
+    check_peer_label(&info);
 }
 
 /// What a packet that did not parse still shows: the addresses exactly when
@@ -528,26 +514,34 @@ fn cipso_encode(doi: u32, level: &Level) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// `resolve::peer_label` on a parsed packet: the outcome is what the
-/// option parser says about the packet's own options range, and the label
-/// is the static label, `netlabel_peer_t`, or unlabeled, as documented.
-fn check_peer_label(info: &PacketInfo, data: &[u8]) {
-    let cfg = peer_config();
-    let (label, outcome) = resolve::peer_label(&cfg, info, data);
-    assert_eq!(resolve::peer_label(&cfg, info, data), (label.clone(), outcome), "peer_label is not deterministic");
-    let parsed = match &info.label_option {
+/// The packet's label option as the option parser's result.
+fn option_parse(info: &PacketInfo) -> PeerParse {
+    match &info.label_option {
         None => Ok(None),
-        Some(LabelOption::Ipv4Options(r)) => {
-            let got = peer::parse_cipso(&data[r.clone()]);
-            check_peer_result(&data[r.clone()], got, peer::parse_cipso);
-            got
-        }
-        Some(LabelOption::Ipv6HopByHop(r)) => {
-            let got = peer::parse_calipso(&data[r.clone()]);
-            check_peer_result(&data[r.clone()], got, peer::parse_calipso);
-            got
-        }
-    };
+        Some(LabelOption::Level { doi, level }) => Ok(Some((*doi, **level))),
+        Some(LabelOption::Malformed(e)) => Err(*e),
+    }
+}
+
+/// The packet's label option is what the option parser makes of its
+/// options area (`area`: the IPv4 options or the first hop-by-hop header's
+/// data, if the packet has one), none without one.
+fn check_label_option(info: &PacketInfo, area: Option<&[u8]>, parse: fn(&[u8]) -> PeerParse) {
+    let want = area.map_or(Ok(None), parse);
+    assert_eq!(option_parse(info), want, "label option of {area:02x?}");
+    if let Some(a) = area {
+        check_peer_result(a, want, parse);
+    }
+}
+
+/// `resolve::peer_label` on a parsed packet: the outcome is what the
+/// option parser said about the packet's options (its label option), and the label
+/// is the static label, `netlabel_peer_t`, or unlabeled, as documented.
+fn check_peer_label(info: &PacketInfo) {
+    let cfg = peer_config();
+    let (label, outcome) = resolve::peer_label(&cfg, info);
+    assert_eq!(resolve::peer_label(&cfg, info), (label.clone(), outcome), "peer_label is not deterministic");
+    let parsed = option_parse(info);
     let static_label = cfg.static_label(info.src).cloned();
     match parsed {
         Err(e) => {

@@ -3,12 +3,14 @@
 //! sock_diag answers any user, and our own /proc entries are readable).
 
 use super::*;
+use crate::context::SecurityContext;
 use crate::packet::{self, build};
-use crate::policy::AddressLabel;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use crate::policy::{AddressLabel, DoiMap};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 const KERNEL_CIPSO: [u8; 12] = [0x86, 0x0b, 0x00, 0x00, 0x00, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80, 0x00];
 
@@ -26,46 +28,46 @@ fn peer_cfg() -> PeerConfig {
     }
 }
 
-fn v4(src: &str, opts: &[u8]) -> (PacketInfo, Vec<u8>) {
+fn v4(src: &str, opts: &[u8]) -> PacketInfo {
     let p = build::ipv4(src.parse().unwrap(), "198.18.0.1".parse().unwrap(), 17, opts, &build::udp(1000, 2000, b"x"));
-    (packet::parse(&p).unwrap(), p)
+    packet::parse(&p).unwrap()
 }
 
 #[test]
 fn peer_label_table() {
     let cfg = peer_cfg();
     // Static only: longest prefix wins.
-    let (pkt, p) = v4("198.18.1.7", &[]);
-    let (l, o) = peer_label(&cfg, &pkt, &p);
+    let pkt = v4("198.18.1.7", &[]);
+    let (l, o) = peer_label(&cfg, &pkt);
     let l = l.unwrap();
     assert_eq!(
         (l.context.to_string(), l.origin, o),
         ("system_u:object_r:db_peer_t:s0".to_string(), Origin::Static, PeerOutcome::None)
     );
     // Static refined by CIPSO.
-    let (pkt, p) = v4("198.18.2.7", &KERNEL_CIPSO);
-    let l = peer_label(&cfg, &pkt, &p).0.unwrap();
+    let pkt = v4("198.18.2.7", &KERNEL_CIPSO);
+    let l = peer_label(&cfg, &pkt).0.unwrap();
     assert_eq!(l.context.to_string(), "system_u:object_r:bench_peer_t:s1:c0");
     assert_eq!(l.origin, Origin::PeerOption);
     // CIPSO without a static label.
-    let (pkt, p) = v4("127.0.0.1", &KERNEL_CIPSO);
-    let l = peer_label(&cfg, &pkt, &p).0.unwrap();
+    let pkt = v4("127.0.0.1", &KERNEL_CIPSO);
+    let l = peer_label(&cfg, &pkt).0.unwrap();
     assert_eq!(l.context.to_string(), "system_u:object_r:netlabel_peer_t:s1:c0");
     // Nothing.
-    let (pkt, p) = v4("127.0.0.1", &[]);
-    assert_eq!(peer_label(&cfg, &pkt, &p), (None, PeerOutcome::None));
+    let pkt = v4("127.0.0.1", &[]);
+    assert_eq!(peer_label(&cfg, &pkt), (None, PeerOutcome::None));
     // Unknown DOI.
     let mut other = KERNEL_CIPSO;
     other[5] = 17;
-    let (pkt, p) = v4("127.0.0.1", &other);
-    let (l, o) = peer_label(&cfg, &pkt, &p);
+    let pkt = v4("127.0.0.1", &other);
+    let (l, o) = peer_label(&cfg, &pkt);
     assert_eq!(l.unwrap().origin, Origin::Unlabeled("unknown_doi"));
     assert_eq!(o, PeerOutcome::UnknownDoi);
     // Malformed (tag length lies), even with a static label.
     let mut bad = KERNEL_CIPSO;
     bad[7] = 40;
-    let (pkt, p) = v4("198.18.1.7", &bad);
-    let (l, o) = peer_label(&cfg, &pkt, &p);
+    let pkt = v4("198.18.1.7", &bad);
+    let (l, o) = peer_label(&cfg, &pkt);
     assert_eq!(l.unwrap().origin, Origin::Unlabeled("bad_peer_option"));
     assert!(matches!(o, PeerOutcome::Malformed(_)));
 }
@@ -82,7 +84,7 @@ fn calipso_peer_label_from_a_parsed_ipv6_packet() {
     let l6: Ipv6Addr = "::1".parse().unwrap();
     let p = build::ipv6(l6, l6, 0, &ext, &build::udp(1, 2, b""));
     let pkt = packet::parse(&p).unwrap();
-    let l = peer_label(&peer_cfg(), &pkt, &p).0.unwrap();
+    let l = peer_label(&peer_cfg(), &pkt).0.unwrap();
     assert_eq!(l.context.to_string(), "system_u:object_r:netlabel_peer_t:s2:c2");
 }
 
@@ -128,7 +130,7 @@ fn own_udp_sockets_are_attributed_both_ways() {
     let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
     // OUTPUT a -> b: source is a (found after a rescan: a is newer than the
     // first scan), dest is b (loopback is local).
-    let l = r.resolve(&udp_pkt(aa, ba), &meta(Hook::Output), &[]);
+    let l = r.resolve(&udp_pkt(aa, ba), &meta(Hook::Output));
     let me = std::process::id();
     assert_eq!(l.source_process.as_ref().map(|p| p.pid), Some(me));
     assert_eq!(l.dest_process.as_ref().map(|p| p.pid), Some(me));
@@ -140,7 +142,7 @@ fn own_udp_sockets_are_attributed_both_ways() {
     // Second time: flow and owner caches hit, no new scan.
     let scans = r.stats().proc_scans.load(Relaxed);
     let hits = r.stats().owner.hits.load(Relaxed);
-    let l2 = r.resolve(&udp_pkt(aa, ba), &meta(Hook::Output), &[]);
+    let l2 = r.resolve(&udp_pkt(aa, ba), &meta(Hook::Output));
     assert_eq!(l2.source, l.source);
     assert_eq!(r.stats().proc_scans.load(Relaxed), scans);
     assert!(r.stats().owner.hits.load(Relaxed) >= hits + 2);
@@ -155,18 +157,18 @@ fn closed_socket_and_kernel_packets() {
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let aa = a.local_addr().unwrap();
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let l = r.resolve(&udp_pkt(aa, peer), &meta(Hook::Output), &[]);
+    let l = r.resolve(&udp_pkt(aa, peer), &meta(Hook::Output));
     assert!(l.source_process.is_some(), "{l:?}");
     drop(a);
     // Within the flow TTL: the cached owner fails re-validation, sock_diag
     // finds nothing, and the flow is known to have had a socket.
-    let l = r.resolve(&udp_pkt(aa, peer), &meta(Hook::Output), &[]);
+    let l = r.resolve(&udp_pkt(aa, peer), &meta(Hook::Output));
     assert_eq!(l.source.origin, Origin::Unlabeled("socket_closed"));
     assert!(l.source_process.is_none());
     assert!(r.stats().owner.invalidations.load(Relaxed) >= 1);
     // A flow no socket ever had.
     let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let l = r.resolve(&udp_pkt(nobody, peer), &meta(Hook::Output), &[]);
+    let l = r.resolve(&udp_pkt(nobody, peer), &meta(Hook::Output));
     assert_eq!(l.source.origin, Origin::Unlabeled("no_socket"));
 }
 
@@ -184,7 +186,7 @@ fn tcp_listener_established_and_ipv6() {
         let ca = c.local_addr().unwrap();
         let tcp = |src: SocketAddr, dst: SocketAddr| PacketInfo { proto: Proto::Tcp, ..udp_pkt(src, dst) };
         // Client -> server on OUTPUT: source = client socket, dest = accepted socket.
-        let l = r.resolve(&tcp(ca, la), &meta(Hook::Output), &[]);
+        let l = r.resolve(&tcp(ca, la), &meta(Hook::Output));
         assert_eq!(l.source_process.map(|p| p.pid), Some(std::process::id()));
         assert_eq!(l.dest_process.map(|p| p.pid), Some(std::process::id()));
         // The flows were attributed to the right sockets (by inode).
@@ -195,7 +197,7 @@ fn tcp_listener_established_and_ipv6() {
         assert_eq!(u64::from(s_ino), inode(&s));
         // A SYN from a port no one connected from goes to the listener.
         let stranger: SocketAddr = SocketAddr::new(la.ip(), 1);
-        let l = r.resolve(&tcp(stranger, la), &meta(Hook::Input), &[]);
+        let l = r.resolve(&tcp(stranger, la), &meta(Hook::Input));
         assert!(l.dest_process.is_some(), "{l:?}");
         let l_ino = r.flows.get(&fk(la, stranger), &CacheCounters::default()).unwrap().socket().unwrap().inode;
         assert_eq!(u64::from(l_ino), inode(&lst));
@@ -213,7 +215,7 @@ fn icmp_has_no_socket_and_remote_sources_take_peer_labels() {
         &[8, 0, 0, 0, 0, 1, 0, 1],
     );
     let pkt = packet::parse(&p).unwrap();
-    let l = r.resolve(&pkt, &meta(Hook::Input), &p);
+    let l = r.resolve(&pkt, &meta(Hook::Input));
     assert_eq!(l.source.context.to_string(), "system_u:object_r:db_peer_t:s1:c0");
     assert_eq!(l.peer.as_ref(), Some(&l.source));
     assert_eq!(l.dest.origin, Origin::Unlabeled("unsupported_proto"));
@@ -221,7 +223,7 @@ fn icmp_has_no_socket_and_remote_sources_take_peer_labels() {
     let mut bad = p.clone();
     bad[20 + 1] = 3; // CIPSO length below its header
     let pkt = packet::parse(&bad).unwrap();
-    let l = r.resolve(&pkt, &meta(Hook::Input), &bad);
+    let l = r.resolve(&pkt, &meta(Hook::Input));
     assert_eq!(l.peer.unwrap().origin, Origin::Unlabeled("bad_peer_option"));
     assert_eq!(r.stats().bad_peer_options.load(Relaxed), 1);
 }
@@ -237,16 +239,16 @@ fn policy_views_share_caches_but_not_peer_config() {
     let core = Arc::new(SocketResolver::new(PeerConfig::default(), ResolverConfig::default()).unwrap());
     let plain = core.for_policy(PeerConfig::default());
     let labelled = core.for_policy(peer_cfg());
-    let (pkt, p) = v4("198.18.1.7", &[]);
+    let pkt = v4("198.18.1.7", &[]);
     let m = meta(Hook::Input);
-    assert_eq!(plain.resolve(&pkt, &m, &p).peer, None);
-    let l = labelled.resolve(&pkt, &m, &p);
+    assert_eq!(plain.resolve(&pkt, &m).peer, None);
+    let l = labelled.resolve(&pkt, &m);
     assert_eq!(l.peer.unwrap().context.to_string(), "system_u:object_r:db_peer_t:s0");
     // Remote destination with a static label (OUTPUT to 198.18.1.7).
     let out = flow_packet(Proto::Udp, "127.0.0.1:5000".parse().unwrap(), "198.18.1.7:53".parse().unwrap());
-    let l = labelled.resolve(&out, &meta(Hook::Output), &[]);
+    let l = labelled.resolve(&out, &meta(Hook::Output));
     assert_eq!((l.dest.origin, l.dest.context.type_()), (Origin::Static, "db_peer_t"));
-    let l = plain.resolve(&out, &meta(Hook::Output), &[]);
+    let l = plain.resolve(&out, &meta(Hook::Output));
     assert_eq!(l.dest.origin, Origin::Unlabeled("remote"));
     // One set of counters.
     assert_eq!(labelled.core().stats().flow.misses.load(Relaxed), core.stats().flow.misses.load(Relaxed));
@@ -262,14 +264,14 @@ fn cache_only_answers_after_a_full_resolution() {
     let m = meta(Hook::Output);
     // Nothing cached yet: no answer, and nothing asked, scanned or counted.
     let before = r.stats().snapshot();
-    assert_eq!(r.resolve_cached(&pkt, &m, &[]), None);
+    assert_eq!(r.resolve_cached(&pkt, &m), None);
     assert_eq!(r.stats().snapshot(), before);
-    let full = r.resolve(&pkt, &m, &[]);
+    let full = r.resolve(&pkt, &m);
     assert!(full.source_process.is_some() && full.dest_process.is_some(), "{full:?}");
     // Now both ends come from the caches, with the same labels, and only
     // the hits are counted.
     let before = r.stats().snapshot();
-    let cached = r.resolve_cached(&pkt, &m, &[]).expect("answered from the caches");
+    let cached = r.resolve_cached(&pkt, &m).expect("answered from the caches");
     assert_eq!(cached, full);
     let after = r.stats().snapshot();
     let delta = |name: &str| {
@@ -284,13 +286,13 @@ fn cache_only_answers_after_a_full_resolution() {
     // The holder closed the socket: re-validation fails, so no cheap answer,
     // and the stale owner is left for the full path to invalidate.
     drop(a);
-    assert_eq!(r.resolve_cached(&pkt, &m, &[]), None);
+    assert_eq!(r.resolve_cached(&pkt, &m), None);
     assert_eq!(r.stats().owner.invalidations.load(Relaxed), 0);
-    let l = r.resolve(&pkt, &m, &[]);
+    let l = r.resolve(&pkt, &m);
     assert_eq!(l.source.origin, Origin::Unlabeled("socket_closed"));
     assert_eq!(r.stats().owner.invalidations.load(Relaxed), 1);
     // "No socket any more" is remembered (negative TTL) and answered cheaply.
-    let again = r.resolve_cached(&pkt, &m, &[]).expect("negative entry answers");
+    let again = r.resolve_cached(&pkt, &m).expect("negative entry answers");
     assert_eq!(again, l);
 }
 
@@ -304,13 +306,13 @@ fn cache_only_needs_fresh_local_addresses_for_non_loopback_ends() {
     let lo = build::ipv4(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1, &[], &[8, 0, 0, 0, 0, 1, 0, 1]);
     let pkt = packet::parse(&lo).unwrap();
     let m = meta(Hook::Input);
-    assert_eq!(view.resolve_cached(&pkt, &m, &lo), Some(view.resolve(&pkt, &m, &lo)));
+    assert_eq!(view.resolve_cached(&pkt, &m), Some(view.resolve(&pkt, &m)));
     // ... but whether 198.18.1.9 is this host's needs the address list,
     // which is stale here (TTL 0): that is slow work.
     let p = build::ipv4("198.18.1.9".parse().unwrap(), Ipv4Addr::LOCALHOST, 1, &[], &[8, 0, 0, 0, 0, 1, 0, 1]);
     let pkt = packet::parse(&p).unwrap();
-    assert_eq!(view.resolve_cached(&pkt, &m, &p), None);
-    assert_eq!(view.resolve(&pkt, &m, &p).source.context.type_(), "db_peer_t");
+    assert_eq!(view.resolve_cached(&pkt, &m), None);
+    assert_eq!(view.resolve(&pkt, &m).source.context.type_(), "db_peer_t");
 }
 
 #[test]
@@ -334,7 +336,8 @@ fn flow_keys_and_entries_round_trip() {
     assert_ne!(k, FlowKey::new(DiagProto::Udp, v6, v4));
     assert_eq!((k.local(), k.remote()), (v4, v6));
 
-    let cfg = ResolverConfig::default();
+    let d = ResolverConfig::default();
+    let cfg = FlowTtl { held: d.flow_ttl, negative: d.negative_ttl };
     let ds = DiagSocket { inode: 7, uid: 1000, state: sockdiag::TCP_ESTABLISHED, cookie: u64::MAX - 1 };
     // Times past 2^32 ms (49 days) keep their freshness.
     let t0 = (1u64 << 33) + 5;

@@ -15,11 +15,17 @@ pub const LABELGATE: &str = env!("CARGO_BIN_EXE_labelgate");
 /// Whether root-only tests can run here. Outside CI a missing prerequisite
 /// skips with a clear line; under CI (CI=true) it fails the test instead.
 pub fn can_run() -> bool {
+    can_run_with(&["ip", "iptables", "ip6tables", "python3", "setpriv"])
+}
+
+/// [`can_run`] for a test that needs root and `tools` (found on PATH or in
+/// /usr/sbin, /sbin): skips outside CI, fails under CI.
+pub fn can_run_with(tools: &[&str]) -> bool {
     let mut missing = Vec::new();
     if !nix_is_root() {
         missing.push("root");
     }
-    for tool in ["ip", "iptables", "ip6tables", "python3", "setpriv"] {
+    for &tool in tools {
         if which(tool).is_none() {
             missing.push(tool);
         }
@@ -27,7 +33,7 @@ pub fn can_run() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("SKIP: this test needs {} (run as root with iptables installed)", missing.join(", "));
+    let msg = format!("SKIP: this test needs {} (run as root with {} installed)", missing.join(", "), tools.join(", "));
     if std::env::var_os("CI").is_some() {
         panic!("{msg}; CI must provide it");
     }
@@ -66,6 +72,18 @@ impl Netns {
         let ns = Netns { name, dir: tempfile::tempdir().expect("tempdir") };
         ns.sh("ip link set lo up");
         ns
+    }
+
+    /// Move the calling thread into the namespace: its sockets, and the
+    /// processes it spawns from now on, are in it. (Only for a test that
+    /// runs on its own thread, as every Rust test does.)
+    pub fn enter(&self) {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open the namespace");
+        // SAFETY: setns on a valid, open namespace fd; it changes only this
+        // thread's network namespace.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
     }
 
     /// A command that runs inside the namespace.

@@ -2,14 +2,18 @@
 //! into the flat facts the policy matches on.
 //!
 //! Packet bytes are untrusted: every offset is checked, nothing here panics,
-//! and a packet that cannot be parsed becomes a [`PacketError`].
+//! and a packet that cannot be parsed becomes a [`PacketError`]. A
+//! CIPSO/CALIPSO option is parsed here too ([`peer`]) into the typed
+//! [`LabelOption`] the packet's facts carry; a malformed one is kept as its
+//! [`peer::PeerError`] (the packet itself still parses).
+
+pub mod peer;
 
 use pnet_packet::ip::IpNextHeaderProtocols as P;
 use pnet_packet::ipv4::Ipv4Packet;
 use pnet_packet::ipv6::Ipv6Packet;
 use std::fmt;
 use std::net::IpAddr;
-use std::ops::Range;
 
 /// Transport protocol of a packet, as the policy names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,13 +71,29 @@ impl fmt::Display for Proto {
     }
 }
 
-/// Where a peer-label option sits in the packet bytes.
+/// A peer-label option the packet carries: CIPSO in the IPv4 options area
+/// (option type 134) or CALIPSO in the IPv6 hop-by-hop header (option type
+/// 7), as [`peer`] parses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LabelOption {
-    /// IPv4 options area (may hold CIPSO, option type 134).
-    Ipv4Options(Range<usize>),
-    /// IPv6 hop-by-hop options header data (may hold CALIPSO, option type 7).
-    Ipv6HopByHop(Range<usize>),
+    /// A well-formed option: its DOI and level (boxed: most packets carry
+    /// none, and a level is 130 bytes).
+    Level { doi: u32, level: Box<crate::mls::Level> },
+    /// A malformed option.
+    Malformed(peer::PeerError),
+}
+
+impl LabelOption {
+    /// The option in an IPv4 options area or IPv6 hop-by-hop data, as
+    /// `parse` (`peer::parse_cipso` or `peer::parse_calipso`) reads it;
+    /// `None` when there is none.
+    fn of(parsed: Result<Option<(u32, crate::mls::Level)>, peer::PeerError>) -> Option<LabelOption> {
+        match parsed {
+            Ok(None) => None,
+            Ok(Some((doi, level))) => Some(LabelOption::Level { doi, level: Box::new(level) }),
+            Err(e) => Some(LabelOption::Malformed(e)),
+        }
+    }
 }
 
 /// Facts about one packet that rules match on.
@@ -90,7 +110,7 @@ pub struct PacketInfo {
     pub icmp: Option<(u8, u8)>,
     /// TCP SYN without ACK: the first packet of a connection.
     pub tcp_syn: bool,
-    /// Where peer-label options are, if the packet has an options area.
+    /// The CIPSO/CALIPSO option, if the packet carries one.
     pub label_option: Option<LabelOption>,
 }
 
@@ -179,7 +199,11 @@ fn parse_v4(buf: &[u8], known: &mut Partial) -> Result<PacketInfo, PacketError> 
     if hlen > buf.len() {
         return Err(PacketError::Truncated("ipv4"));
     }
-    let label_option = (hlen > 20).then_some(LabelOption::Ipv4Options(20..hlen));
+    let label_option = match buf.get(20..hlen) {
+        _ if hlen <= 20 => None,
+        Some(opts) => LabelOption::of(peer::parse_cipso(opts)),
+        None => Some(LabelOption::Malformed(peer::PeerError::Truncated("IPv4 options"))),
+    };
     let proto = Proto::from_number(ip.get_next_level_protocol().0);
     let first_fragment = ip.get_fragment_offset() == 0;
     let l4 = buf.get(hlen..).unwrap_or_default();
@@ -223,7 +247,10 @@ fn parse_v6(buf: &[u8], known: &mut Partial) -> Result<PacketInfo, PacketError> 
                     return Err(PacketError::Truncated("ipv6 extension"));
                 }
                 if next == P::Hopopt && off == 40 {
-                    label_option = Some(LabelOption::Ipv6HopByHop(off + 2..off + len));
+                    label_option = match hdr.get(2..len) {
+                        Some(data) => LabelOption::of(peer::parse_calipso(data)),
+                        None => Some(LabelOption::Malformed(peer::PeerError::Truncated("hop-by-hop"))),
+                    };
                 }
                 next = pnet_packet::ip::IpNextHeaderProtocol(nh);
                 off += len;
@@ -375,13 +402,19 @@ mod tests {
     }
 
     #[test]
-    fn udp_v4_with_cipso_option_records_its_place() {
+    fn udp_v4_with_cipso_option_carries_its_level() {
         let cipso = [0x86, 0x0b, 0, 0, 0, 0x10, 0x01, 0x05, 0x00, 0x01, 0x80];
         let p = ipv4(LO, LO, 17, &cipso, &udp(1000, 53, b"hi"));
         let i = parse(&p).unwrap();
         assert_eq!(i.dport, Some(53));
-        let Some(LabelOption::Ipv4Options(r)) = i.label_option else { panic!("no options") };
-        assert_eq!(&p[r][..11], &cipso);
+        let Some(LabelOption::Level { doi, level }) = i.label_option else { panic!("no option") };
+        assert_eq!((doi, level.to_string()), (16, "s1:c0".to_string()));
+        // A malformed option is carried as such; the packet still parses.
+        let mut bad = cipso;
+        bad[7] = 40;
+        let i = parse(&ipv4(LO, LO, 17, &bad, &udp(1000, 53, b"hi"))).unwrap();
+        assert!(matches!(i.label_option, Some(LabelOption::Malformed(_))), "{:?}", i.label_option);
+        assert_eq!(i.dport, Some(53));
     }
 
     #[test]
@@ -404,7 +437,8 @@ mod tests {
         let p = ipv6(l6, l6, 0, &ext, &tcp(5555, 22, 0x02));
         let i = parse(&p).unwrap();
         assert_eq!((i.proto, i.dport), (Proto::Tcp, Some(22)));
-        assert_eq!(i.label_option, Some(LabelOption::Ipv6HopByHop(42..48)));
+        // A hop-by-hop header of padding alone carries no option.
+        assert_eq!(i.label_option, None);
         let icmp6 = parse(&ipv6(l6, l6, 58, &[], &[128, 0, 0, 0])).unwrap();
         assert_eq!((icmp6.proto, icmp6.icmp), (Proto::Icmpv6, Some((128, 0))));
     }
@@ -489,7 +523,7 @@ mod tests {
         assert_eq!(p.len(), LONGEST_HEADERS as usize, "the constant is the longest chain");
         let i = parse(&p).unwrap();
         assert_eq!((i.proto, i.sport, i.dport, i.tcp_syn), (Proto::Tcp, Some(40000), Some(5432), true));
-        assert_eq!(i.label_option, Some(LabelOption::Ipv6HopByHop(42..40 + 2048)));
+        assert_eq!(i.label_option, None);
         let u = parse(&longest_chain(17, &udp(40001, 5360, b"payload"))).unwrap();
         assert_eq!((u.proto, u.dport), (Proto::Udp, Some(5360)));
         // The case of issue 14: one 328-byte destination-options header,

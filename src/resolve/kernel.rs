@@ -1,0 +1,123 @@
+//! What the resolver asks the kernel, as one trait ([`KernelView`]): the
+//! socket of a flow (sock_diag), the sockets a process holds and at which
+//! fds (`/proc/PID/fd`), a socket's label and its holder's comm/exe. The
+//! real view ([`SysKernel`]) answers over [`sockdiag`](super::sockdiag) and
+//! [`procfs`](super::procfs) and owns what only the real kernel has: the
+//! sock_diag socket pool, the `/proc/PID/fd/N` links kept open
+//! ([`procfs::FdLinks`]) and the "no LSM provides `attr/current`" flag. The
+//! unit tests answer through a fake (`tests::FakeKernel`), so that owner
+//! search and cache invalidation are tested without root.
+
+use super::cache::CacheCounters;
+use super::procfs::{self, FdLinks, LabelMiss, Scan};
+use super::sockdiag::{DiagProto, Lookup, SockDiag};
+use crate::labels::{Label, ProcessInfo};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+/// The kernel as the resolver sees it. Every answer may be stale or racing
+/// with processes that exit and fds that close; none may panic.
+pub trait KernelView: Send + Sync {
+    /// The socket that owns the flow between `local` and `remote`
+    /// (`Ok(None)`: none).
+    fn lookup(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup;
+    /// Two lookups asked together (one exchange with the kernel).
+    fn lookup_two(&self, proto: DiagProto, a: (SocketAddr, SocketAddr), b: (SocketAddr, SocketAddr)) -> [Lookup; 2];
+    /// Every socket inode and its holders, and every pid: a full scan (an
+    /// error names what was scanned).
+    fn scan(&self) -> io::Result<Scan>;
+    /// The pids of every process.
+    fn pids(&self) -> io::Result<Vec<u32>>;
+    /// The fd at which process `pid` holds socket `inode`, if it does.
+    fn find_in(&self, pid: u32, inode: u32) -> Option<u32>;
+    /// Whether process `pid` holds socket `inode` at `fd` now.
+    fn holds(&self, pid: u32, fd: u32, inode: u32) -> bool;
+    /// [`holds`](Self::holds) for a (pid, fd) asked about again and again:
+    /// the real view answers through a link kept open, counted into `c`.
+    fn holds_kept(&self, pid: u32, fd: u32, inode: u32, c: &CacheCounters) -> bool;
+    /// Whether process `pid` exists.
+    fn alive(&self, pid: u32) -> bool;
+    /// The label of the socket process `pid` holds at `fd` (its own, else
+    /// the process's, else unlabeled with the reason).
+    fn socket_label(&self, pid: u32, fd: u32) -> Result<Label, LabelMiss>;
+    /// comm and exe of `pid` (`known`: what was read for it before, reused
+    /// while its exe is unchanged); `None` when it has exited.
+    fn process_info(&self, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo>;
+}
+
+/// Most `/proc/PID/fd/N` links kept open for re-validating holders
+/// ([`procfs::FdLinks`]): one descriptor each.
+const PROC_LINKS: usize = 256;
+
+/// The real kernel: sock_diag and procfs.
+pub struct SysKernel {
+    diag: SockDiag,
+    proc_root: PathBuf,
+    /// Open links of the (pid, fd)s checked again and again.
+    links: FdLinks,
+    /// `/proc/PID/attr/current` answered `EINVAL`: no LSM provides it.
+    no_attr_current: AtomicBool,
+}
+
+impl SysKernel {
+    /// Opens the first sock_diag socket (so that a missing permission shows
+    /// at once); `/proc` is read at `proc_root`, links kept in `shards` shards.
+    pub fn new(proc_root: PathBuf, shards: usize) -> io::Result<SysKernel> {
+        Ok(SysKernel {
+            diag: SockDiag::new()?,
+            proc_root,
+            links: FdLinks::new(PROC_LINKS, shards),
+            no_attr_current: AtomicBool::new(false),
+        })
+    }
+
+    /// Where procfs is read.
+    pub fn proc_root(&self) -> &std::path::Path {
+        &self.proc_root
+    }
+}
+
+impl KernelView for SysKernel {
+    fn lookup(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup {
+        self.diag.lookup(proto, local, remote)
+    }
+
+    fn lookup_two(&self, proto: DiagProto, a: (SocketAddr, SocketAddr), b: (SocketAddr, SocketAddr)) -> [Lookup; 2] {
+        self.diag.lookup_two(proto, a, b)
+    }
+
+    fn scan(&self) -> io::Result<Scan> {
+        procfs::scan(&self.proc_root)
+            .map_err(|e| io::Error::new(e.kind(), format!("scan of {}: {e}", self.proc_root.display())))
+    }
+
+    fn pids(&self) -> io::Result<Vec<u32>> {
+        procfs::pids(&self.proc_root)
+    }
+
+    fn find_in(&self, pid: u32, inode: u32) -> Option<u32> {
+        procfs::find_in(&self.proc_root, pid, inode)
+    }
+
+    fn holds(&self, pid: u32, fd: u32, inode: u32) -> bool {
+        procfs::holds(&self.proc_root, pid, fd, inode)
+    }
+
+    fn holds_kept(&self, pid: u32, fd: u32, inode: u32, c: &CacheCounters) -> bool {
+        self.links.holds(&self.proc_root, pid, fd, inode, c)
+    }
+
+    fn alive(&self, pid: u32) -> bool {
+        procfs::alive(&self.proc_root, pid)
+    }
+
+    fn socket_label(&self, pid: u32, fd: u32) -> Result<Label, LabelMiss> {
+        procfs::socket_label(&self.proc_root, pid, fd, &self.no_attr_current)
+    }
+
+    fn process_info(&self, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
+        procfs::process_info(&self.proc_root, pid, known)
+    }
+}

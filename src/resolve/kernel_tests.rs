@@ -1,0 +1,242 @@
+//! Unit tests of the owner search and the flow table's invalidation, run
+//! without root through a fake kernel view ([`FakeKernel`]): a table of
+//! sockets by flow and of fds by process, changed between packets.
+
+use super::*;
+use crate::labels::ProcessInfo;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+
+/// Sockets by flow and fd tables by pid, as a test sets them.
+#[derive(Default)]
+struct World {
+    /// (proto, local, remote) → socket; a remote of `0.0.0.0:0` stands for
+    /// a bound socket that answers for any remote.
+    sockets: HashMap<(DiagProto, SocketAddr, SocketAddr), DiagSocket>,
+    /// pid → fd → socket inode.
+    fds: BTreeMap<u32, BTreeMap<u32, u32>>,
+}
+
+/// A kernel view over a [`World`], counting what it is asked.
+#[derive(Default)]
+struct FakeKernel {
+    world: Mutex<World>,
+    scans: AtomicU64,
+    find_ins: AtomicU64,
+}
+
+impl FakeKernel {
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap()
+    }
+}
+
+fn any() -> SocketAddr {
+    "0.0.0.0:0".parse().unwrap()
+}
+
+impl KernelView for FakeKernel {
+    fn lookup(&self, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup {
+        let w = self.world();
+        Ok(w.sockets.get(&(proto, local, remote)).or_else(|| w.sockets.get(&(proto, local, any()))).copied())
+    }
+
+    fn lookup_two(&self, proto: DiagProto, a: (SocketAddr, SocketAddr), b: (SocketAddr, SocketAddr)) -> [Lookup; 2] {
+        [self.lookup(proto, a.0, a.1), self.lookup(proto, b.0, b.1)]
+    }
+
+    fn scan(&self) -> std::io::Result<procfs::Scan> {
+        self.scans.fetch_add(1, Relaxed);
+        let w = self.world();
+        let mut scan = procfs::Scan::default();
+        for (&pid, fds) in &w.fds {
+            scan.pids.insert(pid);
+            for (&fd, &inode) in fds {
+                scan.owners.entry(inode).or_default().push((pid, fd));
+            }
+        }
+        Ok(scan)
+    }
+
+    fn pids(&self) -> std::io::Result<Vec<u32>> {
+        Ok(self.world().fds.keys().copied().collect())
+    }
+
+    fn find_in(&self, pid: u32, inode: u32) -> Option<u32> {
+        self.find_ins.fetch_add(1, Relaxed);
+        self.world().fds.get(&pid)?.iter().find(|(_, &i)| i == inode).map(|(&fd, _)| fd)
+    }
+
+    fn holds(&self, pid: u32, fd: u32, inode: u32) -> bool {
+        self.world().fds.get(&pid).and_then(|f| f.get(&fd)) == Some(&inode)
+    }
+
+    fn holds_kept(&self, pid: u32, fd: u32, inode: u32, _: &CacheCounters) -> bool {
+        self.holds(pid, fd, inode)
+    }
+
+    fn alive(&self, pid: u32) -> bool {
+        self.world().fds.contains_key(&pid)
+    }
+
+    fn socket_label(&self, pid: u32, fd: u32) -> Result<Label, procfs::LabelMiss> {
+        if self.world().fds.get(&pid).and_then(|f| f.get(&fd)).is_none() {
+            return Err(procfs::LabelMiss::Gone);
+        }
+        let context = format!("system_u:system_r:p{pid}_t:s0").parse().unwrap();
+        Ok(Label { context, origin: Origin::Socket })
+    }
+
+    fn process_info(&self, pid: u32, _: Option<&ProcessInfo>) -> Option<ProcessInfo> {
+        self.alive(pid).then(|| ProcessInfo { pid, comm: Arc::from(format!("p{pid}")), exe: Arc::from("/bin/fake") })
+    }
+}
+
+const SERVER: &str = "127.0.0.1:53";
+
+fn client(port: u16) -> SocketAddr {
+    SocketAddr::new("127.0.0.2".parse().unwrap(), port)
+}
+
+fn sock(inode: u32) -> DiagSocket {
+    DiagSocket { inode, uid: 1000 + inode, state: 7, cookie: u64::from(inode) << 8 }
+}
+
+/// A resolver over a fake kernel in which `setup` has been applied before
+/// the first scan.
+fn fake(setup: impl FnOnce(&mut World)) -> SocketResolver<FakeKernel> {
+    let k = FakeKernel::default();
+    setup(&mut k.world());
+    SocketResolver::with_kernel(k, PeerConfig::default(), ResolverConfig::default())
+}
+
+/// The server's socket (`inode`) for packets from any client.
+fn bind(w: &mut World, inode: u32) {
+    w.sockets.insert((DiagProto::Udp, SERVER.parse().unwrap(), any()), sock(inode));
+}
+
+/// The dest end of a UDP packet from `client(port)` to the server.
+fn dest(r: &SocketResolver<FakeKernel>, port: u16) -> Label {
+    let m = QueueMeta { hook: 1, ..QueueMeta::default() };
+    r.resolve(&flow_packet(Proto::Udp, client(port), SERVER.parse().unwrap()), &m).dest
+}
+
+fn holder(l: &Label) -> String {
+    l.context.type_().to_string()
+}
+
+fn stat(r: &SocketResolver<FakeKernel>, f: impl Fn(&ResolverStats) -> &AtomicU64) -> u64 {
+    f(r.stats()).load(Relaxed)
+}
+
+#[test]
+fn a_recent_holder_is_found_without_a_scan() {
+    let r = fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+        w.fds.insert(101, BTreeMap::new());
+    });
+    assert_eq!(holder(&dest(&r, 1000)), "p100_t");
+    assert_eq!(stat(&r, |s| &s.proc_scans), 1);
+    // Process 100 opens a new socket (after the scan) that the server's
+    // address now answers with: found among the recent holders.
+    r.kernel.world().fds.get_mut(&100).unwrap().insert(4, 11);
+    bind(&mut r.kernel.world(), 11);
+    assert_eq!(holder(&dest(&r, 1001)), "p100_t");
+    assert_eq!(stat(&r, |s| &s.owner_found_recent), 1);
+    assert_eq!(stat(&r, |s| &s.owner_found_new_process), 0);
+    assert_eq!((stat(&r, |s| &s.proc_scans), r.kernel.scans.load(Relaxed)), (1, 1));
+}
+
+#[test]
+fn a_new_process_is_found_without_a_full_scan() {
+    let r = fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+    });
+    assert_eq!(holder(&dest(&r, 1000)), "p100_t");
+    // Process 200, born after the scan, holds the socket that now answers.
+    r.kernel.world().fds.insert(200, [(5, 20)].into());
+    bind(&mut r.kernel.world(), 20);
+    let l = dest(&r, 1001);
+    assert_eq!((holder(&l), l.origin), ("p200_t".to_string(), Origin::Socket));
+    assert_eq!(stat(&r, |s| &s.owner_found_new_process), 1);
+    assert_eq!((stat(&r, |s| &s.proc_scans), r.kernel.scans.load(Relaxed)), (1, 1));
+}
+
+#[test]
+fn a_socket_nobody_holds_costs_one_scan_not_one_per_packet() {
+    let r = fake(|w| {
+        bind(w, 30);
+        w.fds.insert(100, [(3, 10)].into());
+    });
+    // Each packet from a new client port is a new flow (a flow-cache miss
+    // at both ends; the client end has no socket) that finds the same
+    // server socket, held by no process.
+    for port in 1000..1010 {
+        assert_eq!(dest(&r, port).origin, Origin::Unlabeled("kernel_socket"), "port {port}");
+    }
+    assert_eq!(stat(&r, |s| &s.flow.misses), 20);
+    assert_eq!((stat(&r, |s| &s.proc_scans), r.kernel.scans.load(Relaxed)), (2, 2));
+    // A holder that turns up is found once the negative TTL is over.
+    r.kernel.world().fds.get_mut(&100).unwrap().insert(4, 30);
+    std::thread::sleep(ResolverConfig::default().negative_ttl);
+    assert_eq!(holder(&dest(&r, 2000)), "p100_t");
+}
+
+#[test]
+fn a_holder_that_went_away_is_invalidated() {
+    let r = fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+    });
+    assert_eq!(holder(&dest(&r, 1000)), "p100_t");
+    assert_eq!(holder(&dest(&r, 1000)), "p100_t");
+    assert_eq!(stat(&r, |s| &s.owner.invalidations), 0);
+    // Process 100 passes the socket to process 300 and closes its fd.
+    {
+        let mut w = r.kernel.world();
+        w.fds.get_mut(&100).unwrap().remove(&3);
+        w.fds.insert(300, [(7, 10)].into());
+    }
+    assert_eq!(holder(&dest(&r, 1000)), "p300_t");
+    assert_eq!(stat(&r, |s| &s.owner.invalidations), 1);
+    // The same flow, the same socket: the flow entry is kept.
+    assert_eq!(stat(&r, |s| &s.flow.invalidations), 0);
+    // The holder exits: the socket is held by nobody.
+    r.kernel.world().fds.remove(&300);
+    assert_eq!(dest(&r, 1000).origin, Origin::Unlabeled("kernel_socket"));
+    assert_eq!(stat(&r, |s| &s.owner.invalidations), 2);
+}
+
+#[test]
+fn a_flow_whose_socket_changes_is_refreshed() {
+    let server: SocketAddr = SERVER.parse().unwrap();
+    let r = fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+    });
+    assert_eq!(holder(&dest(&r, 1000)), "p100_t");
+    assert_eq!(r.cached_socket_inode(Proto::Udp, server, client(1000)), Some(10));
+    // The server closes its socket; process 101 binds a new one.
+    {
+        let mut w = r.kernel.world();
+        w.fds.remove(&100);
+        w.fds.insert(101, [(3, 11)].into());
+        bind(&mut w, 11);
+    }
+    assert_eq!(holder(&dest(&r, 1000)), "p101_t");
+    assert_eq!(stat(&r, |s| &s.flow.invalidations), 1);
+    assert_eq!(r.cached_socket_inode(Proto::Udp, server, client(1000)), Some(11));
+    // The socket goes: the flow is remembered as closed.
+    {
+        let mut w = r.kernel.world();
+        w.sockets.clear();
+        w.fds.remove(&101);
+    }
+    assert_eq!(dest(&r, 1000).origin, Origin::Unlabeled("socket_closed"));
+    assert_eq!(stat(&r, |s| &s.flow.invalidations), 2);
+    assert_eq!(r.cached_socket_inode(Proto::Udp, server, client(1000)), None);
+}

@@ -1,0 +1,374 @@
+//! Finding a socket's holder ([`Owners`]): the owner cache (socket inode →
+//! pid, fd, label, process), the processes that held the sockets found most
+//! recently, the last full `/proc` scan (single flight) and the processes
+//! born since, and the sockets a scan found nobody holding. Everything it
+//! reads goes through the [`KernelView`].
+
+use super::cache::{CacheCounters, ShardedCache};
+use super::end::{LocalEnd, Reason};
+use super::kernel::KernelView;
+use super::procfs::{self, Scan};
+use super::sockdiag::{DiagProto, DiagSocket};
+use super::stats::{bump, ResolverStats};
+use crate::labels::{Label, ProcessInfo};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long an unused socket owner stays in the owner cache: an owner
+/// unused for a minute belongs to a socket long idle or gone.
+const OWNER_MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// How many recent holder processes are searched before anything else.
+const RECENT_HOLDERS: usize = 16;
+
+/// How long comm and exe read for a recent holder are used for its next
+/// sockets without reading them again (then its exe link is compared).
+const PROCESS_INFO_REUSE_NS: u64 = 1_000_000_000;
+
+/// Who holds a socket, and its label.
+#[derive(Debug)]
+pub struct Owner {
+    pid: u32,
+    fd: u32,
+    label: Label,
+    process: ProcessInfo,
+    /// When the holder was last seen holding the socket, as nanoseconds
+    /// since the resolver's `epoch`: a time taken before the read that saw
+    /// it, never after.
+    checked: AtomicU64,
+}
+
+impl Owner {
+    /// The local end this holder makes of socket `ds`.
+    pub fn end(&self, ds: &DiagSocket) -> LocalEnd {
+        self.end_of(Some(*ds))
+    }
+
+    /// The local end this holder makes of a socket, with its uid if known.
+    pub fn end_of(&self, ds: Option<DiagSocket>) -> LocalEnd {
+        LocalEnd { label: self.label.clone(), process: Some(self.process.clone()), uid: ds.map(|d| d.uid) }
+    }
+}
+
+/// A process that held one of the sockets found most recently.
+#[derive(Clone)]
+struct Recent {
+    /// Its process (pid, comm and exe as read then).
+    process: ProcessInfo,
+    /// When comm and exe were read (ns since the resolver's epoch).
+    read_ns: u64,
+    /// The fd it held that socket at: looked at first for its next socket
+    /// (a closed descriptor's number is the next one `socket()` or
+    /// `accept()` returns).
+    fd: u32,
+}
+
+/// Where [`Owners::search_likely`] found a socket's holder.
+struct Likely {
+    pid: u32,
+    fd: u32,
+    /// Born since the last full scan (not a recent holder).
+    new_process: bool,
+    /// The recent holder it was.
+    recent: Option<Recent>,
+}
+
+/// Why the owner cache gave no holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedMiss {
+    /// No owner cached for the socket.
+    Absent,
+    /// The cached holder no longer holds it.
+    Stale,
+}
+
+struct ScanState {
+    /// When the scan in `scan` was started.
+    last_start: Instant,
+}
+
+/// Tuning the owner search takes from the resolver's configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnerTuning {
+    /// How long a socket a full scan found nobody holding is not scanned
+    /// for again.
+    pub negative_ttl: Duration,
+    /// How long a cached UDP holder is trusted without a check.
+    pub revalidate_after: Duration,
+}
+
+/// The owner search and its state.
+pub struct Owners {
+    tuning: OwnerTuning,
+    cache: ShardedCache<u32, Arc<Owner>>,
+    /// inode → (pid, fd)s and the pids from the last full `/proc` scan;
+    /// swapped whole.
+    scan: RwLock<Arc<Scan>>,
+    /// The processes that held the sockets found most recently, newest
+    /// first: where a new socket is looked for first.
+    recent: Mutex<VecDeque<Recent>>,
+    /// Sockets (by inode) that a full scan found no process holding, and
+    /// when: not scanned for again within `negative_ttl`.
+    holderless: ShardedCache<u32, Instant>,
+    /// Held while scanning (single flight); readers of `scan` never wait on it.
+    scanning: Mutex<ScanState>,
+    /// The resolver's epoch (times are kept as ns since it).
+    epoch: Instant,
+}
+
+impl Owners {
+    /// The owner search starting from `first` (a full scan started at
+    /// `epoch`), with room for `capacity` owners in `shards` shards.
+    pub fn new(first: Scan, tuning: OwnerTuning, capacity: usize, shards: usize, epoch: Instant) -> Owners {
+        Owners {
+            tuning,
+            cache: ShardedCache::new(capacity, shards),
+            scan: RwLock::new(Arc::new(first)),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_HOLDERS)),
+            holderless: ShardedCache::new(capacity, shards),
+            scanning: Mutex::new(ScanState { last_start: epoch }),
+            epoch,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Forget the cached owner of socket `inode`, returning it.
+    pub fn take(&self, inode: u32) -> Option<Arc<Owner>> {
+        self.cache.remove(&inode)
+    }
+
+    /// The holder of a socket. `None` when no process holds it. With
+    /// `cached_only`, only the owner cache is asked (a TCP socket's holder
+    /// is then trusted without re-validation, see
+    /// [`ResolverConfig::owner_revalidate_after`](super::ResolverConfig::owner_revalidate_after));
+    /// otherwise the holder is looked for in this order, stopping at the
+    /// first found: the most recent holder at the fd number its last socket
+    /// had, the holders the last full scan saw, the processes that held the
+    /// sockets found last, the processes born since the last full scan, and
+    /// only then a new full scan of `/proc`.
+    pub fn owner_of(
+        &self,
+        k: &impl KernelView,
+        stats: &ResolverStats,
+        ds: &DiagSocket,
+        proto: DiagProto,
+        cached_only: bool,
+        received: Option<Instant>,
+    ) -> Option<LocalEnd> {
+        match self.cached(k, stats, ds, proto, cached_only, received, &stats.owner) {
+            Ok(end) => return Some(end),
+            Err(CachedMiss::Stale) => {
+                bump(&stats.owner.invalidations);
+                self.cache.remove(&ds.inode);
+            }
+            Err(CachedMiss::Absent) => {}
+        }
+        if cached_only {
+            return None;
+        }
+        let t0 = Instant::now();
+        // Every /proc read below happens after this: the owner's check time.
+        let t0_ns = self.now_ns();
+        let mut gone = false;
+        // First the most recent holder, at the fd number its last socket had
+        // (one read, through a kept link): a process that opens sockets one after another
+        // gets the same fd number back, and this asks no large map.
+        let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
+        let tried = first.as_ref().map(|r| (r.process.pid, r.fd));
+        if let Some(r) = &first {
+            if k.holds_kept(r.process.pid, r.fd, ds.inode, &stats.proc_link) {
+                if let Some(end) = self.adopt_one(k, stats, ds, (r.process.pid, r.fd), true, Some(r), t0_ns, &mut gone)
+                {
+                    bump(&stats.owner_found_recent);
+                    return Some(end);
+                }
+            }
+        }
+        let no_count = CacheCounters::default();
+        if self.holderless.get(&ds.inode, &no_count).is_some_and(|at| at.elapsed() < self.tuning.negative_ttl) {
+            return None;
+        }
+        let scan = self.scan.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let known = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
+        if let Some(end) = self.adopt(k, stats, ds, known, t0_ns, &mut gone) {
+            return Some(end);
+        }
+        if let Some(l) = self.search_likely(k, ds.inode, &scan.pids, tried) {
+            if let Some(end) = self.adopt_one(k, stats, ds, (l.pid, l.fd), true, l.recent.as_ref(), t0_ns, &mut gone) {
+                bump(if l.new_process { &stats.owner_found_new_process } else { &stats.owner_found_recent });
+                return Some(end);
+            }
+        }
+        drop(scan);
+        self.rescan(k, stats, t0);
+        let scan = self.scan.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let fresh = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
+        if let Some(end) = self.adopt(k, stats, ds, fresh, t0_ns, &mut gone) {
+            return Some(end);
+        }
+        if gone {
+            return Some(LocalEnd::unlabeled(Reason::ProcessGone.token()));
+        }
+        self.holderless.insert_sweeping(ds.inode, Instant::now(), &no_count, self.tuning.negative_ttl);
+        None
+    }
+
+    /// The first of `holders` that still holds socket `ds` (each checked
+    /// again), with its label and process read, cached as the socket's
+    /// owner. Sets `gone` when a holder exited on the way. `checked`: a time
+    /// (ns since `epoch`) before every read of `/proc` that found them.
+    fn adopt(
+        &self,
+        k: &impl KernelView,
+        stats: &ResolverStats,
+        ds: &DiagSocket,
+        holders: &[(u32, u32)],
+        checked: u64,
+        gone: &mut bool,
+    ) -> Option<LocalEnd> {
+        holders.iter().find_map(|&h| self.adopt_one(k, stats, ds, h, false, None, checked, gone))
+    }
+
+    /// [`adopt`](Self::adopt) for one holder (pid, fd); `just_seen`: the
+    /// holder was read from `/proc` a moment ago, so it is not checked
+    /// again. `known`: the same process as a recent holder, whose comm and
+    /// exe are reused as they are within [`PROCESS_INFO_REUSE_NS`] of their
+    /// reading, and after that if its exe is unchanged.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_one(
+        &self,
+        k: &impl KernelView,
+        stats: &ResolverStats,
+        ds: &DiagSocket,
+        (pid, fd): (u32, u32),
+        just_seen: bool,
+        known: Option<&Recent>,
+        checked: u64,
+        gone: &mut bool,
+    ) -> Option<LocalEnd> {
+        if !just_seen && !k.holds(pid, fd, ds.inode) {
+            // The fd was closed (or passed on); only a holder that
+            // exited counts as a process gone.
+            *gone |= !k.alive(pid);
+            return None;
+        }
+        let label = match k.socket_label(pid, fd) {
+            Ok(l) => l,
+            Err(procfs::LabelMiss::Gone) => {
+                *gone = true;
+                return None;
+            }
+        };
+        let now = self.now_ns();
+        let known = known.filter(|r| r.process.pid == pid);
+        let (process, read_ns) = match known {
+            Some(r) if now.saturating_sub(r.read_ns) < PROCESS_INFO_REUSE_NS => (r.process.clone(), r.read_ns),
+            _ => match k.process_info(pid, known.map(|r| &r.process)) {
+                Some(p) => (p, now),
+                None => {
+                    *gone = true;
+                    return None;
+                }
+            },
+        };
+        let o = Arc::new(Owner { pid, fd, label, process: process.clone(), checked: AtomicU64::new(checked) });
+        self.cache.insert_sweeping(ds.inode, o.clone(), &stats.owner, OWNER_MAX_IDLE);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|r| r.process.pid != pid);
+        recent.push_front(Recent { process, read_ns, fd });
+        recent.truncate(RECENT_HOLDERS);
+        Some(o.end(ds))
+    }
+
+    /// Look for the holder of a new socket where it most likely is, without
+    /// a full scan: among the processes that held the sockets found last
+    /// (at the fd each held its last one, then all their fds), then among
+    /// the processes that `known_pids` (the last full scan) did not see,
+    /// newest first. `tried`: a (pid, fd) already found not to hold it.
+    fn search_likely(
+        &self,
+        k: &impl KernelView,
+        inode: u32,
+        known_pids: &HashSet<u32>,
+        tried: Option<(u32, u32)>,
+    ) -> Option<Likely> {
+        let recent: Vec<Recent> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        for r in &recent {
+            let pid = r.process.pid;
+            let at_last_fd = tried != Some((pid, r.fd)) && k.holds(pid, r.fd, inode);
+            let fd = if at_last_fd { Some(r.fd) } else { k.find_in(pid, inode) };
+            if let Some(fd) = fd {
+                return Some(Likely { pid, fd, new_process: false, recent: Some(r.clone()) });
+            }
+        }
+        let mut born: Vec<u32> = k
+            .pids()
+            .ok()?
+            .into_iter()
+            .filter(|p| !known_pids.contains(p) && !recent.iter().any(|r| r.process.pid == *p))
+            .collect();
+        born.sort_unstable_by(|a, b| b.cmp(a));
+        born.into_iter()
+            .find_map(|pid| k.find_in(pid, inode).map(|fd| Likely { pid, fd, new_process: true, recent: None }))
+    }
+
+    /// The cached holder of a socket, re-validated (one read of `/proc/PID/fd/N`) unless
+    /// `trust_tcp` and the socket is TCP, or the last check came after the
+    /// packet was `received` from the queue (the holder still held the
+    /// socket after the packet was sent, so it sent it: an inode never comes
+    /// back), or came within `revalidate_after`. Lookups are counted into
+    /// `counters`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cached(
+        &self,
+        k: &impl KernelView,
+        stats: &ResolverStats,
+        ds: &DiagSocket,
+        proto: DiagProto,
+        trust_tcp: bool,
+        received: Option<Instant>,
+        counters: &CacheCounters,
+    ) -> Result<LocalEnd, CachedMiss> {
+        let o = self.cache.get(&ds.inode, counters).ok_or(CachedMiss::Absent)?;
+        if trust_tcp && proto == DiagProto::Tcp {
+            return Ok(o.end(ds));
+        }
+        let checked = o.checked.load(Ordering::Relaxed);
+        if received.is_some_and(|r| checked > r.saturating_duration_since(self.epoch).as_nanos() as u64) {
+            return Ok(o.end(ds));
+        }
+        let now = self.now_ns();
+        let recent = now.saturating_sub(checked) < self.tuning.revalidate_after.as_nanos() as u64;
+        if !recent {
+            if !k.holds_kept(o.pid, o.fd, ds.inode, &stats.proc_link) {
+                return Err(CachedMiss::Stale);
+            }
+            o.checked.store(now, Ordering::Relaxed);
+        }
+        Ok(o.end(ds))
+    }
+
+    /// Rebuild the scan unless one started after `t0` (single flight: a
+    /// caller that waited for another's scan uses its result).
+    fn rescan(&self, k: &impl KernelView, stats: &ResolverStats, t0: Instant) {
+        let mut st = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        if st.last_start >= t0 {
+            return;
+        }
+        let start = Instant::now();
+        match k.scan() {
+            Ok(map) => {
+                stats.proc_scan_sockets.store(map.owners.len() as u64, Ordering::Relaxed);
+                *self.scan.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+            }
+            Err(e) => log::warn!("{e}"),
+        }
+        bump(&stats.proc_scans);
+        st.last_start = start;
+    }
+}
