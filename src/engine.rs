@@ -81,6 +81,12 @@ impl Engine {
         self.oracle.is_some()
     }
 
+    /// The counters of the SELinux access cache, when labelgate asks the
+    /// loaded policy (a `selinux` verdict found it active at start).
+    pub fn oracle_cache_counts(&self) -> Option<crate::sepolicy::CacheCounts> {
+        self.oracle.as_ref().and_then(|o| o.cache_counts())
+    }
+
     /// The policy in force.
     pub fn current(&self) -> Arc<Loaded> {
         self.loaded.load_full()
@@ -328,6 +334,33 @@ mod tests {
         e.replace(Policy::from_toml("mode = \"permissive\"\ndefault = \"drop\"\n", "t").unwrap());
         assert_eq!(e.handle(&pkt, &meta(3, 1000), &mut s), Verdict::Accept);
         assert_eq!(Counters::get(&c.would_deny), 1);
+    }
+
+    #[test]
+    fn the_access_cache_counters_reach_the_metrics() {
+        let (policy, oracle) = crate::sepolicy::fake::oracle(crate::sepolicy::fake::FakePolicy::default());
+        let e = engine("default = \"selinux\"\n");
+        assert_eq!(e.oracle_cache_counts(), None, "no oracle, no counters");
+        let e = e.with_oracle(Arc::new(oracle));
+        let lo = Ipv4Addr::LOCALHOST;
+        let pkt = build::ipv4(lo, lo, 6, &[], &build::tcp(1, 5432, 2));
+        let mut s = Scratch::default();
+        for _ in 0..3 {
+            assert_eq!(e.handle(&pkt, &meta(3, 0), &mut s), Verdict::Drop, "the fake policy allows nothing");
+        }
+        assert_eq!(policy.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let want = crate::sepolicy::CacheCounts { hits: 2, misses: 1, resets: 0 };
+        assert_eq!(e.oracle_cache_counts(), Some(want));
+        let mut out = Vec::new();
+        crate::metrics::write_all(&mut out, &e, &[]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in [
+            "labelgate_selinux_cache_total{event=\"hit\"} 2",
+            "labelgate_selinux_cache_total{event=\"miss\"} 1",
+            "labelgate_selinux_cache_total{event=\"reset\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     /// An engine that writes JSON records to a file; returns the records.

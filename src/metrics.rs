@@ -234,6 +234,18 @@ fn render_counters(engine: &Engine, loaded: &Loaded, queues: &[u16]) -> String {
             ("{event=\"destroy_overrun\"}".into(), g(&c.destroy_overruns)),
         ],
     );
+    if let Some(cc) = engine.oracle_cache_counts() {
+        counter(
+            &mut s,
+            "labelgate_selinux_cache_total",
+            "Access-cache events of verdict selinux: answers served from the cache (hit), questions asked of the loaded policy (miss), times a policy, boolean or mode change emptied the cache (reset).",
+            vec![
+                ("{event=\"hit\"}".into(), cc.hits),
+                ("{event=\"miss\"}".into(), cc.misses),
+                ("{event=\"reset\"}".into(), cc.resets),
+            ],
+        );
+    }
     let kstats: Vec<KernelQueueStats> = queues.iter().filter_map(|q| KernelQueueStats::read(*q)).collect();
     counter(
         &mut s,
