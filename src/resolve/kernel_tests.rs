@@ -151,6 +151,36 @@ fn a_recent_holder_is_found_without_a_scan() {
 }
 
 #[test]
+fn clients_taking_turns_are_found_at_their_last_fd() {
+    // 40 client processes each open a new socket in turn, at the fd number
+    // their last one had (as connect loops do): each holder is found by one
+    // read at that fd, with no fd table listed and no scan.
+    let pids: Vec<u32> = (100..140).collect();
+    let r = fake(|w| {
+        for &pid in &pids {
+            w.fds.insert(pid, BTreeMap::new());
+        }
+    });
+    let mut inode = 1000;
+    let mut port = 1000;
+    let mut round = |r: &SocketResolver<FakeKernel>| {
+        for &pid in &pids {
+            inode += 1;
+            port += 1;
+            r.kernel.world().fds.insert(pid, [(3, inode)].into());
+            bind(&mut r.kernel.world(), inode);
+            assert_eq!(holder(&dest(r, port)), format!("p{pid}_t"));
+        }
+    };
+    round(&r);
+    let before = (r.kernel.scans.load(Relaxed), r.kernel.find_ins.load(Relaxed));
+    round(&r);
+    round(&r);
+    assert_eq!((r.kernel.scans.load(Relaxed), r.kernel.find_ins.load(Relaxed)), before, "no scan, no fd table listed");
+    assert!(stat(&r, |s| &s.owner_found_recent) >= 80);
+}
+
+#[test]
 fn a_new_process_is_found_without_a_full_scan() {
     let r = fake(|w| {
         bind(w, 10);

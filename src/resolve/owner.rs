@@ -20,8 +20,16 @@ use std::time::{Duration, Instant};
 /// unused for a minute belongs to a socket long idle or gone.
 const OWNER_MAX_IDLE: Duration = Duration::from_secs(60);
 
-/// How many recent holder processes are searched before anything else.
-const RECENT_HOLDERS: usize = 16;
+/// How many recent holder processes are remembered: each is asked, at the
+/// fd number its last socket had, before any fd table is listed (one read
+/// through a kept link each). Many clients connecting at once each get
+/// their last fd number back; they take turns, so the holder of a new
+/// socket is seldom the newest.
+const RECENT_HOLDERS: usize = 64;
+
+/// How many of the recent holders (newest first) have their whole fd table
+/// listed before the processes born since the last full scan.
+const RECENT_LISTED: usize = 16;
 
 /// How long comm and exe read for a recent holder are used for its next
 /// sockets without reading them again (then its exe link is compared).
@@ -198,7 +206,7 @@ impl Owners {
         if let Some(end) = self.adopt(k, stats, ds, known, t0_ns, &mut gone) {
             return Some(end);
         }
-        if let Some(l) = self.search_likely(k, ds.inode, &scan.pids, tried) {
+        if let Some(l) = self.search_likely(k, stats, ds.inode, &scan.pids, tried) {
             if let Some(end) = self.adopt_one(k, stats, ds, (l.pid, l.fd), true, l.recent.as_ref(), t0_ns, &mut gone) {
                 bump(if l.new_process { &stats.owner_found_new_process } else { &stats.owner_found_recent });
                 return Some(end);
@@ -286,31 +294,35 @@ impl Owners {
     }
 
     /// Look for the holder of a new socket where it most likely is, without
-    /// a full scan: among the processes that held the sockets found last
-    /// (at the fd each held its last one, then all their fds), then among
-    /// the processes that `known_pids` (the last full scan) did not see,
-    /// newest first. `tried`: a (pid, fd) already found not to hold it.
+    /// a full scan: among the processes that held the sockets found last,
+    /// first each at the fd it held its last one, then the newest
+    /// [`RECENT_LISTED`] in all their fds; then among the processes that
+    /// `known_pids` (the last full scan) did not see, newest first. `tried`:
+    /// a (pid, fd) already found not to hold it.
     fn search_likely(
         &self,
         k: &impl KernelView,
+        stats: &ResolverStats,
         inode: u32,
         known_pids: &HashSet<u32>,
         tried: Option<(u32, u32)>,
     ) -> Option<Likely> {
         let recent: Vec<Recent> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let likely = |r: &Recent, fd| Likely { pid: r.process.pid, fd, new_process: false, recent: Some(r.clone()) };
         for r in &recent {
-            let pid = r.process.pid;
-            let at_last_fd = tried != Some((pid, r.fd)) && k.holds(pid, r.fd, inode);
-            let fd = if at_last_fd { Some(r.fd) } else { k.find_in(pid, inode) };
-            if let Some(fd) = fd {
-                return Some(Likely { pid, fd, new_process: false, recent: Some(r.clone()) });
+            if tried != Some((r.process.pid, r.fd)) && k.holds_kept(r.process.pid, r.fd, inode, &stats.proc_link) {
+                return Some(likely(r, r.fd));
             }
+        }
+        let listed = recent.get(..RECENT_LISTED).unwrap_or(&recent);
+        if let Some(l) = listed.iter().find_map(|r| k.find_in(r.process.pid, inode).map(|fd| likely(r, fd))) {
+            return Some(l);
         }
         let mut born: Vec<u32> = k
             .pids()
             .ok()?
             .into_iter()
-            .filter(|p| !known_pids.contains(p) && !recent.iter().any(|r| r.process.pid == *p))
+            .filter(|p| !known_pids.contains(p) && !listed.iter().any(|r| r.process.pid == *p))
             .collect();
         born.sort_unstable_by(|a, b| b.cmp(a));
         born.into_iter()
