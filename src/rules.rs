@@ -21,7 +21,7 @@ pub const FLOW_MARK_MASK: u32 = 0x0060_0000;
 pub const FLOW_MARK_ACCEPT: u32 = 0x0020_0000;
 
 /// Which firewall to generate for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Iptables,
     Nft,
@@ -29,7 +29,7 @@ pub enum Backend {
 
 /// Which address families to print or install (iptables: one family per
 /// tool; nftables' `inet` table always covers both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// IPv4 only: iptables-restore input.
     Ipv4,

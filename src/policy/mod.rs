@@ -72,7 +72,7 @@ pub enum Asked {
 }
 
 /// Enforcing drops what the table denies; permissive records it and lets it pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Enforcing,
