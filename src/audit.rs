@@ -15,6 +15,7 @@ use crate::counters::Counters;
 use crate::labels::{Hook, Label, ProcessInfo};
 use crate::packet::PacketInfo;
 use crate::policy::PolicyDigest;
+use crate::sepolicy::{permission, CLASS};
 use crossbeam_channel::{Receiver, Sender};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -37,24 +38,6 @@ pub enum Format {
 pub enum Outcome {
     Denied,
     Granted,
-}
-
-/// The SELinux object class labelgate's records name (`tclass=`): a
-/// userspace class of its own, declared by packaging/selinux/labelgate_flow.cil,
-/// so that audit2allow proposes rules about labelgate's decisions and not
-/// about the kernel's `packet` class (checked against secmark types).
-pub const CLASS: &str = "labelgate_flow";
-
-/// The permission of [`CLASS`] a decision at `hook` is about: `send` for
-/// packets leaving (output and postrouting, which policy rules with
-/// `hook = "output"` decide), `recv` for packets arriving (input and
-/// prerouting), `forward` for forwarded ones.
-pub fn permission(hook: Hook) -> &'static str {
-    match hook {
-        Hook::Output | Hook::Postrouting => "send",
-        Hook::Input | Hook::Prerouting => "recv",
-        Hook::Forward => "forward",
-    }
 }
 
 /// The word that opens a record's message: `avc:` for denials, which the

@@ -82,7 +82,7 @@ fn fields(s: &str) -> Vec<(&str, &str)> {
 /// The classes labelgate's records name: its own, and the one older
 /// versions wrote.
 fn labelgate_class(c: &str) -> bool {
-    c == crate::audit::CLASS || c == "packet"
+    c == crate::sepolicy::CLASS || c == "packet"
 }
 
 fn parse_avc(line: &str) -> Option<Entry> {

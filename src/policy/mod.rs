@@ -6,315 +6,22 @@
 
 mod parse;
 pub mod pattern;
+mod rule;
 mod scope;
 
 pub use parse::{excerpt, open_policy, resolve_id, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
-use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
+pub use rule::{
+    AddressLabel, Asked, DoiMap, Facts, HookSel, Mismatch, MlsRelation, Mode, RareConds, Rule, RuleVerdict, Verdict,
+};
 pub use scope::ScopeEntry;
 
 use crate::labels::{Hook, Labels};
 use crate::packet::{PacketInfo, Proto};
 use crate::sepolicy::AccessOracle;
-use ipnet::IpNet;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// What happens to a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Accept,
-    Drop,
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Verdict::Accept => "accept",
-            Verdict::Drop => "drop",
-        })
-    }
-}
-
-/// What a rule (or the policy's `default`) decides: a verdict of its own,
-/// or `selinux`: ask the loaded SELinux policy whether the source context
-/// may do the hook's permission (`send`, `recv`, `forward`) on the
-/// destination context in class `labelgate_flow` (see [`crate::sepolicy`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleVerdict {
-    Accept,
-    Drop,
-    Selinux,
-}
-
-impl fmt::Display for RuleVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RuleVerdict::Accept => "accept",
-            RuleVerdict::Drop => "drop",
-            RuleVerdict::Selinux => "selinux",
-        })
-    }
-}
-
-/// What the loaded SELinux policy answered a `selinux` verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Asked {
-    /// The policy's answer.
-    Answered(crate::sepolicy::Answer),
-    /// The policy could not be asked (SELinux inactive, class missing, the
-    /// check failed): decided as a denial, never let through silently.
-    Failed,
-}
-
-/// Enforcing drops what the table denies; permissive records it and lets it pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Enforcing,
-    Permissive,
-}
-
-/// Which hook a rule applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HookSel {
-    Input,
-    Output,
-    Forward,
-    Any,
-}
-
-impl HookSel {
-    fn matches(self, h: Hook) -> bool {
-        match self {
-            HookSel::Any => true,
-            HookSel::Input => matches!(h, Hook::Input | Hook::Prerouting),
-            HookSel::Output => matches!(h, Hook::Output | Hook::Postrouting),
-            HookSel::Forward => h == Hook::Forward,
-        }
-    }
-}
-
-/// An MLS relation required between the source and destination contexts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MlsRelation {
-    /// The source's low level dominates the destination's low level.
-    SourceDominatesDest,
-    /// The destination's low level dominates the source's low level.
-    DestDominatesSource,
-    /// The low levels are equal.
-    Equal,
-    /// The source's whole range lies within the destination's range.
-    SourceWithinDest,
-}
-
-/// A static label for remote addresses (like NetLabel's static labels).
-#[derive(Clone, Debug)]
-pub struct AddressLabel {
-    pub net: IpNet,
-    pub context: crate::context::SecurityContext,
-}
-
-/// How a CIPSO/CALIPSO DOI maps to MLS levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DoiMap {
-    /// Levels and categories are taken as they are (NetLabel's `pass`).
-    Pass,
-}
-
-/// One compiled rule. Context patterns, level conditions and port, id and
-/// address sets are shared (`Arc`) among the rules that write them the same
-/// way, and the conditions few rules use live out of line in [`RareConds`],
-/// so a rule is 112 bytes (at 100,000 rules memory is a budget: see
-/// docs/PERFORMANCE.md).
-#[derive(Debug)]
-pub struct Rule {
-    pub name: compact_str::CompactString,
-    pub source: Option<Arc<ContextPattern>>,
-    pub dest: Option<Arc<ContextPattern>>,
-    pub uid: Option<Arc<IdSet>>,
-    /// Held inline: most port sets are one port, and most differ per rule.
-    pub dport: PortCond,
-    pub saddr: Option<Arc<NetSet>>,
-    pub daddr: Option<Arc<NetSet>>,
-    /// The rarely written conditions; `None` when the rule has none of them.
-    pub rare: Option<Box<RareConds>>,
-    pub hits: AtomicU64,
-    /// Line of the rule in the policy file.
-    pub line: u32,
-    pub hook: HookSel,
-    pub proto: Option<Proto>,
-    pub verdict: RuleVerdict,
-    pub permissive: bool,
-    pub audit: bool,
-}
-
-/// The conditions of a rule that few rules write.
-#[derive(Debug, Default, PartialEq)]
-pub struct RareConds {
-    pub sport: Option<PortSet>,
-    pub secmark: Option<Arc<ContextPattern>>,
-    pub peer: Option<Arc<ContextPattern>>,
-    pub source_level: Option<Arc<LevelCond>>,
-    pub dest_level: Option<Arc<LevelCond>>,
-    pub peer_level: Option<Arc<LevelCond>>,
-    pub mls: Option<MlsRelation>,
-    pub gid: Option<Arc<IdSet>>,
-    pub iif: Option<Box<str>>,
-    pub oif: Option<Box<str>>,
-}
-
-static NO_RARE: RareConds = RareConds {
-    sport: None,
-    secmark: None,
-    peer: None,
-    source_level: None,
-    dest_level: None,
-    peer_level: None,
-    mls: None,
-    gid: None,
-    iif: None,
-    oif: None,
-};
-
-impl RareConds {
-    /// Boxed if any condition is set (a rule without any stores nothing).
-    pub fn boxed(self) -> Option<Box<RareConds>> {
-        (self != NO_RARE).then(|| Box::new(self))
-    }
-}
-
-impl Rule {
-    /// The rule's rare conditions (all `None` when it has none).
-    pub fn rare(&self) -> &RareConds {
-        self.rare.as_deref().unwrap_or(&NO_RARE)
-    }
-}
-
-/// The facts a decision is made on.
-pub struct Facts<'a> {
-    pub hook: Hook,
-    pub pkt: &'a PacketInfo,
-    pub labels: &'a Labels,
-    /// Interface names, looked up only when a rule needs them.
-    pub iif: &'a dyn Fn() -> Option<String>,
-    pub oif: &'a dyn Fn() -> Option<String>,
-}
-
-/// Why a rule did not match (for `explain`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mismatch {
-    Hook,
-    Proto,
-    Sport,
-    Dport,
-    Saddr,
-    Daddr,
-    Uid,
-    Gid,
-    Iif,
-    Oif,
-    Source,
-    Dest,
-    Secmark,
-    Peer,
-    SourceLevel,
-    DestLevel,
-    PeerLevel,
-    Mls,
-}
-
-impl fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            Mismatch::Hook => "hook",
-            Mismatch::Proto => "proto",
-            Mismatch::Sport => "sport",
-            Mismatch::Dport => "dport",
-            Mismatch::Saddr => "saddr",
-            Mismatch::Daddr => "daddr",
-            Mismatch::Uid => "uid",
-            Mismatch::Gid => "gid",
-            Mismatch::Iif => "iif",
-            Mismatch::Oif => "oif",
-            Mismatch::Source => "source",
-            Mismatch::Dest => "dest",
-            Mismatch::Secmark => "secmark",
-            Mismatch::Peer => "peer",
-            Mismatch::SourceLevel => "source_level",
-            Mismatch::DestLevel => "dest_level",
-            Mismatch::PeerLevel => "peer_level",
-            Mismatch::Mls => "mls",
-        };
-        f.write_str(s)
-    }
-}
-
-fn level_ok(cond: &Option<Arc<LevelCond>>, ctx: Option<&crate::context::SecurityContext>) -> bool {
-    match cond {
-        None => true,
-        Some(c) => ctx.and_then(|c| c.range()).is_some_and(|r| c.matches(r)),
-    }
-}
-
-fn check(ok: bool, why: Mismatch) -> Result<(), Mismatch> {
-    if ok {
-        Ok(())
-    } else {
-        Err(why)
-    }
-}
-
-impl Rule {
-    /// Whether the rule matches; on a miss, the first condition that failed.
-    pub fn check(&self, f: &Facts<'_>) -> Result<(), Mismatch> {
-        let l = f.labels;
-        let p = f.pkt;
-        let rare = self.rare();
-        check(self.hook.matches(f.hook), Mismatch::Hook)?;
-        check(self.proto.is_none_or(|x| x == p.proto), Mismatch::Proto)?;
-        check(rare.sport.as_ref().is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))), Mismatch::Sport)?;
-        check(self.dport.get().is_none_or(|s| p.dport.is_some_and(|v| s.contains(v))), Mismatch::Dport)?;
-        check(self.saddr.as_ref().is_none_or(|s| s.contains(&p.src)), Mismatch::Saddr)?;
-        check(self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)), Mismatch::Daddr)?;
-        check(self.uid.as_ref().is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))), Mismatch::Uid)?;
-        check(rare.gid.as_ref().is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))), Mismatch::Gid)?;
-        check(rare.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(&**n)), Mismatch::Iif)?;
-        check(rare.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(&**n)), Mismatch::Oif)?;
-        check(self.source.as_ref().is_none_or(|c| c.matches(&l.source.context)), Mismatch::Source)?;
-        check(self.dest.as_ref().is_none_or(|c| c.matches(&l.dest.context)), Mismatch::Dest)?;
-        check(
-            rare.secmark.as_ref().is_none_or(|c| l.secmark.as_ref().is_some_and(|s| c.matches(s))),
-            Mismatch::Secmark,
-        )?;
-        check(
-            rare.peer.as_ref().is_none_or(|c| l.peer.as_ref().is_some_and(|s| c.matches(&s.context))),
-            Mismatch::Peer,
-        )?;
-        check(level_ok(&rare.source_level, Some(&l.source.context)), Mismatch::SourceLevel)?;
-        check(level_ok(&rare.dest_level, Some(&l.dest.context)), Mismatch::DestLevel)?;
-        check(level_ok(&rare.peer_level, l.peer.as_ref().map(|p| &p.context)), Mismatch::PeerLevel)?;
-        if let Some(rel) = rare.mls {
-            let ok = match (l.source.context.range(), l.dest.context.range()) {
-                (Some(s), Some(d)) => match rel {
-                    MlsRelation::SourceDominatesDest => s.low().dominates(d.low()),
-                    MlsRelation::DestDominatesSource => d.low().dominates(s.low()),
-                    MlsRelation::Equal => s.low() == d.low(),
-                    MlsRelation::SourceWithinDest => d.contains_range(s),
-                },
-                _ => false,
-            };
-            check(ok, Mismatch::Mls)?;
-        }
-        Ok(())
-    }
-}
 
 /// What the table decided for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -644,7 +351,7 @@ impl<const N: usize> Iterator for Merged<'_, N> {
 /// Ask the loaded policy about a packet's source and dest contexts, for
 /// the hook's permission; a failure is logged (at most once a second).
 fn ask(oracle: Option<&dyn AccessOracle>, f: &Facts<'_>) -> Asked {
-    let perm = crate::audit::permission(f.hook);
+    let perm = crate::sepolicy::permission(f.hook);
     let answer = match oracle {
         Some(o) => o.ask(&f.labels.source.context, &f.labels.dest.context, perm),
         None => Err(crate::sepolicy::OracleError::Inactive),
@@ -676,7 +383,7 @@ impl Policy {
         for _ in 0..3 {
             let file = parse::open_policy(path)?;
             let before = file.metadata().map_err(|e| PolicyError::io(path, e))?;
-            let mut p = parse::load_from(path, &file)?;
+            let mut p = Policy::assemble(parse::load_from(path, &file)?);
             let digest = PolicyDigest::of_file(&file).map_err(|e| PolicyError::io(path, e))?;
             let after = file.metadata().map_err(|e| PolicyError::io(path, e))?;
             if file_version(&before) == file_version(&after) {
@@ -691,24 +398,17 @@ impl Policy {
     /// Compile policy text; `origin` names it in error messages. The
     /// digest is of `text`.
     pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let mut p = parse::compile(text, origin)?;
+        let mut p = Policy::assemble(parse::compile(text, origin)?);
         p.digest = PolicyDigest::of(text.as_bytes());
         Ok(p)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        mode: Mode,
-        default: RuleVerdict,
-        malformed: Verdict,
-        permissive_domains: Vec<String>,
-        rules: Vec<Rule>,
-        address_labels: Vec<AddressLabel>,
-        dois: HashMap<u32, DoiMap>,
-        sets: HashMap<String, Vec<String>>,
-    ) -> Policy {
+    /// The table for a compiled policy: its rules indexed, its digest not
+    /// yet taken.
+    fn assemble(parts: parse::Compiled) -> Policy {
+        let parse::Compiled { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope } =
+            parts;
         let index = Index::build(&rules);
-        let digest = PolicyDigest::default();
         Policy {
             mode,
             default,
@@ -718,8 +418,8 @@ impl Policy {
             address_labels,
             dois,
             sets,
-            scope: None,
-            digest,
+            scope,
+            digest: PolicyDigest::default(),
             index,
         }
     }

@@ -1,8 +1,10 @@
-//! The policy file format (TOML) and its compilation into [`Policy`]; every
-//! refusal names the file, line and column.
+//! The policy file format (TOML) and its compilation into [`Compiled`]
+//! parts, which `mod.rs` assembles into a `Policy`; every refusal names the
+//! file, line and column.
 
 use super::pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortSet};
-use super::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, Policy, RareConds, Rule, RuleVerdict, Verdict};
+use super::rule::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, RareConds, Rule, RuleVerdict, Verdict};
+use super::scope::ScopeEntry;
 use crate::packet::Proto;
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -146,7 +148,7 @@ pub struct RawPolicy {
     address_label: Vec<Spanned<RawAddressLabel>>,
     #[serde(default)]
     doi: Vec<Spanned<RawDoi>>,
-    scope: Option<Spanned<Vec<Spanned<super::scope::RawScope>>>>,
+    scope: Option<Spanned<Vec<Spanned<RawScope>>>>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +221,28 @@ struct RuleSection {
     rule: Vec<Spanned<RawRule>>,
 }
 
+/// A policy file compiled: what the policy table holds, before its rules
+/// are indexed and its digest taken.
+pub(super) struct Compiled {
+    pub mode: Mode,
+    /// The verdict when no rule matches.
+    pub default: RuleVerdict,
+    /// The verdict for a packet that cannot be parsed.
+    pub malformed: Verdict,
+    /// Source types whose denials are let through and recorded.
+    pub permissive_domains: Vec<String>,
+    /// The rules, in file order.
+    pub rules: Vec<Rule>,
+    /// Static labels of remote addresses, longest prefix first.
+    pub address_labels: Vec<AddressLabel>,
+    /// How each CIPSO/CALIPSO DOI maps to MLS levels.
+    pub dois: HashMap<u32, DoiMap>,
+    /// The type sets as written (name without `@` to member types).
+    pub sets: HashMap<String, Vec<String>>,
+    /// The `[[scope]]` entries; `None` when the policy declares none.
+    pub scope: Option<Vec<ScopeEntry>>,
+}
+
 /// Everything in a policy but its rules, compiled.
 struct Head {
     mode: Mode,
@@ -229,7 +253,7 @@ struct Head {
     set_lists: HashMap<String, Vec<String>>,
     address_labels: Vec<AddressLabel>,
     dois: HashMap<u32, DoiMap>,
-    scope: Option<Vec<super::ScopeEntry>>,
+    scope: Option<Vec<ScopeEntry>>,
 }
 
 fn toml_err(cx: &Ctx<'_>, e: toml::de::Error) -> PolicyError {
@@ -237,7 +261,7 @@ fn toml_err(cx: &Ctx<'_>, e: toml::de::Error) -> PolicyError {
     cx.err(span, e.message().trim_end())
 }
 
-pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+pub(super) fn compile(text: &str, origin: &str) -> Result<Compiled, PolicyError> {
     compile_sections(&mut TextLines(text), origin).or_else(|_| compile_whole(text, origin))
 }
 
@@ -250,7 +274,7 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
 /// read, so a FIFO (whose open would wait for a writer and whose reads would
 /// wait for data) or a device is refused at once instead of blocking or
 /// reading forever.
-pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<Policy, PolicyError> {
+pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<Compiled, PolicyError> {
     let origin = path.display().to_string();
     compile_sections(&mut FileLines { path, file }, &origin).or_else(|_| {
         let text = read_bounded(path, file)?;
@@ -310,7 +334,7 @@ fn read_bounded(path: &std::path::Path, file: &std::fs::File) -> Result<String, 
 }
 
 /// Compile the policy as one TOML document (the reference path).
-pub(super) fn compile_whole(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+pub(super) fn compile_whole(text: &str, origin: &str) -> Result<Compiled, PolicyError> {
     let cx = Ctx::new(text, origin, 1);
     let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_err(&cx, e))?;
     // Sets, then rules, then address labels and DOIs: the first error found
@@ -383,7 +407,7 @@ impl Lines for FileLines<'_> {
 /// and layouts it does not split (`[["rule"]]` headers, rules written as an
 /// inline array): the caller then compiles the text as one document, whose
 /// result and error message are authoritative.
-pub(super) fn compile_sections(src: &mut dyn Lines, origin: &str) -> Result<Policy, PolicyError> {
+pub(super) fn compile_sections(src: &mut dyn Lines, origin: &str) -> Result<Compiled, PolicyError> {
     let refuse = |what: &str| PolicyError::Invalid { origin: origin.into(), line: 0, column: 0, message: what.into() };
     let mut rest = String::new();
     let mut sections = 0usize;
@@ -503,19 +527,18 @@ impl Splitter {
     }
 }
 
-fn assemble(h: Head, rules: Vec<Rule>) -> Policy {
-    let mut p = Policy::assemble(
-        h.mode,
-        h.default,
-        h.malformed,
-        h.permissive_domains,
+fn assemble(h: Head, rules: Vec<Rule>) -> Compiled {
+    Compiled {
+        mode: h.mode,
+        default: h.default,
+        malformed: h.malformed,
+        permissive_domains: h.permissive_domains,
         rules,
-        h.address_labels,
-        h.dois,
-        h.set_lists,
-    );
-    p.scope = h.scope;
-    p
+        address_labels: h.address_labels,
+        dois: h.dois,
+        sets: h.set_lists,
+        scope: h.scope,
+    }
 }
 
 /// Whether a line outside values is a table header, and if so whether it is
@@ -675,7 +698,7 @@ fn head_labels(cx: &Ctx<'_>, raw: &RawPolicy, head: &mut Head) -> Result<(), Pol
     }
     head.address_labels = address_labels;
     head.dois = dois;
-    head.scope = raw.scope.as_ref().map(|s| super::scope::compile(s, &|span, m| cx.err(span, m))).transpose()?;
+    head.scope = raw.scope.as_ref().map(|s| compile_scope(s, &|span, m| cx.err(span, m))).transpose()?;
     Ok(())
 }
 
@@ -685,6 +708,78 @@ pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
         return Ok(n.trunc());
     }
     s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("bad address or CIDR {s:?}"))
+}
+
+/// A `[[scope]]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScope {
+    hook: Option<HookSel>,
+    proto: Option<Spanned<String>>,
+    dport: Option<Spanned<toml::Value>>,
+    saddr: Option<Spanned<toml::Value>>,
+    daddr: Option<Spanned<toml::Value>>,
+}
+
+/// A protocol as policies name it; `any` is `None`.
+pub(super) fn parse_proto(s: &str) -> Result<Option<Proto>, String> {
+    Ok(Some(match s {
+        "any" => return Ok(None),
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        "icmp" => Proto::Icmp,
+        "icmpv6" => Proto::Icmpv6,
+        "sctp" => Proto::Sctp,
+        other => return Err(format!("unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)")),
+    }))
+}
+
+/// Compile the `[[scope]]` entries; `err` makes a located error. An
+/// explicitly empty list (`scope = []`) is refused: it would queue nothing.
+fn compile_scope<E>(
+    raw: &Spanned<Vec<Spanned<RawScope>>>,
+    err: &dyn Fn(Range<usize>, String) -> E,
+) -> Result<Vec<ScopeEntry>, E> {
+    if raw.get_ref().is_empty() {
+        return Err(err(raw.span(), "scope is empty: list the traffic the policy governs, or leave scope out".into()));
+    }
+    let mut out = Vec::with_capacity(raw.get_ref().len());
+    for e in raw.get_ref() {
+        let r = e.get_ref();
+        let proto = match &r.proto {
+            None => None,
+            Some(p) => parse_proto(p.get_ref()).map_err(|m| err(p.span(), m))?,
+        };
+        let dport = match &r.dport {
+            None => None,
+            Some(d) => {
+                if !proto.is_some_and(|p| p.has_ports()) {
+                    return Err(err(d.span(), "dport needs proto = \"tcp\", \"udp\" or \"sctp\"".into()));
+                }
+                let items = scalar_items(d.get_ref()).ok_or_else(|| {
+                    err(d.span(), "ports must be a number, a \"lo-hi\" string, or a list of them".into())
+                })?;
+                let parsed: Result<Vec<_>, _> = items.iter().map(|i| PortSet::parse_item(i)).collect();
+                Some(parsed.and_then(PortSet::new).map_err(|m| err(d.span(), m))?)
+            }
+        };
+        let nets = |v: &Option<Spanned<toml::Value>>| -> Result<Option<NetSet>, E> {
+            let Some(v) = v else { return Ok(None) };
+            let items = scalar_items(v.get_ref())
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| err(v.span(), "addresses must be a CIDR string or a non-empty list of them".into()))?;
+            let nets: Result<Vec<_>, _> = items.iter().map(|s| parse_net(s)).collect();
+            nets.map(|n| Some(NetSet(n.into()))).map_err(|m| err(v.span(), m))
+        };
+        out.push(ScopeEntry {
+            hook: r.hook.unwrap_or(HookSel::Any),
+            proto,
+            dport,
+            saddr: nets(&r.saddr)?,
+            daddr: nets(&r.daddr)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Compiles rules, sharing one copy of each distinct context pattern and
@@ -790,19 +885,7 @@ fn compile_rule(
     };
     let proto = match &r.proto {
         None => None,
-        Some(p) => match p.get_ref().as_str() {
-            "any" => None,
-            "tcp" => Some(Proto::Tcp),
-            "udp" => Some(Proto::Udp),
-            "icmp" => Some(Proto::Icmp),
-            "icmpv6" => Some(Proto::Icmpv6),
-            "sctp" => Some(Proto::Sctp),
-            other => {
-                return Err(
-                    cx.err(p.span(), format!("unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)"))
-                )
-            }
-        },
+        Some(p) => parse_proto(p.get_ref()).map_err(|m| cx.err(p.span(), m))?,
     };
     let sport = ports(&r.sport)?;
     let dport = ports(&r.dport)?;

@@ -2,6 +2,7 @@ use super::*;
 use crate::labels::{Label, Labels, Origin};
 use crate::packet::build;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 fn labels(src: &str, dst: &str) -> Labels {
     let mut l = Labels::unresolved("test");
