@@ -39,6 +39,17 @@ pub enum Family {
     Both,
 }
 
+/// The address families a queue match applies to, from its addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Families {
+    /// No address: both families.
+    Both,
+    V4,
+    V6,
+    /// Its addresses mix families: it can match nothing.
+    Neither,
+}
+
 /// At most this many queue rules per chain and family: past it the matches
 /// are widened (ports left out, then addresses), which queues more and
 /// never less; the daemon accepts what it then receives outside the scope.
@@ -72,17 +83,23 @@ impl Match {
             && opt(&self.daddr, &o.daddr, |a, b| a.contains(b))
     }
 
-    /// `Some(true)` for IPv6 only, `Some(false)` for IPv4 only, `None` for
-    /// both; `Err` when its addresses mix families (it can match nothing).
-    fn v6(&self) -> Result<Option<bool>, ()> {
+    /// The address families the match can apply to.
+    fn families(&self) -> Families {
         match (self.saddr.map(|n| n.addr().is_ipv6()), self.daddr.map(|n| n.addr().is_ipv6())) {
-            (Some(a), Some(b)) if a != b => Err(()),
-            (a, b) => Ok(a.or(b)),
+            (Some(a), Some(b)) if a != b => Families::Neither,
+            (Some(true), _) | (_, Some(true)) => Families::V6,
+            (Some(false), _) | (_, Some(false)) => Families::V4,
+            (None, None) => Families::Both,
         }
     }
 
     fn in_family(&self, v6: bool) -> bool {
-        self.v6().is_ok_and(|f| f.is_none_or(|f| f == v6))
+        match self.families() {
+            Families::Both => true,
+            Families::V4 => !v6,
+            Families::V6 => v6,
+            Families::Neither => false,
+        }
     }
 
     /// Every combination of the given conditions (each `None` matches
@@ -192,7 +209,7 @@ const WIDEN: [fn(&mut Match); 2] = [|m| m.dport = None, |m| (m.saddr, m.daddr) =
 /// earlier ones, and a list too long has every longer list too long.
 fn squeeze(v: &mut Vec<Match>, mut steps: usize) -> usize {
     loop {
-        v.retain(|m| m.v6().is_ok());
+        v.retain(|m| m.families() != Families::Neither);
         v.sort_unstable();
         v.dedup();
         let Some(step) = WIDEN.get(steps).filter(|_| v.len() > MAX_MATCHES) else { return steps };
@@ -202,7 +219,7 @@ fn squeeze(v: &mut Vec<Match>, mut steps: usize) -> usize {
 }
 
 fn normalize(mut v: Vec<Match>) -> (Vec<Match>, bool) {
-    v.retain(|m| m.v6().is_ok());
+    v.retain(|m| m.families() != Families::Neither);
     let mut widened = false;
     for step in WIDEN {
         v.sort_unstable();
@@ -274,7 +291,7 @@ impl RuleSpec {
             let (mut all, mut steps) = (Vec::new(), 0);
             for (_, proto, dport, saddr, daddr) in entries.iter().filter(|e| chain.takes(e.0)) {
                 let mut m = Match::expand(*proto, *dport, *saddr, *daddr, &mut widened);
-                m.retain(|m| m.v6().is_ok());
+                m.retain(|m| m.families() != Families::Neither);
                 m.iter_mut().for_each(|m| WIDEN.iter().take(steps).for_each(|w| w(m)));
                 all.extend(m);
                 if all.len() > 4 * MAX_MATCHES {

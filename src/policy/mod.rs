@@ -9,7 +9,7 @@ pub mod pattern;
 mod rule;
 mod scope;
 
-pub use parse::{excerpt, open_policy, resolve_id, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
+pub use parse::{excerpt, open_policy, resolve_id, IdError, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
 pub use rule::{
     AddressLabel, Asked, DoiMap, Facts, HookSel, Mismatch, MlsRelation, Mode, RareConds, Rule, RuleVerdict, Verdict,
 };

@@ -2,7 +2,7 @@
 //! parts, which `mod.rs` assembles into a `Policy`; every refusal names the
 //! file, line and column.
 
-use super::pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortSet};
+use super::pattern::{parse_net, ContextPattern, IdSet, LevelCond, NetSet, PortSet};
 use super::rule::{AddressLabel, DoiMap, HookSel, MlsRelation, Mode, RareConds, Rule, RuleVerdict, Verdict};
 use super::scope::ScopeEntry;
 use crate::packet::Proto;
@@ -72,9 +72,19 @@ pub fn excerpt(msg: &str) -> std::borrow::Cow<'_, str> {
     format!("{first}[... {} bytes cut ...]{last}", tail - head).into()
 }
 
+/// Why a uid or gid was refused; `what` is `user` or `group`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// No account can have this name (the name is excerpted).
+    #[error("bad {what} name {name:?}")]
+    BadName { what: &'static str, name: String },
+    #[error("unknown {what} {name:?}")]
+    Unknown { what: &'static str, name: String },
+}
+
 /// A uid (`group` false) or gid given as a number or a user/group name, as
 /// in a rule's `uid`/`gid` (names are looked up in the system's databases).
-pub fn resolve_id(s: &str, group: bool) -> Result<u32, String> {
+pub fn resolve_id(s: &str, group: bool) -> Result<u32, IdError> {
     if let Ok(n) = s.parse::<u32>() {
         return Ok(n);
     }
@@ -82,14 +92,14 @@ pub fn resolve_id(s: &str, group: bool) -> Result<u32, String> {
     // Never hand the system's name service a name no account can have: some
     // NSS modules (systemd's userdb) abort the process on a very long one.
     if s.is_empty() || s.len() > 255 || s.contains(['\0', '/', ':']) || s.contains(char::is_whitespace) {
-        return Err(format!("bad {what} name {:?}", excerpt(s)));
+        return Err(IdError::BadName { what, name: excerpt(s).into_owned() });
     }
     let found = if group {
         nix::unistd::Group::from_name(s).ok().flatten().map(|g| g.gid.as_raw())
     } else {
         nix::unistd::User::from_name(s).ok().flatten().map(|u| u.uid.as_raw())
     };
-    found.ok_or_else(|| format!("unknown {what} {s:?}"))
+    found.ok_or_else(|| IdError::Unknown { what, name: s.into() })
 }
 
 struct Ctx<'a> {
@@ -698,16 +708,8 @@ fn head_labels(cx: &Ctx<'_>, raw: &RawPolicy, head: &mut Head) -> Result<(), Pol
     }
     head.address_labels = address_labels;
     head.dois = dois;
-    head.scope = raw.scope.as_ref().map(|s| compile_scope(s, &|span, m| cx.err(span, m))).transpose()?;
+    head.scope = raw.scope.as_ref().map(|s| compile_scope(cx, s)).transpose()?;
     Ok(())
-}
-
-pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<ipnet::IpNet>() {
-        return Ok(n.trunc());
-    }
-    s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("bad address or CIDR {s:?}"))
 }
 
 /// A `[[scope]]` entry as written.
@@ -721,8 +723,13 @@ pub(super) struct RawScope {
     daddr: Option<Spanned<toml::Value>>,
 }
 
+/// A protocol name policies do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown proto {0:?} (expected tcp, udp, icmp, icmpv6, sctp or any)")]
+pub struct UnknownProto(String);
+
 /// A protocol as policies name it; `any` is `None`.
-pub(super) fn parse_proto(s: &str) -> Result<Option<Proto>, String> {
+fn parse_proto(s: &str) -> Result<Option<Proto>, UnknownProto> {
     Ok(Some(match s {
         "any" => return Ok(None),
         "tcp" => Proto::Tcp,
@@ -730,46 +737,42 @@ pub(super) fn parse_proto(s: &str) -> Result<Option<Proto>, String> {
         "icmp" => Proto::Icmp,
         "icmpv6" => Proto::Icmpv6,
         "sctp" => Proto::Sctp,
-        other => return Err(format!("unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)")),
+        other => return Err(UnknownProto(other.into())),
     }))
 }
 
 /// Compile the `[[scope]]` entries; `err` makes a located error. An
 /// explicitly empty list (`scope = []`) is refused: it would queue nothing.
-fn compile_scope<E>(
-    raw: &Spanned<Vec<Spanned<RawScope>>>,
-    err: &dyn Fn(Range<usize>, String) -> E,
-) -> Result<Vec<ScopeEntry>, E> {
+fn compile_scope(cx: &Ctx<'_>, raw: &Spanned<Vec<Spanned<RawScope>>>) -> Result<Vec<ScopeEntry>, PolicyError> {
     if raw.get_ref().is_empty() {
-        return Err(err(raw.span(), "scope is empty: list the traffic the policy governs, or leave scope out".into()));
+        return Err(cx.err(raw.span(), "scope is empty: list the traffic the policy governs, or leave scope out"));
     }
     let mut out = Vec::with_capacity(raw.get_ref().len());
     for e in raw.get_ref() {
         let r = e.get_ref();
         let proto = match &r.proto {
             None => None,
-            Some(p) => parse_proto(p.get_ref()).map_err(|m| err(p.span(), m))?,
+            Some(p) => parse_proto(p.get_ref()).map_err(|m| cx.err(p.span(), m))?,
         };
         let dport = match &r.dport {
             None => None,
             Some(d) => {
                 if !proto.is_some_and(|p| p.has_ports()) {
-                    return Err(err(d.span(), "dport needs proto = \"tcp\", \"udp\" or \"sctp\"".into()));
+                    return Err(cx.err(d.span(), "dport needs proto = \"tcp\", \"udp\" or \"sctp\""));
                 }
-                let items = scalar_items(d.get_ref()).ok_or_else(|| {
-                    err(d.span(), "ports must be a number, a \"lo-hi\" string, or a list of them".into())
-                })?;
+                let items = scalar_items(d.get_ref())
+                    .ok_or_else(|| cx.err(d.span(), "ports must be a number, a \"lo-hi\" string, or a list of them"))?;
                 let parsed: Result<Vec<_>, _> = items.iter().map(|i| PortSet::parse_item(i)).collect();
-                Some(parsed.and_then(PortSet::new).map_err(|m| err(d.span(), m))?)
+                Some(parsed.and_then(PortSet::new).map_err(|m| cx.err(d.span(), m))?)
             }
         };
-        let nets = |v: &Option<Spanned<toml::Value>>| -> Result<Option<NetSet>, E> {
+        let nets = |v: &Option<Spanned<toml::Value>>| -> Result<Option<NetSet>, PolicyError> {
             let Some(v) = v else { return Ok(None) };
             let items = scalar_items(v.get_ref())
                 .filter(|i| !i.is_empty())
-                .ok_or_else(|| err(v.span(), "addresses must be a CIDR string or a non-empty list of them".into()))?;
+                .ok_or_else(|| cx.err(v.span(), "addresses must be a CIDR string or a non-empty list of them"))?;
             let nets: Result<Vec<_>, _> = items.iter().map(|s| parse_net(s)).collect();
-            nets.map(|n| Some(NetSet(n.into()))).map_err(|m| err(v.span(), m))
+            nets.map(|n| Some(NetSet(n.into()))).map_err(|m| cx.err(v.span(), m))
         };
         out.push(ScopeEntry {
             hook: r.hook.unwrap_or(HookSel::Any),
@@ -1033,9 +1036,9 @@ mod file_tests {
         assert_eq!(resolve_id("48", false), Ok(48));
         assert_eq!(resolve_id("root", false), Ok(0));
         assert_eq!(resolve_id("root", true), Ok(0));
-        assert!(resolve_id("no-such-user-here", false).unwrap_err().contains("unknown user"));
+        assert!(resolve_id("no-such-user-here", false).unwrap_err().to_string().contains("unknown user"));
         // A name no account can have never reaches NSS (systemd's userdb aborts on very long ones).
-        assert!(resolve_id(&"u".repeat(1 << 20), false).unwrap_err().starts_with("bad user name"));
-        assert!(resolve_id("a b", true).unwrap_err().starts_with("bad group name"));
+        assert!(resolve_id(&"u".repeat(1 << 20), false).unwrap_err().to_string().starts_with("bad user name"));
+        assert!(resolve_id("a b", true).unwrap_err().to_string().starts_with("bad group name"));
     }
 }
