@@ -2,7 +2,7 @@
 //! `labelgate rules` queues only what an entry matches, and the daemon
 //! accepts, without consulting the rules, a queued packet no entry matches
 //! (queued by hand-written rules wider than the scope). The parser
-//! (`parse.rs`) compiles them from the file.
+//! (`parse/head.rs`) compiles them from the file.
 
 use super::pattern::{NetSet, PortSet};
 use super::rule::HookSel;
