@@ -30,7 +30,7 @@ pub struct Entry {
 
 impl Entry {
     /// The policy hook that matches where the permission was recorded
-    /// (`audit::permission`): `send` (and the older `forward_out` at
+    /// (`sepolicy::permission`): `send` (and the older `forward_out` at
     /// POSTROUTING) is `output`, `recv` is `input`, `forward` (older:
     /// `forward_in`) is `forward`; a permission labelgate does not write
     /// is `any`.
