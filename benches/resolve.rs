@@ -6,6 +6,7 @@
 //! of a new TCP connection between two of its sockets (a SYN: both ends
 //! looked up afresh, the new client socket attributed, the listener's holder
 //! re-validated); and CIPSO option parsing.
+#![allow(unsafe_code)] // a libc call the bench makes itself (bind)
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use labelgate::labels::{QueueMeta, Resolver};

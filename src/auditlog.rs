@@ -30,7 +30,7 @@ pub struct Entry {
 
 impl Entry {
     /// The policy hook that matches where the permission was recorded
-    /// (`audit::permission`): `send` (and the older `forward_out` at
+    /// (`sepolicy::permission`): `send` (and the older `forward_out` at
     /// POSTROUTING) is `output`, `recv` is `input`, `forward` (older:
     /// `forward_in`) is `forward`; a permission labelgate does not write
     /// is `any`.
@@ -82,7 +82,7 @@ fn fields(s: &str) -> Vec<(&str, &str)> {
 /// The classes labelgate's records name: its own, and the one older
 /// versions wrote.
 fn labelgate_class(c: &str) -> bool {
-    c == crate::audit::CLASS || c == "packet"
+    c == crate::sepolicy::CLASS || c == "packet"
 }
 
 fn parse_avc(line: &str) -> Option<Entry> {

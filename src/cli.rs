@@ -2,6 +2,8 @@
 
 use crate::audit::Format;
 use crate::policy::Mode;
+use crate::rules::{Backend, Family};
+use clap::builder::{EnumValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -69,13 +71,13 @@ pub struct RulesArgs {
     #[arg(long)]
     pub policy: PathBuf,
     /// Firewall to generate for.
-    #[arg(long, value_enum, default_value = "iptables")]
-    pub backend: crate::rules::Backend,
+    #[arg(long, default_value = "iptables", value_parser = choice::<BackendArg, Backend>())]
+    pub backend: Backend,
     /// Address families (iptables): ipv4 prints iptables-restore input, ipv6 ip6tables-restore input, both a
     /// shell script (run it with sh) that feeds each family to its own tool; with --install, the families
     /// installed. --backend nft accepts only both: its inet table covers both families.
-    #[arg(long, value_enum, default_value = "both")]
-    pub family: crate::rules::Family,
+    #[arg(long, default_value = "both", value_parser = choice::<FamilyArg, Family>())]
+    pub family: Family,
     /// Queue number N or range N-M (a range spreads flows with --queue-cpu-fanout).
     #[arg(long, default_value = "0")]
     pub queues: String,
@@ -152,7 +154,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub oif: Option<String>,
     /// Override the policy file's mode (default: the file's mode).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<ModeArg, Mode>())]
     pub mode: Option<Mode>,
 }
 
@@ -191,7 +193,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub udp_recheck_ms: u64,
     /// Override the policy file's mode (default: the file's mode, enforcing if it names none).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<ModeArg, Mode>())]
     pub mode: Option<Mode>,
     /// Write audit records to FILE (appended; reopened when rotated), or - for standard output (default: no
     /// audit records are written).
@@ -201,7 +203,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub audit_kernel: bool,
     /// Format of audit records.
-    #[arg(long, value_enum, default_value = "avc")]
+    #[arg(long, default_value = "avc", value_parser = choice::<FormatArg, Format>())]
     pub audit_format: Format,
     /// Maximum audit records per second (0: unlimited); the excess is counted and reported.
     #[arg(long, default_value_t = 0)]
@@ -229,6 +231,87 @@ pub struct RunArgs {
     /// name that resolves to loopback addresses only, such as localhost (default: no metrics).
     #[arg(long, value_name = "unix:PATH|ADDR:PORT")]
     pub metrics: Option<crate::metrics::Endpoint>,
+}
+
+/// A flag whose spellings are the variants of the CLI enum `A` (listed in
+/// `--help` with their doc comments), handed to the code as the domain type `T`.
+fn choice<A, T>() -> impl TypedValueParser<Value = T>
+where
+    A: ValueEnum + Clone + Send + Sync + 'static,
+    T: From<A> + Clone + Send + Sync + 'static,
+{
+    EnumValueParser::<A>::new().map(T::from)
+}
+
+/// `--mode`: the spellings of [`Mode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Enforcing,
+    Permissive,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Enforcing => Mode::Enforcing,
+            ModeArg::Permissive => Mode::Permissive,
+        }
+    }
+}
+
+/// `--audit-format`: the spellings of [`Format`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// `type=USER_AVC msg=audit(...)` lines, read by ausearch and audit2allow.
+    Avc,
+    /// One JSON object per line with the same fields.
+    Json,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Avc => Format::Avc,
+            FormatArg::Json => Format::Json,
+        }
+    }
+}
+
+/// `rules --backend`: the spellings of [`Backend`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Iptables,
+    Nft,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Iptables => Backend::Iptables,
+            BackendArg::Nft => Backend::Nft,
+        }
+    }
+}
+
+/// `rules --family`: the spellings of [`Family`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    /// IPv4 only: iptables-restore input.
+    Ipv4,
+    /// IPv6 only: ip6tables-restore input.
+    Ipv6,
+    /// Both: a shell script feeding each family to its own tool.
+    Both,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Ipv4 => Family::Ipv4,
+            FamilyArg::Ipv6 => Family::Ipv6,
+            FamilyArg::Both => Family::Both,
+        }
+    }
 }
 
 /// Parse `N` or `N-M` into a list of queue numbers.
@@ -296,6 +379,43 @@ mod tests {
         let run = cmd.find_subcommand("run").unwrap();
         let queue = run.get_arguments().find(|a| a.get_id() == "queue").unwrap();
         assert!(queue.get_help().unwrap().to_string().contains("default: queue 0"));
+    }
+
+    /// The CLI's own enums reach the library as its domain types, each
+    /// spelling to its own variant.
+    #[test]
+    fn enum_flags_map_to_domain_types() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["labelgate", "run", "--policy", "p.toml"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(a) => a,
+                other => panic!("{other:?}"),
+            }
+        };
+        let d = run(&[]);
+        assert_eq!((d.mode, d.audit_format), (None, Format::Avc));
+        let a = run(&["--mode", "permissive", "--audit-format", "json"]);
+        assert_eq!((a.mode, a.audit_format), (Some(Mode::Permissive), Format::Json));
+        assert_eq!(run(&["--mode", "enforcing"]).mode, Some(Mode::Enforcing));
+        assert!(Cli::try_parse_from(["labelgate", "run", "--policy", "p", "--mode", "audit"]).is_err());
+        let rules = |extra: &[&str]| {
+            let mut argv = vec!["labelgate", "rules", "--policy", "p.toml"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Rules(a) => (a.backend, a.family),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(rules(&[]), (Backend::Iptables, Family::Both));
+        assert_eq!(rules(&["--backend", "nft", "--family", "ipv4"]), (Backend::Nft, Family::Ipv4));
+        assert_eq!(rules(&["--family", "ipv6"]).1, Family::Ipv6);
+        let explain =
+            ["labelgate", "explain", "--policy", "p", "--source", "a_t", "--dest", "b_t", "--mode", "permissive"];
+        match Cli::try_parse_from(explain).unwrap().command {
+            Command::Explain(a) => assert_eq!(a.mode, Some(Mode::Permissive)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -177,7 +177,7 @@ pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn Ac
         RuleVerdict::Accept => Verdict::Accept,
         RuleVerdict::Drop => Verdict::Drop,
         RuleVerdict::Selinux => {
-            let perm = crate::audit::permission(q.hook);
+            let perm = crate::sepolicy::permission(q.hook);
             let asker = format!("{} asks the loaded SELinux policy", p.rule_name(decided));
             match oracle.map(|o| o.ask(&q.source.context, &q.dest.context, perm)) {
                 Some(Ok(a)) => {
@@ -187,7 +187,7 @@ pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn Ac
                         if a.allowed { "allowed" } else { "denied" },
                         q.source.context,
                         q.dest.context,
-                        crate::audit::CLASS,
+                        crate::sepolicy::CLASS,
                         if a.permissive { " (the policy runs this domain permissive)" } else { "" }
                     );
                     policy_permissive = a.permissive && !a.allowed;

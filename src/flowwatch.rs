@@ -1,6 +1,9 @@
 //! Ending the kernel-side pass of an accepted UDP flow when a local socket
 //! of that flow goes away.
 //!
+//! One file on purpose: its ~440 lines of code are one concept (the table
+//! of accepted flows and the thread that keeps it), and the rest are tests.
+//!
 //! With `--ctstate NEW` queue rules (or flow mode's accept connmark) only a
 //! flow's first packet is decided; conntrack then passes the rest. A UDP
 //! 4-tuple is not tied to a socket: when the socket that was decided for

@@ -1,6 +1,7 @@
 //! The loaded SELinux policy as a policy source: the access check that
 //! rules with `verdict = "selinux"` defer to, making labelgate a userspace
-//! object manager for the `labelgate_flow` class.
+//! object manager for the `labelgate_flow` class ([`CLASS`], and the
+//! [`permission`] a hook asks of it, which audit records name too).
 //!
 //! Owns the [`AccessOracle`] trait (what a decision asks), the kernel's
 //! implementation ([`KernelAccess`], `security_compute_av_flags` through the
@@ -10,10 +11,29 @@
 //! mode changed (`load_policy`, `semodule -i`, `setsebool`, `setenforce`).
 
 use crate::context::SecurityContext;
+use crate::labels::Hook;
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
+
+/// The SELinux object class labelgate's records name (`tclass=`): a
+/// userspace class of its own, declared by packaging/selinux/labelgate_flow.cil,
+/// so that audit2allow proposes rules about labelgate's decisions and not
+/// about the kernel's `packet` class (checked against secmark types).
+pub const CLASS: &str = "labelgate_flow";
+
+/// The permission of [`CLASS`] a decision at `hook` is about: `send` for
+/// packets leaving (output and postrouting, which policy rules with
+/// `hook = "output"` decide), `recv` for packets arriving (input and
+/// prerouting), `forward` for forwarded ones.
+pub fn permission(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Output | Hook::Postrouting => "send",
+        Hook::Input | Hook::Prerouting => "recv",
+        Hook::Forward => "forward",
+    }
+}
 
 /// What went wrong asking the loaded policy.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +209,7 @@ fn read_index(path: &str) -> std::io::Result<u32> {
 }
 
 fn class_bits() -> Result<ClassBits, OracleError> {
-    let class = crate::audit::CLASS;
+    let class = CLASS;
     let root = "/sys/fs/selinux/class";
     let index =
         read_index(&format!("{root}/{class}/index")).map_err(|source| OracleError::NoClass { class, source })?;

@@ -4,6 +4,7 @@
 //! start-up as a non-root user, metrics endpoints that cannot be used,
 //! explain's labels against the daemon's, and a rotated audit file owned by
 //! another user. Root only (each test says why it runs the daemon).
+#![allow(unsafe_code)] // libc calls the test makes itself (getrusage)
 
 mod support;
 use std::io::Read as _;

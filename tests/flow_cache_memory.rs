@@ -8,6 +8,7 @@
 //! ```text
 //! cargo nextest run --release --test flow_cache_memory --run-ignored only --no-capture
 //! ```
+#![allow(unsafe_code)] // a counting global allocator (GlobalAlloc is an unsafe trait)
 
 use labelgate::labels::{QueueMeta, Resolver};
 use labelgate::packet::Proto;

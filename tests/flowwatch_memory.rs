@@ -6,6 +6,7 @@
 //! ```text
 //! cargo nextest run --release --test flowwatch_memory --run-ignored only --no-capture
 //! ```
+#![allow(unsafe_code)] // a counting global allocator (GlobalAlloc is an unsafe trait)
 
 use labelgate::flowwatch::{Flow, FlowTable, DEFAULT_CAPACITY};
 use labelgate::labels::Hook;

@@ -3,318 +3,33 @@
 //!
 //! Owns rule semantics. It never reads the kernel: everything it decides on
 //! arrives as a [`Facts`] value.
+//!
+//! Its parts import one way: `pattern` (matchers) and `rule` (verdicts,
+//! modes, the compiled rule) use nothing of the others; `scope`, `index`
+//! and `digest` build on them; `parse` compiles a file into them; this
+//! module assembles the [`Policy`] and decides.
 
+mod digest;
+mod index;
 mod parse;
 pub mod pattern;
+mod rule;
 mod scope;
 
-pub use parse::{excerpt, open_policy, resolve_id, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
-use pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
+pub use digest::PolicyDigest;
+use index::{Index, Merged};
+pub use parse::{excerpt, open_policy, resolve_id, IdError, PolicyError, RawPolicy, MAX_POLICY_BYTES, MAX_RULE_NAME};
+pub use rule::{
+    AddressLabel, Asked, DoiMap, Facts, HookSel, Mismatch, MlsRelation, Mode, RareConds, Rule, RuleVerdict, Verdict,
+};
 pub use scope::ScopeEntry;
 
 use crate::labels::{Hook, Labels};
-use crate::packet::{PacketInfo, Proto};
+use crate::packet::PacketInfo;
 use crate::sepolicy::AccessOracle;
-use ipnet::IpNet;
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// What happens to a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Accept,
-    Drop,
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Verdict::Accept => "accept",
-            Verdict::Drop => "drop",
-        })
-    }
-}
-
-/// What a rule (or the policy's `default`) decides: a verdict of its own,
-/// or `selinux`: ask the loaded SELinux policy whether the source context
-/// may do the hook's permission (`send`, `recv`, `forward`) on the
-/// destination context in class `labelgate_flow` (see [`crate::sepolicy`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleVerdict {
-    Accept,
-    Drop,
-    Selinux,
-}
-
-impl fmt::Display for RuleVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RuleVerdict::Accept => "accept",
-            RuleVerdict::Drop => "drop",
-            RuleVerdict::Selinux => "selinux",
-        })
-    }
-}
-
-/// What the loaded SELinux policy answered a `selinux` verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Asked {
-    /// The policy's answer.
-    Answered(crate::sepolicy::Answer),
-    /// The policy could not be asked (SELinux inactive, class missing, the
-    /// check failed): decided as a denial, never let through silently.
-    Failed,
-}
-
-/// Enforcing drops what the table denies; permissive records it and lets it pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Enforcing,
-    Permissive,
-}
-
-/// Which hook a rule applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HookSel {
-    Input,
-    Output,
-    Forward,
-    Any,
-}
-
-impl HookSel {
-    fn matches(self, h: Hook) -> bool {
-        match self {
-            HookSel::Any => true,
-            HookSel::Input => matches!(h, Hook::Input | Hook::Prerouting),
-            HookSel::Output => matches!(h, Hook::Output | Hook::Postrouting),
-            HookSel::Forward => h == Hook::Forward,
-        }
-    }
-}
-
-/// An MLS relation required between the source and destination contexts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MlsRelation {
-    /// The source's low level dominates the destination's low level.
-    SourceDominatesDest,
-    /// The destination's low level dominates the source's low level.
-    DestDominatesSource,
-    /// The low levels are equal.
-    Equal,
-    /// The source's whole range lies within the destination's range.
-    SourceWithinDest,
-}
-
-/// A static label for remote addresses (like NetLabel's static labels).
-#[derive(Clone, Debug)]
-pub struct AddressLabel {
-    pub net: IpNet,
-    pub context: crate::context::SecurityContext,
-}
-
-/// How a CIPSO/CALIPSO DOI maps to MLS levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DoiMap {
-    /// Levels and categories are taken as they are (NetLabel's `pass`).
-    Pass,
-}
-
-/// One compiled rule. Context patterns, level conditions and port, id and
-/// address sets are shared (`Arc`) among the rules that write them the same
-/// way, and the conditions few rules use live out of line in [`RareConds`],
-/// so a rule is 112 bytes (at 100,000 rules memory is a budget: see
-/// docs/PERFORMANCE.md).
-#[derive(Debug)]
-pub struct Rule {
-    pub name: compact_str::CompactString,
-    pub source: Option<Arc<ContextPattern>>,
-    pub dest: Option<Arc<ContextPattern>>,
-    pub uid: Option<Arc<IdSet>>,
-    /// Held inline: most port sets are one port, and most differ per rule.
-    pub dport: PortCond,
-    pub saddr: Option<Arc<NetSet>>,
-    pub daddr: Option<Arc<NetSet>>,
-    /// The rarely written conditions; `None` when the rule has none of them.
-    pub rare: Option<Box<RareConds>>,
-    pub hits: AtomicU64,
-    /// Line of the rule in the policy file.
-    pub line: u32,
-    pub hook: HookSel,
-    pub proto: Option<Proto>,
-    pub verdict: RuleVerdict,
-    pub permissive: bool,
-    pub audit: bool,
-}
-
-/// The conditions of a rule that few rules write.
-#[derive(Debug, Default, PartialEq)]
-pub struct RareConds {
-    pub sport: Option<PortSet>,
-    pub secmark: Option<Arc<ContextPattern>>,
-    pub peer: Option<Arc<ContextPattern>>,
-    pub source_level: Option<Arc<LevelCond>>,
-    pub dest_level: Option<Arc<LevelCond>>,
-    pub peer_level: Option<Arc<LevelCond>>,
-    pub mls: Option<MlsRelation>,
-    pub gid: Option<Arc<IdSet>>,
-    pub iif: Option<Box<str>>,
-    pub oif: Option<Box<str>>,
-}
-
-static NO_RARE: RareConds = RareConds {
-    sport: None,
-    secmark: None,
-    peer: None,
-    source_level: None,
-    dest_level: None,
-    peer_level: None,
-    mls: None,
-    gid: None,
-    iif: None,
-    oif: None,
-};
-
-impl RareConds {
-    /// Boxed if any condition is set (a rule without any stores nothing).
-    pub fn boxed(self) -> Option<Box<RareConds>> {
-        (self != NO_RARE).then(|| Box::new(self))
-    }
-}
-
-impl Rule {
-    /// The rule's rare conditions (all `None` when it has none).
-    pub fn rare(&self) -> &RareConds {
-        self.rare.as_deref().unwrap_or(&NO_RARE)
-    }
-}
-
-/// The facts a decision is made on.
-pub struct Facts<'a> {
-    pub hook: Hook,
-    pub pkt: &'a PacketInfo,
-    pub labels: &'a Labels,
-    /// Interface names, looked up only when a rule needs them.
-    pub iif: &'a dyn Fn() -> Option<String>,
-    pub oif: &'a dyn Fn() -> Option<String>,
-}
-
-/// Why a rule did not match (for `explain`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mismatch {
-    Hook,
-    Proto,
-    Sport,
-    Dport,
-    Saddr,
-    Daddr,
-    Uid,
-    Gid,
-    Iif,
-    Oif,
-    Source,
-    Dest,
-    Secmark,
-    Peer,
-    SourceLevel,
-    DestLevel,
-    PeerLevel,
-    Mls,
-}
-
-impl fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            Mismatch::Hook => "hook",
-            Mismatch::Proto => "proto",
-            Mismatch::Sport => "sport",
-            Mismatch::Dport => "dport",
-            Mismatch::Saddr => "saddr",
-            Mismatch::Daddr => "daddr",
-            Mismatch::Uid => "uid",
-            Mismatch::Gid => "gid",
-            Mismatch::Iif => "iif",
-            Mismatch::Oif => "oif",
-            Mismatch::Source => "source",
-            Mismatch::Dest => "dest",
-            Mismatch::Secmark => "secmark",
-            Mismatch::Peer => "peer",
-            Mismatch::SourceLevel => "source_level",
-            Mismatch::DestLevel => "dest_level",
-            Mismatch::PeerLevel => "peer_level",
-            Mismatch::Mls => "mls",
-        };
-        f.write_str(s)
-    }
-}
-
-fn level_ok(cond: &Option<Arc<LevelCond>>, ctx: Option<&crate::context::SecurityContext>) -> bool {
-    match cond {
-        None => true,
-        Some(c) => ctx.and_then(|c| c.range()).is_some_and(|r| c.matches(r)),
-    }
-}
-
-fn check(ok: bool, why: Mismatch) -> Result<(), Mismatch> {
-    if ok {
-        Ok(())
-    } else {
-        Err(why)
-    }
-}
-
-impl Rule {
-    /// Whether the rule matches; on a miss, the first condition that failed.
-    pub fn check(&self, f: &Facts<'_>) -> Result<(), Mismatch> {
-        let l = f.labels;
-        let p = f.pkt;
-        let rare = self.rare();
-        check(self.hook.matches(f.hook), Mismatch::Hook)?;
-        check(self.proto.is_none_or(|x| x == p.proto), Mismatch::Proto)?;
-        check(rare.sport.as_ref().is_none_or(|s| p.sport.is_some_and(|v| s.contains(v))), Mismatch::Sport)?;
-        check(self.dport.get().is_none_or(|s| p.dport.is_some_and(|v| s.contains(v))), Mismatch::Dport)?;
-        check(self.saddr.as_ref().is_none_or(|s| s.contains(&p.src)), Mismatch::Saddr)?;
-        check(self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst)), Mismatch::Daddr)?;
-        check(self.uid.as_ref().is_none_or(|s| l.uid.is_some_and(|u| s.contains(u))), Mismatch::Uid)?;
-        check(rare.gid.as_ref().is_none_or(|s| l.gid.is_some_and(|g| s.contains(g))), Mismatch::Gid)?;
-        check(rare.iif.as_ref().is_none_or(|n| (f.iif)().as_deref() == Some(&**n)), Mismatch::Iif)?;
-        check(rare.oif.as_ref().is_none_or(|n| (f.oif)().as_deref() == Some(&**n)), Mismatch::Oif)?;
-        check(self.source.as_ref().is_none_or(|c| c.matches(&l.source.context)), Mismatch::Source)?;
-        check(self.dest.as_ref().is_none_or(|c| c.matches(&l.dest.context)), Mismatch::Dest)?;
-        check(
-            rare.secmark.as_ref().is_none_or(|c| l.secmark.as_ref().is_some_and(|s| c.matches(s))),
-            Mismatch::Secmark,
-        )?;
-        check(
-            rare.peer.as_ref().is_none_or(|c| l.peer.as_ref().is_some_and(|s| c.matches(&s.context))),
-            Mismatch::Peer,
-        )?;
-        check(level_ok(&rare.source_level, Some(&l.source.context)), Mismatch::SourceLevel)?;
-        check(level_ok(&rare.dest_level, Some(&l.dest.context)), Mismatch::DestLevel)?;
-        check(level_ok(&rare.peer_level, l.peer.as_ref().map(|p| &p.context)), Mismatch::PeerLevel)?;
-        if let Some(rel) = rare.mls {
-            let ok = match (l.source.context.range(), l.dest.context.range()) {
-                (Some(s), Some(d)) => match rel {
-                    MlsRelation::SourceDominatesDest => s.low().dominates(d.low()),
-                    MlsRelation::DestDominatesSource => d.low().dominates(s.low()),
-                    MlsRelation::Equal => s.low() == d.low(),
-                    MlsRelation::SourceWithinDest => d.contains_range(s),
-                },
-                _ => false,
-            };
-            check(ok, Mismatch::Mls)?;
-        }
-        Ok(())
-    }
-}
 
 /// What the table decided for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,53 +68,6 @@ pub struct Policy {
     index: Index,
 }
 
-/// The first 8 bytes of the SHA-256 of a policy file's bytes as loaded,
-/// printed `sha256:<16 hex digits>`: enough to tell apart the policies a
-/// fleet of hosts enforces (`sha256sum FILE | cut -c1-16` gives the same
-/// digits).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PolicyDigest([u8; 8]);
-
-impl PolicyDigest {
-    /// The digest of policy bytes.
-    pub fn of(bytes: &[u8]) -> PolicyDigest {
-        use sha2::Digest as _;
-        let full = sha2::Sha256::digest(bytes);
-        let mut d = [0u8; 8];
-        d.iter_mut().zip(full.iter()).for_each(|(a, b)| *a = *b);
-        PolicyDigest(d)
-    }
-
-    /// The digest of a regular file's bytes, read in pieces (a policy of
-    /// 100,000 rules is never held whole for it).
-    fn of_file(mut file: &std::fs::File) -> std::io::Result<PolicyDigest> {
-        use sha2::Digest as _;
-        use std::io::{Read as _, Seek as _};
-        file.rewind()?;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => h.update(buf.get(..n).unwrap_or_default()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let full = h.finalize();
-        let mut d = [0u8; 8];
-        d.iter_mut().zip(full.iter()).for_each(|(a, b)| *a = *b);
-        Ok(PolicyDigest(d))
-    }
-}
-
-impl fmt::Display for PolicyDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
 /// What identifies one version of a file without reading it: a change of
 /// contents between two of these changes the modification or change time.
 fn file_version(m: &std::fs::Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
@@ -407,244 +75,10 @@ fn file_version(m: &std::fs::Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
     (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
 }
 
-/// Rules grouped by the types their source and destination patterns name, so
-/// a decision looks only at rules that can match. A rule naming both a
-/// source and a destination type is listed under each (source, dest) pair it
-/// names; one naming only a source type under each source type, likewise for
-/// dest; the rest (naming neither) are in `wild`. A packet's candidates are
-/// then the lists under (its source, its dest), its source alone, its dest
-/// alone, and `wild`: every rule that can match it is in exactly one of them.
-///
-/// Type names are interned to dense ids; all lists are spans of one flat
-/// vector, so there is no allocation per type or per pair (at 100,000 rules
-/// and 70,000 distinct pairs the index is about 1.3 MiB).
-#[derive(Debug, Default)]
-struct Index {
-    /// Every type a source or destination pattern names, to its id.
-    types: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
-    /// By type id: the lists of rules naming it.
-    by_type: Vec<TypeLists>,
-    /// The pair lists, grouped by source type, by dest id within a group.
-    pairs: Vec<PairList>,
-    /// Rule indices, grouped by list, ascending within each list.
-    lists: Vec<u32>,
-    /// Rules naming no source and no destination type, ascending.
-    wild: Vec<u32>,
-    /// Hook, protocol and destination ports of each rule of `wild`, in the
-    /// same order: every packet scans `wild`, and with these beside it the
-    /// scan reads one dense array instead of one rule each (at 100,000
-    /// rules, each in its own cold cache line).
-    wild_pre: Vec<Prefilter>,
-}
-
-/// What can be told about a rule from the packet's hook, protocol and
-/// destination port alone: a rule it refuses cannot match (a rule it admits
-/// may still not).
-#[derive(Clone, Copy, Debug)]
-struct Prefilter {
-    hook: HookSel,
-    proto: Option<Proto>,
-    /// The hull of the rule's destination ports; (0, 65535) when it has
-    /// no dport condition.
-    dport: (u16, u16),
-}
-
-impl Prefilter {
-    fn of(r: &Rule) -> Prefilter {
-        let dport = r.dport.get().map_or((0, u16::MAX), |p| {
-            let rs = p.ranges();
-            (rs.iter().map(|r| r.0).min().unwrap_or(0), rs.iter().map(|r| r.1).max().unwrap_or(u16::MAX))
-        });
-        Prefilter { hook: r.hook, proto: r.proto, dport }
-    }
-
-    fn admits(&self, f: &Facts<'_>) -> bool {
-        self.hook.matches(f.hook)
-            && self.proto.is_none_or(|p| p == f.pkt.proto)
-            && (self.dport == (0, u16::MAX) || f.pkt.dport.is_some_and(|d| self.dport.0 <= d && d <= self.dport.1))
-    }
-}
-
-/// A run of `Index::lists` or `Index::pairs`.
-#[derive(Clone, Copy, Debug, Default)]
-struct Span {
-    start: u32,
-    len: u32,
-}
-
-impl Span {
-    fn of<T>(self, v: &[T]) -> &[T] {
-        v.get(self.start as usize..self.start as usize + self.len as usize).unwrap_or(&[])
-    }
-}
-
-/// The lists of one type.
-#[derive(Clone, Copy, Debug, Default)]
-struct TypeLists {
-    /// Rules naming this source type and no dest type.
-    source: Span,
-    /// Rules naming this dest type and no source type.
-    dest: Span,
-    /// This source type's pair lists in `Index::pairs`.
-    pairs: Span,
-}
-
-/// The rules naming one (source, dest) pair; the source is the group's.
-#[derive(Clone, Copy, Debug)]
-struct PairList {
-    dest: u32,
-    rules: Span,
-}
-
-/// The id of "no type named" on one side of an index entry.
-const NO_TYPE: u32 = u32::MAX;
-
-/// A rule naming more (source, dest) type pairs than this (two large sets)
-/// is listed under the types of its smaller side alone instead, so a rule
-/// never costs more index entries than this or the types it names.
-const MAX_PAIRS: usize = 64;
-
-/// The types a rule is indexed under, on each side; `None` for a side it
-/// is not indexed by.
-fn index_keys(r: &Rule) -> (Option<Vec<&str>>, Option<Vec<&str>>) {
-    let src = r.source.as_ref().and_then(|p| p.type_.named_types());
-    let dst = r.dest.as_ref().and_then(|p| p.type_.named_types());
-    match (src, dst) {
-        // Too many pairs: keep only the smaller side (still sound: the rule
-        // matches only packets whose type on that side it names).
-        (Some(s), Some(d)) if s.len().saturating_mul(d.len()) > MAX_PAIRS => {
-            if s.len() <= d.len() {
-                (Some(s), None)
-            } else {
-                (None, Some(d))
-            }
-        }
-        other => other,
-    }
-}
-
-fn intern(types: &mut HashMap<Box<str>, u32, foldhash::fast::RandomState>, t: &str) -> u32 {
-    if let Some(&id) = types.get(t) {
-        return id;
-    }
-    let id = types.len() as u32;
-    types.insert(t.into(), id);
-    id
-}
-
-impl Index {
-    fn build(rules: &[Rule]) -> Index {
-        let mut ix = Index::default();
-        // Counted first so the (transient) entry vector is allocated once.
-        let n: usize = rules
-            .iter()
-            .map(|r| match index_keys(r) {
-                (None, None) => 0,
-                (s, d) => s.map_or(1, |s| s.len()) * d.map_or(1, |d| d.len()),
-            })
-            .sum();
-        let mut entries: Vec<(u32, u32, u32)> = Vec::with_capacity(n);
-        for (i, r) in rules.iter().enumerate() {
-            let i = i as u32;
-            match index_keys(r) {
-                (None, None) => {
-                    ix.wild.push(i);
-                    ix.wild_pre.push(Prefilter::of(r));
-                }
-                (Some(s), None) => s.into_iter().for_each(|t| entries.push((intern(&mut ix.types, t), NO_TYPE, i))),
-                (None, Some(d)) => d.into_iter().for_each(|t| entries.push((NO_TYPE, intern(&mut ix.types, t), i))),
-                (Some(s), Some(d)) => {
-                    for a in &s {
-                        let a = intern(&mut ix.types, a);
-                        d.iter().for_each(|b| entries.push((a, intern(&mut ix.types, b), i)));
-                    }
-                }
-            }
-        }
-        ix.types.shrink_to_fit();
-        ix.wild.shrink_to_fit();
-        ix.wild_pre.shrink_to_fit();
-        entries.sort_unstable();
-        entries.dedup();
-        let groups = entries.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1));
-        let n_pairs = groups.clone().filter(|g| g.first().is_some_and(|e| e.0 != NO_TYPE && e.1 != NO_TYPE)).count();
-        ix.pairs = Vec::with_capacity(n_pairs);
-        ix.lists = Vec::with_capacity(entries.len());
-        ix.by_type = vec![TypeLists::default(); ix.types.len()];
-        for group in groups {
-            let Some(&(s, d, _)) = group.first() else { continue };
-            let rules = Span { start: ix.lists.len() as u32, len: group.len() as u32 };
-            ix.lists.extend(group.iter().map(|e| e.2));
-            if s == NO_TYPE {
-                if let Some(t) = ix.by_type.get_mut(d as usize) {
-                    t.dest = rules;
-                }
-            } else if let Some(t) = ix.by_type.get_mut(s as usize) {
-                if d == NO_TYPE {
-                    t.source = rules;
-                } else {
-                    // Sorted by source, then dest: this source's pairs are contiguous.
-                    if t.pairs.len == 0 {
-                        t.pairs.start = ix.pairs.len() as u32;
-                    }
-                    t.pairs.len += 1;
-                    ix.pairs.push(PairList { dest: d, rules });
-                }
-            }
-        }
-        ix
-    }
-
-    /// The candidate lists for a packet's source and dest types: the pair's,
-    /// the source's, the dest's, and the wild rules.
-    fn lists(&self, source: &str, dest: &str) -> [&[u32]; 4] {
-        let s = self.types.get(source).and_then(|&id| self.by_type.get(id as usize));
-        let d_id = self.types.get(dest).copied();
-        let d = d_id.and_then(|id| self.by_type.get(id as usize));
-        let pair = match (s, d_id) {
-            (Some(s), Some(d_id)) => {
-                let ps = s.pairs.of(&self.pairs);
-                ps.binary_search_by_key(&d_id, |p| p.dest)
-                    .ok()
-                    .and_then(|i| ps.get(i))
-                    .map_or(&[][..], |p| p.rules.of(&self.lists))
-            }
-            _ => &[],
-        };
-        [
-            pair,
-            s.map_or(&[][..], |s| s.source.of(&self.lists)),
-            d.map_or(&[][..], |d| d.dest.of(&self.lists)),
-            &self.wild,
-        ]
-    }
-}
-
-/// Visit the union of ascending index lists in ascending order.
-struct Merged<'a, const N: usize> {
-    lists: [&'a [u32]; N],
-}
-
-impl<const N: usize> Iterator for Merged<'_, N> {
-    type Item = u32;
-
-    fn next(&mut self) -> Option<u32> {
-        let m = self.lists.iter().filter_map(|l| l.first()).min().copied()?;
-        for l in &mut self.lists {
-            if let Some((&x, rest)) = l.split_first() {
-                if x == m {
-                    *l = rest;
-                }
-            }
-        }
-        Some(m)
-    }
-}
-
 /// Ask the loaded policy about a packet's source and dest contexts, for
 /// the hook's permission; a failure is logged (at most once a second).
 fn ask(oracle: Option<&dyn AccessOracle>, f: &Facts<'_>) -> Asked {
-    let perm = crate::audit::permission(f.hook);
+    let perm = crate::sepolicy::permission(f.hook);
     let answer = match oracle {
         Some(o) => o.ask(&f.labels.source.context, &f.labels.dest.context, perm),
         None => Err(crate::sepolicy::OracleError::Inactive),
@@ -676,7 +110,7 @@ impl Policy {
         for _ in 0..3 {
             let file = parse::open_policy(path)?;
             let before = file.metadata().map_err(|e| PolicyError::io(path, e))?;
-            let mut p = parse::load_from(path, &file)?;
+            let mut p = Policy::assemble(parse::load_from(path, &file)?);
             let digest = PolicyDigest::of_file(&file).map_err(|e| PolicyError::io(path, e))?;
             let after = file.metadata().map_err(|e| PolicyError::io(path, e))?;
             if file_version(&before) == file_version(&after) {
@@ -691,24 +125,17 @@ impl Policy {
     /// Compile policy text; `origin` names it in error messages. The
     /// digest is of `text`.
     pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let mut p = parse::compile(text, origin)?;
+        let mut p = Policy::assemble(parse::compile(text, origin)?);
         p.digest = PolicyDigest::of(text.as_bytes());
         Ok(p)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        mode: Mode,
-        default: RuleVerdict,
-        malformed: Verdict,
-        permissive_domains: Vec<String>,
-        rules: Vec<Rule>,
-        address_labels: Vec<AddressLabel>,
-        dois: HashMap<u32, DoiMap>,
-        sets: HashMap<String, Vec<String>>,
-    ) -> Policy {
+    /// The table for a compiled policy: its rules indexed, its digest not
+    /// yet taken.
+    fn assemble(parts: parse::Compiled) -> Policy {
+        let parse::Compiled { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope } =
+            parts;
         let index = Index::build(&rules);
-        let digest = PolicyDigest::default();
         Policy {
             mode,
             default,
@@ -718,8 +145,8 @@ impl Policy {
             address_labels,
             dois,
             sets,
-            scope: None,
-            digest,
+            scope,
+            digest: PolicyDigest::default(),
             index,
         }
     }
@@ -730,7 +157,7 @@ impl Policy {
     }
 
     /// The first matching rule, if any: the candidates in rule order, the
-    /// rules naming no type only if their [`Prefilter`] admits the packet.
+    /// rules naming no type only if their [`Prefilter`](index::Prefilter) admits the packet.
     pub fn first_match(&self, f: &Facts<'_>) -> Option<usize> {
         let [pair, source, dest, wild] =
             self.index.lists(f.labels.source.context.type_(), f.labels.dest.context.type_());
@@ -871,21 +298,3 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod digest_tests {
-    use super::*;
-
-    #[test]
-    fn digest_is_of_the_bytes_loaded() {
-        // `printf 'mode = "permissive"\n' | sha256sum | cut -c1-16`
-        let text = "mode = \"permissive\"\n";
-        assert_eq!(Policy::from_toml(text, "t").unwrap().digest.to_string(), "sha256:716159393d62e3f6");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(&path, text).unwrap();
-        assert_eq!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
-        std::fs::write(&path, "mode = \"permissive\"\n\n").unwrap();
-        assert_ne!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
-    }
-}

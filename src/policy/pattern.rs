@@ -2,12 +2,38 @@
 //! conditions, port sets, id sets and address sets.
 
 use crate::context::{is_identifier, SecurityContext};
-use crate::mls::{Level, Range};
+use crate::mls::{Level, MlsError, Range};
 use ipnet::IpNet;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// Why a pattern, level condition, port or address was refused. The
+/// messages are the policy file's error messages (the parser adds where).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error(transparent)]
+    Mls(#[from] MlsError),
+    #[error("empty context pattern")]
+    EmptyContext,
+    #[error("context pattern {0:?} must be a type, @set, or user:role:type[:level]")]
+    ContextShape(String),
+    #[error("unknown type set @{0}")]
+    UnknownSet(String),
+    #[error("bad type name {0:?}")]
+    BadType(String),
+    #[error("bad context field {0:?}")]
+    BadField(String),
+    #[error("bad port {0:?} (expected 0-65535)")]
+    BadPort(String),
+    #[error("port range {0:?} runs backwards")]
+    BackwardsPorts(String),
+    #[error("empty port list")]
+    EmptyPorts,
+    #[error("bad address or CIDR {0:?}")]
+    BadAddress(String),
+}
 
 /// A named type set as the compiler resolves it.
 pub type TypeSet = Arc<HashSet<Box<str>>>;
@@ -74,9 +100,9 @@ pub enum LevelCond {
 
 impl LevelCond {
     /// Parses `>= s1:c0`, `<= s2`, `= s0`, `s0-s1:c0.c3` or `s1`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, PatternError> {
         let s = s.trim();
-        let parse_level = |l: &str| l.trim().parse::<Level>().map_err(|e| e.to_string());
+        let parse_level = |l: &str| l.trim().parse::<Level>();
         if let Some(rest) = s.strip_prefix(">=") {
             Ok(LevelCond::Dominates(parse_level(rest)?))
         } else if let Some(rest) = s.strip_prefix("<=") {
@@ -84,7 +110,7 @@ impl LevelCond {
         } else if let Some(rest) = s.strip_prefix('=') {
             Ok(LevelCond::Equal(parse_level(rest)?))
         } else {
-            s.parse::<Range>().map(LevelCond::Within).map_err(|e| e.to_string())
+            Ok(LevelCond::Within(s.parse::<Range>()?))
         }
     }
 
@@ -124,31 +150,31 @@ pub struct ContextPattern {
 
 impl ContextPattern {
     /// Parse a pattern; `sets` resolves `@name` references.
-    pub fn parse(s: &str, sets: &dyn Fn(&str) -> Option<TypeSet>) -> Result<Self, String> {
-        let type_of = |t: &str| -> Result<TypePattern, String> {
+    pub fn parse(s: &str, sets: &dyn Fn(&str) -> Option<TypeSet>) -> Result<Self, PatternError> {
+        let type_of = |t: &str| -> Result<TypePattern, PatternError> {
             if t == "*" {
                 Ok(TypePattern::Any)
             } else if let Some(name) = t.strip_prefix('@') {
-                let types = sets(name).ok_or_else(|| format!("unknown type set @{name}"))?;
+                let types = sets(name).ok_or_else(|| PatternError::UnknownSet(name.into()))?;
                 Ok(TypePattern::Set { name: name.into(), types })
             } else if is_identifier(t) {
                 Ok(TypePattern::One(t.into()))
             } else {
-                Err(format!("bad type name {t:?}"))
+                Err(PatternError::BadType(t.into()))
             }
         };
-        let field = |f: &str| -> Result<Field, String> {
+        let field = |f: &str| -> Result<Field, PatternError> {
             if f == "*" {
                 Ok(Field::Any)
             } else if is_identifier(f) {
                 Ok(Field::Exact(f.into()))
             } else {
-                Err(format!("bad context field {f:?}"))
+                Err(PatternError::BadField(f.into()))
             }
         };
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty context pattern".into());
+            return Err(PatternError::EmptyContext);
         }
         let parts: Vec<&str> = s.splitn(4, ':').collect();
         let (user, role, type_, level) = match parts.as_slice() {
@@ -158,7 +184,7 @@ impl ContextPattern {
                 let level = if *l == "*" { None } else { Some(LevelCond::parse(l)?) };
                 (field(u)?, field(r)?, type_of(t)?, level)
             }
-            _ => return Err(format!("context pattern {s:?} must be a type, @set, or user:role:type[:level]")),
+            _ => return Err(PatternError::ContextShape(s.into())),
         };
         Ok(ContextPattern { user, role, type_, level, text: s.into() })
     }
@@ -209,15 +235,13 @@ enum Ranges {
 
 impl PortSet {
     /// Parse `5432`, `"5000-5100"` or a list item of either.
-    pub fn parse_item(s: &str) -> Result<(u16, u16), String> {
-        let port = |p: &str| -> Result<u16, String> {
-            p.trim().parse::<u16>().map_err(|_| format!("bad port {p:?} (expected 0-65535)"))
-        };
+    pub fn parse_item(s: &str) -> Result<(u16, u16), PatternError> {
+        let port = |p: &str| p.trim().parse::<u16>().map_err(|_| PatternError::BadPort(p.into()));
         match s.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (port(a)?, port(b)?);
                 if a > b {
-                    return Err(format!("port range {s:?} runs backwards"));
+                    return Err(PatternError::BackwardsPorts(s.into()));
                 }
                 Ok((a, b))
             }
@@ -229,9 +253,9 @@ impl PortSet {
     }
 
     /// Build from items; refuses an empty list.
-    pub fn new(items: Vec<(u16, u16)>) -> Result<Self, String> {
+    pub fn new(items: Vec<(u16, u16)>) -> Result<Self, PatternError> {
         if items.is_empty() {
-            return Err("empty port list".into());
+            return Err(PatternError::EmptyPorts);
         }
         Ok(PortSet(match <[(u16, u16); 1]>::try_from(items.as_slice()) {
             Ok(one) => Ranges::One(one),
@@ -310,6 +334,16 @@ impl IdSet {
     pub fn covers(&self, other: &IdSet) -> bool {
         other.0.iter().all(|i| self.contains(*i))
     }
+}
+
+/// Parse an address or CIDR network (host bits cleared: `10.1.2.3/8` is
+/// `10.0.0.0/8`).
+pub fn parse_net(s: &str) -> Result<IpNet, PatternError> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<IpAddr>().map(IpNet::from).map_err(|_| PatternError::BadAddress(s.into()))
 }
 
 /// A set of networks.
@@ -406,5 +440,58 @@ mod tests {
         assert_eq!(std::mem::size_of::<PortCond>(), 16);
         assert_eq!(PortCond::from(None).get(), None);
         assert_eq!(PortCond::from(Some(one.clone())).get(), Some(&one));
+    }
+
+    /// Each refusal is its own variant, and says what the policy file's
+    /// messages said when they were strings.
+    #[test]
+    fn refusals_are_typed_and_keep_their_messages() {
+        let no_sets = |_: &str| None;
+        let cases: [(Result<(), PatternError>, PatternError, &str); 9] = [
+            (ContextPattern::parse(" ", &no_sets).map(drop), PatternError::EmptyContext, "empty context pattern"),
+            (
+                ContextPattern::parse("a:b", &no_sets).map(drop),
+                PatternError::ContextShape("a:b".into()),
+                "context pattern \"a:b\" must be a type, @set, or user:role:type[:level]",
+            ),
+            (
+                ContextPattern::parse("@web", &no_sets).map(drop),
+                PatternError::UnknownSet("web".into()),
+                "unknown type set @web",
+            ),
+            (
+                ContextPattern::parse("a!b", &no_sets).map(drop),
+                PatternError::BadType("a!b".into()),
+                "bad type name \"a!b\"",
+            ),
+            (
+                ContextPattern::parse("u!:r:t", &no_sets).map(drop),
+                PatternError::BadField("u!".into()),
+                "bad context field \"u!\"",
+            ),
+            (
+                PortSet::parse_item("x").map(drop),
+                PatternError::BadPort("x".into()),
+                "bad port \"x\" (expected 0-65535)",
+            ),
+            (
+                PortSet::parse_item("9-3").map(drop),
+                PatternError::BackwardsPorts("9-3".into()),
+                "port range \"9-3\" runs backwards",
+            ),
+            (PortSet::new(vec![]).map(drop), PatternError::EmptyPorts, "empty port list"),
+            (
+                parse_net("10.0.0/8").map(drop),
+                PatternError::BadAddress("10.0.0/8".into()),
+                "bad address or CIDR \"10.0.0/8\"",
+            ),
+        ];
+        for (got, want, message) in cases {
+            let e = got.expect_err(message);
+            assert_eq!((&e, e.to_string().as_str()), (&want, message));
+        }
+        let e = LevelCond::parse(">= s9999").unwrap_err();
+        assert!(matches!(e, PatternError::Mls(_)) && e.to_string().starts_with("bad sensitivity"), "{e}");
+        assert_eq!(parse_net(" 10.1.2.3/8 ").unwrap().to_string(), "10.0.0.0/8");
     }
 }

@@ -1,15 +1,13 @@
 //! The policy's `[[scope]]` entries: the traffic the policy governs.
 //! `labelgate rules` queues only what an entry matches, and the daemon
 //! accepts, without consulting the rules, a queued packet no entry matches
-//! (queued by hand-written rules wider than the scope).
+//! (queued by hand-written rules wider than the scope). The parser
+//! (`parse/head.rs`) compiles them from the file.
 
 use super::pattern::{NetSet, PortSet};
-use super::HookSel;
+use super::rule::HookSel;
 use crate::labels::Hook;
 use crate::packet::{PacketInfo, Proto};
-use serde::Deserialize;
-use serde_spanned::Spanned;
-use std::ops::Range;
 
 /// One `[[scope]]` entry; an absent key matches anything.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,78 +28,6 @@ impl ScopeEntry {
             && self.saddr.as_ref().is_none_or(|s| s.contains(&p.src))
             && self.daddr.as_ref().is_none_or(|s| s.contains(&p.dst))
     }
-}
-
-/// A `[[scope]]` entry as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawScope {
-    hook: Option<HookSel>,
-    proto: Option<Spanned<String>>,
-    dport: Option<Spanned<toml::Value>>,
-    saddr: Option<Spanned<toml::Value>>,
-    daddr: Option<Spanned<toml::Value>>,
-}
-
-/// A protocol as policies name it; `any` is `None`.
-pub(super) fn parse_proto(s: &str) -> Result<Option<Proto>, String> {
-    Ok(Some(match s {
-        "any" => return Ok(None),
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        "icmp" => Proto::Icmp,
-        "icmpv6" => Proto::Icmpv6,
-        "sctp" => Proto::Sctp,
-        other => return Err(format!("unknown proto {other:?} (expected tcp, udp, icmp, icmpv6, sctp or any)")),
-    }))
-}
-
-/// Compile the `[[scope]]` entries; `err` makes a located error. An
-/// explicitly empty list (`scope = []`) is refused: it would queue nothing.
-pub(super) fn compile<E>(
-    raw: &Spanned<Vec<Spanned<RawScope>>>,
-    err: &dyn Fn(Range<usize>, String) -> E,
-) -> Result<Vec<ScopeEntry>, E> {
-    if raw.get_ref().is_empty() {
-        return Err(err(raw.span(), "scope is empty: list the traffic the policy governs, or leave scope out".into()));
-    }
-    let mut out = Vec::with_capacity(raw.get_ref().len());
-    for e in raw.get_ref() {
-        let r = e.get_ref();
-        let proto = match &r.proto {
-            None => None,
-            Some(p) => parse_proto(p.get_ref()).map_err(|m| err(p.span(), m))?,
-        };
-        let dport = match &r.dport {
-            None => None,
-            Some(d) => {
-                if !proto.is_some_and(|p| p.has_ports()) {
-                    return Err(err(d.span(), "dport needs proto = \"tcp\", \"udp\" or \"sctp\"".into()));
-                }
-                let items = super::parse::scalar_items(d.get_ref()).ok_or_else(|| {
-                    err(d.span(), "ports must be a number, a \"lo-hi\" string, or a list of them".into())
-                })?;
-                let parsed: Result<Vec<_>, _> = items.iter().map(|i| PortSet::parse_item(i)).collect();
-                Some(parsed.and_then(PortSet::new).map_err(|m| err(d.span(), m))?)
-            }
-        };
-        let nets = |v: &Option<Spanned<toml::Value>>| -> Result<Option<NetSet>, E> {
-            let Some(v) = v else { return Ok(None) };
-            let items = super::parse::scalar_items(v.get_ref())
-                .filter(|i| !i.is_empty())
-                .ok_or_else(|| err(v.span(), "addresses must be a CIDR string or a non-empty list of them".into()))?;
-            let nets: Result<Vec<_>, _> = items.iter().map(|s| super::parse::parse_net(s)).collect();
-            nets.map(|n| Some(NetSet(n.into()))).map_err(|m| err(v.span(), m))
-        };
-        out.push(ScopeEntry {
-            hook: r.hook.unwrap_or(HookSel::Any),
-            proto,
-            dport,
-            saddr: nets(&r.saddr)?,
-            daddr: nets(&r.daddr)?,
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

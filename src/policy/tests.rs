@@ -2,6 +2,7 @@ use super::*;
 use crate::labels::{Label, Labels, Origin};
 use crate::packet::build;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 fn labels(src: &str, dst: &str) -> Labels {
     let mut l = Labels::unresolved("test");
@@ -458,4 +459,17 @@ fn equal_address_and_id_sets_are_shared_and_rare_conditions_boxed_only_when_writ
     assert!(Arc::ptr_eq(a.uid.as_ref().unwrap(), b.uid.as_ref().unwrap()));
     assert!(a.rare.is_none(), "rule a writes no rare condition");
     assert_eq!(b.rare().gid.as_deref().map(|g| &*g.0), Some(&[0u32][..]));
+}
+
+#[test]
+fn digest_is_of_the_bytes_loaded() {
+    // `printf 'mode = "permissive"\n' | sha256sum | cut -c1-16`
+    let text = "mode = \"permissive\"\n";
+    assert_eq!(Policy::from_toml(text, "t").unwrap().digest.to_string(), "sha256:716159393d62e3f6");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
+    std::fs::write(&path, "mode = \"permissive\"\n\n").unwrap();
+    assert_ne!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
 }

@@ -6,6 +6,8 @@
 //! Each call is wrapped once, with a SAFETY comment; callers get safe
 //! functions returning `io::Result`.
 
+#![allow(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;

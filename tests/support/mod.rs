@@ -2,6 +2,7 @@
 //! a running labelgate, and traffic probes. Everything stays on loopback
 //! inside a namespace the test made, and every wait is bounded.
 #![allow(dead_code)]
+#![allow(unsafe_code)] // setns, for Netns::enter
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

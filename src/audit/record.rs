@@ -1,0 +1,229 @@
+//! One audit record: the [`Record`] the packet path builds, and its
+//! USER_AVC and JSON renderings (the fields ausearch, audit2allow and
+//! labelgate's own readers parse).
+
+use crate::context::SecurityContext;
+use crate::labels::{Hook, Label, ProcessInfo};
+use crate::packet::PacketInfo;
+use crate::policy::PolicyDigest;
+use crate::sepolicy::{permission, CLASS};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Output format of audit records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `type=USER_AVC msg=audit(...)` lines, read by ausearch and audit2allow.
+    Avc,
+    /// One JSON object per line with the same fields.
+    Json,
+}
+
+/// Whether the record is for a denial or an audited grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Denied,
+    Granted,
+}
+
+/// The word that opens a record's message: `avc:` for denials, which the
+/// SELinux tools read as access vector denials, and `labelgate:` for
+/// grants, which no tool mistakes for one (`audit2allow -w` reports every
+/// `avc:` record it reads as a missing allow rule, granted or not).
+pub fn message_tag(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Denied => "avc:  denied",
+        Outcome::Granted => "labelgate:  granted",
+    }
+}
+
+/// One decision to record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub time: SystemTime,
+    pub outcome: Outcome,
+    pub hook: Hook,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub proto: Option<u8>,
+    /// Interface index (input interface on input/forward, output interface otherwise).
+    pub ifindex: u32,
+    pub source: Label,
+    pub dest: Label,
+    pub secmark: Option<SecurityContext>,
+    pub peer: Option<Label>,
+    /// Owner (uid and gid) of the sending socket, as the kernel gave them.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The process owning the source socket.
+    pub process: Option<ProcessInfo>,
+    /// The process owning the destination socket.
+    pub dest_process: Option<ProcessInfo>,
+    pub rule: String,
+    pub permissive: bool,
+    /// Why a packet could not be parsed, for malformed packets.
+    pub malformed: Option<&'static str>,
+    /// The digest of the policy that decided.
+    pub policy: PolicyDigest,
+}
+
+impl Record {
+    /// Address and port facts from a parsed packet.
+    pub fn set_packet(&mut self, p: &PacketInfo) {
+        self.src = Some(p.src);
+        self.dst = Some(p.dst);
+        self.sport = p.sport;
+        self.dport = p.dport;
+        self.proto = Some(p.proto.number());
+    }
+}
+
+/// Static facts about the writer put in every record.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub pid: u32,
+    pub subj: String,
+    pub exe: String,
+}
+
+impl Identity {
+    /// labelgate's own pid, SELinux context (or `unconfined` when SELinux is
+    /// off) and executable path.
+    pub fn current() -> Identity {
+        let subj = std::fs::read_to_string("/proc/self/attr/current")
+            .ok()
+            .map(|s| s.trim_end_matches(['\0', '\n']).to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unconfined".to_string());
+        let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "labelgate".to_string());
+        Identity { pid: std::process::id(), subj, exe }
+    }
+}
+
+pub(super) fn quote_safe(s: &str) -> String {
+    s.chars().map(|c| if c == '"' || c == '\'' || c.is_control() { '?' } else { c }).collect()
+}
+
+pub(super) fn proto_name(n: u8) -> String {
+    crate::packet::Proto::from_number(n).to_string()
+}
+
+/// Render a record as a USER_AVC line. `serial` is the audit serial number,
+/// `netif` the interface name.
+pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
+    let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!(
+        "type=USER_AVC msg=audit({}.{:03}:{}): pid={} uid=0 auid=4294967295 ses=4294967295 subj={} msg='{}'",
+        t.as_secs(),
+        t.subsec_millis(),
+        serial,
+        id.pid,
+        id.subj,
+        avc_message(r, id, netif)
+    )
+}
+
+/// The `avc:  denied  { send } for ...` text inside a USER_AVC record (what
+/// the kernel's audit subsystem wraps itself when sent AUDIT_USER_AVC);
+/// a grant reads `labelgate:  granted  { send } for ...`.
+pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
+    let mut s = String::with_capacity(512);
+    let _ = write!(s, "{}  {{ {} }} for ", message_tag(r.outcome), permission(r.hook));
+    if let Some(p) = &r.process {
+        let _ = write!(s, " pid={} comm=\"{}\" path=\"{}\"", p.pid, quote_safe(&p.comm), quote_safe(&p.exe));
+    }
+    if let Some(p) = &r.dest_process {
+        let _ = write!(s, " tpid={} tcomm=\"{}\"", p.pid, quote_safe(&p.comm));
+    }
+    // `saddr` would be read by ausearch -i as a hex sockaddr, and `proto` as a
+    // number; see docs/AUDIT.md for why these names and forms were chosen.
+    if let Some(a) = r.src {
+        let _ = write!(s, " src_addr={a}");
+    }
+    if let Some(p) = r.sport {
+        let _ = write!(s, " src={p}");
+    }
+    if let Some(a) = r.dst {
+        let _ = write!(s, " dst_addr={a}");
+    }
+    if let Some(p) = r.dport {
+        let _ = write!(s, " dest={p}");
+    }
+    if let Some(n) = netif {
+        let _ = write!(s, " netif={}", quote_safe(n));
+    }
+    if let Some(p) = r.proto {
+        let _ = write!(s, " proto={p}");
+    }
+    if let Some(u) = r.uid {
+        let _ = write!(s, " ouid={u}");
+    }
+    if let Some(g) = r.gid {
+        let _ = write!(s, " ogid={g}");
+    }
+    if let Some(m) = &r.secmark {
+        let _ = write!(s, " secmark={m}");
+    }
+    if let Some(p) = &r.peer {
+        let _ = write!(s, " peer={} peer_label={}", p.context, p.origin.token());
+    }
+    if let Some(m) = r.malformed {
+        let _ = write!(s, " malformed={m}");
+    }
+    let _ = write!(
+        s,
+        " slabel={} tlabel={} scontext={} tcontext={} tclass={CLASS} permissive={} rule={} policy={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?",
+        r.source.origin.token(),
+        r.dest.origin.token(),
+        r.source.context,
+        r.dest.context,
+        u8::from(r.permissive),
+        quote_safe(&r.rule),
+        r.policy,
+        quote_safe(&id.exe),
+    );
+    s
+}
+
+/// Render a record as one JSON object (fields in docs/AUDIT.md). Fields
+/// about labelgate itself are `labelgate_*`, those about the sending
+/// socket's owner `sender_*`, so neither is taken for the other.
+pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
+    let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let v = serde_json::json!({
+        "time": format!("{}.{:03}", t.as_secs(), t.subsec_millis()),
+        "serial": serial,
+        "labelgate_pid": id.pid,
+        "labelgate_subj": id.subj,
+        "labelgate_exe": id.exe,
+        "policy": r.policy.to_string(),
+        "outcome": match r.outcome { Outcome::Denied => "denied", Outcome::Granted => "granted" },
+        "tclass": CLASS,
+        "perm": permission(r.hook),
+        "hook": r.hook.to_string(),
+        "process": r.process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
+        "dest_process": r.dest_process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
+        "saddr": r.src.map(|a| a.to_string()),
+        "src": r.sport,
+        "daddr": r.dst.map(|a| a.to_string()),
+        "dest": r.dport,
+        "netif": netif,
+        "proto": r.proto.map(proto_name),
+        "sender_uid": r.uid,
+        "sender_gid": r.gid,
+        "secmark": r.secmark.as_ref().map(|c| c.to_string()),
+        "peer": r.peer.as_ref().map(|p| p.context.to_string()),
+        "peer_label": r.peer.as_ref().map(|p| p.origin.token()),
+        "malformed": r.malformed,
+        "slabel": r.source.origin.token(),
+        "tlabel": r.dest.origin.token(),
+        "scontext": r.source.context.to_string(),
+        "tcontext": r.dest.context.to_string(),
+        "permissive": u8::from(r.permissive),
+        "rule": r.rule,
+    });
+    v.to_string()
+}

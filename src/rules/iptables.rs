@@ -1,0 +1,97 @@
+//! The iptables rendering: `iptables-restore` input per family, and the
+//! shell script that feeds both families to their tools.
+
+use super::spec::{Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
+use crate::packet::Proto;
+use std::fmt::Write as _;
+
+pub(super) fn ipt_match(m: &Match) -> String {
+    let mut s = String::new();
+    if let Some(p) = m.proto {
+        let _ = write!(s, " -p {}", Proto::from_number(p));
+    }
+    if let Some(n) = m.saddr {
+        let _ = write!(s, " -s {n}");
+    }
+    if let Some(n) = m.daddr {
+        let _ = write!(s, " -d {n}");
+    }
+    match m.dport {
+        Some((a, b)) if a == b => {
+            let _ = write!(s, " --dport {a}");
+        }
+        Some((a, b)) => {
+            let _ = write!(s, " --dport {a}:{b}");
+        }
+        None => {}
+    }
+    s
+}
+
+/// The iptables-restore text for one family (`v6`: for
+/// `ip6tables-restore --noflush`, else `iptables-restore --noflush`).
+pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
+    let tool = if v6 { "ip6tables-restore" } else { "iptables-restore" };
+    let mut s = format!(
+        "# labelgate queue rules for {}: {tool} --noflush\n\
+         # (security table: after SECMARK labelling in mangle and security)\n",
+        if v6 { "IPv6" } else { "IPv4" }
+    );
+    s.push_str(&spec.describe());
+    s.push_str("*security\n");
+    let chains: Vec<_> = spec
+        .chains
+        .iter()
+        .map(|(c, m)| (c.names(), m.iter().filter(|m| m.in_family(v6)).collect::<Vec<_>>()))
+        .filter(|(_, m)| !m.is_empty())
+        .collect();
+    for ((_, chain, _), _) in &chains {
+        let _ = writeln!(s, ":{chain} - [0:0]");
+    }
+    for ((builtin, chain, _), _) in &chains {
+        let _ = writeln!(s, "-A {builtin} -j {chain}");
+    }
+    let target = spec.iptables_target();
+    for ((_, chain, _), matches) in &chains {
+        let state = if spec.flow {
+            let (acc, mask) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK);
+            // An accepted connection bypasses the queue.
+            let _ = writeln!(s, "-A {chain} -m connmark --mark {acc:#x}/{mask:#x} -j RETURN");
+            // A packet labelgate accepted comes back (NF_REPEAT) with the
+            // accept bit in its mark: remember it on the connection.
+            let _ = writeln!(
+                s,
+                "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j CONNMARK --save-mark --nfmask {mask:#x} --ctmask {mask:#x}"
+            );
+            let _ = writeln!(s, "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j RETURN");
+            " -m conntrack --ctstate NEW,RELATED"
+        } else if spec.new_only {
+            " -m conntrack --ctstate NEW"
+        } else {
+            ""
+        };
+        for m in matches {
+            let _ = writeln!(s, "-A {chain}{}{state} {target}", ipt_match(m));
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Both families as one shell script (`sh`), each family's rules fed to its
+/// own tool. Fed to iptables-restore itself it fails at its first line,
+/// before anything is applied.
+pub fn iptables_script(spec: &RuleSpec) -> String {
+    let mut s = String::from(
+        "# labelgate queue rules for IPv4 and IPv6: a shell script, run it with sh.\n\
+         # (--family ipv4 or --family ipv6 prints one family's iptables-restore input.)\n\
+         # It adds to what is installed: `labelgate rules --remove` first to replace (--install does both).\n\
+         set -e\n",
+    );
+    for (v6, tool, end) in
+        [(false, "iptables-restore", "LABELGATE_IPV4"), (true, "ip6tables-restore", "LABELGATE_IPV6")]
+    {
+        let _ = write!(s, "{tool} --noflush <<'{end}'\n{}{end}\n", iptables_restore(spec, v6));
+    }
+    s
+}

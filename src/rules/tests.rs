@@ -1,0 +1,230 @@
+use super::spec::normalize;
+use super::*;
+use crate::policy::Policy;
+use std::fmt::Write as _;
+
+fn policy(t: &str) -> Policy {
+    Policy::from_toml(t, "t").unwrap()
+}
+
+const SCOPED: &str = "default = \"drop\"\n[[scope]]\nproto = \"tcp\"\ndport = 5432\n\
+    [[rule]]\nname = \"a\"\nhook = \"output\"\nuid = 1001\nproto = \"tcp\"\ndport = 5432\nverdict = \"accept\"\n";
+
+fn spec(t: &str, queues: Vec<u16>, flow: bool, bypass: bool) -> RuleSpec {
+    RuleSpec::for_policy(&policy(t), queues, flow, bypass)
+}
+
+fn queue_lines(t: &str) -> Vec<&str> {
+    t.lines().filter(|l| !l.starts_with('#') && (l.contains("NFQUEUE") || l.contains(" queue "))).collect()
+}
+
+#[test]
+fn iptables_text_follows_the_declared_scope() {
+    let t = iptables_restore(&spec(SCOPED, vec![0], false, false), false);
+    assert!(t.starts_with("# labelgate queue rules for IPv4: iptables-restore --noflush\n"), "{t}");
+    assert!(t.contains("*security\n:LABELGATE_OUT - [0:0]\n-A OUTPUT -j LABELGATE_OUT\n"), "{t}");
+    assert_eq!(
+        queue_lines(&t),
+        ["-A LABELGATE_OUT -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0"],
+        "{t}"
+    );
+    assert!(t.contains("# fail closed (no --queue-bypass)"), "{t}");
+    assert!(t.ends_with("COMMIT\n"));
+    assert!(!t.contains("LABELGATE_IN") && !t.contains("FORWARD"), "{t}");
+    let t = iptables_restore(&spec(SCOPED, vec![2, 3], true, true), true);
+    assert!(t.contains("-A LABELGATE_OUT -m connmark --mark 0x200000/0x600000 -j RETURN\n"));
+    assert!(t.contains("-A LABELGATE_OUT -m mark --mark 0x200000/0x600000 -j CONNMARK --save-mark --nfmask 0x600000 --ctmask 0x600000\n"));
+    assert!(t.contains(
+        "-A LABELGATE_OUT -p tcp --dport 5432 -m conntrack --ctstate NEW,RELATED -j NFQUEUE --queue-balance 2:3 --queue-cpu-fanout --queue-bypass\n"
+    ));
+    assert!(t.contains("# fail open (--queue-bypass)"), "{t}");
+}
+
+#[test]
+fn every_family_is_printed_and_addresses_go_to_their_own() {
+    let t = "default = \"drop\"\n[[scope]]\nproto = \"udp\"\ndport = [53, \"6000-6010\"]\n\
+             daddr = [\"198.18.0.0/15\", \"fd00::/8\"]\n[[scope]]\nhook = \"input\"\nproto = \"icmpv6\"\n\
+             [[rule]]\nname = \"a\"\nverdict = \"accept\"\n";
+    let sp = spec(t, vec![7], false, false);
+    let v4 = iptables_restore(&sp, false);
+    let v6 = iptables_restore(&sp, true);
+    assert_eq!(
+        queue_lines(&v4),
+        [
+            "-A LABELGATE_IN -p udp -d 198.18.0.0/15 --dport 53 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7",
+            "-A LABELGATE_IN -p udp -d 198.18.0.0/15 --dport 6000:6010 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7",
+            "-A LABELGATE_IN -p icmpv6 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7",
+            "-A LABELGATE_OUT -p udp -d 198.18.0.0/15 --dport 53 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7",
+            "-A LABELGATE_OUT -p udp -d 198.18.0.0/15 --dport 6000:6010 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7",
+        ],
+        "{v4}"
+    );
+    assert!(v6.contains("-A LABELGATE_IN -p udp -d fd00::/8 --dport 53 -m conntrack"), "{v6}");
+    assert!(!v6.contains("198.18") && !v4.contains("fd00"), "{v4}{v6}");
+    // Both: a shell script feeding each family to its own tool.
+    let both = iptables_script(&sp);
+    let (a, b) = both.split_once("ip6tables-restore --noflush <<'LABELGATE_IPV6'\n").unwrap();
+    assert!(a.contains(&format!("iptables-restore --noflush <<'LABELGATE_IPV4'\n{v4}LABELGATE_IPV4\n")), "{both}");
+    assert_eq!(b, format!("{v6}LABELGATE_IPV6\n"));
+    assert!(both.lines().find(|l| !l.starts_with('#')) == Some("set -e"), "{both}");
+}
+
+#[test]
+fn default_accept_queues_what_selinux_rules_can_match() {
+    let t = "default = \"accept\"\n[[rule]]\nname = \"db\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"selinux\"\n";
+    let v4 = iptables_restore(&spec(t, vec![0], false, false), false);
+    assert_eq!(
+        queue_lines(&v4),
+        [
+            "-A LABELGATE_IN -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+            "-A LABELGATE_OUT -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+        ],
+        "{v4}"
+    );
+}
+
+#[test]
+fn default_accept_queues_only_what_drop_and_audited_rules_can_match() {
+    let t = "default = \"accept\"\n\
+             [[rule]]\nname = \"ok\"\nproto = \"tcp\"\ndport = 22\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"no-db\"\nhook = \"output\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"seen\"\nhook = \"input\"\nproto = \"udp\"\nsaddr = \"10.0.0.0/8\"\nverdict = \"accept\"\naudit = true\n\
+             [[rule]]\nname = \"no-db-wide\"\nhook = \"output\"\nproto = \"tcp\"\ndport = \"5000-6000\"\nverdict = \"drop\"\npermissive = true\n";
+    let sp = spec(t, vec![0], false, false);
+    assert_eq!(sp.source, ScopeSource::Derived);
+    let v4 = iptables_restore(&sp, false);
+    assert_eq!(
+        queue_lines(&v4),
+        [
+            "-A LABELGATE_IN -p udp -s 10.0.0.0/8 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+            // tcp/5432 is inside 5000-6000: one rule.
+            "-A LABELGATE_OUT -p tcp --dport 5000:6000 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+        ],
+        "{v4}"
+    );
+    assert!(queue_lines(&iptables_restore(&sp, true)).len() == 1, "the IPv4 source is not queued on IPv6");
+    // Nothing to decide: nothing queued, and the text says so.
+    let sp = spec("default = \"accept\"\n[[rule]]\nname = \"a\"\nverdict = \"accept\"\n", vec![0], false, true);
+    assert!(sp.chains.is_empty());
+    let v4 = iptables_restore(&sp, false);
+    assert!(queue_lines(&v4).is_empty() && v4.contains("# nothing to queue"), "{v4}");
+    // A drop rule without conditions: everything on its hook.
+    let sp = spec(
+        "default = \"accept\"\n[[rule]]\nname = \"d\"\nhook = \"input\"\nverdict = \"drop\"\n",
+        vec![0],
+        false,
+        true,
+    );
+    assert_eq!(sp.chains, vec![(Chain::Input, vec![Match::ALL])]);
+}
+
+#[test]
+fn squeezing_a_long_list_early_gives_what_normalizing_it_whole_gives() {
+    // Drop rules of 16 x 16 address pairs each: past 4 x MAX_MATCHES the
+    // list is squeezed while it is built; the result must be the one
+    // normalizing every expansion at once gives.
+    for (rules, mixed) in [(3, false), (5, false), (40, false), (40, true)] {
+        let mut t = String::from("default = \"accept\"\n");
+        for r in 0..rules {
+            let s: Vec<String> = (0..16).map(|i| format!("\"10.{r}.{i}.0/24\"")).collect();
+            let mut d: Vec<String> = (0..16).map(|i| format!("\"192.168.{i}.0/24\"")).collect();
+            if mixed && r % 2 == 0 {
+                d[0] = "\"fd00::/8\"".into();
+            }
+            let _ = write!(
+                t,
+                "[[rule]]\nname = \"r{r}\"\nhook = \"output\"\nproto = \"udp\"\ndport = {}\nsaddr = [{}]\ndaddr = [{}]\nverdict = \"drop\"\n",
+                100 + r % 7,
+                s.join(","),
+                d.join(",")
+            );
+        }
+        let p = policy(&t);
+        let mut widened = false;
+        let all = p
+            .rules
+            .iter()
+            .flat_map(|r| Match::expand(r.proto, r.dport.get(), r.saddr.as_deref(), r.daddr.as_deref(), &mut widened))
+            .collect();
+        let (whole, w) = normalize(all);
+        let sp = RuleSpec::for_policy(&p, vec![0], false, false);
+        assert_eq!(sp.chains, vec![(Chain::Output, whole)], "{rules} rules");
+        assert_eq!(sp.widened, w || widened, "{rules} rules");
+    }
+}
+
+#[test]
+fn default_drop_without_scope_queues_everything_and_says_so() {
+    let sp = spec(
+        "default = \"drop\"\n[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = 1\nverdict = \"accept\"\n",
+        vec![0],
+        false,
+        false,
+    );
+    assert_eq!(sp.source, ScopeSource::Everything);
+    let t = iptables_restore(&sp, false);
+    assert!(t.contains("# scope: EVERYTHING"), "{t}");
+    assert_eq!(
+        queue_lines(&t),
+        [
+            "-A LABELGATE_IN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+            "-A LABELGATE_OUT -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0"
+        ]
+    );
+}
+
+#[test]
+fn many_matches_are_widened_never_narrowed() {
+    let ports: Vec<String> = (0..300).map(|i| (1000 + 2 * i).to_string()).collect();
+    let t = format!(
+        "default = \"drop\"\n[[scope]]\nproto = \"udp\"\ndport = [{}]\nsaddr = \"10.0.0.0/8\"\n",
+        ports.join(",")
+    );
+    let sp = spec(&t, vec![0], false, false);
+    assert!(sp.widened);
+    assert_eq!(
+        queue_lines(&iptables_restore(&sp, false)),
+        [
+            "-A LABELGATE_IN -p udp -s 10.0.0.0/8 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0",
+            "-A LABELGATE_OUT -p udp -s 10.0.0.0/8 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0"
+        ]
+    );
+    let t = format!("default = \"drop\"\n[[scope]]\nproto = \"udp\"\ndport = [{}]\n", ports[..200].join(","));
+    let sp = spec(&t, vec![0], false, false);
+    assert!(!sp.widened);
+    assert_eq!(queue_lines(&iptables_restore(&sp, false)).len(), 400);
+}
+
+#[test]
+fn nft_text() {
+    let t = nft_install(&spec(SCOPED, vec![0, 1], true, true));
+    assert!(t.starts_with("# labelgate"));
+    assert!(t.contains("table inet labelgate {}\ndelete table inet labelgate\n"));
+    assert!(t.contains("type filter hook output priority security + 10; policy accept;"));
+    assert!(t.contains("    tcp dport 5432 ct state new,related queue flags fanout,bypass to 0-1\n"), "{t}");
+    assert!(t.contains("meta mark and 0x600000 == 0x200000 ct mark set ct mark and 0xff9fffff or 0x200000 return\n"));
+    let p = "default = \"drop\"\n[[scope]]\nproto = \"udp\"\ndport = \"6000-6010\"\n\
+             daddr = [\"198.18.0.0/15\", \"fd00::/8\"]\n[[scope]]\nproto = \"icmpv6\"\n\
+             [[scope]]\nhook = \"output\"\nsaddr = \"::1\"\n";
+    let t = nft_install(&spec(p, vec![4], false, false));
+    for want in [
+        "    meta l4proto ipv6-icmp ct state new queue num 4\n",
+        "    ip daddr 198.18.0.0/15 udp dport 6000-6010 ct state new queue num 4\n",
+        "    ip6 daddr fd00::/8 udp dport 6000-6010 ct state new queue num 4\n",
+        "    ip6 saddr ::1/128 ct state new queue num 4\n",
+    ] {
+        assert!(t.contains(want), "{want:?} in\n{t}");
+    }
+    assert_eq!(t.matches("ip6 saddr ::1/128").count(), 1, "output only: {t}");
+    let t = nft_install(&spec("default = \"drop\"\n", vec![4], false, false));
+    assert!(t.contains("    ct state new queue num 4\n"), "{t}");
+}
+
+#[test]
+fn hooks_follow_the_policy() {
+    let p = policy("[[rule]]\nname = \"a\"\nhook = \"forward\"\nverdict = \"drop\"\n");
+    let s = RuleSpec::for_policy(&p, vec![0], false, true);
+    assert_eq!(s.chains.iter().map(|c| c.0).collect::<Vec<_>>(), [Chain::Forward]);
+    let s = RuleSpec::for_policy(&policy(""), vec![0], false, true);
+    assert_eq!(s.chains.iter().map(|c| c.0).collect::<Vec<_>>(), [Chain::Input, Chain::Output]);
+}
