@@ -145,7 +145,13 @@ avc_select() {
 
 # journal_mark / journal_since UNIT: the unit's journal from a mark on.
 journal_mark() { journalctl -n 0 --show-cursor --no-pager 2>/dev/null | sed -n 's/^-- cursor: //p'; }
-journal_since() { journalctl -u "$2" --after-cursor="$1" --no-pager -o cat 2>/dev/null; }
+# A line a service writes just before it exits can reach journald after its
+# cgroup is gone and then lacks _SYSTEMD_UNIT: the unit's own lines are also
+# matched by the identifier its stdout stream carries (SYSLOG_IDENTIFIER).
+journal_since() {
+  journalctl --after-cursor="$1" --no-pager -o cat \
+    "_SYSTEMD_UNIT=$2" + "UNIT=$2" + "SYSLOG_IDENTIFIER=${2%.service}" 2>/dev/null
+}
 # journal_wait MARK UNIT PATTERN [SECS]: the unit's journal from MARK on,
 # once a line matches PATTERN (grep -E) or SECS (default 15) have passed.
 # journald reads a service's stderr stream on its own time: a line written

@@ -57,6 +57,8 @@ stop_counters() {
   local line f
   line="$(journal_wait "$2" labelgate.service 'queue 0: kernel id_sequence=' | grep -m1 'queue 0: kernel id_sequence=')"
   log "$1: $line"
+  # Diagnostic: whether `journalctl -u` alone saw it (see journal_since).
+  log "$1: lines with the counters under -u alone: $(journalctl -u labelgate.service --after-cursor="$2" --no-pager -o cat 2>/dev/null | grep -c 'kernel id_sequence=')"
   if [ -z "$line" ]; then fail "$1-counters-logged" "no 'kernel id_sequence=' line in the journal"; return; fi
   pass "$1-counters-logged"
   f() { sed -nE "s/.*[ ;]$1=([0-9]+).*/\1/p" <<<"$line"; }
