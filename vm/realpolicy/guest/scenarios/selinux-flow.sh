@@ -12,9 +12,10 @@
 #      at output: the input hook was never asked); `audit2allow -M web_db`
 #      and `semodule -i web_db.pp` load it: apache's SYN now passes output
 #      and is refused at input (`denied { recv }`);
-#   c. the same two commands again propose exactly `... { recv send };`;
-#      once loaded, apache reaches PostgreSQL; the root shell is still
-#      refused;
+#   c. the same commands again propose exactly the send rule (marked as
+#      allowed in the current policy) and the recv rule; the new web_db.pp
+#      replaces the first; apache reaches PostgreSQL; the root shell is
+#      still refused;
 #   d. the same rule as a hand-written .te module (built with the reference
 #      policy's devel Makefile) in place of web_db;
 #   e. `semanage permissive -a unconfined_t` lets the root shell through
@@ -153,7 +154,10 @@ check b-no-send-denial-for-apache test -z "$(avc_select denied "$CTX_HTTPD" "$CT
 # apache reaches PostgreSQL; the root shell, which no rule names, is still
 # refused.
 stage "selinux-flow c: audit2allow round 2"
-propose c "$m0" "allow httpd_t postgresql_t:labelgate_flow { recv send };"
+propose c "$m0" "allow httpd_t postgresql_t:labelgate_flow recv; allow httpd_t postgresql_t:labelgate_flow send;"
+# audit2allow read the records against the loaded policy: round 1's send is
+# in it now.
+check c-audit2allow-says-send-allowed bash -c "grep -A1 -F '#!!!! This avc is allowed in the current policy' '$W/c/proposal.txt' | grep -qx 'allow httpd_t postgresql_t:labelgate_flow send;'"
 same_labelgate c-same-labelgate
 m2="$(records_mark)"
 apache_db c-apache-reaches-db 502
