@@ -9,13 +9,14 @@
 #   default: build the packages with scripts/package.sh (cargo-deb, rpmbuild:
 #   scripts/install-deps.sh installs them)
 # Env: LABELGATE_REALVM_SCENARIOS  space-separated subset of: article staging
-#                                  auditd check lifecycle (default: all);
+#                                  auditd check lifecycle selinux-flow
+#                                  (default: all);
 #                                  selinux-module always runs (it loads
 #                                  labelgate's SELinux module, which the others
 #                                  need, and checks its denials at the end)
 #      LABELGATE_REALVM_WORK       host dir for logs and results (default: new
 #                                  temp dir)
-#      LABELGATE_REALVM_TIMEOUT    seconds the guest may take (default 2700)
+#      LABELGATE_REALVM_TIMEOUT    seconds the guest may take (default 3600)
 #      LABELGATE_REALVM_KEEP=1     keep the run's disk image in the work dir
 #      LABELGATE_REALVM_VERBOSE=1  kernel and systemd boot messages on the console
 #      LABELGATE_VM_CACHE          cache dir (default /var/cache/labelgate-vm)
@@ -25,9 +26,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${LABELGATE_VM_CACHE:-/var/cache/labelgate-vm}"
-ALL="article staging auditd check lifecycle"
+ALL="article staging auditd check lifecycle selinux-flow"
 SCENARIOS="${LABELGATE_REALVM_SCENARIOS:-$ALL}"
-TIMEOUT="${LABELGATE_REALVM_TIMEOUT:-2700}"
+TIMEOUT="${LABELGATE_REALVM_TIMEOUT:-3600}"
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
 log() { printf 'realpolicy: %s\n' "$*"; }
