@@ -71,6 +71,32 @@ struct Recent {
     /// (a closed descriptor's number is the next one `socket()` or
     /// `accept()` returns).
     fd: u32,
+    /// The turn (count of holders found, [`RecentHolders::turn`]) at which
+    /// it was last found holding a new socket.
+    found_at: u64,
+    /// Turns between its last two sockets found (0: found once).
+    every: u64,
+}
+
+impl Recent {
+    /// How many turns from `now` its next socket is expected: clients that
+    /// take turns each open their next socket about `every` turns after
+    /// their last. Holders found only once come after every holder with a
+    /// period.
+    fn expected_in(&self, now: u64) -> (bool, u64) {
+        if self.every == 0 {
+            return (true, 0);
+        }
+        (false, self.found_at.saturating_add(self.every).abs_diff(now))
+    }
+}
+
+/// The processes that held the sockets found most recently, newest first,
+/// and the count of holders found so far.
+#[derive(Default)]
+struct RecentHolders {
+    list: VecDeque<Recent>,
+    turn: u64,
 }
 
 /// Where [`Owners::search_likely`] found a socket's holder.
@@ -116,7 +142,7 @@ pub struct Owners {
     scan: RwLock<Arc<Scan>>,
     /// The processes that held the sockets found most recently, newest
     /// first: where a new socket is looked for first.
-    recent: Mutex<VecDeque<Recent>>,
+    recent: Mutex<RecentHolders>,
     /// Sockets (by inode) that a full scan found no process holding, and
     /// when: not scanned for again within `negative_ttl`.
     holderless: ShardedCache<u32, Instant>,
@@ -134,7 +160,7 @@ impl Owners {
             tuning,
             cache: ShardedCache::new(capacity, shards),
             scan: RwLock::new(Arc::new(first)),
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_HOLDERS)),
+            recent: Mutex::new(RecentHolders { list: VecDeque::with_capacity(RECENT_HOLDERS), turn: 0 }),
             holderless: ShardedCache::new(capacity, shards),
             scanning: Mutex::new(ScanState { last_start: epoch }),
             epoch,
@@ -186,7 +212,7 @@ impl Owners {
         // First the most recent holder, at the fd number its last socket had
         // (one read, through a kept link): a process that opens sockets one after another
         // gets the same fd number back, and this asks no large map.
-        let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
+        let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).list.front().cloned();
         let tried = first.as_ref().map(|r| (r.process.pid, r.fd));
         if let Some(r) = &first {
             if k.holds_kept(r.process.pid, r.fd, ds.inode, &stats.proc_link) {
@@ -287,15 +313,19 @@ impl Owners {
         let o = Arc::new(Owner { pid, fd, label, process: process.clone(), checked: AtomicU64::new(checked) });
         self.cache.insert_sweeping(ds.inode, o.clone(), &stats.owner, OWNER_MAX_IDLE);
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.retain(|r| r.process.pid != pid);
-        recent.push_front(Recent { process, read_ns, fd });
-        recent.truncate(RECENT_HOLDERS);
+        recent.turn += 1;
+        let turn = recent.turn;
+        let last = recent.list.iter().position(|r| r.process.pid == pid).and_then(|i| recent.list.remove(i));
+        let every = last.map_or(0, |l| turn.saturating_sub(l.found_at));
+        recent.list.push_front(Recent { process, read_ns, fd, found_at: turn, every });
+        recent.list.truncate(RECENT_HOLDERS);
         Some(o.end(ds))
     }
 
     /// Look for the holder of a new socket where it most likely is, without
     /// a full scan: among the processes that held the sockets found last,
-    /// first each at the fd it held its last one, then the newest
+    /// first each at the fd it held its last one (those whose next socket is
+    /// expected soonest first, see [`Recent::expected_in`]), then the newest
     /// [`RECENT_LISTED`] in all their fds; then among the processes that
     /// `known_pids` (the last full scan) did not see, newest first. `tried`:
     /// a (pid, fd) already found not to hold it.
@@ -307,9 +337,15 @@ impl Owners {
         known_pids: &HashSet<u32>,
         tried: Option<(u32, u32)>,
     ) -> Option<Likely> {
-        let recent: Vec<Recent> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let (recent, turn): (Vec<Recent>, u64) = {
+            let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            (r.list.iter().cloned().collect(), r.turn)
+        };
         let likely = |r: &Recent, fd| Likely { pid: r.process.pid, fd, new_process: false, recent: Some(r.clone()) };
-        for r in &recent {
+        // The next turn is this socket's.
+        let mut order: Vec<&Recent> = recent.iter().collect();
+        order.sort_by_key(|r| r.expected_in(turn + 1));
+        for r in order {
             if tried != Some((r.process.pid, r.fd)) && k.holds_kept(r.process.pid, r.fd, inode, &stats.proc_link) {
                 return Some(likely(r, r.fd));
             }
