@@ -52,13 +52,21 @@ udp_load_start() {
   as_root_login "python3 $LOAD flood $UDP_PORT $COUNT $SECONDS_LOAD 60 >$LGT_OUT/stop-sent" &
   FLOOD_PID=$!
 }
-# stop_counters TAG JOURNAL_MARK MID MIN: the exiting process's kernel counters.
+# stop_counters TAG PID MID MIN JOURNAL_MARK: the kernel counters process
+# PID logged as it exited. Its lines are selected by its pid (journald's
+# _PID of the unit's stdout stream), not only from a cursor on: in two runs
+# the line was in the journal but not after a cursor taken before the
+# stop; the diagnostics below record what each query saw.
 stop_counters() {
-  local line f
-  line="$(journal_wait "$2" labelgate.service 'queue 0: kernel id_sequence=' | grep -m1 'queue 0: kernel id_sequence=')"
+  local line f deadline=$((SECONDS + 15))
+  while :; do
+    line="$(journalctl _PID="$2" --no-pager -o cat 2>/dev/null | grep -m1 'queue 0: kernel id_sequence=')"
+    if [ -n "$line" ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
+    sleep 0.5
+  done
   log "$1: $line"
-  # Diagnostic: whether `journalctl -u` alone saw it (see journal_since).
-  log "$1: lines with the counters under -u alone: $(journalctl -u labelgate.service --after-cursor="$2" --no-pager -o cat 2>/dev/null | grep -c 'kernel id_sequence=')"
+  log "$1: counters lines after the cursor: -u $(journalctl -u labelgate.service --after-cursor="$5" --no-pager -o cat 2>/dev/null | grep -c 'kernel id_sequence='), any $(journalctl --after-cursor="$5" --no-pager -o cat 2>/dev/null | grep -c 'kernel id_sequence=')"
+  journalctl _PID="$2" --no-pager -o export 2>/dev/null | grep -aE '^(_SYSTEMD_UNIT|SYSLOG_IDENTIFIER|__CURSOR|__REALTIME_TIMESTAMP|__SEQNUM|_UID)=' | tail -6 >"$LGT_OUT/lifecycle-$1-fields.txt" || true
   if [ -z "$line" ]; then fail "$1-counters-logged" "no 'kernel id_sequence=' line in the journal"; return; fi
   pass "$1-counters-logged"
   f() { sed -nE "s/.*[ ;]$1=([0-9]+).*/\1/p" <<<"$line"; }
@@ -84,10 +92,11 @@ mid="$(queue_field 0 8)"; mid="${mid:-0}"
 log "id_sequence mid-load: $mid"
 check load-running-at-stop kill -0 "$FLOOD_PID"
 jm="$(journal_mark)"
+pid="$(lg_pid)"
 systemctl stop labelgate.service || fail stop-command "systemctl stop returned $?"
 expect_eq stopped "$(systemctl is-active labelgate.service)" inactive "unit state after stop"
 expect_eq queue-unbound "$(queue_portid 0)" "" "queue 0's reader after stop"
-stop_counters stop "$jm" "$mid" 500
+stop_counters stop "$pid" "$mid" 500 "$jm"
 wait "$FLOOD_PID"; wait "$SINK_PID"
 read -r sent refused <"$LGT_OUT/stop-sent" || true
 log "stop: sent ${sent:-?}, refused on output ${refused:-?}, received $(cat "$LGT_OUT/stop-received" 2>/dev/null) (after the stop, fail closed drops them)"
@@ -114,7 +123,7 @@ jm="$(journal_mark)"
 systemctl restart labelgate.service || fail restart-command "systemctl restart returned $?"
 lg_wait_ready "$oldport" && pass restarted-bound || fail restarted-bound "no new reader on queue 0"
 check new-process test "$(lg_pid)" != "$old"
-stop_counters restart "$jm" "$mid" 20
+stop_counters restart "$old" "$mid" 20 "$jm"
 wait "$TCP_PID"
 read -r answered tried <"$LGT_OUT/restart-tcp" || true
 log "restart: $answered of $tried connections answered"
