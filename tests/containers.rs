@@ -1,0 +1,183 @@
+//! Container traffic through FORWARD: sockets in other network namespaces.
+//!
+//! A "host" network namespace runs labelgate with an NFQUEUE rule on
+//! FORWARD; two "container" namespaces, A and B, are routed through it by
+//! veth pairs (198.18.x.y addresses, ip_forward=1 in the host namespace).
+//! A TCP listener runs in B, clients in A under two uids: the policy lets
+//! uid 1001 through and refuses uid 1002, which only works if labelgate
+//! finds the client's socket inside A (a forwarded packet carries no
+//! NFQA_UID). The JSON audit records name the pid and exe of both ends,
+//! checked against `ss -tanpH` run inside each namespace. Needs root; see
+//! `support::can_run`.
+
+mod support;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const TOOLS: &[&str] = &["ip", "iptables", "python3", "setpriv", "ss"];
+const PORT: u16 = 8080;
+
+/// A client that connects to HOST:PORT within TIMEOUT seconds, prints
+/// "connected SPORT" or "failed SPORT", then keeps its socket HOLD seconds.
+const CLIENT: &str = r#"
+import socket, sys, time
+s = socket.socket()
+s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected", s.getsockname()[1], flush=True)
+except OSError:
+    print("failed", s.getsockname()[1], flush=True)
+time.sleep(float(sys.argv[4]))
+"#;
+
+/// Host namespace `h` with containers `a` and `b` routed through it; the
+/// containers' addresses.
+struct Net {
+    h: Netns,
+    a: Netns,
+    b: Netns,
+    a_ip: String,
+    b_ip: String,
+}
+
+fn net() -> Net {
+    // Subnets unlikely to be used by another test at the same time.
+    let x = 100 + (std::process::id() % 50) * 2;
+    let (h, a, b) = (Netns::new(), Netns::new(), Netns::new());
+    for (c, n, tag) in [(&a, x, "a"), (&b, x + 1, "b")] {
+        let (outer, inner) = (format!("lgh{tag}{}", std::process::id() % 100000), format!("lgc{tag}"));
+        run_ok(Command::new("ip").args(["link", "add", &outer, "type", "veth", "peer", "name", &inner]));
+        run_ok(Command::new("ip").args(["link", "set", &outer, "netns", &h.name]));
+        run_ok(Command::new("ip").args(["link", "set", &inner, "netns", &c.name]));
+        h.sh(&format!("ip addr add 198.18.{n}.1/24 dev {outer} && ip link set {outer} up"));
+        c.sh(&format!(
+            "ip addr add 198.18.{n}.2/24 dev {inner} && ip link set {inner} up && ip route add default via 198.18.{n}.1"
+        ));
+    }
+    h.sh("sysctl -qw net.ipv4.ip_forward=1");
+    Net { h, a, b, a_ip: format!("198.18.{x}.2"), b_ip: format!("198.18.{}.2", x + 1) }
+}
+
+/// Start `CLIENT` in `ns` as `uid`; its first line and the child.
+fn client(ns: &Netns, uid: u32, host: &str, timeout: &str, hold: &str) -> (String, Kill, u32) {
+    use std::io::{BufRead, BufReader};
+    let mut c = ns.cmd("setpriv");
+    c.args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "/usr/bin/python3", "-c", CLIENT]);
+    c.args([host, &PORT.to_string(), timeout, hold]).stdout(Stdio::piped());
+    let mut child = c.spawn().expect("spawn client");
+    let out = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    let bg = Kill(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("client line");
+    (line.trim().to_string(), bg, pid)
+}
+
+/// A child killed and reaped on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The pid `ss -tanpH` inside `ns` shows for a socket whose local end is
+/// `local` (`users:(("comm",pid=N,fd=M))`).
+fn ss_pid(ns: &Netns, local: &str) -> Option<u32> {
+    let out = ns.sh("ss -tanpH");
+    out.lines().find(|l| l.split_whitespace().nth(3) == Some(local)).and_then(|l| {
+        let at = l.find("pid=")? + 4;
+        l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
+}
+
+fn exe(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// The JSON audit record of the connection from source port `sport`.
+fn record(d: &Daemon, sport: u16) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = d
+            .audit_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["src"].as_u64() == Some(u64::from(sport)));
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn policy() -> String {
+    format!(
+        r#"
+default = "drop"
+[[rule]]
+name = "uid1001-forward"
+hook = "forward"
+uid = 1001
+proto = "tcp"
+dport = {PORT}
+audit = true
+verdict = "accept"
+"#
+    )
+}
+
+#[test]
+fn forwarded_container_traffic_is_attributed_in_its_namespace() {
+    if !can_run_with(TOOLS) {
+        return;
+    }
+    let n = net();
+    let queue = 41;
+    n.h.sh(&format!(
+        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+    ));
+    let server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "60"]);
+    let server_pid = server.pid();
+    // --no-confine: entering other namespaces needs CAP_SYS_ADMIN, which
+    // the default confinement drops.
+    // A container's first process (its "init") is there before its traffic.
+    let _init_a = Kill(n.a.cmd("sleep").arg("60").spawn().expect("sleep in A"));
+    let d = Daemon::start(&n.h, &policy(), queue, &["--audit-format", "json", "--no-confine"]);
+    // The namespaces are listed at start and then every second.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let (ok, _ok_client, ok_pid) = client(&n.a, 1001, &n.b_ip, "5", "6");
+    assert!(ok.starts_with("connected "), "uid 1001 must get through FORWARD: {ok}\n{}", d.stderr_text());
+    let (bad, _bad_client, bad_pid) = client(&n.a, 1002, &n.b_ip, "2", "6");
+    assert!(bad.starts_with("failed "), "uid 1002 must be refused: {bad}");
+
+    let listener = format!("{}:{PORT}", n.b_ip);
+    assert_eq!(ss_pid(&n.b, &listener), Some(server_pid), "ss in B names the listener's pid");
+    for (line, uid, pid, outcome) in [(&ok, 1001u32, ok_pid, "granted"), (&bad, 1002, bad_pid, "denied")] {
+        let sport: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let local = format!("{}:{sport}", n.a_ip);
+        let ss = ss_pid(&n.a, &local).unwrap_or_else(|| panic!("ss in A shows {local}"));
+        assert_eq!(ss, pid, "ss in A names the client (setpriv execs python)");
+        let r = record(&d, sport).unwrap_or_else(|| panic!("no record for {local}: {:?}", d.audit_lines()));
+        assert_eq!(r["outcome"], outcome, "{r}");
+        assert_eq!(r["hook"], "forward", "{r}");
+        assert_eq!(r["sender_uid"].as_u64(), Some(u64::from(uid)), "{r}");
+        assert_eq!(r["process"]["pid"].as_u64(), Some(u64::from(ss)), "source pid as ss in A: {r}");
+        assert_eq!(r["process"]["exe"].as_str(), Some(exe(ss).as_str()), "{r}");
+        assert_eq!(r["dest_process"]["pid"].as_u64(), Some(u64::from(server_pid)), "dest pid as ss in B: {r}");
+        assert_eq!(r["dest_process"]["exe"].as_str(), Some(exe(server_pid).as_str()), "{r}");
+    }
+    let err = d.stop();
+    assert!(err.contains("labelgate rule uid1001-forward: hits=1"), "{err}");
+    let lookups = err
+        .lines()
+        .find(|l| l.starts_with("labelgate resolver:"))
+        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("netns_lookups=")))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(lookups.unwrap_or(0) >= 4, "both ends of both SYNs looked up in A and B: {err}");
+}
