@@ -48,9 +48,12 @@ fn net() -> Net {
     let (h, a, b) = (Netns::new(), Netns::new(), Netns::new());
     for (c, n, tag) in [(&a, x, "a"), (&b, x + 1, "b")] {
         let (outer, inner) = (format!("lgh{tag}{}", std::process::id() % 100000), format!("lgc{tag}"));
-        run_ok(Command::new("ip").args(["link", "add", &outer, "type", "veth", "peer", "name", &inner]));
-        run_ok(Command::new("ip").args(["link", "set", &outer, "netns", &h.name]));
-        run_ok(Command::new("ip").args(["link", "set", &inner, "netns", &c.name]));
+        // Made inside the namespaces: no name is ever taken in the root one.
+        run_ok(
+            Command::new("ip")
+                .args(["link", "add", &outer, "netns", &h.name, "type", "veth", "peer", "name"])
+                .args([&inner, "netns", &c.name]),
+        );
         h.sh(&format!("ip addr add 198.18.{n}.1/24 dev {outer} && ip link set {outer} up"));
         c.sh(&format!(
             "ip addr add 198.18.{n}.2/24 dev {inner} && ip link set {inner} up && ip route add default via 198.18.{n}.1"
@@ -180,4 +183,124 @@ fn forwarded_container_traffic_is_attributed_in_its_namespace() {
         .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("netns_lookups=")))
         .and_then(|v| v.parse::<u64>().ok());
     assert!(lookups.unwrap_or(0) >= 4, "both ends of both SYNs looked up in A and B: {err}");
+}
+
+/// Connects to HOST:PORT again and again (each within 3 s, at most 5000
+/// times) until SECONDS pass; prints how many tries and how many got through.
+const LOOP: &str = r#"
+import socket, sys, time
+ok, tries, end = 0, 0, time.time() + float(sys.argv[3])
+while time.time() < end and tries < 5000:
+    tries += 1
+    time.sleep(0.002)
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((sys.argv[1], int(sys.argv[2])))
+        ok += 1
+    except OSError:
+        pass
+    s.close()
+print(tries, ok, flush=True)
+"#;
+
+/// The inodes of the network namespaces process `pid` holds open.
+fn held_netns(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| t.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok())
+        .collect()
+}
+
+fn netns_inode(ns: &Netns) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{}", ns.name)).expect("namespace file").ino()
+}
+
+/// Namespaces created and deleted while forwarded connections are queued:
+/// every queued packet is answered (the kernel's id_sequence equals the
+/// verdicts labelgate gave), every allowed connection gets through, and a
+/// deleted namespace is let go of (its descriptor closed) while one that
+/// lives is held.
+#[test]
+fn namespaces_come_and_go_under_traffic_without_losing_a_verdict() {
+    if !can_run_with(TOOLS) {
+        return;
+    }
+    let n = net();
+    let queue = 42;
+    n.h.sh(&format!(
+        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+    ));
+    let _server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "90"]);
+    let _init_a = Kill(n.a.cmd("sleep").arg("90").spawn().expect("sleep in A"));
+    let d = Daemon::start(&n.h, &policy(), queue, &["--no-confine"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let seconds = 6;
+    let traffic =
+        n.a.cmd("setpriv")
+            .args(["--reuid=1001", "--regid=1001", "--clear-groups", "/usr/bin/python3", "-c", LOOP])
+            .args([&n.b_ip, &PORT.to_string(), &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("traffic");
+
+    let x = 100 + (std::process::id() % 50) * 2 + 2;
+    let mut gone = Vec::new();
+    for round in 0..4 {
+        let c = Netns::new();
+        let ino = netns_inode(&c);
+        let outer = format!("lghc{}", std::process::id() % 100000);
+        run_ok(
+            Command::new("ip")
+                .args(["link", "add", &outer, "netns", &n.h.name, "type", "veth", "peer", "name"])
+                .args(["lgcc", "netns", &c.name]),
+        );
+        n.h.sh(&format!("ip addr add 198.18.{x}.1/24 dev {outer} && ip link set {outer} up"));
+        c.sh(&format!("ip addr add 198.18.{x}.2/24 dev lgcc && ip link set lgcc up"));
+        let init = Kill(c.cmd("sleep").arg("30").spawn().expect("sleep in C"));
+        if round == 0 {
+            // Positive control: a living namespace is found and held.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !held_netns(d.pid()).contains(&ino) {
+                assert!(Instant::now() < deadline, "labelgate never took up namespace {ino}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(300 * round));
+        }
+        drop(init);
+        // As container runtimes do: the veth pair is deleted, then the
+        // namespace (which labelgate may hold for up to a refresh period).
+        n.h.sh(&format!("ip link del {outer}"));
+        drop(c);
+        gone.push(ino);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held_netns(d.pid()).iter().any(|i| gone.contains(i)) {
+        assert!(Instant::now() < deadline, "deleted namespaces still held: {gone:?} in {:?}", held_netns(d.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = traffic.wait_with_output().expect("traffic result");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let nums: Vec<u64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let [tries, ok] = nums[..] else { panic!("traffic said {text:?}") };
+    let err = d.stop();
+    assert!(tries >= 100, "the traffic ran through the namespace churn: {tries} tries");
+    assert_eq!(ok, tries, "every connection of uid 1001 got through: {err}");
+    let line = err.lines().find(|l| l.contains("kernel id_sequence=")).unwrap_or_else(|| panic!("{err}"));
+    let field = |k: &str| -> u64 {
+        line.split([' ', ';'])
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    let answered: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(field("waiting"), 0, "{line}");
+    assert_eq!(field("id_sequence"), answered, "every queued packet got a verdict: {line}");
+    assert_eq!(counter(&err, "packets"), answered);
+    assert!(answered >= tries, "{line}");
+    assert_eq!(counter(&err, "dropped"), 0, "{err}");
 }
