@@ -106,7 +106,8 @@
 //! | `unreadable`        | `/proc/PID/attr/current` failed otherwise (e.g. EACCES) |
 //! | `unsupported_proto` | a local end of a protocol without sockets to look up (ICMP, SCTP, others) |
 //! | `sock_diag_error`   | the sock_diag query itself failed (counted in [`ResolverStats::sock_diag_errors`]) |
-//! | `remote`            | the end is not on this host and no static/peer label names it |
+//! | `remote`            | the end is not on this host (nor at an address of another network namespace on it) and no static/peer label names it |
+//! | `netns_ambiguous`   | the end's address is in two or more other network namespaces and not exactly one has a socket for the flow (counted in [`ResolverStats::netns_ambiguous`]) |
 //! | `bad_peer_option`   | (peer label) a malformed CIPSO/CALIPSO option, counted in [`ResolverStats::bad_peer_options`] |
 //! | `unknown_doi`       | (peer label) a well-formed option whose DOI the policy does not map |
 //!
@@ -119,6 +120,11 @@
 //! * `dest`: the local socket the packet goes to when the destination address
 //!   is local (INPUT; OUTPUT to loopback or an own address); otherwise the
 //!   static address label of the destination, else `remote`.
+//! * An end that is not local but whose address another network namespace
+//!   on this host has (a container's) is resolved as a local end inside
+//!   that namespace ([`netns`]: the flow cache key carries the namespace;
+//!   an address of two or more namespaces needs exactly one with a socket
+//!   for the flow, else `netns_ambiguous`).
 //! * `peer`: the CIPSO/CALIPSO level and/or static address label of the
 //!   source address; `None` when there is neither.
 //! * `uid`/`gid`: NFQA_UID/GID when the kernel gave them, else the sending
