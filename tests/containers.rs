@@ -304,3 +304,93 @@ fn namespaces_come_and_go_under_traffic_without_losing_a_verdict() {
     assert!(answered >= tries, "{line}");
     assert_eq!(counter(&err, "dropped"), 0, "{err}");
 }
+
+/// Holds COUNT connections to HOST:PORT open, opened one after the other;
+/// prints each one's source port on one line, then waits for stdin to close.
+const HOLD: &str = r#"
+import socket, sys
+conns = []
+for _ in range(int(sys.argv[3])):
+    s = socket.socket()
+    s.settimeout(3)
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    conns.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in conns), flush=True)
+sys.stdin.read()
+"#;
+
+/// Measurement (run by hand: `cargo nextest run --test containers
+/// --run-ignored only`): the resolver's time for the first packet (a SYN,
+/// at FORWARD) of each of 400 new flows between two containers, with 50
+/// network namespaces present, each with a process in it. Both ends must be
+/// attributed to the processes holding them; prints p50/p99/max.
+#[test]
+#[ignore]
+fn first_forwarded_packet_with_50_namespaces() {
+    use labelgate::labels::{QueueMeta, Resolver};
+    use labelgate::packet::Proto;
+    use labelgate::resolve::{flow_packet, PeerConfig, ResolverConfig, SocketResolver};
+    use std::io::{BufRead, BufReader};
+    if !can_run_with(TOOLS) {
+        return;
+    }
+    let n = net();
+    let mut others = Vec::new();
+    for i in 0..48u32 {
+        let c = Netns::new();
+        let outer = format!("lgm{i}x{}", std::process::id() % 10000);
+        run_ok(
+            Command::new("ip")
+                .args(["link", "add", &outer, "netns", &n.h.name, "type", "veth", "peer", "name"])
+                .args(["lgm", "netns", &c.name]),
+        );
+        c.sh(&format!("ip addr add 198.19.{i}.2/24 dev lgm && ip link set lgm up"));
+        let init = Kill(c.cmd("sleep").arg("120").spawn().expect("sleep"));
+        others.push((c, init));
+    }
+    // A server that keeps what it accepts (for at most 120 s).
+    let keep = "import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                s.bind((__import__('sys').argv[1],8080));s.listen(512);s.settimeout(1);k=[];e=time.time()+120\n\
+                while time.time()<e:\n try: k.append(s.accept()[0])\n except OSError: pass\n";
+    let _server = Kill(n.b.cmd("/usr/bin/python3").args(["-c", keep, &n.b_ip]).spawn().expect("server"));
+    let _init_a = Kill(n.a.cmd("sleep").arg("120").spawn().expect("sleep in A"));
+    std::thread::sleep(Duration::from_millis(500));
+    n.h.enter();
+    let r = SocketResolver::new(PeerConfig::default(), ResolverConfig::default()).expect("resolver");
+    let count = 400;
+    let mut c =
+        n.a.cmd("/usr/bin/python3")
+            .args(["-c", HOLD, &n.b_ip, &PORT.to_string(), &count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("holder");
+    let client_pid = c.id();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).expect("ports");
+    let ports: Vec<u16> = line.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(ports.len(), count);
+    let m = QueueMeta { hook: 2, ..QueueMeta::default() };
+    let mut times = Vec::new();
+    for &p in &ports {
+        let src = format!("{}:{p}", n.a_ip).parse().unwrap();
+        let dst = format!("{}:{PORT}", n.b_ip).parse().unwrap();
+        let pkt = labelgate::packet::PacketInfo { tcp_syn: true, ..flow_packet(Proto::Tcp, src, dst) };
+        let t = Instant::now();
+        let l = r.resolve(&pkt, &m);
+        times.push(t.elapsed());
+        assert_eq!(l.source_process.as_ref().map(|p| p.pid), Some(client_pid), "{l:?}");
+        assert!(l.dest_process.is_some(), "{l:?}");
+    }
+    times.sort();
+    let q = |f: f64| times[((times.len() as f64 * f) as usize).min(times.len() - 1)];
+    let events = r.stats().snapshot();
+    eprintln!(
+        "first forwarded packet, 50 namespaces: p50 {:?} p99 {:?} max {:?}; {events:?}",
+        q(0.5),
+        q(0.99),
+        times[times.len() - 1]
+    );
+    drop(c.stdin.take());
+    let _ = c.wait();
+}

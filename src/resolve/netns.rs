@@ -89,7 +89,9 @@ impl NetnsRegistry {
     /// that refreshes it every [`REFRESH_EVERY`] while it lives.
     /// `quarantine`: longer than any flow cache entry is trusted.
     pub fn start(proc_root: &Path, quarantine: Duration) -> io::Result<Arc<NetnsRegistry>> {
-        let own_fd = File::open(proc_root.join("self/ns/net"))?;
+        // The calling thread's namespace (which the resolver's own sock_diag
+        // sockets are in), not the process leader's.
+        let own_fd = File::open(proc_root.join("thread-self/ns/net"))?;
         let own = own_fd.metadata()?.ino();
         // Whether namespaces can be entered at all (CAP_SYS_ADMIN).
         netns::diag_link_in(&own_fd)?;
@@ -218,18 +220,18 @@ impl NetnsRegistry {
                 Some(n) if n.addrs == addrs => n,
                 Some(n) => Arc::new(Ns { ino, index: n.index, fd, diag: n.diag.clone(), addrs }),
                 None => {
+                    let diag = match SockDiag::in_netns(fd.clone()) {
+                        Ok(d) => Arc::new(d),
+                        Err(e) => {
+                            log::debug!("netns {ino}: cannot open sock_diag inside it: {e}");
+                            continue;
+                        }
+                    };
                     let Some(index) = self.take_index() else {
                         log::warn!("netns {ino}: no free namespace index; its sockets are not looked up");
                         continue;
                     };
-                    match SockDiag::in_netns(fd.clone()) {
-                        Ok(diag) => Arc::new(Ns { ino, index, fd, diag: Arc::new(diag), addrs }),
-                        Err(e) => {
-                            log::debug!("netns {ino}: cannot open sock_diag inside it: {e}");
-                            self.free_index(index);
-                            continue;
-                        }
-                    }
+                    Arc::new(Ns { ino, index, fd, diag, addrs })
                 }
             };
             for ip in &ns.addrs {
