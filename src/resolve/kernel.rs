@@ -48,10 +48,9 @@ pub trait KernelView: Send + Sync {
     /// while its exe is unchanged); `None` when it has exited.
     fn process_info(&self, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo>;
     /// The other network namespaces that have `ip` as an address (see
-    /// [`NetnsRegistry::with_addr`]); `None`: the list must be refreshed
-    /// first and `may_refresh` is false. The default: no other namespace.
-    fn netns_with(&self, _ip: IpAddr, _may_refresh: bool) -> Option<Vec<NsIndex>> {
-        Some(Vec::new())
+    /// [`NetnsRegistry::with_addr`]). The default: no other namespace.
+    fn netns_with(&self, _ip: IpAddr) -> Vec<NsIndex> {
+        Vec::new()
     }
     /// [`lookup`](Self::lookup) inside the other network namespace `ns`.
     fn lookup_in(&self, _ns: NsIndex, _proto: DiagProto, _local: SocketAddr, _remote: SocketAddr) -> Lookup {
@@ -153,10 +152,10 @@ impl KernelView for SysKernel {
         procfs::process_info(&self.proc_root, pid, known)
     }
 
-    fn netns_with(&self, ip: IpAddr, may_refresh: bool) -> Option<Vec<NsIndex>> {
+    fn netns_with(&self, ip: IpAddr) -> Vec<NsIndex> {
         match &self.netns {
-            Some(r) => r.with_addr(ip, may_refresh),
-            None => Some(Vec::new()),
+            Some(r) => r.with_addr(ip),
+            None => Vec::new(),
         }
     }
 

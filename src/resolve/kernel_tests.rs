@@ -98,8 +98,8 @@ impl KernelView for FakeKernel {
         self.alive(pid).then(|| ProcessInfo { pid, comm: Arc::from(format!("p{pid}")), exe: Arc::from("/bin/fake") })
     }
 
-    fn netns_with(&self, ip: IpAddr, _: bool) -> Option<Vec<NsIndex>> {
-        Some(self.world().netns_addrs.get(&ip).cloned().unwrap_or_default())
+    fn netns_with(&self, ip: IpAddr) -> Vec<NsIndex> {
+        self.world().netns_addrs.get(&ip).cloned().unwrap_or_default()
     }
 
     fn lookup_in(&self, ns: NsIndex, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup {

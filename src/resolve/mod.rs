@@ -602,7 +602,7 @@ impl<K: KernelView> SocketResolver<K> {
             (_, Some(_), Some(_)) => None,
             (_, Some(p), None) => Some(self.ambiguous_end(cands, p, local, remote, pk)),
         };
-        let netns_with = |ip: IpAddr| self.kernel.netns_with(ip, cached.is_none());
+
         let is_local = |ip: IpAddr| match cached {
             None => Some(self.local.is_local(ip)),
             Some(_) => self.local.is_local_cached(ip),
@@ -623,8 +623,8 @@ impl<K: KernelView> SocketResolver<K> {
             }
             _ => (None, None),
         };
-        let src_ns = if src_local { Vec::new() } else { netns_with(pkt.src)? };
-        let dst_ns = if dst_local { Vec::new() } else { netns_with(pkt.dst)? };
+        let src_ns = if src_local { Vec::new() } else { self.kernel.netns_with(pkt.src) };
+        let dst_ns = if dst_local { Vec::new() } else { self.kernel.netns_with(pkt.dst) };
         let src_end = match (src_local, src_ns.is_empty()) {
             (true, _) => Some(resolve_end(0, src, dst, src_pre)?),
             (false, false) => Some(in_netns(&src_ns, src, dst)?),

@@ -15,9 +15,10 @@
 //!
 //! The list is refreshed (one `stat` of `/proc/PID/ns/net` per process, and
 //! the addresses of every namespace listed in one thread that joins them in
-//! turn) by a background thread every [`REFRESH_EVERY`], and by a packet
-//! whose address no namespace has when the last refresh is older than
-//! [`REFRESH_ON_MISS`]; never per packet otherwise. Namespaces no process
+//! turn) by a background thread every [`REFRESH_EVERY`], and at once when a
+//! packet's address is in no namespace and the last refresh is older than
+//! [`REFRESH_ON_MISS`] (the packet wakes the thread and does not wait for
+//! it); never on a queue thread, never per packet. Namespaces no process
 //! is in any more are dropped (and with them the descriptor that kept them
 //! alive). A namespace no process is in (only bind-mounted, as by `ip
 //! netns add` before anything runs in it) is not seen: it has no process
@@ -34,7 +35,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// A network namespace as the flow cache knows it: 0 is labelgate's own.
@@ -82,6 +83,15 @@ pub struct NetnsRegistry {
     quarantine: Duration,
     /// Refreshes done.
     pub refreshes: AtomicU64,
+    /// Wakes the background thread early.
+    wake: Arc<Wake>,
+}
+
+/// A wake-up flag for the background thread.
+#[derive(Default)]
+struct Wake {
+    asked: Mutex<bool>,
+    cv: Condvar,
 }
 
 impl NetnsRegistry {
@@ -103,27 +113,24 @@ impl NetnsRegistry {
             indexes: Mutex::new(Indexes { next: 1, freed: VecDeque::new() }),
             quarantine,
             refreshes: AtomicU64::new(0),
+            wake: Arc::default(),
         });
         r.refresh();
-        let weak = Arc::downgrade(&r);
-        std::thread::Builder::new().name("lg-netns-scan".into()).spawn(move || background(weak))?;
+        let (weak, wake) = (Arc::downgrade(&r), r.wake.clone());
+        std::thread::Builder::new().name("lg-netns-scan".into()).spawn(move || background(weak, wake))?;
         Ok(r)
     }
 
-    /// The namespaces that have `ip` as an address. When none has and the
-    /// list is older than [`REFRESH_ON_MISS`]: with `may_refresh`, refresh
-    /// it and answer from the new list; without, `None` (slow work needed).
-    pub fn with_addr(&self, ip: IpAddr, may_refresh: bool) -> Option<Vec<NsIndex>> {
-        let ip = unmap_ip(ip);
-        let found = self.find(ip);
-        if !found.is_empty() || !self.due(REFRESH_ON_MISS) {
-            return Some(found);
+    /// The namespaces that have `ip` as an address, as last listed. When
+    /// none has and the list is older than [`REFRESH_ON_MISS`], the
+    /// background thread is woken to list them again (not waited for).
+    pub fn with_addr(&self, ip: IpAddr) -> Vec<NsIndex> {
+        let found = self.find(unmap_ip(ip));
+        if found.is_empty() && self.due(REFRESH_ON_MISS) {
+            *self.wake.asked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.wake.cv.notify_one();
         }
-        if !may_refresh {
-            return None;
-        }
-        self.refresh_if_due(REFRESH_ON_MISS);
-        Some(self.find(ip))
+        found
     }
 
     fn find(&self, ip: IpAddr) -> Vec<NsIndex> {
@@ -282,10 +289,16 @@ impl NetnsRegistry {
     }
 }
 
-fn background(weak: Weak<NetnsRegistry>) {
+/// The background refresher: every [`REFRESH_EVERY`], or when woken by a
+/// miss; it ends once the registry is dropped.
+fn background(weak: Weak<NetnsRegistry>, wake: Arc<Wake>) {
     loop {
-        std::thread::sleep(REFRESH_EVERY);
+        let asked = {
+            let g = wake.asked.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut g, _) = wake.cv.wait_timeout_while(g, REFRESH_EVERY, |a| !*a).unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *g)
+        };
         let Some(r) = weak.upgrade() else { return };
-        r.refresh_if_due(REFRESH_EVERY / 2);
+        r.refresh_if_due(if asked { REFRESH_ON_MISS } else { REFRESH_EVERY / 2 });
     }
 }
