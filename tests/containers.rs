@@ -151,8 +151,7 @@ fn forwarded_container_traffic_is_attributed_in_its_namespace() {
     // A container's first process (its "init") is there before its traffic.
     let _init_a = Kill(n.a.cmd("sleep").arg("60").spawn().expect("sleep in A"));
     let d = Daemon::start(&n.h, &policy(), queue, &["--audit-format", "json", "--no-confine"]);
-    // The namespaces are listed at start and then every second.
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_held(&d, &[&n.a, &n.b]);
 
     let (ok, _ok_client, ok_pid) = client(&n.a, 1001, &n.b_ip, "5", "6");
     assert!(ok.starts_with("connected "), "uid 1001 must get through FORWARD: {ok}\n{}", d.stderr_text());
@@ -215,6 +214,17 @@ fn held_netns(pid: u32) -> Vec<u64> {
         .collect()
 }
 
+/// Wait (at most 10 s) until labelgate holds each of `nss` open: it has
+/// found them (the list is refreshed every second).
+fn wait_held(d: &Daemon, nss: &[&Netns]) {
+    let want: Vec<u64> = nss.iter().map(|n| netns_inode(n)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !want.iter().all(|i| held_netns(d.pid()).contains(i)) {
+        assert!(Instant::now() < deadline, "labelgate never took up namespaces {want:?}: {}", d.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn netns_inode(ns: &Netns) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/run/netns/{}", ns.name)).expect("namespace file").ino()
@@ -238,7 +248,7 @@ fn namespaces_come_and_go_under_traffic_without_losing_a_verdict() {
     let _server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "90"]);
     let _init_a = Kill(n.a.cmd("sleep").arg("90").spawn().expect("sleep in A"));
     let d = Daemon::start(&n.h, &policy(), queue, &["--no-confine"]);
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_held(&d, &[&n.a, &n.b]);
     let seconds = 6;
     let traffic =
         n.a.cmd("setpriv")
@@ -264,11 +274,7 @@ fn namespaces_come_and_go_under_traffic_without_losing_a_verdict() {
         let init = Kill(c.cmd("sleep").arg("30").spawn().expect("sleep in C"));
         if round == 0 {
             // Positive control: a living namespace is found and held.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !held_netns(d.pid()).contains(&ino) {
-                assert!(Instant::now() < deadline, "labelgate never took up namespace {ino}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_held(&d, &[&c]);
         } else {
             std::thread::sleep(Duration::from_millis(300 * round));
         }
@@ -279,7 +285,7 @@ fn namespaces_come_and_go_under_traffic_without_losing_a_verdict() {
         drop(c);
         gone.push(ino);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while held_netns(d.pid()).iter().any(|i| gone.contains(i)) {
         assert!(Instant::now() < deadline, "deleted namespaces still held: {gone:?} in {:?}", held_netns(d.pid()));
         std::thread::sleep(Duration::from_millis(100));
