@@ -32,9 +32,10 @@
 //! The parts, each in its own file: the flow table (`flow.rs`), the owner
 //! search (`owner.rs`), what is asked of the kernel (`kernel.rs`, a
 //! [`KernelView`]; [`SysKernel`] outside tests, a fake in the unit tests),
-//! the local addresses (`local.rs`), the counters ([`ResolverStats`]).
+//! the local addresses (`local.rs`), the other network namespaces
+//! ([`netns`]), the counters ([`ResolverStats`]).
 //! This file composes them; about a fifth of its length is this
-//! documentation, which is why it is a little over 600 lines.
+//! documentation, which is why it is almost 700 lines.
 //!
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in

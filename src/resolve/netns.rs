@@ -105,7 +105,16 @@ impl NetnsRegistry {
         let own = own_fd.metadata()?.ino();
         // Whether namespaces can be entered at all (CAP_SYS_ADMIN).
         netns::diag_link_in(&own_fd)?;
-        let r = Arc::new(NetnsRegistry {
+        let r = Arc::new(NetnsRegistry::empty(proc_root, own, quarantine));
+        r.refresh();
+        let (weak, wake) = (Arc::downgrade(&r), r.wake.clone());
+        std::thread::Builder::new().name("lg-netns-scan".into()).spawn(move || background(weak, wake))?;
+        Ok(r)
+    }
+
+    /// A registry that knows no namespace yet.
+    fn empty(proc_root: &Path, own: u64, quarantine: Duration) -> NetnsRegistry {
+        NetnsRegistry {
             proc_root: proc_root.to_path_buf(),
             own,
             known: RwLock::new(Known::default()),
@@ -114,11 +123,7 @@ impl NetnsRegistry {
             quarantine,
             refreshes: AtomicU64::new(0),
             wake: Arc::default(),
-        });
-        r.refresh();
-        let (weak, wake) = (Arc::downgrade(&r), r.wake.clone());
-        std::thread::Builder::new().name("lg-netns-scan".into()).spawn(move || background(weak, wake))?;
-        Ok(r)
+        }
     }
 
     /// The namespaces that have `ip` as an address, as last listed. When
@@ -300,5 +305,43 @@ fn background(weak: Weak<NetnsRegistry>, wake: Arc<Wake>) {
         };
         let Some(r) = weak.upgrade() else { return };
         r.refresh_if_due(if asked { REFRESH_ON_MISS } else { REFRESH_EVERY / 2 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Indexes start at 1 (0 is labelgate's own namespace); once all are
+    /// handed out, a freed one comes back only after its quarantine.
+    #[test]
+    fn a_freed_index_waits_out_its_quarantine() {
+        let r = NetnsRegistry::empty(Path::new("/proc"), 1, Duration::from_millis(300));
+        assert_eq!(r.take_index(), Some(1));
+        assert_eq!(r.take_index(), Some(2));
+        r.indexes.lock().unwrap().next = u32::from(NsIndex::MAX);
+        assert_eq!(r.take_index(), Some(NsIndex::MAX));
+        assert_eq!(r.take_index(), None, "all handed out, none freed");
+        r.free_index(2);
+        assert_eq!(r.take_index(), None, "2 is in quarantine");
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(r.take_index(), Some(2));
+        assert_eq!(r.take_index(), None);
+    }
+
+    /// An empty registry knows no address; a miss asks for a refresh only
+    /// once the list is older than REFRESH_ON_MISS, and never panics.
+    #[test]
+    fn a_miss_wakes_the_refresher_only_when_due() {
+        let r = NetnsRegistry::empty(Path::new("/proc"), 1, Duration::ZERO);
+        assert!(r.with_addr("198.18.0.1".parse().unwrap()).is_empty());
+        assert!(!*r.wake.asked.lock().unwrap(), "the list is fresh");
+        *r.refreshing.lock().unwrap() = Instant::now() - REFRESH_ON_MISS;
+        assert!(r.with_addr("198.18.0.1".parse().unwrap()).is_empty());
+        assert!(*r.wake.asked.lock().unwrap());
+        assert!(r
+            .lookup(3, DiagProto::Tcp, "198.18.0.1:1".parse().unwrap(), "198.18.0.2:2".parse().unwrap())
+            .unwrap()
+            .is_none());
     }
 }
