@@ -400,3 +400,27 @@ fn first_forwarded_packet_with_50_namespaces() {
     drop(c.stdin.take());
     let _ = c.wait();
 }
+
+/// Confined (the default), labelgate has no CAP_SYS_ADMIN to enter other
+/// namespaces: it says so once at start, and a container's end is
+/// `remote`, as docs/ARCHITECTURE.md states.
+#[test]
+fn confined_daemon_says_it_cannot_enter_namespaces() {
+    if !can_run_with(TOOLS) {
+        return;
+    }
+    let n = net();
+    let queue = 43;
+    n.h.sh(&format!(
+        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+    ));
+    let _server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "30"]);
+    let d = Daemon::start(&n.h, &policy(), queue, &["--audit-format", "json"]);
+    let (bad, _c, _) = client(&n.a, 1001, &n.b_ip, "2", "0");
+    let warned = d.stderr_text().matches("sockets in other network namespaces will not be looked up").count();
+    assert_eq!(warned, 1, "{}", d.stderr_text());
+    assert!(bad.starts_with("failed "), "without the namespaces uid 1001 is unknown: {bad}");
+    let sport: u16 = bad.rsplit(' ').next().unwrap().parse().unwrap();
+    let r = record(&d, sport).expect("a denial record");
+    assert_eq!((r["slabel"].as_str(), r["tlabel"].as_str()), (Some("remote"), Some("remote")), "{r}");
+}
