@@ -134,17 +134,24 @@ verdict = "accept"
     )
 }
 
+/// [`net`] with new TCP connections to B's port queued on FORWARD to
+/// `queue`, and a server in B accepting for `secs` seconds.
+fn forwarding(queue: u16, secs: u32) -> (Net, Bg) {
+    let n = net();
+    n.h.sh(&format!(
+        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+    ));
+    let server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), &secs.to_string()]);
+    (n, server)
+}
+
 #[test]
 fn forwarded_container_traffic_is_attributed_in_its_namespace() {
     if !can_run_with(TOOLS) {
         return;
     }
-    let n = net();
     let queue = 41;
-    n.h.sh(&format!(
-        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
-    ));
-    let server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "60"]);
+    let (n, server) = forwarding(queue, 60);
     let server_pid = server.pid();
     // --no-confine: entering other namespaces needs CAP_SYS_ADMIN, which
     // the default confinement drops.
@@ -240,12 +247,8 @@ fn namespaces_come_and_go_under_traffic_without_losing_a_verdict() {
     if !can_run_with(TOOLS) {
         return;
     }
-    let n = net();
     let queue = 42;
-    n.h.sh(&format!(
-        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
-    ));
-    let _server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "90"]);
+    let (n, _server) = forwarding(queue, 90);
     let _init_a = Kill(n.a.cmd("sleep").arg("90").spawn().expect("sleep in A"));
     let d = Daemon::start(&n.h, &policy(), queue, &["--no-confine"]);
     wait_held(&d, &[&n.a, &n.b]);
@@ -409,12 +412,8 @@ fn confined_daemon_says_it_cannot_enter_namespaces() {
     if !can_run_with(TOOLS) {
         return;
     }
-    let n = net();
     let queue = 43;
-    n.h.sh(&format!(
-        "iptables -A FORWARD -p tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
-    ));
-    let _server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "30"]);
+    let (n, _server) = forwarding(queue, 30);
     let d = Daemon::start(&n.h, &policy(), queue, &["--audit-format", "json"]);
     let (bad, _c, _) = client(&n.a, 1001, &n.b_ip, "2", "0");
     let warned = d.stderr_text().matches("sockets in other network namespaces will not be looked up").count();
