@@ -224,6 +224,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub flow: bool,
     /// Keep every capability (by default labelgate drops to the capabilities it needs and sets no_new_privs).
+    /// Needed to look sockets up in other network namespaces (containers), which takes CAP_SYS_ADMIN.
     #[arg(long)]
     pub no_confine: bool,
     /// Serve Prometheus metrics on unix:PATH (a socket of mode 0600, created at start and removed at exit; an

@@ -43,6 +43,10 @@ pub struct ResolverConfig {
     /// that does come, say from a rule of the operator's own, is looked up
     /// with sock_diag: slower, never wrong.)
     pub cache_syn_flows: bool,
+    /// Look sockets up in the other network namespaces too (containers:
+    /// see `netns.rs`); needs CAP_SYS_ADMIN, without which it is off with
+    /// a warning.
+    pub other_netns: bool,
 }
 
 impl Default for ResolverConfig {
@@ -57,6 +61,7 @@ impl Default for ResolverConfig {
             local_addr_ttl: Duration::from_secs(2),
             proc_root: PathBuf::from("/proc"),
             cache_syn_flows: true,
+            other_netns: true,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use super::cache::{CacheCounters, ShardedCache};
 use super::end::{LocalEnd, Reason};
-use super::kernel::KernelView;
+use super::netns::NsIndex;
 use super::owner::Owner;
 use super::sockdiag::{self, DiagProto, DiagSocket, Lookup};
 use super::stats::{bump, ResolverStats};
@@ -23,11 +23,14 @@ pub struct FlowTtl {
     pub negative: Duration,
 }
 
-/// A flow as the flow cache keys it (38 bytes): the addresses as IPv6
+/// A flow as the flow cache keys it (40 bytes): the addresses as IPv6
 /// octets, an IPv4 address v4-mapped (so it and its mapped IPv6 form are one
-/// key, as sock_diag looks them up).
+/// key, as sock_diag looks them up), and the network namespace the local
+/// end is in (0: labelgate's own; see [`NetnsRegistry`](super::netns::NetnsRegistry)),
+/// so that two namespaces' identical tuples are two keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
+    ns: NsIndex,
     local: [u8; 16],
     remote: [u8; 16],
     local_port: u16,
@@ -37,11 +40,17 @@ pub struct FlowKey {
 
 impl FlowKey {
     pub fn new(proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> FlowKey {
+        FlowKey::in_netns(0, proto, local, remote)
+    }
+
+    /// The key of a flow whose local end is in namespace `ns`.
+    pub fn in_netns(ns: NsIndex, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> FlowKey {
         let octets = |ip: IpAddr| match ip {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
         };
         FlowKey {
+            ns,
             local: octets(local.ip()),
             remote: octets(remote.ip()),
             local_port: local.port(),
@@ -228,7 +237,7 @@ impl Flows {
 /// listener.
 /// `pre`: the exact lookup's answer, already asked.
 pub fn query(
-    k: &impl KernelView,
+    k: &impl Fn(DiagProto, SocketAddr, SocketAddr) -> Lookup,
     stats: &ResolverStats,
     proto: DiagProto,
     local: SocketAddr,
@@ -239,7 +248,7 @@ pub fn query(
     let closed = if had_socket { Reason::SocketClosed } else { Reason::NoSocket };
     let answer = pre.unwrap_or_else(|| {
         bump(&stats.sock_diag_queries);
-        k.lookup(proto, local, remote)
+        k(proto, local, remote)
     });
     let ds = match answer {
         Ok(Some(ds)) => ds,
@@ -264,7 +273,7 @@ pub fn query(
         SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
     };
     bump(&stats.sock_diag_queries);
-    match k.lookup(proto, local, any) {
+    match k(proto, local, any) {
         Ok(Some(l)) if l.inode != 0 => Found::Listener(l),
         Ok(_) => Found::Nothing(Reason::SocketClosed),
         Err(_) => {

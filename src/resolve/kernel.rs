@@ -9,13 +9,15 @@
 //! search and cache invalidation are tested without root.
 
 use super::cache::CacheCounters;
+use super::netns::{NetnsRegistry, NsIndex};
 use super::procfs::{self, FdLinks, LabelMiss, Scan};
 use super::sockdiag::{DiagProto, Lookup, SockDiag};
 use crate::labels::{Label, ProcessInfo};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// The kernel as the resolver sees it. Every answer may be stale or racing
 /// with processes that exit and fds that close; none may panic.
@@ -45,6 +47,15 @@ pub trait KernelView: Send + Sync {
     /// comm and exe of `pid` (`known`: what was read for it before, reused
     /// while its exe is unchanged); `None` when it has exited.
     fn process_info(&self, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo>;
+    /// The other network namespaces that have `ip` as an address (see
+    /// [`NetnsRegistry::with_addr`]). The default: no other namespace.
+    fn netns_with(&self, _ip: IpAddr) -> Vec<NsIndex> {
+        Vec::new()
+    }
+    /// [`lookup`](Self::lookup) inside the other network namespace `ns`.
+    fn lookup_in(&self, _ns: NsIndex, _proto: DiagProto, _local: SocketAddr, _remote: SocketAddr) -> Lookup {
+        Ok(None)
+    }
 }
 
 /// Most `/proc/PID/fd/N` links kept open for re-validating holders
@@ -59,6 +70,9 @@ pub struct SysKernel {
     links: FdLinks,
     /// `/proc/PID/attr/current` answered `EINVAL`: no LSM provides it.
     no_attr_current: AtomicBool,
+    /// The other network namespaces; `None` when they cannot be entered
+    /// (no CAP_SYS_ADMIN) or were not asked for.
+    netns: Option<Arc<NetnsRegistry>>,
 }
 
 impl SysKernel {
@@ -70,7 +84,24 @@ impl SysKernel {
             proc_root,
             links: FdLinks::new(PROC_LINKS, shards),
             no_attr_current: AtomicBool::new(false),
+            netns: None,
         })
+    }
+
+    /// Also look sockets up in the other network namespaces (see
+    /// [`NetnsRegistry`]); `quarantine` is longer than any flow cache entry
+    /// lives. When they cannot be entered, a warning and no change.
+    pub fn with_netns(mut self, quarantine: std::time::Duration) -> SysKernel {
+        match NetnsRegistry::start(&self.proc_root, quarantine) {
+            Ok(r) => self.netns = Some(r),
+            Err(e) => log::warn!("sockets in other network namespaces will not be looked up (entering them needs CAP_SYS_ADMIN: labelgate run --no-confine): {e}"),
+        }
+        self
+    }
+
+    /// The other network namespaces, if they are looked up.
+    pub fn netns(&self) -> Option<&Arc<NetnsRegistry>> {
+        self.netns.as_ref()
     }
 
     /// Where procfs is read.
@@ -119,5 +150,19 @@ impl KernelView for SysKernel {
 
     fn process_info(&self, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
         procfs::process_info(&self.proc_root, pid, known)
+    }
+
+    fn netns_with(&self, ip: IpAddr) -> Vec<NsIndex> {
+        match &self.netns {
+            Some(r) => r.with_addr(ip),
+            None => Vec::new(),
+        }
+    }
+
+    fn lookup_in(&self, ns: NsIndex, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup {
+        match &self.netns {
+            Some(r) => r.lookup(ns, proto, local, remote),
+            None => Ok(None),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! sockets by flow and of fds by process, changed between packets.
 
 use super::*;
+use crate::labels::Labels;
 use crate::labels::ProcessInfo;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -17,6 +18,10 @@ struct World {
     sockets: HashMap<(DiagProto, SocketAddr, SocketAddr), DiagSocket>,
     /// pid → fd → socket inode.
     fds: BTreeMap<u32, BTreeMap<u32, u32>>,
+    /// Other network namespaces: address → namespaces that have it.
+    netns_addrs: HashMap<IpAddr, Vec<NsIndex>>,
+    /// (namespace, proto, local, remote) → socket, exact tuples only.
+    netns_sockets: HashMap<(NsIndex, DiagProto, SocketAddr, SocketAddr), DiagSocket>,
 }
 
 /// A kernel view over a [`World`], counting what it is asked.
@@ -94,6 +99,14 @@ impl KernelView for FakeKernel {
 
     fn process_info(&self, pid: u32, _: Option<&ProcessInfo>) -> Option<ProcessInfo> {
         self.alive(pid).then(|| ProcessInfo { pid, comm: Arc::from(format!("p{pid}")), exe: Arc::from("/bin/fake") })
+    }
+
+    fn netns_with(&self, ip: IpAddr) -> Vec<NsIndex> {
+        self.world().netns_addrs.get(&ip).cloned().unwrap_or_default()
+    }
+
+    fn lookup_in(&self, ns: NsIndex, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup {
+        Ok(self.world().netns_sockets.get(&(ns, proto, local, remote)).copied())
     }
 }
 
@@ -279,4 +292,68 @@ fn a_flow_whose_socket_changes_is_refreshed() {
     assert_eq!(dest(&r, 1000).origin, Origin::Unlabeled("socket_closed"));
     assert_eq!(stat(&r, |s| &s.flow.invalidations), 2);
     assert_eq!(r.cached_socket_inode(Proto::Udp, server, client(1000)), None);
+}
+
+/// A forwarded TCP packet (hook FORWARD) from `src` to `dst`, not a SYN.
+fn forwarded(r: &SocketResolver<FakeKernel>, src: &str, dst: &str) -> Labels {
+    let m = QueueMeta { hook: 2, ..QueueMeta::default() };
+    r.resolve(&flow_packet(Proto::Tcp, src.parse().unwrap(), dst.parse().unwrap()), &m)
+}
+
+const CONTAINER: &str = "10.88.0.2:80";
+const OUTSIDE: &str = "198.18.9.9:5000";
+
+fn in_ns(w: &mut World, ns: NsIndex, inode: u32, pid: u32) {
+    let t = (ns, DiagProto::Tcp, CONTAINER.parse().unwrap(), OUTSIDE.parse().unwrap());
+    w.netns_sockets.insert(t, DiagSocket { state: sockdiag::TCP_ESTABLISHED, ..sock(inode) });
+    w.fds.insert(pid, [(4, inode)].into());
+}
+
+#[test]
+fn an_end_in_another_namespace_is_looked_up_there() {
+    let r = fake(|w| {
+        w.netns_addrs.insert("10.88.0.2".parse().unwrap(), vec![1]);
+        in_ns(w, 1, 20, 200);
+    });
+    let l = forwarded(&r, OUTSIDE, CONTAINER);
+    assert_eq!(holder(&l.dest), "p200_t");
+    assert_eq!(l.dest_process.unwrap().pid, 200);
+    assert_eq!(l.source.origin, Origin::Unlabeled("remote"));
+    assert_eq!(stat(&r, |s| &s.netns_lookups), 1);
+    // Seen from the container's side (its packet going out).
+    let l = forwarded(&r, CONTAINER, OUTSIDE);
+    assert_eq!(holder(&l.source), "p200_t");
+    assert_eq!(l.uid, Some(1020), "the sending socket's uid, read in its namespace");
+}
+
+#[test]
+fn an_address_of_two_namespaces_needs_exactly_one_socket() {
+    let r = fake(|w| {
+        w.netns_addrs.insert("10.88.0.2".parse().unwrap(), vec![1, 2]);
+        w.fds.insert(300, BTreeMap::new());
+    });
+    // Neither has the socket: unresolved, never a guess.
+    assert_eq!(forwarded(&r, OUTSIDE, CONTAINER).dest.origin, Origin::Unlabeled("netns_ambiguous"));
+    // Only namespace 2 has it: resolved there.
+    in_ns(&mut r.kernel.world(), 2, 22, 202);
+    assert_eq!(holder(&forwarded(&r, OUTSIDE, CONTAINER).dest), "p202_t");
+    // Both have a socket for the full tuple: unresolved.
+    in_ns(&mut r.kernel.world(), 1, 21, 201);
+    assert_eq!(forwarded(&r, OUTSIDE, CONTAINER).dest.origin, Origin::Unlabeled("netns_ambiguous"));
+    assert_eq!(stat(&r, |s| &s.netns_ambiguous), 2);
+}
+
+#[test]
+fn identical_tuples_of_two_namespaces_never_share_a_cache_entry() {
+    let r = fake(|w| {
+        w.netns_addrs.insert("10.88.0.2".parse().unwrap(), vec![1]);
+        in_ns(w, 1, 21, 201);
+        in_ns(w, 2, 22, 202);
+    });
+    assert_eq!(holder(&forwarded(&r, OUTSIDE, CONTAINER).dest), "p201_t");
+    // The address moves to namespace 2 (a container replaced by another
+    // with the same address and the same connection tuple): the flow
+    // cached for namespace 1 must not answer.
+    r.kernel.world().netns_addrs.insert("10.88.0.2".parse().unwrap(), vec![2]);
+    assert_eq!(holder(&forwarded(&r, OUTSIDE, CONTAINER).dest), "p202_t");
 }

@@ -32,9 +32,10 @@
 //! The parts, each in its own file: the flow table (`flow.rs`), the owner
 //! search (`owner.rs`), what is asked of the kernel (`kernel.rs`, a
 //! [`KernelView`]; [`SysKernel`] outside tests, a fake in the unit tests),
-//! the local addresses (`local.rs`), the counters ([`ResolverStats`]).
+//! the local addresses (`local.rs`), the other network namespaces
+//! ([`netns`]), the counters ([`ResolverStats`]).
 //! This file composes them; about a fifth of its length is this
-//! documentation, which is why it is a little over 600 lines.
+//! documentation, which is why it is almost 700 lines.
 //!
 //! Per packet there is no `/proc` scan: flows (protocol, local end, remote
 //! end) and socket owners (inode → pid, fd, label, process) are cached in
@@ -106,7 +107,8 @@
 //! | `unreadable`        | `/proc/PID/attr/current` failed otherwise (e.g. EACCES) |
 //! | `unsupported_proto` | a local end of a protocol without sockets to look up (ICMP, SCTP, others) |
 //! | `sock_diag_error`   | the sock_diag query itself failed (counted in [`ResolverStats::sock_diag_errors`]) |
-//! | `remote`            | the end is not on this host and no static/peer label names it |
+//! | `remote`            | the end is not on this host (nor at an address of another network namespace on it) and no static/peer label names it |
+//! | `netns_ambiguous`   | the end's address is in two or more other network namespaces and not exactly one has a socket for the flow (counted in [`ResolverStats::netns_ambiguous`]) |
 //! | `bad_peer_option`   | (peer label) a malformed CIPSO/CALIPSO option, counted in [`ResolverStats::bad_peer_options`] |
 //! | `unknown_doi`       | (peer label) a well-formed option whose DOI the policy does not map |
 //!
@@ -119,6 +121,11 @@
 //! * `dest`: the local socket the packet goes to when the destination address
 //!   is local (INPUT; OUTPUT to loopback or an own address); otherwise the
 //!   static address label of the destination, else `remote`.
+//! * An end that is not local but whose address another network namespace
+//!   on this host has (a container's) is resolved as a local end inside
+//!   that namespace ([`netns`]: the flow cache key carries the namespace;
+//!   an address of two or more namespaces needs exactly one with a socket
+//!   for the flow, else `netns_ambiguous`).
 //! * `peer`: the CIPSO/CALIPSO level and/or static address label of the
 //!   source address; `None` when there is neither.
 //! * `uid`/`gid`: NFQA_UID/GID when the kernel gave them, else the sending
@@ -132,6 +139,7 @@ pub mod kernel;
 mod owner;
 pub use crate::packet::peer;
 mod local;
+pub mod netns;
 mod peer_label;
 pub mod procfs;
 pub mod sockdiag;
@@ -145,6 +153,7 @@ use end::{LocalEnd, Reason};
 use flow::{FlowEntry, FlowKey, FlowTtl, Flows, Found, CLOSED, VIA_LISTENER};
 pub use kernel::{KernelView, SysKernel};
 use local::LocalAddrs;
+use netns::NsIndex;
 use owner::{OwnerTuning, Owners};
 pub use peer_label::{netlabel_peer, peer_label, PeerConfig, PeerOutcome};
 use sockdiag::{DiagProto, DiagSocket, Lookup};
@@ -202,6 +211,9 @@ impl SocketResolver<SysKernel> {
     /// Opens the sock_diag socket and does the first `/proc` scan.
     pub fn new(peer: PeerConfig, cfg: ResolverConfig) -> Result<Self, ResolveError> {
         let kernel = SysKernel::new(cfg.proc_root.clone(), cfg.shards).map_err(ResolveError::SockDiag)?;
+        // A freed namespace index waits out every flow entry that could name it.
+        let quarantine = cfg.flow_ttl.max(cfg.negative_ttl) + std::time::Duration::from_secs(1);
+        let kernel = if cfg.other_netns { kernel.with_netns(quarantine) } else { kernel };
         let start = Instant::now();
         let first = procfs::scan(kernel.proc_root())
             .map_err(|err| ResolveError::Proc { path: cfg.proc_root.display().to_string(), err })?;
@@ -317,6 +329,7 @@ impl<K: KernelView> SocketResolver<K> {
     /// the other end's, see [`labels_with`](Self::labels_with)).
     fn local_end(
         &self,
+        ns: NsIndex,
         proto: DiagProto,
         local: SocketAddr,
         remote: SocketAddr,
@@ -324,7 +337,7 @@ impl<K: KernelView> SocketResolver<K> {
         pre: Option<Lookup>,
     ) -> LocalEnd {
         let syn = pk.syn;
-        let key = FlowKey::new(proto, local, remote);
+        let key = FlowKey::in_netns(ns, proto, local, remote);
         let cached = if syn { None } else { self.flows.get(&key, &self.stats.flow) };
         // A held socket is answered from the caches; one whose holder is
         // gone (or unknown) is asked about again.
@@ -341,7 +354,8 @@ impl<K: KernelView> SocketResolver<K> {
             return end;
         }
         let previous = cached.as_ref().and_then(|e| e.socket().ok());
-        let found = flow::query(&self.kernel, &self.stats, proto, key.local(), key.remote(), previous.is_some(), pre);
+        let lookup = |p: DiagProto, l: SocketAddr, r: SocketAddr| self.lookup_in(ns, p, l, r);
+        let found = flow::query(&lookup, &self.stats, proto, key.local(), key.remote(), previous.is_some(), pre);
         let now_socket = match found {
             Found::Socket(ds) | Found::Listener(ds) | Found::Fileless(ds) => Some(ds),
             Found::Nothing(_) => None,
@@ -403,6 +417,43 @@ impl<K: KernelView> SocketResolver<K> {
         end
     }
 
+    /// A sock_diag lookup in namespace `ns` (0: labelgate's own), counted
+    /// into `netns_lookups` when it is another.
+    fn lookup_in(&self, ns: NsIndex, proto: DiagProto, local: SocketAddr, remote: SocketAddr) -> Lookup {
+        if ns == 0 {
+            return self.kernel.lookup(proto, local, remote);
+        }
+        bump(&self.stats.netns_lookups);
+        self.kernel.lookup_in(ns, proto, local, remote)
+    }
+
+    /// The local end at `local` (talking to `remote`) in whichever of the
+    /// namespaces `cands` (two or more have the address) has a socket for
+    /// the full tuple: exactly one must, else `netns_ambiguous`.
+    fn ambiguous_end(
+        &self,
+        cands: &[NsIndex],
+        proto: DiagProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        pk: PacketFacts,
+    ) -> LocalEnd {
+        let mut hits = Vec::new();
+        for &ns in cands {
+            bump(&self.stats.sock_diag_queries);
+            if let Ok(Some(ds)) = self.lookup_in(ns, proto, local, remote) {
+                hits.push((ns, ds));
+            }
+        }
+        match hits.as_slice() {
+            [(ns, ds)] => self.local_end(*ns, proto, local, remote, pk, Some(Ok(Some(*ds)))),
+            _ => {
+                bump(&self.stats.netns_ambiguous);
+                LocalEnd::unlabeled("netns_ambiguous")
+            }
+        }
+    }
+
     /// The holder of socket `ds` (see [`Owners::owner_of`]).
     fn owner_of(
         &self,
@@ -418,6 +469,7 @@ impl<K: KernelView> SocketResolver<K> {
     /// module documentation); `None` when that needs slow work.
     fn cached_end(
         &self,
+        ns: NsIndex,
         proto: DiagProto,
         local: SocketAddr,
         remote: SocketAddr,
@@ -427,7 +479,7 @@ impl<K: KernelView> SocketResolver<K> {
         if pk.syn {
             return None;
         }
-        let key = FlowKey::new(proto, local, remote);
+        let key = FlowKey::in_netns(ns, proto, local, remote);
         let e = self.flows.get(&key, &CacheCounters::default())?;
         let end = e.answer(
             self.flows.ttl(),
@@ -536,11 +588,22 @@ impl<K: KernelView> SocketResolver<K> {
             _ => None,
         };
         let pk = PacketFacts { syn: pkt.tcp_syn, received: meta.received };
-        let resolve_end = |local: SocketAddr, remote: SocketAddr, pre: Option<Lookup>| match (diag_proto, cached) {
-            (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
-            (Some(p), None) => Some(self.local_end(p, local, remote, pk, pre)),
-            (Some(p), Some(hits)) => self.cached_end(p, local, remote, pk, hits),
+        let resolve_end =
+            |ns: NsIndex, local: SocketAddr, remote: SocketAddr, pre: Option<Lookup>| match (diag_proto, cached) {
+                (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
+                (Some(p), None) => Some(self.local_end(ns, p, local, remote, pk, pre)),
+                (Some(p), Some(hits)) => self.cached_end(ns, p, local, remote, pk, hits),
+            };
+        // An end that is not this host's, at an address of other network
+        // namespaces: its socket is looked up there.
+        let in_netns = |cands: &[NsIndex], local: SocketAddr, remote: SocketAddr| match (cands, diag_proto, cached) {
+            ([ns], _, _) => resolve_end(*ns, local, remote, None),
+            (_, None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
+            // Which namespace has the socket takes sock_diag lookups.
+            (_, Some(_), Some(_)) => None,
+            (_, Some(p), None) => Some(self.ambiguous_end(cands, p, local, remote, pk)),
         };
+
         let is_local = |ip: IpAddr| match cached {
             None => Some(self.local.is_local(ip)),
             Some(_) => self.local.is_local_cached(ip),
@@ -561,8 +624,18 @@ impl<K: KernelView> SocketResolver<K> {
             }
             _ => (None, None),
         };
-        let src_end = if src_local { Some(resolve_end(src, dst, src_pre)?) } else { None };
-        let dst_end = if dst_local { Some(resolve_end(dst, src, dst_pre)?) } else { None };
+        let src_ns = if src_local { Vec::new() } else { self.kernel.netns_with(pkt.src) };
+        let dst_ns = if dst_local { Vec::new() } else { self.kernel.netns_with(pkt.dst) };
+        let src_end = match (src_local, src_ns.is_empty()) {
+            (true, _) => Some(resolve_end(0, src, dst, src_pre)?),
+            (false, false) => Some(in_netns(&src_ns, src, dst)?),
+            (false, true) => None,
+        };
+        let dst_end = match (dst_local, dst_ns.is_empty()) {
+            (true, _) => Some(resolve_end(0, dst, src, dst_pre)?),
+            (false, false) => Some(in_netns(&dst_ns, dst, src)?),
+            (false, true) => None,
+        };
 
         let mut l = Labels::unresolved("not_resolved");
         l.secmark = secmark_context(meta);

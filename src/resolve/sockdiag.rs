@@ -13,10 +13,12 @@
 //! are swapped for historical reasons"): for TCP `src`/`sport` name the local
 //! end, for UDP they name the remote end and `dst`/`dport` the local end.
 
+use crate::sys::netns;
 use crate::sys::sockdiag::{Answer, DiagLink, InetQuery, InetReply, MAX_BATCH};
+use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// TCP states as the kernel numbers them in `inet_diag_msg.idiag_state`.
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -44,6 +46,9 @@ pub struct DiagSocket {
 /// each other's lookups (each lookup takes one socket out of the pool).
 pub struct SockDiag {
     pool: Mutex<Vec<DiagLink>>,
+    /// The network namespace the sockets are opened in (`None`: the
+    /// calling thread's, which is labelgate's own).
+    netns: Option<Arc<File>>,
 }
 
 /// Transport protocol of a lookup.
@@ -60,7 +65,21 @@ impl SockDiag {
     /// Opens one socket at once so that a missing permission or kernel
     /// support shows at start-up.
     pub fn new() -> io::Result<SockDiag> {
-        Ok(SockDiag { pool: Mutex::new(vec![DiagLink::open()?]) })
+        Ok(SockDiag { pool: Mutex::new(vec![DiagLink::open()?]), netns: None })
+    }
+
+    /// A pool whose sockets are opened inside the network namespace `ns`
+    /// (an open `/proc/PID/ns/net`), the first one at once.
+    pub fn in_netns(ns: Arc<File>) -> io::Result<SockDiag> {
+        let first = netns::diag_link_in(&*ns)?;
+        Ok(SockDiag { pool: Mutex::new(vec![first]), netns: Some(ns) })
+    }
+
+    fn open(&self) -> io::Result<DiagLink> {
+        match &self.netns {
+            None => DiagLink::open(),
+            Some(ns) => netns::diag_link_in(&**ns),
+        }
     }
 
     /// The socket that owns the flow between `local` and `remote` (both of
@@ -102,7 +121,7 @@ impl SockDiag {
     fn exchange<const N: usize>(&self, queries: [InetQuery; N]) -> [Lookup; N] {
         let failed = |e: &io::Error| std::array::from_fn(|_| Err(io::Error::new(e.kind(), e.to_string())));
         let link = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut link = match link.map_or_else(DiagLink::open, Ok) {
+        let mut link = match link.map_or_else(|| self.open(), Ok) {
             Ok(l) => l,
             Err(e) => return failed(&e),
         };

@@ -28,6 +28,11 @@ pub struct ResolverStats {
     pub peer_options: AtomicU64,
     pub bad_peer_options: AtomicU64,
     pub unknown_doi: AtomicU64,
+    /// sock_diag lookups made inside another network namespace.
+    pub netns_lookups: AtomicU64,
+    /// Ends whose address two or more other namespaces have, and not
+    /// exactly one of them a socket for the flow (`netns_ambiguous`).
+    pub netns_ambiguous: AtomicU64,
 }
 
 impl ResolverStats {
@@ -58,6 +63,8 @@ impl ResolverStats {
             ("peer_options", g(&self.peer_options)),
             ("bad_peer_options", g(&self.bad_peer_options)),
             ("unknown_doi", g(&self.unknown_doi)),
+            ("netns_lookups", g(&self.netns_lookups)),
+            ("netns_ambiguous", g(&self.netns_ambiguous)),
         ]
     }
 

@@ -1,6 +1,7 @@
 //! The one place with `unsafe`: thin, checked wrappers over the libc calls
 //! labelgate needs, and the raw netlink protocols: NFQUEUE ([`nfqueue`]),
-//! sock_diag exact lookups ([`sockdiag`]) and socket-destroy notifications
+//! sock_diag exact lookups ([`sockdiag`]), sockets in other network
+//! namespaces ([`netns`]) and socket-destroy notifications
 //! ([`sockdestroy`]), and conntrack entry deletion ([`ctnetlink`]).
 //!
 //! Each call is wrapped once, with a SAFETY comment; callers get safe
@@ -13,6 +14,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 pub mod ctnetlink;
+pub mod netns;
 pub mod nfqueue;
 pub mod selinux_status;
 pub mod sockdestroy;
