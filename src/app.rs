@@ -93,10 +93,11 @@ impl crate::labels::Resolver for PanicAfter {
 
 /// `flow`: flow mode (TCP flows are not cached at their SYN, see
 /// [`ResolverConfig::cache_syn_flows`](crate::resolve::ResolverConfig::cache_syn_flows)).
-fn resolver_factory(udp_recheck: Duration, flow: bool) -> crate::engine::ResolverFactory {
+fn resolver_factory(udp_recheck: Duration, flow: bool, other_netns: bool) -> crate::engine::ResolverFactory {
     let cfg = crate::resolve::ResolverConfig {
         owner_revalidate_after: udp_recheck,
         cache_syn_flows: !flow,
+        other_netns,
         ..Default::default()
     };
     let real = socket_resolver_factory(cfg);
@@ -558,7 +559,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         let low_port = matches!(&args.metrics, Some(crate::metrics::Endpoint::Tcp(a)) if a.port() < 1024);
         let audit_file = matches!(target, Some(audit::Target::File(_)));
-        let needs = crate::confine::Needs { audit_write: args.audit_kernel, low_port, audit_file };
+        let needs = crate::confine::Needs {
+            audit_write: args.audit_kernel,
+            low_port,
+            audit_file,
+            other_netns: args.other_netns,
+        };
         let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
         log::info!("confined: {r}");
     }
@@ -597,7 +603,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut engine = Engine::new(
         policy,
-        resolver_factory(Duration::from_millis(args.udp_recheck_ms), args.flow),
+        resolver_factory(Duration::from_millis(args.udp_recheck_ms), args.flow, args.other_netns),
         args.mode,
         counters.clone(),
         sink,

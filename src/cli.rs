@@ -224,9 +224,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub flow: bool,
     /// Keep every capability (by default labelgate drops to the capabilities it needs and sets no_new_privs).
-    /// Needed to look sockets up in other network namespaces (containers), which takes CAP_SYS_ADMIN.
     #[arg(long)]
     pub no_confine: bool,
+    /// Also look sockets up in the other network namespaces on this host (containers: their traffic through
+    /// FORWARD, PREROUTING and INPUT gets the labels of the sockets at both ends, see docs/POLICY.md). Entering a
+    /// namespace needs CAP_SYS_ADMIN, which labelgate then keeps; off by default (those ends are remote).
+    #[arg(long)]
+    pub other_netns: bool,
     /// Serve Prometheus metrics on unix:PATH (a socket of mode 0600, created at start and removed at exit; an
     /// existing file there that is not a socket is refused) or a loopback ADDR:PORT, where ADDR may be a host
     /// name that resolves to loopback addresses only, such as localhost (default: no metrics).

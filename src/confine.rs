@@ -35,6 +35,9 @@ pub struct Needs {
     /// needs CAP_DAC_OVERRIDE when logrotate creates the new file owned by
     /// another user (`create 0640 otheruser group`).
     pub audit_file: bool,
+    /// Enter other network namespaces to look their sockets up
+    /// (`--other-netns`): `setns` needs CAP_SYS_ADMIN.
+    pub other_netns: bool,
 }
 
 /// Why confinement failed.
@@ -80,6 +83,9 @@ pub fn kept(needs: &Needs) -> HashSet<Capability> {
     }
     if needs.audit_file {
         keep.insert(Capability::CAP_DAC_OVERRIDE);
+    }
+    if needs.other_netns {
+        keep.insert(Capability::CAP_SYS_ADMIN);
     }
     keep
 }
@@ -130,10 +136,13 @@ mod tests {
         assert!(k.contains(&Capability::CAP_NET_ADMIN));
         assert!(!k.contains(&Capability::CAP_SYS_ADMIN));
         assert!(!k.contains(&Capability::CAP_DAC_OVERRIDE));
-        let k = kept(&Needs { audit_write: true, low_port: true, audit_file: false });
+        let k = kept(&Needs { audit_write: true, low_port: true, audit_file: false, other_netns: false });
         assert!(k.contains(&Capability::CAP_AUDIT_WRITE) && k.contains(&Capability::CAP_NET_BIND_SERVICE));
         assert!(!k.contains(&Capability::CAP_DAC_OVERRIDE));
         let k = kept(&Needs { audit_file: true, ..Needs::default() });
         assert!(k.contains(&Capability::CAP_DAC_OVERRIDE) && k.len() == 4);
+        assert!(!k.contains(&Capability::CAP_SYS_ADMIN));
+        let k = kept(&Needs { other_netns: true, ..Needs::default() });
+        assert!(k.contains(&Capability::CAP_SYS_ADMIN) && k.len() == 4);
     }
 }

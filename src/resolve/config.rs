@@ -44,8 +44,8 @@ pub struct ResolverConfig {
     /// with sock_diag: slower, never wrong.)
     pub cache_syn_flows: bool,
     /// Look sockets up in the other network namespaces too (containers:
-    /// see `netns.rs`); needs CAP_SYS_ADMIN, without which it is off with
-    /// a warning.
+    /// see `netns.rs`; `run --other-netns`); needs CAP_SYS_ADMIN, without
+    /// which it is off with a warning.
     pub other_netns: bool,
 }
 
@@ -61,7 +61,7 @@ impl Default for ResolverConfig {
             local_addr_ttl: Duration::from_secs(2),
             proc_root: PathBuf::from("/proc"),
             cache_syn_flows: true,
-            other_netns: true,
+            other_netns: false,
         }
     }
 }

@@ -94,7 +94,9 @@ impl SysKernel {
     pub fn with_netns(mut self, quarantine: std::time::Duration) -> SysKernel {
         match NetnsRegistry::start(&self.proc_root, quarantine) {
             Ok(r) => self.netns = Some(r),
-            Err(e) => log::warn!("sockets in other network namespaces will not be looked up (entering them needs CAP_SYS_ADMIN: labelgate run --no-confine): {e}"),
+            Err(e) => log::warn!(
+                "sockets in other network namespaces will not be looked up (entering them needs CAP_SYS_ADMIN): {e}"
+            ),
         }
         self
     }
