@@ -56,6 +56,8 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
         && opt_covers(&ra.dest_level, &rb.dest_level, |x, y| x == y)
         && opt_covers(&ra.peer_level, &rb.peer_level, |x, y| x == y)
         && opt_covers(&ra.mls, &rb.mls, |x, y| x == y)
+        && opt_covers(&ra.source_process, &rb.source_process, |x, y| x == y)
+        && opt_covers(&ra.dest_process, &rb.dest_process, |x, y| x == y)
 }
 
 /// Every type a policy names (patterns, sets, permissive domains).

@@ -26,7 +26,7 @@ pub(crate) fn record() -> Record {
         peer: None,
         uid: Some(48),
         gid: None,
-        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into() }),
+        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into(), cgroup: None }),
         dest_process: None,
         rule: "db-port-others".into(),
         permissive: true,
@@ -72,7 +72,7 @@ fn grants_are_not_avc_messages_and_carry_the_gid() {
 #[test]
 fn hostile_strings_cannot_break_the_record() {
     let mut r = record();
-    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into() });
+    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into(), cgroup: None });
     let line = format_avc(&r, &id(), 1, Some("e'th0"));
     assert_eq!(line.matches('\'').count(), 2, "{line}");
     assert!(!line.contains('\n'));

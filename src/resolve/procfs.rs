@@ -8,7 +8,7 @@
 
 use super::cache::{CacheCounters, ShardedCache};
 use crate::context::SecurityContext;
-use crate::labels::{Label, Origin, ProcessInfo};
+use crate::labels::{CgroupInfo, Label, Origin, ProcessInfo};
 use crate::sys::ProcLink;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -233,10 +233,27 @@ pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> 
             .unwrap_or_default(),
     };
     if let Some(k) = known.filter(|k| k.pid == pid && *k.exe == *exe) {
-        return Some(k.clone());
+        // A process moves between cgroups without an exec: its cgroup is
+        // read again (one small read), the copy kept when it is the same.
+        let cgroup = cgroup_info(proc_root, pid);
+        let same = k.cgroup.as_ref().map(|c| &*c.path) == cgroup.as_ref().map(|c| &*c.path);
+        return Some(if same { k.clone() } else { ProcessInfo { cgroup: cgroup.map(Arc::new), ..k.clone() } });
     }
     let comm = std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm")).ok()?;
-    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe) })
+    let cgroup = cgroup_info(proc_root, pid).map(Arc::new);
+    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe), cgroup })
+}
+
+/// The cgroup v2 facts of a process from `<proc>/PID/cgroup` (its `0::`
+/// line); `None` when the file is missing, unreadable, has no such line or
+/// is longer than [`crate::labels::cgroup::MAX_CGROUP_FILE`].
+pub fn cgroup_info(proc_root: &Path, pid: u32) -> Option<CgroupInfo> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let mut buf = Vec::new();
+    let limit = u64::try_from(crate::labels::cgroup::MAX_CGROUP_FILE).unwrap_or(u64::MAX).saturating_add(1);
+    f.take(limit).read_to_end(&mut buf).ok()?;
+    CgroupInfo::parse_proc(&buf)
 }
 
 /// Why a label read found nothing usable.
@@ -354,12 +371,18 @@ mod tests {
         assert_eq!(&*info.exe, std::env::current_exe().unwrap().to_str().unwrap());
         // What was read before is reused while the exe is the same; another
         // pid's or another exe's is not.
-        let stale = ProcessInfo { pid, comm: "renamed".into(), exe: info.exe.clone() };
+        let stale = ProcessInfo { pid, comm: "renamed".into(), exe: info.exe.clone(), cgroup: info.cgroup.clone() };
         assert_eq!(process_info(proc_root, pid, Some(&stale)).unwrap().comm, stale.comm);
         let other_exe = ProcessInfo { exe: "/other".into(), ..stale.clone() };
         assert_eq!(process_info(proc_root, pid, Some(&other_exe)).unwrap(), info);
         let other_pid = ProcessInfo { pid: pid + 1, ..stale };
         assert_eq!(process_info(proc_root, pid, Some(&other_pid)).unwrap(), info);
+        // The cgroup is this process's own `0::` line, and it is read again
+        // for a known process (processes move between cgroups).
+        let own = std::fs::read("/proc/self/cgroup").unwrap();
+        assert_eq!(info.cgroup.as_deref(), CgroupInfo::parse_proc(&own).as_ref());
+        let moved = ProcessInfo { cgroup: Some(Arc::new(CgroupInfo::from_path("/elsewhere"))), ..info.clone() };
+        assert_eq!(process_info(proc_root, pid, Some(&moved)).unwrap().cgroup, info.cgroup);
         drop(s);
         assert!(!holds(proc_root, pid, fd, ino));
         assert_eq!(find_in(proc_root, pid, ino), None);
