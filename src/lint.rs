@@ -330,6 +330,24 @@ verdict = "drop"
     }
 
     #[test]
+    fn process_keys_narrow_a_rule_for_shadowing() {
+        let r = |name: &str, keys: &str| {
+            format!("[[rule]]\nname = \"{name}\"\nsource = \"httpd_t\"\n{keys}verdict = \"drop\"\n")
+        };
+        // A rule with process keys does not shadow one without them, nor
+        // one with the same keys at the other end.
+        let t = r("a", "source_unit = \"web.service\"\n") + &r("b", "");
+        assert!(lint_text(&t).is_empty(), "{:?}", lint_text(&t));
+        let t = r("a", "source_container = \"0123456789ab\"\n") + &r("b", "dest_container = \"0123456789ab\"\n");
+        assert!(lint_text(&t).is_empty(), "{:?}", lint_text(&t));
+        // One without them shadows one with them; equal keys shadow.
+        let t = r("a", "") + &r("b", "dest_exe = \"/usr/sbin/*\"\n");
+        assert_eq!(lint_text(&t).len(), 1, "{:?}", lint_text(&t));
+        let t = r("a", "dest_exe = \"/usr/sbin/*\"\n") + &r("b", "dest_exe = \"/usr/sbin/*\"\n");
+        assert_eq!(lint_text(&t).len(), 1, "{:?}", lint_text(&t));
+    }
+
+    #[test]
     fn narrower_earlier_rules_do_not_shadow() {
         let t = "[[rule]]\nname = \"a\"\nproto = \"tcp\"\ndport = 80\nverdict = \"drop\"\n[[rule]]\nname = \"b\"\nproto = \"tcp\"\ndport = \"1-1024\"\nverdict = \"drop\"\n";
         assert!(lint_text(t).is_empty());
