@@ -1,7 +1,8 @@
 //! Everything read from `/proc`: the socket-inode → (pid, fd) map (one scan
 //! of every process's fd table), cheap re-validation of one (pid, fd) (with
 //! open links for the ones checked again and again, [`FdLinks`]), the
-//! socket's and the process's SELinux labels, and comm/exe for audit.
+//! socket's and the process's SELinux labels, and comm/exe/cgroup for
+//! audit and the rules' process keys.
 //!
 //! Reads race with processes that exit and fds that close; every failure
 //! is reported as a value, never a panic.
@@ -215,11 +216,12 @@ pub fn alive(proc_root: &Path, pid: u32) -> bool {
     proc_root.join(pid.to_string()).exists()
 }
 
-/// comm and exe of a process; `None` when it has exited. `known`: what was
-/// read for this pid before; it is returned again, without reading comm,
-/// when the pid and the exe link are the same (a process's comm changes at
-/// exec, which here almost always changes the exe too; a rename with
-/// `prctl(PR_SET_NAME)` in between is not seen).
+/// comm, exe and cgroup of a process; `None` when it has exited. `known`:
+/// what was read for this pid before; its comm is kept, without reading it
+/// again, when the pid and the exe link are the same (a process's comm
+/// changes at exec, which here almost always changes the exe too; a rename
+/// with `prctl(PR_SET_NAME)` in between is not seen). The cgroup is read
+/// again all the same: a process moves between cgroups without an exec.
 pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
     // exe is unreadable for kernel threads and without ptrace rights.
     let mut path = [0u8; 128];
