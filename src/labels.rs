@@ -5,6 +5,10 @@
 //! The decision code only sees [`Labels`]; how they were found (NFQA
 //! attributes, sock_diag, /proc, CIPSO) lives behind [`Resolver`].
 
+pub mod cgroup;
+
+pub use cgroup::CgroupInfo;
+
 use crate::context::SecurityContext;
 use crate::packet::PacketInfo;
 use std::fmt;
@@ -135,12 +139,32 @@ impl Label {
     }
 }
 
-/// The local process behind a socket, for audit records.
+/// The local process behind a socket, for audit records and the rule keys
+/// `*_exe`, `*_unit`, `*_cgroup` and `*_container`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub comm: Arc<str>,
     pub exe: Arc<str>,
+    /// Its cgroup v2 path, unit and container id; `None` when unreadable.
+    pub cgroup: Option<Arc<CgroupInfo>>,
+}
+
+impl ProcessInfo {
+    /// Its systemd unit, if its cgroup names one.
+    pub fn unit(&self) -> Option<&str> {
+        self.cgroup.as_ref().and_then(|c| c.unit.as_deref())
+    }
+
+    /// Its container id, if its cgroup names one.
+    pub fn container(&self) -> Option<&str> {
+        self.cgroup.as_ref().and_then(|c| c.container.as_deref())
+    }
+
+    /// Its cgroup v2 path, if known.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        self.cgroup.as_ref().map(|c| &*c.path)
+    }
 }
 
 /// Everything the decision needs to know about who talks to whom.

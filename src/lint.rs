@@ -56,6 +56,8 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
         && opt_covers(&ra.dest_level, &rb.dest_level, |x, y| x == y)
         && opt_covers(&ra.peer_level, &rb.peer_level, |x, y| x == y)
         && opt_covers(&ra.mls, &rb.mls, |x, y| x == y)
+        && opt_covers(&ra.source_process, &rb.source_process, |x, y| x == y)
+        && opt_covers(&ra.dest_process, &rb.dest_process, |x, y| x == y)
 }
 
 /// Every type a policy names (patterns, sets, permissive domains).
@@ -325,6 +327,24 @@ verdict = "drop"
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].starts_with("11: rule \"httpd-80\" is shadowed by rule \"web-any\" (line 5)"), "{f:?}");
         assert!(f[0].contains("verdict differs"));
+    }
+
+    #[test]
+    fn process_keys_narrow_a_rule_for_shadowing() {
+        let r = |name: &str, keys: &str| {
+            format!("[[rule]]\nname = \"{name}\"\nsource = \"httpd_t\"\n{keys}verdict = \"drop\"\n")
+        };
+        // A rule with process keys does not shadow one without them, nor
+        // one with the same keys at the other end.
+        let t = r("a", "source_unit = \"web.service\"\n") + &r("b", "");
+        assert!(lint_text(&t).is_empty(), "{:?}", lint_text(&t));
+        let t = r("a", "source_container = \"0123456789ab\"\n") + &r("b", "dest_container = \"0123456789ab\"\n");
+        assert!(lint_text(&t).is_empty(), "{:?}", lint_text(&t));
+        // One without them shadows one with them; equal keys shadow.
+        let t = r("a", "") + &r("b", "dest_exe = \"/usr/sbin/*\"\n");
+        assert_eq!(lint_text(&t).len(), 1, "{:?}", lint_text(&t));
+        let t = r("a", "dest_exe = \"/usr/sbin/*\"\n") + &r("b", "dest_exe = \"/usr/sbin/*\"\n");
+        assert_eq!(lint_text(&t).len(), 1, "{:?}", lint_text(&t));
     }
 
     #[test]

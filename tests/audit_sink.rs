@@ -52,7 +52,7 @@ fn record(i: usize) -> Record {
         peer: None,
         uid: Some(33),
         gid: Some(33),
-        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into() }),
+        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into(), cgroup: None }),
         dest_process: None,
         rule: format!("rec-{i:05}"),
         permissive: true,

@@ -107,6 +107,36 @@ pub(super) fn quote_safe(s: &str) -> String {
     s.chars().map(|c| if c == '"' || c == '\'' || c.is_control() { '?' } else { c }).collect()
 }
 
+/// `unit`, `cgroup` and `container` of one end's process, each when known,
+/// their names after `prefix` (`t` for the destination). Unit and cgroup
+/// are quoted with spaces also replaced by `?`, so that no reader splits
+/// a field inside them; a container id is hex.
+fn write_cgroup(s: &mut String, prefix: &str, p: &ProcessInfo) {
+    let word = |v: &str| quote_safe(v).replace(' ', "?");
+    if let Some(u) = p.unit() {
+        let _ = write!(s, " {prefix}unit=\"{}\"", word(u));
+    }
+    if let Some(c) = p.cgroup_path() {
+        let _ = write!(s, " {prefix}cgroup=\"{}\"", word(c));
+    }
+    if let Some(c) = p.container() {
+        let _ = write!(s, " {prefix}container={c}");
+    }
+}
+
+/// One end's process as JSON: pid, comm, exe, and unit, cgroup and
+/// container (`null` when unknown).
+fn process_json(p: &ProcessInfo) -> serde_json::Value {
+    serde_json::json!({
+        "pid": p.pid,
+        "comm": &*p.comm,
+        "exe": &*p.exe,
+        "unit": p.unit(),
+        "cgroup": p.cgroup_path(),
+        "container": p.container(),
+    })
+}
+
 pub(super) fn proto_name(n: u8) -> String {
     crate::packet::Proto::from_number(n).to_string()
 }
@@ -134,9 +164,11 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     let _ = write!(s, "{}  {{ {} }} for ", message_tag(r.outcome), permission(r.hook));
     if let Some(p) = &r.process {
         let _ = write!(s, " pid={} comm=\"{}\" path=\"{}\"", p.pid, quote_safe(&p.comm), quote_safe(&p.exe));
+        write_cgroup(&mut s, "", p);
     }
     if let Some(p) = &r.dest_process {
         let _ = write!(s, " tpid={} tcomm=\"{}\"", p.pid, quote_safe(&p.comm));
+        write_cgroup(&mut s, "t", p);
     }
     // `saddr` would be read by ausearch -i as a hex sockaddr, and `proto` as a
     // number; see docs/AUDIT.md for why these names and forms were chosen.
@@ -204,8 +236,8 @@ pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) 
         "tclass": CLASS,
         "perm": permission(r.hook),
         "hook": r.hook.to_string(),
-        "process": r.process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
-        "dest_process": r.dest_process.as_ref().map(|p| serde_json::json!({"pid": p.pid, "comm": &*p.comm, "exe": &*p.exe})),
+        "process": r.process.as_ref().map(process_json),
+        "dest_process": r.dest_process.as_ref().map(process_json),
         "saddr": r.src.map(|a| a.to_string()),
         "src": r.sport,
         "daddr": r.dst.map(|a| a.to_string()),

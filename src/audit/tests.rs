@@ -26,7 +26,7 @@ pub(crate) fn record() -> Record {
         peer: None,
         uid: Some(48),
         gid: None,
-        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into() }),
+        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into(), cgroup: None }),
         dest_process: None,
         rule: "db-port-others".into(),
         permissive: true,
@@ -72,7 +72,7 @@ fn grants_are_not_avc_messages_and_carry_the_gid() {
 #[test]
 fn hostile_strings_cannot_break_the_record() {
     let mut r = record();
-    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into() });
+    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into(), cgroup: None });
     let line = format_avc(&r, &id(), 1, Some("e'th0"));
     assert_eq!(line.matches('\'').count(), 2, "{line}");
     assert!(!line.contains('\n'));
@@ -207,4 +207,38 @@ fn full_channel_counts_lost_records() {
     sink.submit(record());
     assert_eq!(Counters::get(&c.audit_lost), 5);
     assert_eq!(backlog.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn each_end_carries_its_unit_cgroup_and_container() {
+    let cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let cg = |p: &str| Some(Arc::new(crate::labels::CgroupInfo::from_path(p)));
+    let mut r = record();
+    r.process = Some(ProcessInfo { cgroup: cg("/system.slice/my web.service"), ..r.process.clone().unwrap() });
+    r.dest_process = Some(ProcessInfo {
+        pid: 5,
+        comm: "db".into(),
+        exe: "/db".into(),
+        cgroup: cg(&format!("/machine.slice/libpod-{cid}.scope/container")),
+    });
+    let line = format_avc(&r, &id(), 1, None);
+    assert!(line.contains(" unit=\"my?web.service\" cgroup=\"/system.slice/my?web.service\" tpid="), "{line}");
+    assert!(
+        line.contains(&format!(
+            " tpid=5 tcomm=\"db\" tunit=\"libpod-{cid}.scope\" tcgroup=\"/machine.slice/libpod-{cid}.scope/container\" tcontainer={cid} src_addr="
+        )),
+        "{line}"
+    );
+    assert!(!line.contains(" container="), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&format_json(&r, &id(), 7, None)).unwrap();
+    assert_eq!(v["process"]["unit"], "my web.service");
+    assert_eq!(v["process"]["cgroup"], "/system.slice/my web.service");
+    assert!(v["process"]["container"].is_null());
+    assert_eq!(v["dest_process"]["container"], cid);
+    assert_eq!(v["dest_process"]["pid"], 5);
+    // Unknown cgroup: the fields are absent from the line and null in JSON.
+    let line = format_avc(&record(), &id(), 1, None);
+    assert!(!line.contains("unit=") && !line.contains("cgroup="), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&format_json(&record(), &id(), 7, None)).unwrap();
+    assert!(v["process"]["unit"].is_null() && v["process"]["cgroup"].is_null(), "{v}");
 }

@@ -33,6 +33,12 @@ pub enum PatternError {
     EmptyPorts,
     #[error("bad address or CIDR {0:?}")]
     BadAddress(String),
+    #[error("empty {0} pattern")]
+    EmptyGlob(&'static str),
+    #[error("{what} pattern {pattern:?} must start with '/' or '*'")]
+    RelativeGlob { what: &'static str, pattern: String },
+    #[error(transparent)]
+    ContainerId(#[from] crate::labels::cgroup::ContainerIdError),
 }
 
 /// A named type set as the compiler resolves it.
@@ -319,6 +325,104 @@ impl fmt::Display for PortSet {
             }
         }
         Ok(())
+    }
+}
+
+/// A pattern over a name or path, where `*` stands for any run of
+/// characters (`/` included) and every other character for itself.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Glob(Box<str>);
+
+impl Glob {
+    /// The pattern as written; `what` names the key, for the message.
+    /// `absolute`: the pattern must start with `/` or `*` (paths).
+    pub fn parse(s: &str, what: &'static str, absolute: bool) -> Result<Glob, PatternError> {
+        if s.is_empty() {
+            return Err(PatternError::EmptyGlob(what));
+        }
+        if absolute && !s.starts_with(['/', '*']) {
+            return Err(PatternError::RelativeGlob { what, pattern: s.chars().take(200).collect() });
+        }
+        Ok(Glob(s.into()))
+    }
+
+    /// Whether `t` matches the whole pattern.
+    pub fn matches(&self, t: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or("");
+        let Some(mut rest) = t.strip_prefix(first) else { return false };
+        let mut last = None;
+        for p in parts {
+            if let Some(prev) = last.replace(p) {
+                // A middle part: its leftmost match leaves the most room.
+                match rest.find(prev) {
+                    Some(i) => rest = rest.get(i + prev.len()..).unwrap_or(""),
+                    None => return false,
+                }
+            }
+        }
+        match last {
+            None => rest.is_empty(),
+            Some(end) => rest.len() >= end.len() && rest.ends_with(end),
+        }
+    }
+}
+
+impl fmt::Display for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a rule requires of the process owning one end (`source_*` or
+/// `dest_*` keys): each condition written must hold, and an end with no
+/// process (remote, unresolved) matches none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcessCond {
+    /// The executable path (`*_exe`).
+    pub exe: Option<Glob>,
+    /// The systemd unit (`*_unit`).
+    pub unit: Option<Glob>,
+    /// The cgroup v2 path (`*_cgroup`).
+    pub cgroup: Option<Glob>,
+    /// A container id prefix, 12 to 64 lower-case hex digits (`*_container`).
+    pub container: Option<Box<str>>,
+}
+
+/// Which condition of a [`ProcessCond`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessField {
+    Exe,
+    Unit,
+    Cgroup,
+    Container,
+}
+
+impl ProcessCond {
+    /// Whether the end's process `p` meets every condition; on a miss, the
+    /// first that failed.
+    pub fn check(&self, p: Option<&crate::labels::ProcessInfo>) -> Result<(), ProcessField> {
+        fn one<T: ?Sized>(
+            c: Option<&T>,
+            v: Option<&str>,
+            ok: impl Fn(&T, &str) -> bool,
+            why: ProcessField,
+        ) -> Result<(), ProcessField> {
+            match c {
+                None => Ok(()),
+                Some(c) if v.is_some_and(|v| ok(c, v)) => Ok(()),
+                Some(_) => Err(why),
+            }
+        }
+        one(self.exe.as_ref(), p.map(|p| &*p.exe).filter(|e| !e.is_empty()), Glob::matches, ProcessField::Exe)?;
+        one(self.unit.as_ref(), p.and_then(|p| p.unit()), Glob::matches, ProcessField::Unit)?;
+        one(self.cgroup.as_ref(), p.and_then(|p| p.cgroup_path()), Glob::matches, ProcessField::Cgroup)?;
+        one(
+            self.container.as_deref(),
+            p.and_then(|p| p.container()),
+            |c: &str, v| v.starts_with(c),
+            ProcessField::Container,
+        )
     }
 }
 

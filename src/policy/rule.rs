@@ -3,7 +3,7 @@
 //! [`Mismatch`] that says why it missed. The parser builds these; the table
 //! in `mod.rs` indexes and decides with them.
 
-use super::pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet};
+use super::pattern::{ContextPattern, IdSet, LevelCond, NetSet, PortCond, PortSet, ProcessCond, ProcessField};
 use crate::labels::{Hook, Labels};
 use crate::packet::{PacketInfo, Proto};
 use ipnet::IpNet;
@@ -157,6 +157,11 @@ pub struct RareConds {
     pub gid: Option<Arc<IdSet>>,
     pub iif: Option<Box<str>>,
     pub oif: Option<Box<str>>,
+    /// What the source end's process must be (`source_exe`, `source_unit`,
+    /// `source_cgroup`, `source_container`).
+    pub source_process: Option<Arc<ProcessCond>>,
+    /// The same for the destination end (`dest_*`).
+    pub dest_process: Option<Arc<ProcessCond>>,
 }
 
 static NO_RARE: RareConds = RareConds {
@@ -170,6 +175,8 @@ static NO_RARE: RareConds = RareConds {
     gid: None,
     iif: None,
     oif: None,
+    source_process: None,
+    dest_process: None,
 };
 
 impl RareConds {
@@ -217,6 +224,10 @@ pub enum Mismatch {
     DestLevel,
     PeerLevel,
     Mls,
+    /// A `source_*` process key; which one.
+    SourceProcess(ProcessField),
+    /// A `dest_*` process key; which one.
+    DestProcess(ProcessField),
 }
 
 impl fmt::Display for Mismatch {
@@ -240,6 +251,18 @@ impl fmt::Display for Mismatch {
             Mismatch::DestLevel => "dest_level",
             Mismatch::PeerLevel => "peer_level",
             Mismatch::Mls => "mls",
+            Mismatch::SourceProcess(k) => match k {
+                ProcessField::Exe => "source_exe",
+                ProcessField::Unit => "source_unit",
+                ProcessField::Cgroup => "source_cgroup",
+                ProcessField::Container => "source_container",
+            },
+            Mismatch::DestProcess(k) => match k {
+                ProcessField::Exe => "dest_exe",
+                ProcessField::Unit => "dest_unit",
+                ProcessField::Cgroup => "dest_cgroup",
+                ProcessField::Container => "dest_container",
+            },
         };
         f.write_str(s)
     }
@@ -300,6 +323,14 @@ impl Rule {
                 _ => false,
             };
             check(ok, Mismatch::Mls)?;
+        }
+        // Checked last, on the few rules that name them: string work only
+        // for rules the cheaper conditions left standing.
+        if let Some(c) = &rare.source_process {
+            c.check(l.source_process.as_ref()).map_err(Mismatch::SourceProcess)?;
+        }
+        if let Some(c) = &rare.dest_process {
+            c.check(l.dest_process.as_ref()).map_err(Mismatch::DestProcess)?;
         }
         Ok(())
     }

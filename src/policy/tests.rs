@@ -473,3 +473,106 @@ fn digest_is_of_the_bytes_loaded() {
     std::fs::write(&path, "mode = \"permissive\"\n\n").unwrap();
     assert_ne!(Policy::load(&path).unwrap().digest.to_string(), "sha256:716159393d62e3f6");
 }
+
+fn proc_in(pid: u32, exe: &str, cgroup: Option<&str>) -> crate::labels::ProcessInfo {
+    crate::labels::ProcessInfo {
+        pid,
+        comm: "t".into(),
+        exe: exe.into(),
+        cgroup: cgroup.map(|c| Arc::new(crate::labels::CgroupInfo::from_path(c))),
+    }
+}
+
+const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn process_keys_match_their_end_only() {
+    let text = r#"
+default = "drop"
+[[rule]]
+name = "by-unit"
+source_unit = "web*.service"
+dest_exe = "/usr/sbin/*"
+verdict = "accept"
+[[rule]]
+name = "by-container"
+dest_container = "0123456789AB"
+source_cgroup = "/machine.slice/*"
+verdict = "accept"
+[[rule]]
+name = "by-type"
+source = "httpd_t"
+verdict = "accept"
+"#;
+    let p = Policy::from_toml(text, "t.toml").unwrap();
+    let pkt = tcp_to(80);
+    let mut l = labels("system_u:system_r:curl_t:s0", "system_u:system_r:db_t:s0");
+    let rule_of = |l: &Labels| {
+        let d = decide(&p, Hook::Output, &pkt, l);
+        (d.verdict, p.rule_name(d.rule).to_string())
+    };
+    // No process at either end: none of the process rules match.
+    assert_eq!(rule_of(&l), (Verdict::Drop, "default".to_string()));
+    l.source_process = Some(proc_in(1, "/usr/bin/curl", Some("/system.slice/web-1.service")));
+    l.dest_process = Some(proc_in(2, "/usr/sbin/db", Some("/system.slice/db.service")));
+    assert_eq!(rule_of(&l), (Verdict::Accept, "by-unit".to_string()));
+    // The same keys at the other end do not match.
+    std::mem::swap(&mut l.source_process, &mut l.dest_process);
+    assert_eq!(rule_of(&l).1, "default");
+    // Container prefix (written in upper case) and cgroup glob.
+    l.source_process = Some(proc_in(3, "/x", Some("/machine.slice/libpod-conmon-1.scope")));
+    l.dest_process = Some(proc_in(4, "/y", Some(&format!("/machine.slice/libpod-{CID}.scope"))));
+    assert_eq!(rule_of(&l).1, "by-container");
+    l.dest_process = Some(proc_in(4, "/y", Some(&format!("/machine.slice/libpod-f{}.scope", &CID[1..]))));
+    assert_eq!(rule_of(&l).1, "default");
+    // A process whose cgroup is unknown matches no unit/container/cgroup key.
+    l.source_process = Some(proc_in(1, "/usr/bin/curl", None));
+    l.dest_process = Some(proc_in(2, "/usr/sbin/db", None));
+    assert_eq!(rule_of(&l).1, "default");
+    // The rules without process keys still decide by type.
+    let l = labels("system_u:system_r:httpd_t:s0", "system_u:system_r:db_t:s0");
+    assert_eq!(rule_of(&l).1, "by-type");
+    // Why the container rule missed, for explain.
+    let r = p.rules.iter().find(|r| r.name == "by-container").unwrap();
+    let none = || None;
+    let mut l2 = labels("system_u:system_r:curl_t:s0", "system_u:system_r:db_t:s0");
+    l2.source_process = Some(proc_in(3, "/x", Some("/machine.slice/a.scope")));
+    let f = Facts { hook: Hook::Output, pkt: &pkt, labels: &l2, iif: &none, oif: &none };
+    assert_eq!(r.check(&f).unwrap_err().to_string(), "dest_container");
+    assert!(r.rare.is_some() && p.rules.iter().find(|r| r.name == "by-type").unwrap().rare.is_none());
+}
+
+#[test]
+fn process_key_refusals() {
+    for (rule, want) in [
+        ("dest_container = \"0123456789a\"", "shorter than 12 hex digits"),
+        ("dest_container = \"web-frontend\"", "is not hexadecimal (container names are not resolved"),
+        ("source_container = \"\"", "is not hexadecimal"),
+        (&format!("source_container = \"{CID}0\""), "longer than 64"),
+        ("source_cgroup = \"machine.slice\"", "must start with '/' or '*'"),
+        ("dest_exe = \"bin/sh\"", "must start with '/' or '*'"),
+        ("source_unit = \"\"", "empty unit pattern"),
+        ("source_unit = 3", "invalid type"),
+    ] {
+        let text = format!("[[rule]]\nname = \"r\"\n{rule}\nverdict = \"accept\"\n");
+        let e = Policy::from_toml(&text, "t.toml").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("t.toml:3:"), "{rule}: {e}");
+    }
+    let ok = format!("[[rule]]\nname = \"r\"\nsource_container = \"{CID}\"\nverdict = \"accept\"\n");
+    assert!(Policy::from_toml(&ok, "t.toml").is_ok());
+}
+
+#[test]
+fn globs() {
+    use crate::policy::pattern::Glob;
+    let g = |p: &str| Glob::parse(p, "t", false).unwrap();
+    assert!(g("nginx.service").matches("nginx.service"));
+    assert!(!g("nginx.service").matches("nginx.service2"));
+    assert!(g("*").matches(""));
+    assert!(g("/machine.slice/*").matches("/machine.slice/a/b"));
+    assert!(!g("/machine.slice/*").matches("/machine.slice"));
+    assert!(g("a*b*c").matches("abc") && g("a*b*c").matches("axxbyybc"));
+    assert!(!g("a*a").matches("a") && g("a*a").matches("aa"));
+    assert!(!g("*ab*ab").matches("ab") && g("*ab*ab").matches("xabab"));
+    assert!(!g("a*b*c").matches("acb"));
+}

@@ -98,7 +98,12 @@ impl KernelView for FakeKernel {
     }
 
     fn process_info(&self, pid: u32, _: Option<&ProcessInfo>) -> Option<ProcessInfo> {
-        self.alive(pid).then(|| ProcessInfo { pid, comm: Arc::from(format!("p{pid}")), exe: Arc::from("/bin/fake") })
+        self.alive(pid).then(|| ProcessInfo {
+            pid,
+            comm: Arc::from(format!("p{pid}")),
+            exe: Arc::from("/bin/fake"),
+            cgroup: None,
+        })
     }
 
     fn netns_with(&self, ip: IpAddr) -> Vec<NsIndex> {

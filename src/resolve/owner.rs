@@ -31,8 +31,9 @@ const RECENT_HOLDERS: usize = 64;
 /// listed before the processes born since the last full scan.
 const RECENT_LISTED: usize = 16;
 
-/// How long comm and exe read for a recent holder are used for its next
-/// sockets without reading them again (then its exe link is compared).
+/// How long comm, exe and cgroup read for a recent holder are used for its
+/// next sockets without reading them again (then its exe link is compared
+/// and its cgroup read again).
 const PROCESS_INFO_REUSE_NS: u64 = 1_000_000_000;
 
 /// Who holds a socket, and its label.

@@ -1,14 +1,15 @@
 //! Everything read from `/proc`: the socket-inode → (pid, fd) map (one scan
 //! of every process's fd table), cheap re-validation of one (pid, fd) (with
 //! open links for the ones checked again and again, [`FdLinks`]), the
-//! socket's and the process's SELinux labels, and comm/exe for audit.
+//! socket's and the process's SELinux labels, and comm/exe/cgroup for
+//! audit and the rules' process keys.
 //!
 //! Reads race with processes that exit and fds that close; every failure
 //! is reported as a value, never a panic.
 
 use super::cache::{CacheCounters, ShardedCache};
 use crate::context::SecurityContext;
-use crate::labels::{Label, Origin, ProcessInfo};
+use crate::labels::{CgroupInfo, Label, Origin, ProcessInfo};
 use crate::sys::ProcLink;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -215,11 +216,12 @@ pub fn alive(proc_root: &Path, pid: u32) -> bool {
     proc_root.join(pid.to_string()).exists()
 }
 
-/// comm and exe of a process; `None` when it has exited. `known`: what was
-/// read for this pid before; it is returned again, without reading comm,
-/// when the pid and the exe link are the same (a process's comm changes at
-/// exec, which here almost always changes the exe too; a rename with
-/// `prctl(PR_SET_NAME)` in between is not seen).
+/// comm, exe and cgroup of a process; `None` when it has exited. `known`:
+/// what was read for this pid before; its comm is kept, without reading it
+/// again, when the pid and the exe link are the same (a process's comm
+/// changes at exec, which here almost always changes the exe too; a rename
+/// with `prctl(PR_SET_NAME)` in between is not seen). The cgroup is read
+/// again all the same: a process moves between cgroups without an exec.
 pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
     // exe is unreadable for kernel threads and without ptrace rights.
     let mut path = [0u8; 128];
@@ -233,10 +235,27 @@ pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> 
             .unwrap_or_default(),
     };
     if let Some(k) = known.filter(|k| k.pid == pid && *k.exe == *exe) {
-        return Some(k.clone());
+        // A process moves between cgroups without an exec: its cgroup is
+        // read again (one small read), the copy kept when it is the same.
+        let cgroup = cgroup_info(proc_root, pid);
+        let same = k.cgroup.as_ref().map(|c| &*c.path) == cgroup.as_ref().map(|c| &*c.path);
+        return Some(if same { k.clone() } else { ProcessInfo { cgroup: cgroup.map(Arc::new), ..k.clone() } });
     }
     let comm = std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm")).ok()?;
-    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe) })
+    let cgroup = cgroup_info(proc_root, pid).map(Arc::new);
+    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe), cgroup })
+}
+
+/// The cgroup v2 facts of a process from `<proc>/PID/cgroup` (its `0::`
+/// line); `None` when the file is missing, unreadable, has no such line or
+/// is longer than [`crate::labels::cgroup::MAX_CGROUP_FILE`].
+pub fn cgroup_info(proc_root: &Path, pid: u32) -> Option<CgroupInfo> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let mut buf = Vec::new();
+    let limit = u64::try_from(crate::labels::cgroup::MAX_CGROUP_FILE).unwrap_or(u64::MAX).saturating_add(1);
+    f.take(limit).read_to_end(&mut buf).ok()?;
+    CgroupInfo::parse_proc(&buf)
 }
 
 /// Why a label read found nothing usable.
@@ -354,12 +373,18 @@ mod tests {
         assert_eq!(&*info.exe, std::env::current_exe().unwrap().to_str().unwrap());
         // What was read before is reused while the exe is the same; another
         // pid's or another exe's is not.
-        let stale = ProcessInfo { pid, comm: "renamed".into(), exe: info.exe.clone() };
+        let stale = ProcessInfo { pid, comm: "renamed".into(), exe: info.exe.clone(), cgroup: info.cgroup.clone() };
         assert_eq!(process_info(proc_root, pid, Some(&stale)).unwrap().comm, stale.comm);
         let other_exe = ProcessInfo { exe: "/other".into(), ..stale.clone() };
         assert_eq!(process_info(proc_root, pid, Some(&other_exe)).unwrap(), info);
         let other_pid = ProcessInfo { pid: pid + 1, ..stale };
         assert_eq!(process_info(proc_root, pid, Some(&other_pid)).unwrap(), info);
+        // The cgroup is this process's own `0::` line, and it is read again
+        // for a known process (processes move between cgroups).
+        let own = std::fs::read("/proc/self/cgroup").unwrap();
+        assert_eq!(info.cgroup.as_deref(), CgroupInfo::parse_proc(&own).as_ref());
+        let moved = ProcessInfo { cgroup: Some(Arc::new(CgroupInfo::from_path("/elsewhere"))), ..info.clone() };
+        assert_eq!(process_info(proc_root, pid, Some(&moved)).unwrap().cgroup, info.cgroup);
         drop(s);
         assert!(!holds(proc_root, pid, fd, ino));
         assert_eq!(find_in(proc_root, pid, ino), None);

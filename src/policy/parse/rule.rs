@@ -5,7 +5,7 @@
 use super::error::{excerpt, Ctx, PolicyError};
 use super::head::{parse_proto, SetMap};
 use super::raw::{scalar_items, RawRule};
-use crate::policy::pattern::{parse_net, ContextPattern, IdSet, LevelCond, NetSet, PortSet};
+use crate::policy::pattern::{parse_net, ContextPattern, Glob, IdSet, LevelCond, NetSet, PortSet, ProcessCond};
 use crate::policy::rule::{HookSel, RareConds, Rule};
 use serde_spanned::Spanned;
 use std::collections::{HashMap, HashSet};
@@ -54,6 +54,7 @@ pub(super) struct RuleCompiler {
     pub(super) levels: HashMap<Box<str>, Arc<LevelCond>>,
     pub(super) ids: HashSet<Arc<IdSet>>,
     pub(super) nets: HashSet<Arc<NetSet>>,
+    pub(super) processes: HashSet<Arc<ProcessCond>>,
 }
 
 /// The shared copy of `v` in `seen`, added if it is new.
@@ -95,6 +96,32 @@ impl RuleCompiler {
         let c = Arc::new(LevelCond::parse(p.get_ref()).map_err(|m| cx.err(p.span(), m))?);
         self.levels.insert(p.get_ref().as_str().into(), c.clone());
         Ok(Some(c))
+    }
+
+    /// The process conditions of one end (`exe`, `unit`, `cgroup`,
+    /// `container` as that end's keys wrote them); `None` when none is
+    /// written.
+    pub(super) fn process(
+        &mut self,
+        cx: &Ctx<'_>,
+        [exe, unit, cgroup, container]: [&Option<Spanned<String>>; 4],
+    ) -> Result<Option<Arc<ProcessCond>>, PolicyError> {
+        let glob = |p: &Option<Spanned<String>>, what, absolute| -> Result<Option<Glob>, PolicyError> {
+            p.as_ref().map(|p| Glob::parse(p.get_ref(), what, absolute).map_err(|m| cx.err(p.span(), m))).transpose()
+        };
+        let c = ProcessCond {
+            exe: glob(exe, "exe", true)?,
+            unit: glob(unit, "unit", false)?,
+            cgroup: glob(cgroup, "cgroup", true)?,
+            container: container
+                .as_ref()
+                .map(|p| {
+                    crate::labels::cgroup::parse_container_prefix(p.get_ref())
+                        .map_err(|m| cx.err(p.span(), crate::policy::pattern::PatternError::from(m)))
+                })
+                .transpose()?,
+        };
+        Ok((c != ProcessCond::default()).then(|| intern(&mut self.processes, c)))
     }
 
     pub(super) fn compile(&mut self, cx: &Ctx<'_>, sr: &Spanned<RawRule>, sets: &SetMap) -> Result<Rule, PolicyError> {
@@ -184,6 +211,8 @@ pub(super) fn compile_rule(
         gid,
         iif: iface(&r.iif)?,
         oif: iface(&r.oif)?,
+        source_process: rc.process(cx, [&r.source_exe, &r.source_unit, &r.source_cgroup, &r.source_container])?,
+        dest_process: rc.process(cx, [&r.dest_exe, &r.dest_unit, &r.dest_cgroup, &r.dest_container])?,
     };
     Ok(Rule {
         name: name.into(),
