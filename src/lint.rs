@@ -260,7 +260,11 @@ pub fn lint_with_budget(p: &Policy, budget: u64) -> Vec<Finding> {
         if b.hook == HookSel::Forward && b.dest.as_ref().is_some_and(|d| !d.type_.matches("unlabeled_t")) {
             out.push(warn(
                 b.line,
-                format!("rule {:?} can never match: forwarded packets have no local destination socket, so dest is unlabeled_t", b.name),
+                format!(
+                    "rule {:?} matches only under `labelgate run --other-netns`: without it forwarded packets have \
+                     no destination socket on this host, so dest is unlabeled_t",
+                    b.name
+                ),
             ));
         }
     }
@@ -361,6 +365,10 @@ verdict = "drop"
         assert!(f[0].contains("needs a peer label"), "{f:?}");
         let f = lint_text("[[rule]]\nname = \"f\"\nhook = \"forward\"\ndest = \"httpd_t\"\nverdict = \"accept\"\n");
         assert!(f[0].contains("forwarded packets"), "{f:?}");
+        // With --other-netns a forwarded packet's dest is a container's
+        // socket: the rule can match then, and the warning says so.
+        assert!(f[0].contains("matches only under `labelgate run --other-netns`"), "{f:?}");
+        assert!(!f[0].contains("never match"), "{f:?}");
     }
 
     #[test]
