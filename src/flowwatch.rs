@@ -38,14 +38,15 @@ use crate::labels::Hook;
 use crate::packet::{PacketInfo, Proto};
 use crate::sys::ctnetlink::{CtLink, CtTuple, Direction};
 use crate::sys::sockdestroy::{DestroyListener, Destroyed, Received};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most flows remembered by default. A full table holds about 300 bytes
-/// of heap per flow, about 4.7 MiB (`tests/flowwatch_memory.rs`); past it,
+/// Most flows remembered by default. A full table holds about 94 bytes
+/// of heap per flow, the 256 KiB port array included: about 1.5 MiB
+/// (`tests/flowwatch_memory.rs`); past it,
 /// the oldest flow's conntrack entry is deleted (its next packet is decided
 /// again).
 pub const DEFAULT_CAPACITY: usize = 16_384;
@@ -74,9 +75,6 @@ pub struct Flow {
 }
 
 impl Flow {
-    const MIN: Flow = Flow { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, v6: false };
-    const MAX: Flow = Flow { src: [0xff; 16], dst: [0xff; 16], sport: u16::MAX, dport: u16::MAX, v6: true };
-
     /// The flow of a UDP packet queued at INPUT or OUTPUT (the hooks with a
     /// local socket at one end); `None` for anything else.
     pub fn of(pkt: &PacketInfo, hook: Hook) -> Option<Flow> {
@@ -122,58 +120,163 @@ impl Flow {
     }
 }
 
+/// No slot: the end of a port's list.
+const NIL: u32 = u32::MAX;
+
+/// One remembered flow and its place in the two lists of flows by port
+/// (link 0: the flows with its source port, link 1: those with its
+/// destination port; a flow whose two ports are equal is in one list, by
+/// link 0).
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    flow: Flow,
+    /// Bumped whenever the slot is given a flow: an order entry with
+    /// another generation is stale.
+    generation: u32,
+    live: bool,
+    prev: [u32; 2],
+    next: [u32; 2],
+}
+
 /// The accepted flows, indexed by both ports, at most `capacity` of them,
 /// oldest first out.
+///
+/// Laid out for a small heap (about 94 bytes per flow when full, the port
+/// array included; see `tests/flowwatch_memory.rs`): each flow is stored once, in a slot of a
+/// vector; an index by flow holds slot numbers only; the flows of one port
+/// are a list threaded through the slots, whose heads are one flat array
+/// of 65,536 entries (zeroed, so untouched pages cost no memory); the
+/// insertion order is (slot, generation) pairs.
 #[derive(Debug)]
 pub struct FlowTable {
     capacity: usize,
-    next: u64,
-    /// Flow → its insertion number.
-    flows: HashMap<Flow, u64>,
-    /// Insertion order; entries whose number no longer matches `flows` are
-    /// stale (the flow was taken) and skipped.
-    order: VecDeque<(u64, Flow)>,
-    /// (port, flow) for both ports of every remembered flow.
-    by_port: BTreeSet<(u16, Flow)>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Slot numbers, by their flow's hash.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// Per port: 1 + the first slot of its list, 0 for none.
+    heads: Vec<u32>,
+    /// Insertion order; entries whose generation no longer matches their
+    /// slot's are stale (the flow was taken) and skipped.
+    order: VecDeque<(u32, u32)>,
 }
 
 impl FlowTable {
     pub fn new(capacity: usize) -> FlowTable {
         FlowTable {
             capacity: capacity.max(1),
-            next: 0,
-            flows: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            heads: vec![0; 1 << 16],
             order: VecDeque::new(),
-            by_port: BTreeSet::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.live == 0
+    }
+
+    fn hash(&self, f: &Flow) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(f)
+    }
+
+    fn slot(&self, s: u32) -> Option<&Slot> {
+        self.slots.get(s as usize)
+    }
+
+    fn slot_mut(&mut self, s: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(s as usize)
+    }
+
+    fn head(&self, port: u16) -> u32 {
+        self.heads.get(port as usize).map_or(NIL, |h| h.wrapping_sub(1))
+    }
+
+    fn set_head(&mut self, port: u16, s: u32) {
+        if let Some(h) = self.heads.get_mut(port as usize) {
+            *h = s.wrapping_add(1);
+        }
+    }
+
+    /// Which of slot `s`'s links threads the list of `port`.
+    fn link(&self, s: u32, port: u16) -> usize {
+        match self.slot(s) {
+            Some(x) if x.flow.sport != port => 1,
+            _ => 0,
+        }
+    }
+
+    /// The ports whose lists slot `s` is in, with the link of each.
+    fn lists(f: &Flow) -> impl Iterator<Item = (usize, u16)> {
+        let (a, b) = f.ports();
+        [(0, a)].into_iter().chain((a != b).then_some((1, b)))
+    }
+
+    fn find(&self, f: &Flow) -> Option<u32> {
+        let h = self.hash(f);
+        self.index.find(h, |&s| self.slot(s).is_some_and(|x| x.flow == *f)).copied()
     }
 
     /// Remember `flow`. Returns the flow pushed out to make room, whose
     /// conntrack entry must then be deleted. A flow already remembered
     /// keeps its place.
     pub fn record(&mut self, flow: Flow) -> Option<Flow> {
-        if self.flows.contains_key(&flow) {
+        if self.find(&flow).is_some() {
             return None;
         }
-        self.next += 1;
-        self.flows.insert(flow, self.next);
-        self.order.push_back((self.next, flow));
-        let (a, b) = flow.ports();
-        self.by_port.insert((a, flow));
-        self.by_port.insert((b, flow));
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let Ok(s) = u32::try_from(self.slots.len()) else { return Some(flow) };
+                self.slots.push(Slot { flow, generation: 0, live: false, prev: [NIL; 2], next: [NIL; 2] });
+                s
+            }
+        };
+        let mut next = [NIL; 2];
+        for (k, port) in Self::lists(&flow) {
+            let first = self.head(port);
+            if let Some(n) = next.get_mut(k) {
+                *n = first;
+            }
+            if first != NIL {
+                let l = self.link(first, port);
+                if let Some(p) = self.slot_mut(first).and_then(|x| x.prev.get_mut(l)) {
+                    *p = s;
+                }
+            }
+            self.set_head(port, s);
+        }
+        let generation = match self.slot_mut(s) {
+            Some(x) => {
+                x.generation = x.generation.wrapping_add(1);
+                *x = Slot { flow, generation: x.generation, live: true, prev: [NIL; 2], next };
+                x.generation
+            }
+            None => return Some(flow),
+        };
+        let h = self.hash(&flow);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(h, s, |&t| {
+            use std::hash::BuildHasher;
+            slots.get(t as usize).map_or(0, |x| hasher.hash_one(x.flow))
+        });
+        self.live += 1;
+        self.order.push_back((s, generation));
         let mut evicted = None;
-        if self.flows.len() > self.capacity {
-            while let Some((n, f)) = self.order.pop_front() {
-                if self.flows.get(&f) == Some(&n) {
-                    self.forget(&f);
+        if self.live > self.capacity {
+            while let Some((t, g)) = self.order.pop_front() {
+                if let Some(f) = self.slot(t).filter(|x| x.live && x.generation == g).map(|x| x.flow) {
+                    self.forget(t);
                     evicted = Some(f);
                     break;
                 }
@@ -187,33 +290,75 @@ impl FlowTable {
 
     /// Take out every flow with `port` at either end.
     pub fn take_port(&mut self, port: u16) -> Vec<Flow> {
-        let taken: Vec<Flow> = self.by_port.range((port, Flow::MIN)..=(port, Flow::MAX)).map(|(_, f)| *f).collect();
-        for f in &taken {
-            self.forget(f);
+        let mut found = Vec::new();
+        let mut s = self.head(port);
+        while let Some(x) = self.slot(s) {
+            found.push(s);
+            let l = self.link(s, port);
+            s = x.next.get(l).copied().unwrap_or(NIL);
         }
-        taken
+        found
+            .into_iter()
+            .filter_map(|s| {
+                let f = self.slot(s).map(|x| x.flow);
+                self.forget(s);
+                f
+            })
+            .collect()
     }
 
-    /// Remove `f` from the map and the port index (its order entry goes
-    /// stale).
-    fn forget(&mut self, f: &Flow) {
-        self.flows.remove(f);
-        let (a, b) = f.ports();
-        self.by_port.remove(&(a, *f));
-        self.by_port.remove(&(b, *f));
+    /// Unthread slot `s` from its ports' lists, drop it from the index and
+    /// free it.
+    fn forget(&mut self, s: u32) {
+        let Some(x) = self.slot(s).copied().filter(|x| x.live) else { return };
+        for (k, port) in Self::lists(&x.flow) {
+            let (prev, next) = (x.prev.get(k).copied().unwrap_or(NIL), x.next.get(k).copied().unwrap_or(NIL));
+            if prev == NIL {
+                self.set_head(port, next);
+            } else {
+                let l = self.link(prev, port);
+                if let Some(n) = self.slot_mut(prev).and_then(|p| p.next.get_mut(l)) {
+                    *n = next;
+                }
+            }
+            if next != NIL {
+                let l = self.link(next, port);
+                if let Some(p) = self.slot_mut(next).and_then(|n| n.prev.get_mut(l)) {
+                    *p = prev;
+                }
+            }
+        }
+        let h = self.hash(&x.flow);
+        if let Ok(e) = self.index.find_entry(h, |&t| t == s) {
+            e.remove();
+        }
+        if let Some(x) = self.slot_mut(s) {
+            x.live = false;
+        }
+        self.free.push(s);
+        self.live -= 1;
     }
 
     /// Take out every flow.
     pub fn take_all(&mut self) -> Vec<Flow> {
+        let all: Vec<Flow> = self.slots.iter().filter(|x| x.live).map(|x| x.flow).collect();
+        for f in &all {
+            for (_, port) in Self::lists(f) {
+                self.set_head(port, NIL);
+            }
+        }
+        self.slots.clear();
+        self.free.clear();
+        self.index.clear();
         self.order.clear();
-        self.by_port.clear();
-        self.flows.drain().map(|(f, _)| f).collect()
+        self.live = 0;
+        all
     }
 
     /// Drop the stale entries of the order.
     fn compact(&mut self) {
-        let flows = &self.flows;
-        self.order.retain(|(n, f)| flows.get(f) == Some(n));
+        let slots = &self.slots;
+        self.order.retain(|&(s, g)| slots.get(s as usize).is_some_and(|x| x.live && x.generation == g));
     }
 }
 
@@ -505,11 +650,65 @@ mod tests {
             t.take_port(p);
         }
         assert!(t.order.len() <= 2 * 3 + 16, "{}", t.order.len());
-        assert_eq!(t.by_port.len(), 4, "two ports for each of the two flows left");
+        assert_eq!(t.heads.iter().filter(|&&h| h != 0).count(), 3, "ports 4, 5 and 5353 have lists");
+        assert!(t.slots.len() <= 4, "slots are reused: {}", t.slots.len());
         assert_eq!(t.len(), 2);
         let mut all = t.take_all();
         all.sort_by_key(|f| f.ports());
         assert_eq!(all, vec![flow(4, 5353), flow(5, 5353)]);
+    }
+
+    /// The table against a plain model (a vector, oldest first) under a
+    /// long random mix of records, port takes and full takes, with few
+    /// ports so that lists are long, flows share ports and some have equal
+    /// ports.
+    #[test]
+    fn the_table_behaves_as_a_list_of_flows_oldest_first() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for cap in [1usize, 2, 7, 64] {
+            let mut t = FlowTable::new(cap);
+            let mut model: Vec<Flow> = Vec::new();
+            for step in 0..20_000 {
+                match rnd(20) {
+                    0 => {
+                        let p = rnd(12) as u16;
+                        let mut got = t.take_port(p);
+                        let mut want: Vec<Flow> =
+                            model.iter().copied().filter(|f| f.sport == p || f.dport == p).collect();
+                        model.retain(|f| f.sport != p && f.dport != p);
+                        got.sort();
+                        want.sort();
+                        assert_eq!(got, want, "take_port({p}) at step {step}, capacity {cap}");
+                    }
+                    1 if rnd(50) == 0 => {
+                        let mut got = t.take_all();
+                        got.sort();
+                        model.sort();
+                        assert_eq!(got, model, "take_all at step {step}");
+                        model.clear();
+                    }
+                    _ => {
+                        let f = flow(rnd(12) as u16, rnd(12) as u16);
+                        let want = if model.contains(&f) {
+                            None
+                        } else {
+                            model.push(f);
+                            (model.len() > cap).then(|| model.remove(0))
+                        };
+                        assert_eq!(t.record(f), want, "record({f:?}) at step {step}, capacity {cap}");
+                    }
+                }
+                assert_eq!(t.len(), model.len(), "step {step}");
+                assert!(t.order.len() <= 2 * cap + 17);
+                assert!(t.slots.len() <= cap + 1);
+            }
+        }
     }
 
     /// Answers as told, and says what it was asked.

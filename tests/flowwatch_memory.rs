@@ -63,5 +63,5 @@ fn full_table_heap_per_flow() {
         held / t.len(),
         held as f64 / (1 << 20) as f64
     );
-    assert!(held / t.len() < 400, "{held}");
+    assert!(held / t.len() < 120, "{held}");
 }
