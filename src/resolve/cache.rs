@@ -89,11 +89,11 @@ struct Shard<K, V> {
 }
 
 impl<K: Hash + Eq, V> Shard<K, V> {
-    fn new() -> Self {
+    fn new(generation: usize) -> Self {
         // Each map hashes with its own seed, unrelated to the shard choice.
         Shard {
-            young: HashMap::with_hasher(RandomState::default()),
-            old: HashMap::with_hasher(RandomState::default()),
+            young: HashMap::with_capacity_and_hasher(generation, RandomState::default()),
+            old: HashMap::with_capacity_and_hasher(generation, RandomState::default()),
             since: Instant::now(),
             holes: false,
         }
@@ -141,9 +141,10 @@ impl<K: Hash + Eq, V: Clone> ShardedCache<K, V> {
     /// `shards` shards (at least one).
     pub fn new(capacity: usize, shards: usize) -> Self {
         let shards = shards.max(1);
+        let generation = capacity.div_ceil(2 * shards).max(1);
         ShardedCache {
-            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
-            generation: capacity.div_ceil(2 * shards).max(1),
+            shards: (0..shards).map(|_| Mutex::new(Shard::new(generation))).collect(),
+            generation,
             hasher: RandomState::default(),
         }
     }
