@@ -1,7 +1,10 @@
 /* netprobe: bounded connection and latency probes for labelgate's benchmark.
  *
- *   netprobe tcp-serve ADDR PORT SECONDS
- *       Accept and close connections until SECONDS pass.
+ *   netprobe tcp-serve ADDR PORT SECONDS [ACCEPTORS]
+ *       Accept and close connections until SECONDS pass: ACCEPTORS processes
+ *       (default 1, at most 256) accept from the one listening socket, so
+ *       that many concurrent clients on the same CPU do not starve a lone
+ *       acceptor and overflow its accept queue.
  *   netprobe tcp-connect ADDR PORT COUNT SECONDS [CLIENTS]
  *       Open and close (RST, so no TIME_WAIT) at most COUNT connections
  *       within SECONDS: CLIENTS processes (default 1, at most 256) each
@@ -67,9 +70,14 @@ static void timeout(int s, long usec) {
     setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-static int tcp_serve(char **argv) {
+static int tcp_serve(int argc, char **argv) {
     struct sockaddr_in a = addr(argv[2], argv[3]);
     double end = now() + atof(argv[4]);
+    long acceptors = argc > 5 ? atol(argv[5]) : 1;
+    if (acceptors < 1 || acceptors > 256) {
+        fprintf(stderr, "tcp-serve: ACCEPTORS in 1..256\n");
+        return 2;
+    }
     int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 4096) < 0) {
@@ -77,13 +85,31 @@ static int tcp_serve(char **argv) {
         return 1;
     }
     timeout(s, 200000);
-    printf("ready\n");
-    fflush(stdout);
+    int child = 0;
+    for (long i = 1; i < acceptors && !child; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("tcp-serve: fork");
+            return 1;
+        }
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            child = 1;
+        }
+    }
+    if (!child) {
+        printf("ready\n");
+        fflush(stdout);
+    }
     while (now() < end) {
         int c = accept(s, NULL, NULL);
         if (c >= 0)
             close(c);
     }
+    if (child)
+        _exit(0);
+    while (wait(NULL) > 0 || errno == EINTR)
+        ;
     return 0;
 }
 
@@ -270,8 +296,8 @@ static int hold(char **argv) {
 
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
-    if (!strcmp(cmd, "tcp-serve") && argc == 5)
-        return tcp_serve(argv);
+    if (!strcmp(cmd, "tcp-serve") && (argc == 5 || argc == 6))
+        return tcp_serve(argc, argv);
     if (!strcmp(cmd, "tcp-connect") && (argc == 6 || argc == 7))
         return tcp_connect(argc, argv);
     if (!strcmp(cmd, "udp-echo") && argc == 5)
