@@ -143,27 +143,30 @@ avc_select() {
   grep -E "$prefix: +$1 " | grep -F "scontext=$2 " | grep -F "tcontext=$3 " | grep -E -- "${4:-.}" || true
 }
 
-# journal_mark / journal_since UNIT: the unit's journal from a mark on.
+# journal_mark: a cursor at the journal's end, for journal_wait.
 journal_mark() { journalctl -n 0 --show-cursor --no-pager 2>/dev/null | sed -n 's/^-- cursor: //p'; }
-# A line a service writes just before it exits can reach journald after its
-# cgroup is gone and then lacks _SYSTEMD_UNIT: the unit's own lines are also
-# matched by the identifier its stdout stream carries (SYSLOG_IDENTIFIER).
-journal_since() {
-  journalctl --after-cursor="$1" --no-pager -o cat \
-    "_SYSTEMD_UNIT=$2" + "UNIT=$2" + "SYSLOG_IDENTIFIER=${2%.service}" 2>/dev/null
-}
-# journal_wait MARK UNIT PATTERN [SECS]: the unit's journal from MARK on,
-# once a line matches PATTERN (grep -E) or SECS (default 15) have passed.
-# journald reads a service's stderr stream on its own time: a line written
-# just before `systemctl stop` returns may reach the journal a moment later.
-journal_wait() {
-  local deadline=$((SECONDS + ${4:-15})) out
+# journal_poll SECS PATTERN JOURNALCTL_ARGS...: `journalctl -o cat ARGS`,
+# asked again every 0.5 s until a line matches PATTERN (grep -E) or SECS
+# have passed; prints the last answer. journald reads a service's stderr
+# stream on its own time: a line written just before `systemctl stop`
+# returns may reach the journal a moment later.
+journal_poll() {
+  local deadline=$((SECONDS + $1)) pattern="$2" out
+  shift 2
   while :; do
-    out="$(journal_since "$1" "$2")"
-    if grep -qE -- "$3" <<<"$out" || [ "$SECONDS" -ge "$deadline" ]; then break; fi
+    out="$(journalctl --no-pager -o cat "$@" 2>/dev/null)"
+    if grep -qE -- "$pattern" <<<"$out" || [ "$SECONDS" -ge "$deadline" ]; then break; fi
     sleep 0.5
   done
   printf '%s\n' "$out"
+}
+# journal_wait MARK UNIT PATTERN [SECS]: the unit's journal from MARK on,
+# once a line matches PATTERN or SECS (default 15) have passed. A line a
+# service writes just before it exits can reach journald after its cgroup
+# is gone and then lacks _SYSTEMD_UNIT: the unit's own lines are also
+# matched by the identifier its stdout stream carries (SYSLOG_IDENTIFIER).
+journal_wait() {
+  journal_poll "${4:-15}" "$3" --after-cursor="$1" "_SYSTEMD_UNIT=$2" + "UNIT=$2" + "SYSLOG_IDENTIFIER=${2%.service}"
 }
 
 # article_policy: the article's table for these scenarios (queue rules come

@@ -58,12 +58,8 @@ udp_load_start() {
 # the line was in the journal but not after a cursor taken before the
 # stop; the diagnostics below record what each query saw.
 stop_counters() {
-  local line f deadline=$((SECONDS + 15))
-  while :; do
-    line="$(journalctl _PID="$2" --no-pager -o cat 2>/dev/null | grep -m1 'queue 0: kernel id_sequence=')"
-    if [ -n "$line" ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
-    sleep 0.5
-  done
+  local line f
+  line="$(journal_poll 15 'queue 0: kernel id_sequence=' _PID="$2" | grep -m1 'queue 0: kernel id_sequence=')"
   log "$1: $line"
   log "$1: counters lines after the cursor: -u $(journalctl -u labelgate.service --after-cursor="$5" --no-pager -o cat 2>/dev/null | grep -c 'kernel id_sequence='), any $(journalctl --after-cursor="$5" --no-pager -o cat 2>/dev/null | grep -c 'kernel id_sequence=')"
   journalctl _PID="$2" --no-pager -o export 2>/dev/null | grep -aE '^(_SYSTEMD_UNIT|SYSLOG_IDENTIFIER|__CURSOR|__REALTIME_TIMESTAMP|__SEQNUM|_UID)=' | tail -6 >"$LGT_OUT/lifecycle-$1-fields.txt" || true
