@@ -148,6 +148,11 @@ pub struct ProcessInfo {
     pub exe: Arc<str>,
     /// Its cgroup v2 path, unit and container id; `None` when unreadable.
     pub cgroup: Option<Arc<CgroupInfo>>,
+    /// The network namespace the socket was found in, as its nsfs inode
+    /// (what `readlink /proc/PID/ns/net` and `lsns -t net` show):
+    /// labelgate's own, or with `run --other-netns` a container's. `None`
+    /// when not known (a process read for another purpose).
+    pub netns: Option<u64>,
 }
 
 impl ProcessInfo {

@@ -181,6 +181,9 @@ fn forwarded_container_traffic_is_attributed_in_its_namespace() {
         assert_eq!(r["process"]["exe"].as_str(), Some(exe(ss).as_str()), "{r}");
         assert_eq!(r["dest_process"]["pid"].as_u64(), Some(u64::from(server_pid)), "dest pid as ss in B: {r}");
         assert_eq!(r["dest_process"]["exe"].as_str(), Some(exe(server_pid).as_str()), "{r}");
+        // Each end names the namespace its socket was found in.
+        assert_eq!(r["process"]["netns"].as_u64(), Some(netns_inode(&n.a)), "source end in A: {r}");
+        assert_eq!(r["dest_process"]["netns"].as_u64(), Some(netns_inode(&n.b)), "dest end in B: {r}");
     }
     let err = d.stop();
     assert!(err.contains("labelgate rule uid1001-forward: hits=1"), "{err}");

@@ -107,10 +107,11 @@ pub(super) fn quote_safe(s: &str) -> String {
     s.chars().map(|c| if c == '"' || c == '\'' || c.is_control() { '?' } else { c }).collect()
 }
 
-/// `unit`, `cgroup` and `container` of one end's process, each when known,
-/// their names after `prefix` (`t` for the destination). Unit and cgroup
-/// are quoted with spaces also replaced by `?`, so that no reader splits
-/// a field inside them; a container id is hex.
+/// `unit`, `cgroup`, `container` and `netns` of one end's process, each
+/// when known, their names after `prefix` (`t` for the destination). Unit
+/// and cgroup are quoted with spaces also replaced by `?`, so that no
+/// reader splits a field inside them; a container id is hex, the network
+/// namespace its nsfs inode (decimal).
 fn write_cgroup(s: &mut String, prefix: &str, p: &ProcessInfo) {
     let word = |v: &str| quote_safe(v).replace(' ', "?");
     if let Some(u) = p.unit() {
@@ -122,10 +123,13 @@ fn write_cgroup(s: &mut String, prefix: &str, p: &ProcessInfo) {
     if let Some(c) = p.container() {
         let _ = write!(s, " {prefix}container={c}");
     }
+    if let Some(n) = p.netns {
+        let _ = write!(s, " {prefix}netns={n}");
+    }
 }
 
-/// One end's process as JSON: pid, comm, exe, and unit, cgroup and
-/// container (`null` when unknown).
+/// One end's process as JSON: pid, comm, exe, and unit, cgroup,
+/// container and netns (`null` when unknown).
 fn process_json(p: &ProcessInfo) -> serde_json::Value {
     serde_json::json!({
         "pid": p.pid,
@@ -134,6 +138,7 @@ fn process_json(p: &ProcessInfo) -> serde_json::Value {
         "unit": p.unit(),
         "cgroup": p.cgroup_path(),
         "container": p.container(),
+        "netns": p.netns,
     })
 }
 

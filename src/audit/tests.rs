@@ -26,7 +26,13 @@ pub(crate) fn record() -> Record {
         peer: None,
         uid: Some(48),
         gid: None,
-        process: Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into(), cgroup: None }),
+        process: Some(ProcessInfo {
+            pid: 1234,
+            comm: "psql".into(),
+            exe: "/usr/bin/psql".into(),
+            cgroup: None,
+            netns: None,
+        }),
         dest_process: None,
         rule: "db-port-others".into(),
         permissive: true,
@@ -72,7 +78,7 @@ fn grants_are_not_avc_messages_and_carry_the_gid() {
 #[test]
 fn hostile_strings_cannot_break_the_record() {
     let mut r = record();
-    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into(), cgroup: None });
+    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into(), cgroup: None, netns: None });
     let line = format_avc(&r, &id(), 1, Some("e'th0"));
     assert_eq!(line.matches('\'').count(), 2, "{line}");
     assert!(!line.contains('\n'));
@@ -220,12 +226,13 @@ fn each_end_carries_its_unit_cgroup_and_container() {
         comm: "db".into(),
         exe: "/db".into(),
         cgroup: cg(&format!("/machine.slice/libpod-{cid}.scope/container")),
+        netns: Some(4026532301),
     });
     let line = format_avc(&r, &id(), 1, None);
     assert!(line.contains(" unit=\"my?web.service\" cgroup=\"/system.slice/my?web.service\" tpid="), "{line}");
     assert!(
         line.contains(&format!(
-            " tpid=5 tcomm=\"db\" tunit=\"libpod-{cid}.scope\" tcgroup=\"/machine.slice/libpod-{cid}.scope/container\" tcontainer={cid} src_addr="
+            " tpid=5 tcomm=\"db\" tunit=\"libpod-{cid}.scope\" tcgroup=\"/machine.slice/libpod-{cid}.scope/container\" tcontainer={cid} tnetns=4026532301 src_addr="
         )),
         "{line}"
     );
@@ -236,6 +243,8 @@ fn each_end_carries_its_unit_cgroup_and_container() {
     assert!(v["process"]["container"].is_null());
     assert_eq!(v["dest_process"]["container"], cid);
     assert_eq!(v["dest_process"]["pid"], 5);
+    assert_eq!(v["dest_process"]["netns"], 4026532301u64);
+    assert!(v["process"]["netns"].is_null() && !line.contains(" netns="), "{line}");
     // Unknown cgroup: the fields are absent from the line and null in JSON.
     let line = format_avc(&record(), &id(), 1, None);
     assert!(!line.contains("unit=") && !line.contains("cgroup="), "{line}");

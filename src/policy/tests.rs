@@ -480,6 +480,7 @@ fn proc_in(pid: u32, exe: &str, cgroup: Option<&str>) -> crate::labels::ProcessI
         comm: "t".into(),
         exe: exe.into(),
         cgroup: cgroup.map(|c| Arc::new(crate::labels::CgroupInfo::from_path(c))),
+        netns: None,
     }
 }
 

@@ -52,6 +52,11 @@ pub trait KernelView: Send + Sync {
     fn netns_with(&self, _ip: IpAddr) -> Vec<NsIndex> {
         Vec::new()
     }
+    /// The nsfs inode of namespace `ns` (0: labelgate's own), for records.
+    /// The default: not known.
+    fn netns_inode(&self, _ns: NsIndex) -> Option<u64> {
+        None
+    }
     /// [`lookup`](Self::lookup) inside the other network namespace `ns`.
     fn lookup_in(&self, _ns: NsIndex, _proto: DiagProto, _local: SocketAddr, _remote: SocketAddr) -> Lookup {
         Ok(None)
@@ -73,6 +78,8 @@ pub struct SysKernel {
     /// The other network namespaces; `None` when they cannot be entered
     /// (no CAP_SYS_ADMIN) or were not asked for.
     netns: Option<Arc<NetnsRegistry>>,
+    /// labelgate's own network namespace (nsfs inode), if readable.
+    own_netns: Option<u64>,
 }
 
 impl SysKernel {
@@ -81,10 +88,14 @@ impl SysKernel {
     pub fn new(proc_root: PathBuf, shards: usize) -> io::Result<SysKernel> {
         Ok(SysKernel {
             diag: SockDiag::new()?,
-            proc_root,
             links: FdLinks::new(PROC_LINKS, shards),
             no_attr_current: AtomicBool::new(false),
             netns: None,
+            own_netns: {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(proc_root.join("self/ns/net")).ok().map(|m| m.ino())
+            },
+            proc_root,
         })
     }
 
@@ -158,6 +169,14 @@ impl KernelView for SysKernel {
         match &self.netns {
             Some(r) => r.with_addr(ip),
             None => Vec::new(),
+        }
+    }
+
+    fn netns_inode(&self, ns: NsIndex) -> Option<u64> {
+        match (ns, &self.netns) {
+            (0, _) => self.own_netns,
+            (_, Some(r)) => r.inode_of(ns),
+            (_, None) => None,
         }
     }
 

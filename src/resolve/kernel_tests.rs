@@ -103,7 +103,13 @@ impl KernelView for FakeKernel {
             comm: Arc::from(format!("p{pid}")),
             exe: Arc::from("/bin/fake"),
             cgroup: None,
+            netns: None,
         })
+    }
+
+    /// Namespace `ns` is the inode 4026531840 + `ns` (0: the host's).
+    fn netns_inode(&self, ns: NsIndex) -> Option<u64> {
+        Some(4_026_531_840 + u64::from(ns))
     }
 
     fn netns_with(&self, ip: IpAddr) -> Vec<NsIndex> {
@@ -161,6 +167,13 @@ fn a_recent_holder_is_found_without_a_scan() {
     });
     assert_eq!(holder(&dest(&r, 1000)), "p100_t");
     assert_eq!(stat(&r, |s| &s.proc_scans), 1);
+    // A socket of labelgate's own namespace names that namespace, from the
+    // scan's answer and from the caches alike.
+    let m = QueueMeta { hook: 1, ..QueueMeta::default() };
+    let pkt = flow_packet(Proto::Udp, client(1000), SERVER.parse().unwrap());
+    let netns = |l: Labels| l.dest_process.and_then(|p| p.netns);
+    assert_eq!(netns(r.resolve(&pkt, &m)), Some(4_026_531_840));
+    assert_eq!(r.resolve_cached(&pkt, &m).map(netns), Some(Some(4_026_531_840)));
     // Process 100 opens a new socket (after the scan) that the server's
     // address now answers with: found among the recent holders.
     r.kernel.world().fds.get_mut(&100).unwrap().insert(4, 11);
@@ -322,7 +335,9 @@ fn an_end_in_another_namespace_is_looked_up_there() {
     });
     let l = forwarded(&r, OUTSIDE, CONTAINER);
     assert_eq!(holder(&l.dest), "p200_t");
-    assert_eq!(l.dest_process.unwrap().pid, 200);
+    let p = l.dest_process.unwrap();
+    assert_eq!(p.pid, 200);
+    assert_eq!(p.netns, Some(4_026_531_841), "the namespace it was found in, for records");
     assert_eq!(l.source.origin, Origin::Unlabeled("remote"));
     assert_eq!(stat(&r, |s| &s.netns_lookups), 1);
     // Seen from the container's side (its packet going out).
@@ -341,7 +356,9 @@ fn an_address_of_two_namespaces_needs_exactly_one_socket() {
     assert_eq!(forwarded(&r, OUTSIDE, CONTAINER).dest.origin, Origin::Unlabeled("netns_ambiguous"));
     // Only namespace 2 has it: resolved there.
     in_ns(&mut r.kernel.world(), 2, 22, 202);
-    assert_eq!(holder(&forwarded(&r, OUTSIDE, CONTAINER).dest), "p202_t");
+    let l = forwarded(&r, OUTSIDE, CONTAINER);
+    assert_eq!(holder(&l.dest), "p202_t");
+    assert_eq!(l.dest_process.unwrap().netns, Some(4_026_531_842));
     // Both have a socket for the full tuple: unresolved.
     in_ns(&mut r.kernel.world(), 1, 21, 201);
     assert_eq!(forwarded(&r, OUTSIDE, CONTAINER).dest.origin, Origin::Unlabeled("netns_ambiguous"));

@@ -446,12 +446,21 @@ impl<K: KernelView> SocketResolver<K> {
             }
         }
         match hits.as_slice() {
-            [(ns, ds)] => self.local_end(*ns, proto, local, remote, pk, Some(Ok(Some(*ds)))),
+            [(ns, ds)] => self.placed(*ns, self.local_end(*ns, proto, local, remote, pk, Some(Ok(Some(*ds))))),
             _ => {
                 bump(&self.stats.netns_ambiguous);
                 LocalEnd::unlabeled("netns_ambiguous")
             }
         }
+    }
+
+    /// `end` as found in namespace `ns`: its process names the namespace
+    /// (records carry it).
+    fn placed(&self, ns: NsIndex, mut end: LocalEnd) -> LocalEnd {
+        if let Some(p) = end.process.as_mut() {
+            p.netns = self.kernel.netns_inode(ns);
+        }
+        end
     }
 
     /// The holder of socket `ds` (see [`Owners::owner_of`]).
@@ -591,8 +600,8 @@ impl<K: KernelView> SocketResolver<K> {
         let resolve_end =
             |ns: NsIndex, local: SocketAddr, remote: SocketAddr, pre: Option<Lookup>| match (diag_proto, cached) {
                 (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
-                (Some(p), None) => Some(self.local_end(ns, p, local, remote, pk, pre)),
-                (Some(p), Some(hits)) => self.cached_end(ns, p, local, remote, pk, hits),
+                (Some(p), None) => Some(self.placed(ns, self.local_end(ns, p, local, remote, pk, pre))),
+                (Some(p), Some(hits)) => self.cached_end(ns, p, local, remote, pk, hits).map(|e| self.placed(ns, e)),
             };
         // An end that is not this host's, at an address of other network
         // namespaces: its socket is looked up there.

@@ -243,7 +243,7 @@ pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> 
     }
     let comm = std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm")).ok()?;
     let cgroup = cgroup_info(proc_root, pid).map(Arc::new);
-    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe), cgroup })
+    Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe), cgroup, netns: None })
 }
 
 /// The cgroup v2 facts of a process from `<proc>/PID/cgroup` (its `0::`
@@ -373,7 +373,13 @@ mod tests {
         assert_eq!(&*info.exe, std::env::current_exe().unwrap().to_str().unwrap());
         // What was read before is reused while the exe is the same; another
         // pid's or another exe's is not.
-        let stale = ProcessInfo { pid, comm: "renamed".into(), exe: info.exe.clone(), cgroup: info.cgroup.clone() };
+        let stale = ProcessInfo {
+            pid,
+            comm: "renamed".into(),
+            exe: info.exe.clone(),
+            cgroup: info.cgroup.clone(),
+            netns: None,
+        };
         assert_eq!(process_info(proc_root, pid, Some(&stale)).unwrap().comm, stale.comm);
         let other_exe = ProcessInfo { exe: "/other".into(), ..stale.clone() };
         assert_eq!(process_info(proc_root, pid, Some(&other_exe)).unwrap(), info);
