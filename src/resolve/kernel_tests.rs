@@ -22,6 +22,8 @@ struct World {
     netns_addrs: HashMap<IpAddr, Vec<NsIndex>>,
     /// (namespace, proto, local, remote) → socket, exact tuples only.
     netns_sockets: HashMap<(NsIndex, DiagProto, SocketAddr, SocketAddr), DiagSocket>,
+    /// pid → its executable, when not `/bin/fake`.
+    exes: HashMap<u32, String>,
 }
 
 /// A kernel view over a [`World`], counting what it is asked.
@@ -98,10 +100,11 @@ impl KernelView for FakeKernel {
     }
 
     fn process_info(&self, pid: u32, _: Option<&ProcessInfo>) -> Option<ProcessInfo> {
+        let exe = self.world().exes.get(&pid).cloned().unwrap_or_else(|| "/bin/fake".into());
         self.alive(pid).then(|| ProcessInfo {
             pid,
             comm: Arc::from(format!("p{pid}")),
-            exe: Arc::from("/bin/fake"),
+            exe: Arc::from(exe),
             cgroup: None,
             netns: None,
         })
@@ -156,6 +159,33 @@ fn holder(l: &Label) -> String {
 
 fn stat(r: &SocketResolver<FakeKernel>, f: impl Fn(&ResolverStats) -> &AtomicU64) -> u64 {
     f(r.stats()).load(Relaxed)
+}
+
+/// A recent holder that execs another program is decided as that program
+/// for its next socket, however soon after: its exe is read again for
+/// every socket found (rules by `source_exe`/`dest_exe` depend on it).
+#[test]
+fn a_holder_that_execs_is_seen_as_its_new_program_at_once() {
+    let r = fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+        w.exes.insert(100, "/usr/sbin/nginx".into());
+    });
+    let m = QueueMeta { hook: 1, ..QueueMeta::default() };
+    let exe_of = |port: u16| {
+        let l = r.resolve(&flow_packet(Proto::Udp, client(port), SERVER.parse().unwrap()), &m);
+        l.dest_process.map(|p| p.exe.to_string())
+    };
+    assert_eq!(exe_of(1000).as_deref(), Some("/usr/sbin/nginx"));
+    // It execs (same pid) and opens its next socket at once.
+    {
+        let mut w = r.kernel.world();
+        w.exes.insert(100, "/tmp/other".into());
+        w.fds.get_mut(&100).unwrap().insert(4, 11);
+        bind(&mut w, 11);
+    }
+    assert_eq!(exe_of(1001).as_deref(), Some("/tmp/other"));
+    assert_eq!(stat(&r, |s| &s.owner_found_recent), 1, "found as a recent holder, read again");
 }
 
 #[test]

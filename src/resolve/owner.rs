@@ -31,11 +31,6 @@ const RECENT_HOLDERS: usize = 64;
 /// listed before the processes born since the last full scan.
 const RECENT_LISTED: usize = 16;
 
-/// How long comm, exe and cgroup read for a recent holder are used for its
-/// next sockets without reading them again (then its exe link is compared
-/// and its cgroup read again).
-const PROCESS_INFO_REUSE_NS: u64 = 1_000_000_000;
-
 /// Who holds a socket, and its label.
 #[derive(Debug)]
 pub struct Owner {
@@ -64,10 +59,8 @@ impl Owner {
 /// A process that held one of the sockets found most recently.
 #[derive(Clone)]
 struct Recent {
-    /// Its process (pid, comm and exe as read then).
+    /// Its process (pid, comm, exe and cgroup as read then).
     process: ProcessInfo,
-    /// When comm and exe were read (ns since the resolver's epoch).
-    read_ns: u64,
     /// The fd it held that socket at: looked at first for its next socket
     /// (a closed descriptor's number is the next one `socket()` or
     /// `accept()` returns).
@@ -271,9 +264,12 @@ impl Owners {
 
     /// [`adopt`](Self::adopt) for one holder (pid, fd); `just_seen`: the
     /// holder was read from `/proc` a moment ago, so it is not checked
-    /// again. `known`: the same process as a recent holder, whose comm and
-    /// exe are reused as they are within [`PROCESS_INFO_REUSE_NS`] of their
-    /// reading, and after that if its exe is unchanged.
+    /// again. `known`: the same process as a recent holder, whose comm is
+    /// kept when its exe link is unchanged; exe and cgroup are read again
+    /// for every socket adopted (a process that execs another program, or
+    /// is moved to another cgroup, and then opens a socket is decided as
+    /// what it is now: rules by `exe`, `unit`, `cgroup` and `container`
+    /// depend on it).
     #[allow(clippy::too_many_arguments)]
     fn adopt_one(
         &self,
@@ -299,17 +295,10 @@ impl Owners {
                 return None;
             }
         };
-        let now = self.now_ns();
         let known = known.filter(|r| r.process.pid == pid);
-        let (process, read_ns) = match known {
-            Some(r) if now.saturating_sub(r.read_ns) < PROCESS_INFO_REUSE_NS => (r.process.clone(), r.read_ns),
-            _ => match k.process_info(pid, known.map(|r| &r.process)) {
-                Some(p) => (p, now),
-                None => {
-                    *gone = true;
-                    return None;
-                }
-            },
+        let Some(process) = k.process_info(pid, known.map(|r| &r.process)) else {
+            *gone = true;
+            return None;
         };
         let o = Arc::new(Owner { pid, fd, label, process: process.clone(), checked: AtomicU64::new(checked) });
         self.cache.insert_sweeping(ds.inode, o.clone(), &stats.owner, OWNER_MAX_IDLE);
@@ -318,7 +307,7 @@ impl Owners {
         let turn = recent.turn;
         let last = recent.list.iter().position(|r| r.process.pid == pid).and_then(|i| recent.list.remove(i));
         let every = last.map_or(0, |l| turn.saturating_sub(l.found_at));
-        recent.list.push_front(Recent { process, read_ns, fd, found_at: turn, every });
+        recent.list.push_front(Recent { process, fd, found_at: turn, every });
         recent.list.truncate(RECENT_HOLDERS);
         Some(o.end(ds))
     }
