@@ -1,0 +1,683 @@
+//! Stable decisions in the kernel (`labelgate run --flow --offload`, a
+//! prototype; docs/OFFLOAD.md): after labelgate accepted the first packet of
+//! a TCP connection by a rule that depends only on the sending process's
+//! identity (its exe and cgroup, on a host without SELinux) and on the
+//! destination address and port, and every process in the sender's cgroup
+//! has that identity, the key `(cgroup, daddr, dport)` is added, with a
+//! timeout, to an nftables set in the table `inet labelgate_offload`; a rule
+//! there gives the following first packets with that key the flow-mode
+//! accept mark, so the queue rules let them pass without queueing them.
+//!
+//! This module owns that table: it creates it (deleting any leftover) at
+//! start, flushes its sets when the policy is replaced (before the new
+//! policy answers), deletes it at stop, adds elements from a worker thread
+//! fed by a bounded channel (a full channel loses the offer, never delays a
+//! verdict), and removes a cgroup's elements when the process events
+//! connector reports an exec in it of another program.
+
+use crate::engine::Engine;
+use crate::labels::{Hook, Labels, Origin};
+use crate::packet::{PacketInfo, Proto};
+use crate::policy::{Decision, Mode, Policy, PolicyDigest, Rule, RuleVerdict, Verdict};
+use crate::sys::nftset::{Change, NftLink};
+use crate::sys::proc_connector::{ProcEvents, Received};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// The nftables table this module owns (family inet).
+pub const TABLE: &str = "labelgate_offload";
+/// The deepest cgroup level with a set and a rule (the cgroup v2 root is
+/// level 0 and never offloaded).
+pub const MAX_LEVEL: usize = 8;
+/// The element timeout when none is given.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
+/// Offers waiting for the worker; more are dropped (and counted).
+const CHANNEL: usize = 256;
+/// Most cgroups with elements at once.
+const MAX_CGROUPS: usize = 4096;
+/// Most cgroup directories and processes one verification reads.
+const MAX_DIRS: usize = 256;
+const MAX_PIDS: usize = 4096;
+/// Exec events remembered for the verifications under way.
+const EXEC_TRACE: usize = 4096;
+/// The accept bit of flow mode in the packet mark (see `rules::FLOW_MARK_*`).
+const MARK_MASK: u32 = crate::rules::FLOW_MARK_MASK;
+const MARK_ACCEPT: u32 = crate::rules::FLOW_MARK_ACCEPT;
+
+/// Why offloading could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OffloadError {
+    #[error("no cgroup v2 mount in /proc/self/mounts")]
+    NoCgroup2,
+    #[error("cannot create the nftables table inet {TABLE} with nft: {0}")]
+    Nft(String),
+    #[error("nf_tables netlink: {0}")]
+    Netlink(#[source] io::Error),
+    #[error("cannot listen to process events (NETLINK_CONNECTOR, in the initial network namespace): {0}")]
+    Connector(#[source] io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Counters of the offload, printed at stop.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Accepted first packets offered to the worker.
+    pub offered: AtomicU64,
+    /// Offers lost because the channel was full.
+    pub lost: AtomicU64,
+    /// Elements added.
+    pub added: AtomicU64,
+    /// Offers the worker refused (conditions not met).
+    pub refused: AtomicU64,
+    /// Cgroups whose elements an exec removed.
+    pub exec_removed: AtomicU64,
+    /// Whole flushes (reload, lost events, an exec in an unknown cgroup).
+    pub flushes: AtomicU64,
+    /// nf_tables errors.
+    pub errors: AtomicU64,
+}
+
+impl Stats {
+    /// `key=value` pairs for the stop line.
+    pub fn summary(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "offered={} lost={} added={} refused={} exec_removed={} flushes={} errors={}",
+            g(&self.offered),
+            g(&self.lost),
+            g(&self.added),
+            g(&self.refused),
+            g(&self.exec_removed),
+            g(&self.flushes),
+            g(&self.errors)
+        )
+    }
+}
+
+/// A first packet accepted in a way that may be offloaded.
+#[derive(Debug)]
+struct Offer {
+    digest: PolicyDigest,
+    rule: usize,
+    cgroup: Arc<str>,
+    exe: Arc<str>,
+    dst: IpAddr,
+    dport: u16,
+}
+
+/// The running offload.
+pub struct Offload {
+    tx: SyncSender<Offer>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The worker's channel end and the events socket until [`Offload::spawn`].
+    #[allow(clippy::type_complexity)]
+    pending: Mutex<Option<(Receiver<Offer>, ProcEvents)>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    engine: OnceLock<Weak<Engine>>,
+    stop: AtomicBool,
+    /// Numbers the exec events as the connector thread takes them.
+    exec_seq: AtomicU64,
+    mount: PathBuf,
+    timeout_ms: u64,
+    pub stats: Stats,
+}
+
+struct State {
+    link: NftLink,
+    /// The table is gone (stopped, or an error left it unknown): nothing
+    /// more is added.
+    off: bool,
+    cgroups: HashMap<Arc<str>, Entry>,
+    /// The last exec events: (number, cgroup path; `None` when unknown).
+    execs: VecDeque<(u64, Option<Arc<str>>)>,
+    /// Verifications that started before this event number are void (the
+    /// trace lost events, or events were lost).
+    void_before: u64,
+}
+
+struct Entry {
+    exe: Arc<str>,
+    /// (set name, key, added at)
+    keys: Vec<(String, Vec<u8>, Instant)>,
+}
+
+impl Offload {
+    /// Create the table (any leftover is deleted first, in the same
+    /// transaction) and open the netlink sockets; [`spawn`](Self::spawn)
+    /// starts the threads. Call before privileges are dropped (the
+    /// connector socket is opened in the initial network namespace) and
+    /// before the queues are bound.
+    pub fn start(timeout_ms: u64) -> Result<Arc<Offload>, OffloadError> {
+        let mount = cgroup2_mount().ok_or(OffloadError::NoCgroup2)?;
+        create_table()?;
+        let link = NftLink::open(Duration::from_secs(2)).map_err(OffloadError::Netlink)?;
+        let init = std::fs::File::open("/proc/1/ns/net").map_err(OffloadError::Connector)?;
+        let events = {
+            use std::os::fd::AsFd;
+            crate::sys::netns::in_netns(init.as_fd(), || ProcEvents::open(4 << 20, Duration::from_millis(200)))
+                .map_err(OffloadError::Connector)?
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                link,
+                off: false,
+                cgroups: HashMap::new(),
+                execs: VecDeque::new(),
+                void_before: 0,
+            }),
+            engine: OnceLock::new(),
+            stop: AtomicBool::new(false),
+            exec_seq: AtomicU64::new(0),
+            mount,
+            timeout_ms: timeout_ms.max(1),
+            stats: Stats::default(),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
+        Ok(Arc::new(Offload { tx, shared, threads: Mutex::new(Vec::new()), pending: Mutex::new(Some((rx, events))) }))
+    }
+
+    /// Start the worker and the exec watch (after privileges are dropped:
+    /// threads keep the capabilities they were created with). Once.
+    pub fn spawn(&self) -> Result<(), OffloadError> {
+        let Some((rx, events)) = lock(&self.pending).take() else { return Ok(()) };
+        let s = self.shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("offload".into())
+            .spawn(move || worker(&s, &rx))
+            .map_err(OffloadError::Thread)?;
+        let s = self.shared.clone();
+        let execs = std::thread::Builder::new()
+            .name("offload-exec".into())
+            .spawn(move || exec_watch(&s, events))
+            .map_err(OffloadError::Thread)?;
+        lock(&self.threads).extend([worker, execs]);
+        Ok(())
+    }
+
+    /// The engine whose current policy the worker checks offers against.
+    pub fn attach(&self, engine: &Arc<Engine>) {
+        let _ = self.shared.engine.set(Arc::downgrade(engine));
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// On the verdict path, after a decision: offer its key to the worker
+    /// if the decision may be offloaded. Never blocks.
+    pub fn offer(&self, policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketInfo, labels: &Labels) {
+        let Some(o) = offer_of(policy, mode, d, hook, pkt, labels) else { return };
+        self.shared.stats.offered.fetch_add(1, Ordering::Relaxed);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(o) {
+            self.shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Replace the policy: every element is removed before `replace` runs
+    /// (the new policy answers only once none is left), and no offer decided
+    /// with the old policy is added after it. If the sets cannot be
+    /// flushed the table is deleted and offloading stops.
+    pub fn swap<F: FnOnce()>(&self, replace: F) {
+        let mut st = lock(&self.shared.state);
+        flush_all(&mut st, &self.shared.stats);
+        replace();
+    }
+
+    /// Delete the table and stop the threads (at exit, before the queues
+    /// are released).
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let mut st = lock(&self.shared.state);
+            st.off = true;
+            if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
+                log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
+            }
+            st.cgroups.clear();
+        }
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The offer for a decision, if it may be offloaded at all: an enforcing
+/// accept by a rule (not the default), with no audit, no permissive mode,
+/// no SELinux verdict, of a TCP SYN at OUTPUT from a process with a known
+/// cgroup, on a host where no LSM labels processes (the identity is the
+/// exe and the cgroup; see docs/OFFLOAD.md for SELinux hosts).
+fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketInfo, labels: &Labels) -> Option<Offer> {
+    let plain_accept = d.verdict == Verdict::Accept
+        && d.table_verdict == Verdict::Accept
+        && !d.permissive
+        && !d.audit
+        && d.selinux.is_none()
+        && mode == Mode::Enforcing;
+    if !plain_accept || hook != Hook::Output || pkt.proto != Proto::Tcp || !pkt.tcp_syn {
+        return None;
+    }
+    if !matches!(labels.source.origin, Origin::Unlabeled("selinux_disabled")) {
+        return None;
+    }
+    let p = labels.source_process.as_ref()?;
+    let cgroup = p.cgroup.as_ref()?.path.clone();
+    Some(Offer { digest: policy.digest, rule: d.rule?, cgroup, exe: p.exe.clone(), dst: pkt.dst, dport: pkt.dport? })
+}
+
+/// Whether a rule's match depends only on what is the same for every
+/// connection with the same key from processes of the same identity: the
+/// source context and level, the source process (exe, unit, cgroup,
+/// container), the hook, protocol, destination address and port.
+fn stable(r: &Rule) -> bool {
+    r.dest.is_none()
+        && r.uid.is_none()
+        && r.saddr.is_none()
+        && r.rare.as_ref().is_none_or(|x| {
+            x.sport.is_none()
+                && x.secmark.is_none()
+                && x.peer.is_none()
+                && x.dest_level.is_none()
+                && x.peer_level.is_none()
+                && x.mls.is_none()
+                && x.gid.is_none()
+                && x.iif.is_none()
+                && x.oif.is_none()
+                && x.dest_process.is_none()
+        })
+}
+
+/// Whether a rule could match a TCP packet at OUTPUT to `dst`:`dport`, by
+/// its static conditions alone.
+fn may_match(r: &Rule, dst: IpAddr, dport: u16) -> bool {
+    use crate::policy::HookSel;
+    !matches!(r.hook, HookSel::Input | HookSel::Forward)
+        && r.proto.is_none_or(|p| p == Proto::Tcp)
+        && r.dport.get().is_none_or(|s| s.contains(dport))
+        && r.daddr.as_ref().is_none_or(|s| s.contains(&dst))
+}
+
+/// Whether the accept by rule `upto` holds for every connection with the
+/// same key from a process of the same identity: that rule accepts and is
+/// [`stable`], and every rule before it is stable (it did not match, so it
+/// never does) or cannot match the key.
+fn eligible(p: &Policy, upto: usize, dst: IpAddr, dport: u16) -> bool {
+    let Some(rules) = p.rules.get(..=upto) else { return false };
+    rules.last().is_some_and(|r| r.verdict == RuleVerdict::Accept && stable(r))
+        && rules.iter().all(|r| stable(r) || !may_match(r, dst, dport))
+}
+
+/// The cgroup's level: its number of path components (`/a/b` is 2).
+fn level(path: &str) -> usize {
+    path.split('/').filter(|c| !c.is_empty()).count()
+}
+
+/// Whether cgroup `path` is `top` or below it.
+fn within(path: &str, top: &str) -> bool {
+    path == top || path.strip_prefix(top).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn set_name(v6: bool, level: usize) -> String {
+    format!("{}_l{level}", if v6 { "v6" } else { "v4" })
+}
+
+/// The set key: cgroup id (8 bytes, host order), address, port (network
+/// order, padded to 4 bytes), as nftables lays out a concatenation.
+fn key(id: u64, dst: IpAddr, dport: u16) -> Vec<u8> {
+    let mut k = id.to_ne_bytes().to_vec();
+    match dst {
+        IpAddr::V4(a) => k.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => k.extend_from_slice(&a.octets()),
+    }
+    k.extend_from_slice(&dport.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// The nft script that creates the table: one set and one rule per level
+/// and family.
+pub fn table_script() -> String {
+    let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
+    for l in 1..=MAX_LEVEL {
+        for (v6, addr) in [(false, "ip daddr"), (true, "ip6 daddr")] {
+            s += &format!(
+                "  set {} {{ typeof socket cgroupv2 level {l} . {addr} . tcp dport; flags timeout; }}\n",
+                set_name(v6, l)
+            );
+        }
+    }
+    // Before the queue rules (iptables' security table is at priority 50,
+    // `labelgate rules --backend nft` at security + 10).
+    s += "  chain out {\n    type filter hook output priority security - 1; policy accept;\n";
+    s += "    ct state != new return\n    meta l4proto != tcp return\n";
+    let keep = !MARK_MASK;
+    for l in 1..=MAX_LEVEL {
+        for (v6, addr) in [(false, "ip daddr"), (true, "ip6 daddr")] {
+            s += &format!(
+                "    socket cgroupv2 level {l} . {addr} . tcp dport @{} counter meta mark set meta mark and {keep:#x} or {MARK_ACCEPT:#x} return\n",
+                set_name(v6, l)
+            );
+        }
+    }
+    s += "  }\n}\n";
+    s
+}
+
+fn create_table() -> Result<(), OffloadError> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| OffloadError::Nft(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(table_script().as_bytes()).map_err(|e| OffloadError::Nft(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| OffloadError::Nft(e.to_string()))?;
+    if !out.status.success() {
+        return Err(OffloadError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(())
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid host).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(at))
+    })
+}
+
+/// Remove every element of every set. On failure, delete the table and
+/// stop offloading (nothing is left that could accept).
+fn flush_all(st: &mut State, stats: &Stats) {
+    stats.flushes.fetch_add(1, Ordering::Relaxed);
+    st.cgroups.clear();
+    if st.off {
+        return;
+    }
+    let names: Vec<String> = (1..=MAX_LEVEL).flat_map(|l| [set_name(false, l), set_name(true, l)]).collect();
+    let changes: Vec<Change<'_>> = names.iter().map(|s| Change::Flush { table: TABLE, set: s }).collect();
+    if let Err(e) = st.link.apply(&changes) {
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("offload: cannot flush the sets of inet {TABLE}: {e}; deleting the table, offload stops");
+        st.off = true;
+        if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
+            log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
+        }
+    }
+}
+
+/// Remove the elements of the cgroup `path`. An element the kernel already
+/// expired is not an error; any other error flushes everything.
+fn remove(st: &mut State, path: &str, stats: &Stats) {
+    let Some(entry) = st.cgroups.remove(path) else { return };
+    if st.off {
+        return;
+    }
+    let changes: Vec<Change<'_>> =
+        entry.keys.iter().map(|(set, key, _)| Change::Delete { table: TABLE, set, key }).collect();
+    if st.link.apply(&changes).is_ok() {
+        return;
+    }
+    // One by one: a batch stops at the first expired element.
+    for c in &changes {
+        match st.link.apply(std::slice::from_ref(c)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("offload: cannot remove an element of {path}: {e}; flushing all");
+                flush_all(st, stats);
+                return;
+            }
+        }
+    }
+}
+
+fn worker(s: &Shared, rx: &Receiver<Offer>) {
+    while !s.stop.load(Ordering::SeqCst) {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(o) => {
+                if !add(s, &o) {
+                    s.stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}
+
+/// Verify an offer and add its element: true when added.
+fn add(s: &Shared, o: &Offer) -> bool {
+    let lvl = level(&o.cgroup);
+    if !(1..=MAX_LEVEL).contains(&lvl) {
+        return false;
+    }
+    let dir = s.mount.join(o.cgroup.trim_start_matches('/'));
+    let Ok(id) = std::fs::metadata(&dir).map(|m| m.ino()) else { return false };
+    let started = s.exec_seq.load(Ordering::SeqCst);
+    let uniform = uniform(&dir, &o.exe);
+    let mut st = lock(&s.state);
+    if !uniform {
+        // Not (or no longer) one identity: whatever was added goes.
+        remove(&mut st, &o.cgroup, &s.stats);
+        return false;
+    }
+    if st.off || st.void_before > started {
+        return false;
+    }
+    // An exec in the cgroup since the verification began: its program may
+    // not have been seen.
+    if st.execs.iter().any(|(n, p)| *n > started && p.as_deref().is_none_or(|p| within(p, &o.cgroup))) {
+        return false;
+    }
+    // Checked under the lock that a reload takes to flush: the policy that
+    // decided is the one in force, and stays so until the element is in.
+    let Some(engine) = s.engine.get().and_then(Weak::upgrade) else { return false };
+    let loaded = engine.current();
+    if loaded.policy.digest != o.digest || !eligible(&loaded.policy, o.rule, o.dst, o.dport) {
+        return false;
+    }
+    let now = Instant::now();
+    let ttl = Duration::from_millis(s.timeout_ms);
+    if !st.cgroups.contains_key(&o.cgroup) && st.cgroups.len() >= MAX_CGROUPS {
+        st.cgroups.retain(|_, e| e.keys.iter().any(|(_, _, at)| now.duration_since(*at) < ttl));
+        if st.cgroups.len() >= MAX_CGROUPS {
+            return false;
+        }
+    }
+    let set = set_name(o.dst.is_ipv6(), lvl);
+    let k = key(id, o.dst, o.dport);
+    let change = Change::Add { table: TABLE, set: &set, key: &k, timeout_ms: s.timeout_ms };
+    if let Err(e) = st.link.apply(&[change]) {
+        s.stats.errors.fetch_add(1, Ordering::Relaxed);
+        log::warn!("offload: cannot add an element for {}: {e}", o.cgroup);
+        return false;
+    }
+    let entry = st.cgroups.entry(o.cgroup.clone()).or_insert_with(|| Entry { exe: o.exe.clone(), keys: Vec::new() });
+    entry.keys.retain(|(sn, kk, at)| !(sn == &set && kk == &k) && now.duration_since(*at) < ttl);
+    entry.keys.push((set, k, now));
+    s.stats.added.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Whether every process in the cgroup `dir` and below runs `exe` (and
+/// there is at most [`MAX_DIRS`] directories and [`MAX_PIDS`] processes).
+fn uniform(dir: &Path, exe: &str) -> bool {
+    let mut dirs = vec![dir.to_path_buf()];
+    let (mut seen_dirs, mut seen_pids) = (0usize, 0usize);
+    while let Some(d) = dirs.pop() {
+        seen_dirs += 1;
+        if seen_dirs > MAX_DIRS {
+            return false;
+        }
+        let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) else { return false };
+        for pid in procs.split_whitespace() {
+            seen_pids += 1;
+            if seen_pids > MAX_PIDS || pid.parse::<u32>().is_err() {
+                return false;
+            }
+            match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                Ok(p) if p.as_os_str() == exe => {}
+                // Gone since the list was read: it runs nothing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                _ => return false,
+            }
+        }
+        let Ok(rd) = std::fs::read_dir(&d) else { return false };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+    }
+    true
+}
+
+/// A process's cgroup v2 path (its `0::` line) and exe.
+fn process_now(tgid: u32) -> (Option<Arc<str>>, Option<PathBuf>) {
+    let cg = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(Arc::from)));
+    let exe = std::fs::read_link(format!("/proc/{tgid}/exe")).ok();
+    (cg, exe)
+}
+
+fn exec_watch(s: &Shared, mut events: ProcEvents) {
+    while !s.stop.load(Ordering::SeqCst) {
+        match events.recv() {
+            Ok(Received::Execs(tgids)) => {
+                for tgid in tgids {
+                    exec_seen(s, tgid);
+                }
+            }
+            Ok(Received::Overrun) => {
+                log::warn!("offload: process events were lost; removing every element");
+                let n = s.exec_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut st = lock(&s.state);
+                st.void_before = n + 1;
+                flush_all(&mut st, &s.stats);
+            }
+            Err(e) => {
+                // No more events: nothing may stay offloaded.
+                log::error!("offload: process events: {e}; deleting the table, offload stops");
+                let mut st = lock(&s.state);
+                st.off = true;
+                st.cgroups.clear();
+                if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
+                    log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// An exec by `tgid`: remove the elements of the cgroups it is in (or
+/// under) unless it runs the same program as when they were added; every
+/// element when its cgroup cannot be read.
+fn exec_seen(s: &Shared, tgid: u32) {
+    let n = s.exec_seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let (cg, exe) = process_now(tgid);
+    let mut st = lock(&s.state);
+    if st.execs.len() >= EXEC_TRACE {
+        if let Some((old, _)) = st.execs.pop_front() {
+            st.void_before = st.void_before.max(old + 1);
+        }
+    }
+    st.execs.push_back((n, cg.clone()));
+    let Some(cg) = cg else {
+        if !st.cgroups.is_empty() {
+            flush_all(&mut st, &s.stats);
+        }
+        return;
+    };
+    let hit: Vec<Arc<str>> = st
+        .cgroups
+        .iter()
+        .filter(|(top, e)| within(&cg, top) && exe.as_deref().is_none_or(|x| x.as_os_str() != &*e.exe))
+        .map(|(top, _)| top.clone())
+        .collect();
+    for top in hit {
+        s.stats.exec_removed.fetch_add(1, Ordering::Relaxed);
+        remove(&mut st, &top, &s.stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::from_toml(text, "t").unwrap()
+    }
+
+    #[test]
+    fn only_stable_rules_before_the_accept_may_be_offloaded() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let p = policy(
+            "default = \"drop\"\n\
+             [[rule]]\nname = \"uid-other-port\"\nuid = 1000\nproto = \"tcp\"\ndport = 9\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"py\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = 7001\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"uid-here\"\nuid = 1000\nproto = \"tcp\"\ndport = 7002\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"any\"\nproto = \"tcp\"\ndport = 7002\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"by-uid\"\nuid = 0\nproto = \"tcp\"\ndport = 7003\nverdict = \"accept\"\n",
+        );
+        // A uid rule on another port cannot match: the exe rule is stable.
+        assert!(eligible(&p, 1, lo, 7001));
+        // A uid rule that may match the key comes first: not stable.
+        assert!(!eligible(&p, 3, lo, 7002));
+        // An accept by uid is not.
+        assert!(!eligible(&p, 4, lo, 7003));
+        // A drop is never offloaded, nor a rule that does not exist.
+        assert!(!eligible(&p, 0, lo, 9));
+        assert!(!eligible(&p, 99, lo, 7001));
+        let p = policy(
+            "default = \"drop\"\n[[rule]]\nname = \"d\"\ndest = \"*:*:postgresql_t\"\nproto = \"tcp\"\ndport = 1\nverdict = \"accept\"\n",
+        );
+        assert!(!eligible(&p, 0, lo, 1), "a destination context is not in the key");
+    }
+
+    #[test]
+    fn keys_levels_and_the_table_script() {
+        let k = key(0x0102, "127.0.0.1".parse().unwrap(), 7001);
+        assert_eq!(k.len(), 16);
+        assert_eq!(&k[8..12], &[127, 0, 0, 1]);
+        assert_eq!(&k[12..16], &[0x1b, 0x59, 0, 0]);
+        assert_eq!(key(1, "::1".parse().unwrap(), 1).len(), 28);
+        assert_eq!(level("/a/b"), 2);
+        assert_eq!(level("/"), 0);
+        assert!(within("/a/b/c", "/a/b") && within("/a/b", "/a/b"));
+        assert!(!within("/a/bc", "/a/b") && !within("/a", "/a/b"));
+        let s = table_script();
+        assert!(s.starts_with("table inet labelgate_offload {}\ndelete table inet labelgate_offload\n"), "{s}");
+        assert!(s.contains("set v6_l8 { typeof socket cgroupv2 level 8 . ip6 daddr . tcp dport; flags timeout; }"));
+        assert!(s.contains(
+            "socket cgroupv2 level 3 . ip daddr . tcp dport @v4_l3 counter meta mark set meta mark and 0xff9fffff or 0x200000 return"
+        ));
+    }
+}
