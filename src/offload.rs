@@ -54,7 +54,7 @@ const MARK_ACCEPT: u32 = crate::rules::FLOW_MARK_ACCEPT;
 /// Why offloading could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OffloadError {
-    #[error("no cgroup v2 mount in /proc/self/mounts")]
+    #[error("no cgroup v2 mount found (in /proc/self/mounts or another process's)")]
     NoCgroup2,
     #[error("cannot create the nftables table inet {TABLE} with nft: {0}")]
     Nft(String),
@@ -129,7 +129,9 @@ struct Shared {
     stop: AtomicBool,
     /// Numbers the exec events as the connector thread takes them.
     exec_seq: AtomicU64,
+    /// The cgroup v2 root, as `/proc/self/fd/N` of [`Shared::_cgroup_dir`].
     mount: PathBuf,
+    _cgroup_dir: std::fs::File,
     timeout_ms: u64,
     pub stats: Stats,
 }
@@ -160,10 +162,10 @@ impl Offload {
     /// connector socket is opened in the initial network namespace) and
     /// before the queues are bound.
     pub fn start(timeout_ms: u64) -> Result<Arc<Offload>, OffloadError> {
-        let mount = cgroup2_mount().ok_or(OffloadError::NoCgroup2)?;
+        let (cgroup_dir, mount) = cgroup2_root().ok_or(OffloadError::NoCgroup2)?;
         create_table()?;
         let link = NftLink::open(Duration::from_secs(2)).map_err(OffloadError::Netlink)?;
-        let init = std::fs::File::open("/proc/1/ns/net").map_err(OffloadError::Connector)?;
+        let init = init_netns().map_err(OffloadError::Connector)?;
         let events = {
             use std::os::fd::AsFd;
             crate::sys::netns::in_netns(init.as_fd(), || ProcEvents::open(4 << 20, Duration::from_millis(200)))
@@ -181,6 +183,7 @@ impl Offload {
             stop: AtomicBool::new(false),
             exec_seq: AtomicU64::new(0),
             mount,
+            _cgroup_dir: cgroup_dir,
             timeout_ms: timeout_ms.max(1),
             stats: Stats::default(),
         });
@@ -399,15 +402,56 @@ fn create_table() -> Result<(), OffloadError> {
     Ok(())
 }
 
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-/// on a hybrid host).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
-        (kind == "cgroup2").then(|| PathBuf::from(at))
-    })
+/// The cgroup v2 root directory, opened (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host), and a path that reaches it
+/// through that descriptor. In a mount namespace without it (`ip netns
+/// exec` mounts a fresh /sys), another process's, through its
+/// `/proc/PID/root`; the descriptor keeps it open after that process ends.
+fn cgroup2_root() -> Option<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let find = |mounts: &str| {
+        mounts.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| at.to_string())
+        })
+    };
+    let own = std::fs::read_to_string("/proc/self/mounts").ok().as_deref().and_then(find);
+    let dir = match own {
+        Some(at) => std::fs::File::open(at).ok(),
+        None => std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid = e.file_name().into_string().ok().filter(|n| n.bytes().all(|b| b.is_ascii_digit()))?;
+            let at = find(&std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok()?)?;
+            std::fs::File::open(format!("/proc/{pid}/root/{}", at.trim_start_matches('/'))).ok()
+        }),
+    }?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    Some((dir, path))
+}
+
+/// The initial network namespace's inode number (the kernel's fixed
+/// `PROC_NET_INIT_INO`).
+const INIT_NET: &str = "net:[4026531833]";
+
+/// The initial network namespace, where the process events connector is:
+/// ours, or that of the first process found in it (`/proc/1` may not be
+/// open to us).
+fn init_netns() -> io::Result<std::fs::File> {
+    let is_init =
+        |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.as_os_str() == INIT_NET);
+    if is_init("self") {
+        return std::fs::File::open("/proc/self/ns/net");
+    }
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        if is_init(pid) {
+            if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) {
+                return Ok(f);
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, "no process in the initial network namespace is open to labelgate"))
 }
 
 /// Remove every element of every set. On failure, delete the table and
