@@ -79,7 +79,7 @@ pub struct Stats {
     pub refused: AtomicU64,
     /// Cgroups whose elements an exec removed.
     pub exec_removed: AtomicU64,
-    /// Whole flushes (reload, lost events, an exec in an unknown cgroup).
+    /// Whole flushes (reload, lost events).
     pub flushes: AtomicU64,
     /// nf_tables errors.
     pub errors: AtomicU64,
@@ -484,6 +484,7 @@ fn remove(st: &mut State, path: &str, stats: &Stats) {
     let changes: Vec<Change<'_>> =
         entry.keys.iter().map(|(set, key, _)| Change::Delete { table: TABLE, set, key }).collect();
     if st.link.apply(&changes).is_ok() {
+        log::debug!("offload: removed the {} elements of {path}", changes.len());
         return;
     }
     // One by one: a batch stops at the first expired element.
@@ -517,6 +518,14 @@ fn worker(s: &Shared, rx: &Receiver<Offer>) {
 
 /// Verify an offer and add its element: true when added.
 fn add(s: &Shared, o: &Offer) -> bool {
+    let r = add_checked(s, o);
+    if !r {
+        log::debug!("offload: refused {} {} {}:{}", o.cgroup, o.exe, o.dst, o.dport);
+    }
+    r
+}
+
+fn add_checked(s: &Shared, o: &Offer) -> bool {
     let lvl = level(&o.cgroup);
     if !(1..=MAX_LEVEL).contains(&lvl) {
         return false;
@@ -566,6 +575,7 @@ fn add(s: &Shared, o: &Offer) -> bool {
     entry.keys.retain(|(sn, kk, at)| !(sn == &set && kk == &k) && now.duration_since(*at) < ttl);
     entry.keys.push((set, k, now));
     s.stats.added.fetch_add(1, Ordering::Relaxed);
+    log::debug!("offload: added {} {} {}:{}", o.cgroup, o.exe, o.dst, o.dport);
     true
 }
 
@@ -602,13 +612,11 @@ fn uniform(dir: &Path, exe: &str) -> bool {
     true
 }
 
-/// A process's cgroup v2 path (its `0::` line) and exe.
-fn process_now(tgid: u32) -> (Option<Arc<str>>, Option<PathBuf>) {
-    let cg = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
+/// A process's cgroup v2 path (its `0::` line); `None` once it is gone.
+fn process_cgroup(tgid: u32) -> Option<Arc<str>> {
+    std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(Arc::from)));
-    let exe = std::fs::read_link(format!("/proc/{tgid}/exe")).ok();
-    (cg, exe)
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(Arc::from)))
 }
 
 fn exec_watch(s: &Shared, mut events: ProcEvents) {
@@ -641,12 +649,12 @@ fn exec_watch(s: &Shared, mut events: ProcEvents) {
     }
 }
 
-/// An exec by `tgid`: remove the elements of the cgroups it is in (or
-/// under) unless it runs the same program as when they were added; every
-/// element when its cgroup cannot be read.
+/// An exec by `tgid`: remove the elements of each offloaded cgroup it is
+/// in (or under) where a process no longer runs the program the elements
+/// were added for.
 fn exec_seen(s: &Shared, tgid: u32) {
     let n = s.exec_seq.fetch_add(1, Ordering::SeqCst) + 1;
-    let (cg, exe) = process_now(tgid);
+    let cg = process_cgroup(tgid);
     let mut st = lock(&s.state);
     if st.execs.len() >= EXEC_TRACE {
         if let Some((old, _)) = st.execs.pop_front() {
@@ -654,21 +662,24 @@ fn exec_seen(s: &Shared, tgid: u32) {
         }
     }
     st.execs.push_back((n, cg.clone()));
-    let Some(cg) = cg else {
-        if !st.cgroups.is_empty() {
-            flush_all(&mut st, &s.stats);
-        }
-        return;
-    };
-    let hit: Vec<Arc<str>> = st
+    // The offloaded cgroups it is in (or under); all of them when it is
+    // gone before its cgroup was read: what it ran lives on only in
+    // children it forked after the exec, which have no exec event of
+    // their own but are in the cgroups now.
+    let hit: Vec<(Arc<str>, Arc<str>)> = st
         .cgroups
         .iter()
-        .filter(|(top, e)| within(&cg, top) && exe.as_deref().is_none_or(|x| x.as_os_str() != &*e.exe))
-        .map(|(top, _)| top.clone())
+        .filter(|(top, _)| cg.as_deref().is_none_or(|cg| within(cg, top)))
+        .map(|(top, e)| (top.clone(), e.exe.clone()))
         .collect();
-    for top in hit {
-        s.stats.exec_removed.fetch_add(1, Ordering::Relaxed);
-        remove(&mut st, &top, &s.stats);
+    // Every process there is checked, not only this one: it may have
+    // forked and run yet another program since.
+    for (top, exe) in hit {
+        log::debug!("offload: exec by {tgid} in {cg:?}: checking {top}");
+        if !uniform(&s.mount.join(top.trim_start_matches('/')), &exe) {
+            s.stats.exec_removed.fetch_add(1, Ordering::Relaxed);
+            remove(&mut st, &top, &s.stats);
+        }
     }
 }
 
