@@ -287,19 +287,20 @@ fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketI
 
 /// Whether a rule's match depends only on what is the same for every
 /// connection with the same key from processes of the same identity: the
-/// source context and level, the source process (exe, unit, cgroup,
-/// container), the hook, protocol, destination address and port.
+/// source and destination contexts and levels (offers are only made where
+/// no LSM labels anything: every context is the `unlabeled_t` placeholder
+/// or a static address label, a function of the destination address), the
+/// source process (exe, unit, cgroup, container), the hook, protocol,
+/// destination address and port. Not: uid, gid, source address and port,
+/// interfaces, secmark, peer label, the destination's process.
 fn stable(r: &Rule) -> bool {
-    r.dest.is_none()
-        && r.uid.is_none()
+    r.uid.is_none()
         && r.saddr.is_none()
         && r.rare.as_ref().is_none_or(|x| {
             x.sport.is_none()
                 && x.secmark.is_none()
                 && x.peer.is_none()
-                && x.dest_level.is_none()
                 && x.peer_level.is_none()
-                && x.mls.is_none()
                 && x.gid.is_none()
                 && x.iif.is_none()
                 && x.oif.is_none()
@@ -712,9 +713,11 @@ mod tests {
         assert!(!eligible(&p, 0, lo, 9));
         assert!(!eligible(&p, 99, lo, 7001));
         let p = policy(
-            "default = \"drop\"\n[[rule]]\nname = \"d\"\ndest = \"*:*:postgresql_t\"\nproto = \"tcp\"\ndport = 1\nverdict = \"accept\"\n",
+            "default = \"drop\"\n[[rule]]\nname = \"d\"\ndest_exe = \"/usr/sbin/*\"\nproto = \"tcp\"\ndport = 1\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"c\"\ndest = \"*:*:postgresql_t\"\nproto = \"tcp\"\ndport = 2\nverdict = \"accept\"\n",
         );
-        assert!(!eligible(&p, 0, lo, 1), "a destination context is not in the key");
+        assert!(!eligible(&p, 0, lo, 1), "the destination's process is not in the key");
+        assert!(eligible(&p, 1, lo, 2), "without an LSM, a destination context is a function of the address");
     }
 
     #[test]
