@@ -15,8 +15,9 @@
 //! verdict), and removes a cgroup's elements when the process events
 //! connector reports an exec in it of another program.
 
+use crate::context::SecurityContext;
 use crate::engine::Engine;
-use crate::labels::{Hook, Labels, Origin};
+use crate::labels::{Hook, Labels, Origin, ProcessInfo};
 use crate::packet::{PacketInfo, Proto};
 use crate::policy::{Decision, Mode, Policy, PolicyDigest, Rule, RuleVerdict, Verdict};
 use crate::sys::nftset::{Change, NftLink};
@@ -111,6 +112,10 @@ struct Offer {
     exe: Arc<str>,
     dst: IpAddr,
     dport: u16,
+    /// The identity the rules saw: the contexts and the sending process.
+    source: SecurityContext,
+    dest: SecurityContext,
+    process: ProcessInfo,
 }
 
 /// The running offload.
@@ -282,7 +287,17 @@ fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketI
     }
     let p = labels.source_process.as_ref()?;
     let cgroup = p.cgroup.as_ref()?.path.clone();
-    Some(Offer { digest: policy.digest, rule: d.rule?, cgroup, exe: p.exe.clone(), dst: pkt.dst, dport: pkt.dport? })
+    Some(Offer {
+        digest: policy.digest,
+        rule: d.rule?,
+        cgroup,
+        exe: p.exe.clone(),
+        dst: pkt.dst,
+        dport: pkt.dport?,
+        source: labels.source.context.clone(),
+        dest: labels.dest.context.clone(),
+        process: p.clone(),
+    })
 }
 
 /// Whether a rule's match depends only on what is the same for every
@@ -308,24 +323,29 @@ fn stable(r: &Rule) -> bool {
         })
 }
 
-/// Whether a rule could match a TCP packet at OUTPUT to `dst`:`dport`, by
-/// its static conditions alone.
-fn may_match(r: &Rule, dst: IpAddr, dport: u16) -> bool {
+/// Whether a rule could match a connection with the offer's key and
+/// identity, whatever its other conditions say: false when a condition
+/// that is the same for all of them (hook, protocol, destination port and
+/// address, contexts, sending process) fails.
+fn may_match(r: &Rule, o: &Offer) -> bool {
     use crate::policy::HookSel;
     !matches!(r.hook, HookSel::Input | HookSel::Forward)
         && r.proto.is_none_or(|p| p == Proto::Tcp)
-        && r.dport.get().is_none_or(|s| s.contains(dport))
-        && r.daddr.as_ref().is_none_or(|s| s.contains(&dst))
+        && r.dport.get().is_none_or(|s| s.contains(o.dport))
+        && r.daddr.as_ref().is_none_or(|s| s.contains(&o.dst))
+        && r.source.as_ref().is_none_or(|p| p.matches(&o.source))
+        && r.dest.as_ref().is_none_or(|p| p.matches(&o.dest))
+        && r.rare.as_ref().and_then(|x| x.source_process.as_ref()).is_none_or(|c| c.check(Some(&o.process)).is_ok())
 }
 
-/// Whether the accept by rule `upto` holds for every connection with the
-/// same key from a process of the same identity: that rule accepts and is
-/// [`stable`], and every rule before it is stable (it did not match, so it
-/// never does) or cannot match the key.
-fn eligible(p: &Policy, upto: usize, dst: IpAddr, dport: u16) -> bool {
-    let Some(rules) = p.rules.get(..=upto) else { return false };
+/// Whether the accept by the offer's rule holds for every connection with
+/// the same key from a process of the same identity: that rule accepts and
+/// is [`stable`], and every rule before it is stable (it did not match, so
+/// it never does) or cannot match the key and identity.
+fn eligible(p: &Policy, o: &Offer) -> bool {
+    let Some(rules) = p.rules.get(..=o.rule) else { return false };
     rules.last().is_some_and(|r| r.verdict == RuleVerdict::Accept && stable(r))
-        && rules.iter().all(|r| stable(r) || !may_match(r, dst, dport))
+        && rules.iter().all(|r| stable(r) || !may_match(r, o))
 }
 
 /// The cgroup's level: its number of path components (`/a/b` is 2).
@@ -533,6 +553,13 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
     }
     let dir = s.mount.join(o.cgroup.trim_start_matches('/'));
     let Ok(id) = std::fs::metadata(&dir).map(|m| m.ino()) else { return false };
+    let Some(engine) = s.engine.get().and_then(Weak::upgrade) else { return false };
+    // The policy test first (cheap, and most offers it refuses are refused
+    // again and again); its digest is compared again under the lock.
+    let loaded = engine.current();
+    if loaded.policy.digest != o.digest || !eligible(&loaded.policy, o) {
+        return false;
+    }
     let started = s.exec_seq.load(Ordering::SeqCst);
     let uniform = uniform(&dir, &o.exe);
     let mut st = lock(&s.state);
@@ -549,11 +576,9 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
     if st.execs.iter().any(|(n, p)| *n > started && p.as_deref().is_none_or(|p| within(p, &o.cgroup))) {
         return false;
     }
-    // Checked under the lock that a reload takes to flush: the policy that
-    // decided is the one in force, and stays so until the element is in.
-    let Some(engine) = s.engine.get().and_then(Weak::upgrade) else { return false };
-    let loaded = engine.current();
-    if loaded.policy.digest != o.digest || !eligible(&loaded.policy, o.rule, o.dst, o.dport) {
+    // Checked again under the lock that a reload takes to flush: the policy
+    // that decided is the one in force, and stays so until the element is in.
+    if engine.current().policy.digest != o.digest {
         return false;
     }
     let now = Instant::now();
@@ -580,8 +605,9 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
     true
 }
 
-/// Whether every process in the cgroup `dir` and below runs `exe` (and
-/// there is at most [`MAX_DIRS`] directories and [`MAX_PIDS`] processes).
+/// Whether every process in the cgroup `dir` runs `exe`, no process is in a
+/// cgroup below it, and there are at most [`MAX_DIRS`] directories and
+/// [`MAX_PIDS`] processes.
 fn uniform(dir: &Path, exe: &str) -> bool {
     let mut dirs = vec![dir.to_path_buf()];
     let (mut seen_dirs, mut seen_pids) = (0usize, 0usize);
@@ -591,6 +617,11 @@ fn uniform(dir: &Path, exe: &str) -> bool {
             return false;
         }
         let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) else { return false };
+        // The element covers the cgroups below too (their level-N ancestor
+        // is this one), whose paths differ: they must hold no process.
+        if d != dir && !procs.trim().is_empty() {
+            return false;
+        }
         for pid in procs.split_whitespace() {
             seen_pids += 1;
             if seen_pids > MAX_PIDS || pid.parse::<u32>().is_err() {
@@ -694,30 +725,48 @@ mod tests {
 
     #[test]
     fn only_stable_rules_before_the_accept_may_be_offloaded() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let offer = |rule: usize, dport: u16, exe: &str| Offer {
+            digest: PolicyDigest::of(b""),
+            rule,
+            cgroup: "/a/b".into(),
+            exe: exe.into(),
+            dst: "127.0.0.1".parse().unwrap(),
+            dport,
+            source: SecurityContext::unlabeled(),
+            dest: SecurityContext::unlabeled(),
+            process: ProcessInfo { pid: 1, comm: "p".into(), exe: exe.into(), cgroup: None },
+        };
+        let py = "/usr/bin/python3.11";
         let p = policy(
             "default = \"drop\"\n\
              [[rule]]\nname = \"uid-other-port\"\nuid = 1000\nproto = \"tcp\"\ndport = 9\nverdict = \"drop\"\n\
              [[rule]]\nname = \"py\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = 7001\nverdict = \"accept\"\n\
              [[rule]]\nname = \"uid-here\"\nuid = 1000\nproto = \"tcp\"\ndport = 7002\nverdict = \"drop\"\n\
              [[rule]]\nname = \"any\"\nproto = \"tcp\"\ndport = 7002\nverdict = \"accept\"\n\
-             [[rule]]\nname = \"by-uid\"\nuid = 0\nproto = \"tcp\"\ndport = 7003\nverdict = \"accept\"\n",
+             [[rule]]\nname = \"by-uid\"\nuid = 0\nproto = \"tcp\"\ndport = 7003\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"uid-of-a-domain\"\nuid = 1000\nsource = \"*:*:httpd_t\"\nproto = \"tcp\"\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"uid-of-sbin\"\nuid = 1000\nsource_exe = \"/usr/sbin/*\"\nproto = \"tcp\"\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"all\"\nproto = \"tcp\"\nverdict = \"accept\"\n",
         );
         // A uid rule on another port cannot match: the exe rule is stable.
-        assert!(eligible(&p, 1, lo, 7001));
+        assert!(eligible(&p, &offer(1, 7001, py)));
         // A uid rule that may match the key comes first: not stable.
-        assert!(!eligible(&p, 3, lo, 7002));
+        assert!(!eligible(&p, &offer(3, 7002, py)));
         // An accept by uid is not.
-        assert!(!eligible(&p, 4, lo, 7003));
+        assert!(!eligible(&p, &offer(4, 7003, py)));
         // A drop is never offloaded, nor a rule that does not exist.
-        assert!(!eligible(&p, 0, lo, 9));
-        assert!(!eligible(&p, 99, lo, 7001));
+        assert!(!eligible(&p, &offer(0, 9, py)));
+        assert!(!eligible(&p, &offer(99, 7001, py)));
+        // uid rules for another source context or another program cannot
+        // match this identity; for this program they can.
+        assert!(eligible(&p, &offer(7, 7009, py)));
+        assert!(!eligible(&p, &offer(7, 7009, "/usr/sbin/x")));
         let p = policy(
             "default = \"drop\"\n[[rule]]\nname = \"d\"\ndest_exe = \"/usr/sbin/*\"\nproto = \"tcp\"\ndport = 1\nverdict = \"accept\"\n\
              [[rule]]\nname = \"c\"\ndest = \"*:*:postgresql_t\"\nproto = \"tcp\"\ndport = 2\nverdict = \"accept\"\n",
         );
-        assert!(!eligible(&p, 0, lo, 1), "the destination's process is not in the key");
-        assert!(eligible(&p, 1, lo, 2), "without an LSM, a destination context is a function of the address");
+        assert!(!eligible(&p, &offer(0, 1, py)), "the destination's process is not in the key");
+        assert!(eligible(&p, &offer(1, 2, py)), "without an LSM, a destination context is a function of the address");
     }
 
     #[test]
