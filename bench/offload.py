@@ -6,7 +6,8 @@
 Runs bench.py's `conn` workload (netprobe tcp-connect on the loopback of a
 fresh network namespace, the 1000-rule bench policy) for B0 (no queue), B3
 (labelgate --flow) and B3o (labelgate --flow --offload), interleaved over
-the rounds, and prints the medians and the ratios to B0 of the same run.
+the rounds, and prints the medians, and the medians of the ratios to B0
+within each round.
 The client and server processes run in a cgroup of their own (all of them
 run netprobe, so the cgroup qualifies for offloading); B0 and B3 run in it
 too, so only the flag differs. Needs the C tools that bench/run.sh builds
@@ -80,17 +81,19 @@ def main():
             os.rmdir(cg)
         except OSError:
             pass
-    print("| clients | B0 conn/s | B3 conn/s | B3o conn/s | B3/B0 | B3o/B0 | B3o/B3 | p99 µs B0 / B3 / B3o | "
+    print("| clients | B0 conn/s | B3 conn/s | B3o conn/s | B3/B0 | B3o/B0 (min-max) | p99 µs B0 / B3 / B3o | "
           "queued per conn B3 / B3o |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for n in clients:
         m = {v: statistics.median(x["conn_s"] for x in res[n][v]) for v in res[n]}
         p99 = {v: statistics.median(x["p99_us"] for x in res[n][v]) for v in res[n]}
         q = {v: sum(x["queued"] for x in res[n][v]) / max(1, sum(x["conns"] for x in res[n][v])) for v in res[n]}
-        print("| %d | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f / %.0f / %.0f | %.3f / %.4f |" %
-              (n, m["B0"], m["B3"], m["B3o"], m["B3"] / m["B0"], m["B3o"] / m["B0"], m["B3o"] / m["B3"],
-               p99["B0"], p99["B3"], p99["B3o"], q["B3"], q["B3o"]))
-
+        # Ratios within each round (same minute of a shared machine), then their median.
+        ratio = lambda v: [x["conn_s"] / b["conn_s"] for x, b in zip(res[n][v], res[n]["B0"])]  # noqa: E731
+        ro = ratio("B3o")
+        print("| %d | %.0f | %.0f | %.0f | %.2f | %.2f (%.2f-%.2f) | %.0f / %.0f / %.0f | %.3f / %.4f |" %
+              (n, m["B0"], m["B3"], m["B3o"], statistics.median(ratio("B3")), statistics.median(ro), min(ro),
+               max(ro), p99["B0"], p99["B3"], p99["B3o"], q["B3"], q["B3o"]))
 
 if __name__ == "__main__":
     main()

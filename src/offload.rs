@@ -263,6 +263,21 @@ impl Offload {
     }
 }
 
+impl Drop for Offload {
+    /// When start-up fails after the table was made (or at any exit that
+    /// skipped [`Offload::shutdown`]): the table goes too.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let mut st = lock(&self.shared.state);
+        if !st.off {
+            st.off = true;
+            if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
+                log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
