@@ -168,7 +168,6 @@ impl Offload {
     /// before the queues are bound.
     pub fn start(timeout_ms: u64) -> Result<Arc<Offload>, OffloadError> {
         let (cgroup_dir, mount) = cgroup2_root().ok_or(OffloadError::NoCgroup2)?;
-        create_table()?;
         let link = NftLink::open(Duration::from_secs(2)).map_err(OffloadError::Netlink)?;
         let init = init_netns().map_err(OffloadError::Connector)?;
         let events = {
@@ -176,6 +175,8 @@ impl Offload {
             crate::sys::netns::in_netns(init.as_fd(), || ProcEvents::open(4 << 20, Duration::from_millis(200)))
                 .map_err(OffloadError::Connector)?
         };
+        // Last: from here on, dropping the result deletes the table.
+        create_table()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 link,
