@@ -19,8 +19,9 @@ use support::*;
 /// The client: reads commands on stdin, answers one line each.
 /// `c PORT`: connect, answer `ok|fail QUEUED` (packets queued meanwhile,
 /// from the queue's id sequence); `exec PATH`: become PATH running this
-/// script; `loop PORT FLAG`: connect again and again until FLAG exists and
-/// five more attempts were made after it (bounded), answer
+/// script; `loop PORT FLAG`: connect again and again (paced, at most 40,000
+/// times in 20 s) until FLAG exists and five more attempts were made after
+/// it, answer
 /// `BEFORE_OK BEFORE_FAIL AFTER_OK AFTER_FAIL`.
 const DRIVER: &str = r#"
 import os, socket, sys, time
@@ -54,11 +55,12 @@ while True:
         os.execv(w[1], [w[1], sys.argv[0], Q])
     elif w[0] == "loop":
         n = [0, 0, 0, 0]; after = 0; end = time.time() + 20
-        while after < 5 and time.time() < end and sum(n) < 5000:
+        while after < 5 and time.time() < end and sum(n) < 40000:
             flag = os.path.exists(w[2])
             ok = conn(int(w[1]), 0.3)
             n[(2 if flag else 0) + (0 if ok else 1)] += 1
             after += flag
+            time.sleep(0.0005)
         print(*n, flush=True)
 "#;
 
