@@ -226,7 +226,8 @@ pub struct RunArgs {
     /// Prototype (needs --flow; see docs/OFFLOAD.md): let the kernel accept, without queueing, the new TCP
     /// connections labelgate already accepted for the same sending cgroup, destination address and port, while
     /// every process in that cgroup runs the same program. Creates the nftables table inet labelgate_offload
-    /// (deleted at start and stop); only on hosts where no LSM labels processes; off by default.
+    /// (deleted at start and stop). Offloads nothing on hosts where an LSM (SELinux) labels processes; off by
+    /// default.
     #[arg(long, requires = "flow")]
     pub offload: bool,
     /// With --offload: how long a kernel-side accept lasts before the next connection is queued and checked
