@@ -286,6 +286,14 @@ fn a_second_connection_is_accepted_in_the_kernel_and_the_table_is_removed_at_sto
     assert!(offload_counter(&err, "added") >= 2, "{err}");
     let tables = s.ns.sh("nft list tables");
     assert!(!tables.contains("labelgate_offload"), "the table outlived labelgate: {tables}");
+    // A leftover table (a crash) is replaced at the next start.
+    s.ns.sh(
+        "nft add table inet labelgate_offload && nft add set inet labelgate_offload leftover '{ type ipv4_addr; }'",
+    );
+    let d = Daemon::start(&s.ns, &policy("accept"), s.queue, &["--flow", "--offload"]);
+    let table = s.ns.sh("nft list table inet labelgate_offload");
+    let err = d.stop();
+    assert!(table.contains("set v4_l1") && !table.contains("leftover"), "{table}\n{err}");
 }
 
 #[test]
