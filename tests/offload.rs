@@ -306,10 +306,13 @@ fn an_exec_into_another_program_is_queued_and_refused() {
     assert!(ready.ends_with("pyother"), "the client now runs the copy: {ready}");
     // The element is gone as soon as the new program runs (the exec event
     // is handled while the new program starts).
+    let mut polls = 0;
     while s.elements().contains(&format!(". {ALLOWED_ONLY_PY} ")) {
         assert!(exec_done.elapsed() < Duration::from_millis(500), "the element outlived the exec: {}", s.elements());
         std::thread::sleep(Duration::from_millis(10));
+        polls += 1;
     }
+    eprintln!("element gone after {polls} polls of the set once the new program ran");
     // labelgate's resolver reuses a holder's exe for up to 1 s after it
     // read it (resolve/owner.rs, PROCESS_INFO_REUSE_NS), queued or not:
     // the table itself would accept this program on this port until then.
