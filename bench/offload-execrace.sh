@@ -53,7 +53,7 @@ srv=$!
 ip netns exec "$ns" "$bin" run --policy "$work/policy.toml" --queue $q --flow --offload 2>"$work/labelgate.log" &
 lg=$!
 i=0
-while ! grep -q "^ *$q " /proc/net/netfilter/nfnetlink_queue 2>/dev/null && ! ip netns exec "$ns" grep -q "^ *$q " /proc/net/netfilter/nfnetlink_queue; do
+while ! ip netns exec "$ns" grep -q "^ *$q " /proc/net/netfilter/nfnetlink_queue; do
     i=$((i + 1)); [ $i -lt 200 ] || { echo "labelgate did not start" >&2; cat "$work/labelgate.log" >&2; exit 1; }
     sleep 0.05
 done
