@@ -9,6 +9,8 @@ PKGS=(
   build-essential pkg-config libselinux1-dev libclang-dev
   # host integration tests: namespaces, iptables NFQUEUE, traffic probes
   iproute2 iptables util-linux python3 iputils-ping netcat-openbsd conntrack
+  # labelgate run --offload (its table) and tests/offload.rs
+  nftables
   # benchmark reference consumer (C, libnetfilter_queue)
   libnetfilter-queue-dev libmnl-dev
   # packaging checks: systemd-analyze, the SELinux policy module build,

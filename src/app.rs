@@ -473,7 +473,7 @@ impl Reloads {
 
     /// Called every tick: finish a reload whose policy is ready. True when
     /// a reload ended (applied or refused) and none is pending.
-    fn poll(&mut self, engine: &Engine, path: &std::path::Path) -> bool {
+    fn poll(&mut self, engine: &Engine, offload: Option<&crate::offload::Offload>, path: &std::path::Path) -> bool {
         if let Some(old) = self.retired.take() {
             crate::counters::carry_hits(&old.policy, &engine.current().policy);
             drop(old);
@@ -498,7 +498,11 @@ impl Reloads {
             Ok(p) => {
                 let n = p.rules.len();
                 let old = engine.current();
-                engine.replace(p);
+                match offload {
+                    // The kernel-side accepts go before the new policy answers.
+                    Some(o) => o.swap(|| engine.replace(p)),
+                    None => engine.replace(p),
+                }
                 let kept = crate::counters::carry_hits(&old.policy, &engine.current().policy);
                 self.retired = Some(old);
                 log::info!(
@@ -553,6 +557,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let target =
         args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
 
+    // Before confinement: the connector socket is opened in the initial
+    // network namespace, and `nft` creates the table.
+    let offload = if args.offload {
+        Some(crate::offload::Offload::start(args.offload_timeout_ms).context("--offload")?)
+    } else {
+        None
+    };
+
     // Least privilege, before any thread exists (threads inherit it).
     if args.no_confine {
         log::warn!("--no-confine: keeping every capability");
@@ -567,6 +579,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let r = crate::confine::apply(&needs).context("cannot drop privileges (use --no-confine to run without)")?;
         log::info!("confined: {r}");
+    }
+
+    if let Some(o) = &offload {
+        o.spawn().context("--offload")?;
     }
 
     let counters = Arc::new(Counters::default());
@@ -612,6 +628,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         engine = engine.with_oracle(o);
     }
     let engine = Arc::new(engine);
+    if let Some(o) = &offload {
+        o.attach(&engine);
+        engine.offload_to(o.clone());
+    }
     // Before the queues: every UDP flow accepted is remembered, and a
     // socket closed from now on ends its flows' conntrack pass.
     let watch = Arc::new(crate::flowwatch::FlowWatch::new(crate::flowwatch::DEFAULT_CAPACITY, counters.clone()));
@@ -654,7 +674,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut reloads = Reloads::default();
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        if reloads.poll(&engine, &args.policy) {
+        if reloads.poll(&engine, offload.as_deref(), &args.policy) {
             crate::notify::log_err(notify.ready(&status("running")));
         }
         if signals.dump.swap(false, Ordering::Relaxed) {
@@ -669,11 +689,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     crate::notify::log_err(notify.stopping());
+    if let Some(o) = &offload {
+        // First: no kernel-side accept outlives the daemon.
+        o.shutdown();
+    }
     log::info!("stopping: answering queued packets");
     runtime.join();
     watcher.join();
     reloads.finish(&engine);
     print_counters(&engine);
+    if let Some(o) = &offload {
+        eprintln!("labelgate offload: {}", o.stats().summary());
+    }
     drop(engine);
     if let Some(w) = writer {
         w.finish();

@@ -34,6 +34,8 @@ pub struct Engine {
     flow_watch: std::sync::OnceLock<Arc<crate::flowwatch::FlowWatch>>,
     /// The loaded SELinux policy, asked by `selinux` verdicts.
     oracle: Option<Arc<dyn AccessOracle>>,
+    /// Where accepted first packets are offered for offloading (`--offload`).
+    offload: std::sync::OnceLock<Arc<crate::offload::Offload>>,
 }
 
 /// Per-thread scratch state (interface-name cache).
@@ -62,6 +64,7 @@ impl Engine {
             audit,
             flow_watch: std::sync::OnceLock::new(),
             oracle: None,
+            offload: std::sync::OnceLock::new(),
         }
     }
 
@@ -70,6 +73,12 @@ impl Engine {
     pub fn watch_flows(&self, w: Arc<crate::flowwatch::FlowWatch>) {
         let _ = self.flow_watch.set(w);
     }
+    /// Offer every accepted first packet to `o` from now on (once; later
+    /// calls are ignored).
+    pub fn offload_to(&self, o: Arc<crate::offload::Offload>) {
+        let _ = self.offload.set(o);
+    }
+
     /// Ask `oracle` for rules with verdict `selinux`.
     pub fn with_oracle(mut self, oracle: Arc<dyn AccessOracle>) -> Engine {
         self.oracle = Some(oracle);
@@ -161,6 +170,9 @@ impl Engine {
                 let oif = || names.borrow_mut().name(meta.outdev);
                 let facts = Facts { hook, pkt, labels: &labels, iif: &iif, oif: &oif };
                 let d = policy.decide_with(&facts, mode, self.oracle.as_deref());
+                if let Some(o) = self.offload.get() {
+                    o.offer(policy, mode, &d, hook, pkt, &labels);
+                }
                 let rec = (d.audit && self.audit.enabled()).then(|| {
                     let mut r = base_record(hook, ifindex, labels, &d, policy);
                     r.set_packet(pkt);

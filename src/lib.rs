@@ -26,6 +26,7 @@ pub mod lint;
 pub mod metrics;
 pub mod mls;
 pub mod notify;
+pub mod offload;
 pub mod packet;
 pub mod policy;
 pub mod resolve;

@@ -16,6 +16,8 @@ use std::os::fd::RawFd;
 pub mod ctnetlink;
 pub mod netns;
 pub mod nfqueue;
+pub mod nftset;
+pub mod proc_connector;
 pub mod selinux_status;
 pub mod sockdestroy;
 pub mod sockdiag;
