@@ -308,16 +308,14 @@ fn an_exec_into_another_program_is_queued_and_refused() {
     // is handled while the new program starts).
     let mut polls = 0;
     while s.elements().contains(&format!(". {ALLOWED_ONLY_PY} ")) {
-        assert!(exec_done.elapsed() < Duration::from_millis(500), "the element outlived the exec: {}", s.elements());
+        // Generous: the event is handled on an ordinary thread of a busy machine.
+        assert!(exec_done.elapsed() < Duration::from_secs(5), "the element outlived the exec: {}", s.elements());
         std::thread::sleep(Duration::from_millis(10));
         polls += 1;
     }
     eprintln!("element gone after {polls} polls of the set once the new program ran");
-    // labelgate's resolver reuses a holder's exe for up to 1 s after it
-    // read it (resolve/owner.rs, PROCESS_INFO_REUSE_NS), queued or not:
-    // the table itself would accept this program on this port until then.
-    // Past it, the connection is queued and refused.
-    std::thread::sleep(Duration::from_millis(1100));
+    // At once: labelgate reads the holder's exe again for every new
+    // socket, so the queued connection is judged as the new program.
     let (ok, queued) = c.connect(ALLOWED_ONLY_PY);
     if ok {
         let err = s.stop();
