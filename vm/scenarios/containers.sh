@@ -17,7 +17,8 @@
 # sockets' contexts, not the namespaces: a process in web's namespace and
 # cgroup with api's categories is let through where web is refused. JSON
 # records carry the contexts with their categories and the pid, exe, cgroup
-# and container of both ends, as `ss -tanpz` inside each namespace shows them.
+# and container of both ends, as `ss -tanpz` inside each namespace shows
+# them, and the network namespace (inode) each end was found in.
 set -euo pipefail
 . "$(dirname "$0")/../guest/common.sh"
 scenario_begin containers
@@ -192,7 +193,7 @@ for line in open(sys.argv[1]):
     for k in ("outcome", "rule", "hook", "scontext", "tcontext", "slabel", "tlabel"):
         print(f"{k}={r.get(k)}")
     for pre, p in (("s", r.get("process") or {}), ("t", r.get("dest_process") or {})):
-        for k in ("pid", "exe", "cgroup", "container", "unit"):
+        for k in ("pid", "exe", "cgroup", "container", "unit", "netns"):
             print(f"{pre}{k}={p.get(k)}")
     break
 PY
@@ -225,15 +226,18 @@ compare() {
   want slabel slabel socket
   want spid spid "$pid"; want sexe sexe "${EXE[$ep]}"
   want scgroup scgroup "${CTR_CG[web]}"; want scontainer scontainer "${CTR_ID[web]}"
+  want snetns snetns "$(stat -Lc %i /run/netns/lgc-web)"
   want tcontext tcontext "$tsock"
   want tlabel tlabel socket
   want tpid tpid "$tpid"; want texe texe "$(readlink "/proc/$tpid/exe" || true)"
   if [ "$dest" = host ]; then
     want tcontext-type tcontext "$CTX_PG"
     want tunit tunit postgresql.service; want tcontainer tcontainer None
+    want tnetns tnetns "$(stat -Lc %i /proc/self/ns/net)"
   else
     want tcontext-categories tcontext "${CTR_CTX[$dest]}"
     want tcgroup tcgroup "${CTR_CG[$dest]}"; want tcontainer tcontainer "${CTR_ID[$dest]}"
+    want tnetns tnetns "$(stat -Lc %i "/run/netns/lgc-$dest")"
   fi
 }
 compare api-8080 granted web-to-api-8080 forward "$LG_WORK/containers-ss-api.txt" api
