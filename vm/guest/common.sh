@@ -120,10 +120,16 @@ client_cmd() {
 # for the reply after its own empty stdin ends; -T: inactivity bound); -d -d
 # logs whether the connection was made, which tells refused from broken.
 probe_echo() {
-  local err="$LG_WORK/$SCENARIO-probe.err" out
   client_cmd "$1"
+  echo_connect 127.0.0.1 "$2"
+}
+
+# echo_connect ADDR PORT: the body of an echo probe: socat, run by
+# CLIENT_CMD (set by the caller), to an echo server at ADDR:PORT.
+echo_connect() {
+  local err="$LG_WORK/$SCENARIO-probe.err" out
   out="$(timeout 90 "${CLIENT_CMD[@]}" socat -d -d -T30 -t30 - \
-    "TCP4:127.0.0.1:$2,connect-timeout=$LG_CONNECT_TIMEOUT" </dev/null 2>"$err")" || true
+    "TCP4:$1:$2,connect-timeout=$LG_CONNECT_TIMEOUT" </dev/null 2>"$err")" || true
   if [ "$out" = "pong-$2" ]; then PROBE_DETAIL="got pong-$2"; return 0; fi
   if grep -q 'starting data transfer loop' "$err"; then
     PROBE_DETAIL="connected, but the reply was '${out:0:60}' (server failed?)"; return 2
@@ -365,6 +371,136 @@ web_db_policy() {
       /^name = "/ { nm = $3; gsub(/"/, "", nm); if (nm in add) printf "%s", add[nm] }' "$LG_WEB_DB"
     [ -z "$more" ] || printf '\n%s\n' "$more"
   } | write_policy "$name"
+}
+
+# ------------------------------------------------------------ containers ---
+# "Containers" made of the kernel objects podman (netavark, crun, conmon)
+# makes for a rootful container on a bridge network, without podman itself:
+#   - a network namespace lgc-NAME with lo and eth0, eth0 the inner end of a
+#     veth pair whose outer end, lgv-NAME, is a port of the bridge
+#     CTR_BRIDGE in the guest's root namespace (the bridge holds the
+#     network's first address: the containers' gateway, the host's address);
+#   - a cgroup v2 directory named as podman's under systemd,
+#     /machine.slice/libpod-ID.scope, ID 64 hex digits;
+#   - its processes in that cgroup, in that namespace and in the container's
+#     context: `runcon CTX ip netns exec lgc-NAME CMD` (runcon first:
+#     `ip netns exec` remounts /sys in a new mount namespace, without
+#     selinuxfs, where runcon could not work).
+# Same-bridge traffic crosses iptables FORWARD only with br_netfilter loaded
+# and net.bridge.bridge-nf-call-iptables=1: ctr_bridge sets both.
+CTR_BRIDGE=lgbr0
+CTR_NET=198.18.20      # a /24; .1 is the bridge
+CTR_CGROOT=/sys/fs/cgroup
+declare -A CTR_ADDR=() CTR_CTX=() CTR_ID=() CTR_CG=()
+CTR_SVC_CG=()          # the host services' cgroups (svc_echo_server)
+
+# ctr_bridge: br_netfilter on, the bridge up with CTR_NET.1 (target "host").
+ctr_bridge() {
+  modprobe br_netfilter
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  ip link add "$CTR_BRIDGE" type bridge
+  ip addr add "$CTR_NET.1/24" dev "$CTR_BRIDGE"
+  ip link set "$CTR_BRIDGE" up
+  CTR_ADDR[host]="$CTR_NET.1"
+}
+
+# ctr_add NAME N LEVEL: container NAME at CTR_NET.N, its processes in
+# system_u:system_r:container_t:LEVEL; its id is the SHA-256 of its name.
+ctr_add() {
+  local n="$1" ns="lgc-$1" id
+  id="$(printf '%s' "$n" | sha256sum | cut -c1-64)"
+  ip netns add "$ns"
+  ip link add "lgv-$n" type veth peer name eth0 netns "$ns"
+  ip link set "lgv-$n" master "$CTR_BRIDGE" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "$CTR_NET.$2/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add default via "$CTR_NET.1"
+  mkdir -p "$CTR_CGROOT/machine.slice/libpod-$id.scope"
+  CTR_ADDR[$n]="$CTR_NET.$2"; CTR_CTX[$n]="system_u:system_r:container_t:$3"
+  CTR_ID[$n]="$id"; CTR_CG[$n]="/machine.slice/libpod-$id.scope"
+}
+
+# cg_cmd CGROUP CTX: set CG_CMD to a command prefix that moves itself into
+# cgroup CGROUP (a path under CTR_CGROOT, created if missing) and execs the
+# rest under `runcon CTX`; every step execs, so a background job's $! is
+# the final command's pid.
+cg_cmd() {
+  mkdir -p "$CTR_CGROOT$1"
+  # shellcheck disable=SC2016  # $$ and $@ are the inner shell's
+  CG_CMD=(bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' cg_cmd "$CTR_CGROOT$1" runcon "$2")
+}
+
+# ctr_cmd NAME [CTX]: set CTR_CMD to the prefix running a command as a
+# process of container NAME (its cgroup, its namespace, its context or CTX).
+ctr_cmd() {
+  cg_cmd "${CTR_CG[$1]}" "${2:-${CTR_CTX[$1]}}"
+  CTR_CMD=("${CG_CMD[@]}" ip netns exec "lgc-$1")
+}
+
+# ctr_wait_listen NAME PORT: wait (60 s) until container NAME listens on PORT
+# (NAME host: the root namespace).
+ctr_wait_listen() {
+  local i ns=()
+  [ "$1" = host ] || ns=(ip netns exec "lgc-$1")
+  for ((i = 0; i < 300; i++)); do
+    "${ns[@]}" ss -Htln "sport = :$2" | grep -q . && return 0
+    sleep 0.2
+  done
+  log "nothing listens on port $2 in $1"; return 1
+}
+
+# ctr_echo_server NAME PORT: an echo server (as tcp_echo_server: answers
+# pong-PORT) in container NAME on its address.
+ctr_echo_server() {
+  ctr_cmd "$1"
+  "${CTR_CMD[@]}" socat -t60 -T120 "TCP4-LISTEN:$2,bind=${CTR_ADDR[$1]},reuseaddr,fork" \
+    "SYSTEM:echo pong-$2" >"$LG_WORK/$SCENARIO-$1-server-$2.log" 2>&1 &
+  LAST_PID=$!; LG_PIDS+=("$LAST_PID")
+  ctr_wait_listen "$1" "$2"
+}
+
+# svc_echo_server UNIT CTX PORT: a host service: an echo server in the root
+# namespace on the bridge address, in context CTX and in cgroup
+# /system.slice/UNIT (where systemd would run it).
+svc_echo_server() {
+  cg_cmd "/system.slice/$1" "$2"
+  CTR_SVC_CG+=("/system.slice/$1")
+  "${CG_CMD[@]}" socat -t60 -T120 "TCP4-LISTEN:$3,bind=${CTR_ADDR[host]},reuseaddr,fork" \
+    "SYSTEM:echo pong-$3" >"$LG_WORK/$SCENARIO-$1-server-$3.log" 2>&1 &
+  LAST_PID=$!; LG_PIDS+=("$LAST_PID")
+  ctr_wait_listen host "$3"
+}
+
+# probe_ctr CLIENT NAME-PORT: echo probe (target ctr:NAME-PORT) from a
+# container. CLIENT is NAME (a process of container NAME) or NAME+CTX (in
+# NAME's cgroup and namespace, in context CTX); the target is the echo
+# server on PORT of container NAME, or of the host (NAME host).
+probe_ctr() {
+  local c="${1%%+*}" ctx="" t="${2%-*}" port="${2##*-}"
+  case "$1" in *+*) ctx="${1#*+}" ;; esac
+  if [ -z "${CTR_CG[$c]:-}" ] || [ -z "${CTR_ADDR[$t]:-}" ]; then
+    PROBE_DETAIL="harness: unknown container in $1 -> $2"; return 2
+  fi
+  ctr_cmd "$c" "$ctx"
+  CLIENT_CMD=("${CTR_CMD[@]}")
+  echo_connect "${CTR_ADDR[$t]}" "$port"
+}
+
+# ctr_teardown: kill what runs in the containers' namespaces, delete the
+# namespaces, the bridge and the cgroups the scenario made.
+ctr_teardown() {
+  local n p i cg
+  for n in "${!CTR_CG[@]}"; do
+    for p in $(ip netns pids "lgc-$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "lgc-$n" 2>/dev/null || true
+  done
+  ip link del "$CTR_BRIDGE" 2>/dev/null || true
+  for cg in "${CTR_CG[@]}" /machine.slice "${CTR_SVC_CG[@]}" /system.slice; do
+    [ -d "$CTR_CGROOT$cg" ] || continue
+    for ((i = 0; i < 50; i++)); do rmdir "$CTR_CGROOT$cg" 2>/dev/null && break; sleep 0.1; done
+  done
+  CTR_ADDR=(); CTR_CTX=(); CTR_ID=(); CTR_CG=(); CTR_SVC_CG=()
 }
 
 # --------------------------------------------------------------- asserts ---
