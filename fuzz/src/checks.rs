@@ -694,8 +694,9 @@ fn entry_avc(e: &Entry) -> String {
     s
 }
 
-/// The hook labelgate records a permission at (the inverse of
-/// `Hook::permission`; `recv` is also PREROUTING).
+/// The hook labelgate records a permission at when the record does not
+/// name its hook (the inverse of `Hook::permission`; `recv` is also
+/// PREROUTING, `send` also POSTROUTING).
 fn hook_of_perm(perm: &str) -> Option<Hook> {
     match perm {
         "send" => Some(Hook::Output),
@@ -729,7 +730,7 @@ fn check_audit2rules(entries: &[Entry]) {
     // Every denial, replayed as a packet with its contexts, protocol and port
     // at the hook it was recorded at, is accepted by a proposed rule.
     for e in denials {
-        let Some(hook) = hook_of_perm(&e.perm) else {
+        let Some(hook) = e.queued_at.or_else(|| hook_of_perm(&e.perm)) else {
             continue;
         };
         let proto = e.proto.unwrap_or(Proto::Other(253));
