@@ -2,8 +2,8 @@
 //! OUTPUT and then INPUT, and each hook's rules decide it. labelgate's
 //! flow rules remember an acceptance per hook (one connmark bit each), so a
 //! connection accepted at OUTPUT is still decided at INPUT. (PREROUTING and
-//! FORWARD with container namespaces: tests/containers.rs.) Needs root;
-//! see `support::can_run`.
+//! FORWARD with container namespaces: tests/containers.rs.) The flow test
+//! needs root (see `support::can_run`); `explain` across hooks does not.
 
 mod support;
 use support::*;
@@ -65,4 +65,32 @@ fn flow_mode_acceptance_at_output_does_not_skip_input() {
     assert!(!denied.is_empty(), "the refusal is recorded");
     // uid 1001's connection carries the OUTPUT and INPUT bits (0x200000 | 0x400000).
     assert!(marks.contains("mark=6291456"), "both hooks' bits on the connection: {marks}");
+}
+
+/// `labelgate explain --hook` takes every hook, and a rule naming
+/// `prerouting` matches there only (no root needed).
+#[test]
+fn explain_asks_each_hook_its_own_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.toml");
+    std::fs::write(&p, "default = \"drop\"\n[[rule]]\nname = \"pre\"\nhook = \"prerouting\"\nverdict = \"accept\"\n")
+        .expect("write policy");
+    let explain = |hook: &str| {
+        let out = std::process::Command::new(LABELGATE)
+            .args(["explain", "--policy"])
+            .arg(&p)
+            .args(["--source", "a_t", "--dest", "b_t", "--dport", "5432", "--hook", hook])
+            .output()
+            .expect("run explain");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    for (hook, verdict) in
+        [("prerouting", "accept"), ("input", "drop"), ("forward", "drop"), ("output", "drop"), ("postrouting", "drop")]
+    {
+        let (ok, out) = explain(hook);
+        assert!(ok, "{hook}: {out}");
+        assert!(out.starts_with(&format!("packet: hook={hook} ")), "{out}");
+        assert!(out.contains(&format!("\nverdict: {verdict} ")), "{hook}: {out}");
+    }
+    assert!(!explain("bogus").0);
 }

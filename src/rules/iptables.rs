@@ -36,17 +36,19 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
     let tool = if v6 { "ip6tables-restore" } else { "iptables-restore" };
     let mut s = format!(
         "# labelgate queue rules for {}: {tool} --noflush\n\
-         # (security table: after SECMARK labelling in mangle and security;\n\
-         # PREROUTING and POSTROUTING, which security lacks: mangle, before DNAT and SNAT)\n",
+         # (security table: after SECMARK labelling in mangle and security)\n",
         if v6 { "IPv6" } else { "IPv4" }
     );
-    s.push_str(&spec.describe());
     let chains: Vec<_> = spec
         .chains
         .iter()
         .map(|(c, m)| (*c, m.iter().filter(|m| m.in_family(v6)).collect::<Vec<_>>()))
         .filter(|(_, m)| !m.is_empty())
         .collect();
+    if chains.iter().any(|(c, _)| c.table() == "mangle") {
+        s.push_str("# (PREROUTING and POSTROUTING, which security lacks: mangle table, before DNAT and SNAT)\n");
+    }
+    s.push_str(&spec.describe());
     let target = spec.iptables_target();
     for table in ["security", "mangle"] {
         let chains: Vec<_> = chains.iter().filter(|(c, _)| c.table() == table).collect();

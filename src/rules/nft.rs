@@ -1,7 +1,7 @@
 //! The nftables rendering: the script that atomically (re)creates
 //! labelgate's `inet labelgate` table.
 
-use super::spec::{Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
+use super::spec::{Chain, Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
 use crate::packet::Proto;
 use std::fmt::Write as _;
 
@@ -31,10 +31,10 @@ pub(super) fn nft_match(m: &Match) -> String {
 
 /// The nft script that atomically (re)creates labelgate's table (both families).
 pub fn nft_install(spec: &RuleSpec) -> String {
-    let mut s = String::from(
-        "# labelgate queue rules: own table, priority after the security table (SECMARK);\n\
-         # prerouting and postrouting after mangle, before DNAT and SNAT\n",
-    );
+    let mut s = String::from("# labelgate queue rules: own table, priority after the security table (SECMARK)\n");
+    if spec.chains.iter().any(|(c, _)| matches!(c, Chain::Prerouting | Chain::Postrouting)) {
+        s.push_str("# (prerouting and postrouting: after mangle, before DNAT and SNAT)\n");
+    }
     s.push_str(&spec.describe());
     s.push_str("table inet labelgate {}\ndelete table inet labelgate\ntable inet labelgate {\n");
     let queue = spec.nft_queue();

@@ -272,6 +272,7 @@ fn prerouting_and_postrouting_are_queued_when_rules_name_them() {
         "{v4}"
     );
     assert!(mangle.ends_with("COMMIT\n") && mangle.matches("COMMIT").count() == 1, "{v4}");
+    assert!(security.contains("\n# (PREROUTING and POSTROUTING, which security lacks: mangle table"), "{v4}");
     assert_eq!(
         queue_lines(mangle),
         [
@@ -303,6 +304,7 @@ fn prerouting_and_postrouting_are_queued_when_rules_name_them() {
     // A policy without prerouting or postrouting rules writes no mangle
     // table and no such nft chain.
     let plain = spec(SCOPED, vec![0], false, false);
+    assert!(!iptables_restore(&plain, false).contains("mangle table"));
     assert!(!iptables_restore(&plain, false).contains("*mangle"));
     assert!(!nft_install(&plain).contains("routing priority"));
 }
