@@ -7,8 +7,10 @@
 //! uid 1001 through and refuses uid 1002, which only works if labelgate
 //! finds the client's socket inside A (a forwarded packet carries no
 //! NFQA_UID). The JSON audit records name the pid and exe of both ends,
-//! checked against `ss -tanpH` run inside each namespace. Needs root; see
-//! `support::can_run`.
+//! checked against `ss -tanpH` run inside each namespace. The same
+//! connections decided at PREROUTING instead, with the queue rules
+//! `labelgate rules --install` writes in the mangle table, and in flow mode
+//! across PREROUTING and FORWARD. Needs root; see `support::can_run`.
 
 mod support;
 use std::process::{Command, Stdio};
