@@ -102,14 +102,16 @@ check no-warning-with-drop-in test -z "$(grep 'will not be looked up' "$LGT_OUT/
 setenforce 0
 expect_eq kernel-permissive-again "$(getenforce)" Permissive
 
-# Back to the packaged set-up for the scenarios that follow.
+# Back to the packaged set-up for the scenarios that follow; the boolean
+# off only once no labelgate with --other-netns runs (its next scan would
+# be denied).
 rm -f "$DROPIN_DIR/other-netns.conf"; rmdir "$DROPIN_DIR" 2>/dev/null
 systemctl daemon-reload
-setsebool labelgate_other_netns 0
 if [ "$had_default" = 1 ]; then cp -p "$LGT_OUT/other-netns-default.orig" /etc/default/labelgate
 else rm -f /etc/default/labelgate; fi
 install_policy "$LGT_OUT/packaged-policy.toml"
 lg_restart unit-restarts-packaged
+setsebool labelgate_other_netns 0
 kill "$NS_PID" 2>/dev/null
 ip link del lgt-h1 2>/dev/null
 ip netns del "$NS"
