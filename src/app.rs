@@ -340,7 +340,9 @@ fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
         "input" => Hook::Input,
         "output" => Hook::Output,
         "forward" => Hook::Forward,
-        other => bail!("--hook {other:?}: expected input, output or forward"),
+        "prerouting" => Hook::Prerouting,
+        "postrouting" => Hook::Postrouting,
+        other => bail!("--hook {other:?}: expected input, output, forward, prerouting or postrouting"),
     };
     let proto = match a.proto.as_str() {
         "tcp" => Proto::Tcp,

@@ -20,6 +20,9 @@ pub struct Entry {
     /// `send`, `recv`, `forward` (and `forward_in`, `forward_out` in
     /// records of older versions).
     pub perm: String,
+    /// The hook the packet was queued at, when the record says it (JSON
+    /// records' `hook`; the USER_AVC form names only the permission).
+    pub queued_at: Option<crate::labels::Hook>,
     pub scontext: SecurityContext,
     pub tcontext: SecurityContext,
     pub proto: Option<Proto>,
@@ -29,14 +32,27 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The policy hook that matches where the permission was recorded
-    /// (`sepolicy::permission`): `send` (and the older `forward_out` at
-    /// POSTROUTING) is `output`, `recv` is `input`, `forward` (older:
-    /// `forward_in`) is `forward`; a permission labelgate does not write
-    /// is `any`.
+    /// The policy hook that matches where the packet was queued: the
+    /// record's own hook when it names one (JSON), else from the permission
+    /// (`sepolicy::permission`): `send` is `output`, `recv` is `input` (a
+    /// USER_AVC record does not tell PREROUTING from INPUT, nor POSTROUTING
+    /// from OUTPUT), the older `forward_out` (written at POSTROUTING) is
+    /// `postrouting`, `forward` (older: `forward_in`) is `forward`; a
+    /// permission labelgate does not write is `any`.
     pub fn hook(&self) -> &'static str {
+        use crate::labels::Hook;
+        if let Some(h) = self.queued_at {
+            return match h {
+                Hook::Prerouting => "prerouting",
+                Hook::Input => "input",
+                Hook::Forward => "forward",
+                Hook::Output => "output",
+                Hook::Postrouting => "postrouting",
+            };
+        }
         match self.perm.as_str() {
-            "send" | "forward_out" => "output",
+            "send" => "output",
+            "forward_out" => "postrouting",
             "recv" => "input",
             "forward" | "forward_in" => "forward",
             _ => "any",
@@ -109,6 +125,7 @@ fn parse_avc(line: &str) -> Option<Entry> {
     Some(Entry {
         denied,
         perm,
+        queued_at: None,
         scontext: get("scontext")?.parse().ok()?,
         tcontext: get("tcontext")?.parse().ok()?,
         proto: get("proto").and_then(|p| p.parse::<u8>().ok()).map(Proto::from_number),
@@ -136,6 +153,14 @@ fn parse_json(line: &str) -> Option<Entry> {
     Some(Entry {
         denied: s("outcome")? == "denied",
         perm: s("perm")?.to_string(),
+        queued_at: match s("hook") {
+            Some("prerouting") => Some(crate::labels::Hook::Prerouting),
+            Some("input") => Some(crate::labels::Hook::Input),
+            Some("forward") => Some(crate::labels::Hook::Forward),
+            Some("output") => Some(crate::labels::Hook::Output),
+            Some("postrouting") => Some(crate::labels::Hook::Postrouting),
+            _ => None,
+        },
         scontext: s("scontext")?.parse().ok()?,
         tcontext: s("tcontext")?.parse().ok()?,
         proto,
@@ -378,7 +403,7 @@ mod tests {
             )
         };
         for (line, hook) in [
-            (rec("forward_out", 6, 5432, "\"r\""), HookSel::Output),
+            (rec("forward_out", 6, 5432, "\"r\""), HookSel::Postrouting),
             (rec("send", 1, 5432, "\"r\""), HookSel::Output),
             (rec("recv", 47, 0, "\"r\""), HookSel::Input),
             (rec("send", 6, 80, "\"x\\n[[rule]]\\nname = \\\"evil\\\"\\nverdict = \\\"accept\\\"\""), HookSel::Output),
@@ -427,19 +452,22 @@ mod tests {
         use crate::labels::{Hook, Label, Origin};
         let id = Identity { pid: 9, subj: "unconfined".into(), exe: "/usr/sbin/labelgate".into() };
         for outcome in [Outcome::Denied, Outcome::Granted] {
-            for (hook, expect) in [
-                (Hook::Output, "output"),
-                (Hook::Postrouting, "output"),
-                (Hook::Input, "input"),
-                (Hook::Prerouting, "input"),
-                (Hook::Forward, "forward"),
+            // The USER_AVC form names the permission only (recv at
+            // PREROUTING reads as input); JSON names the hook.
+            for (hook, avc, json) in [
+                (Hook::Output, "output", "output"),
+                (Hook::Postrouting, "output", "postrouting"),
+                (Hook::Input, "input", "input"),
+                (Hook::Prerouting, "input", "prerouting"),
+                (Hook::Forward, "forward", "forward"),
             ] {
                 let mut r = crate::audit::tests::record();
                 r.outcome = outcome;
                 r.hook = hook;
                 r.source = Label { context: "u:r:a_t:s1:c5,c7".parse().unwrap(), origin: Origin::Socket };
                 r.dest = Label { context: "u:r:b_t:s1:c5".parse().unwrap(), origin: Origin::Socket };
-                for line in [format_avc(&r, &id, 1, Some("lo")), format_json(&r, &id, 1, None)] {
+                for (line, expect) in [(format_avc(&r, &id, 1, Some("lo")), avc), (format_json(&r, &id, 1, None), json)]
+                {
                     let e = parse_line(&line).unwrap_or_else(|| panic!("{line}"));
                     assert_eq!(e.denied, outcome == Outcome::Denied, "{line}");
                     assert_eq!((e.hook(), e.dport, e.proto), (expect, Some(5432), Some(Proto::Tcp)), "{line}");

@@ -116,7 +116,7 @@ pub struct ExplainArgs {
     /// Context of the local socket the packet goes to (same forms as --source).
     #[arg(long)]
     pub dest: String,
-    /// Hook: input, output or forward.
+    /// Hook the packet is queued at: input, output, forward, prerouting or postrouting.
     #[arg(long, default_value = "output")]
     pub hook: String,
     /// Protocol: tcp, udp, icmp, icmpv6, sctp.
@@ -240,7 +240,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_confine: bool,
     /// Also look sockets up in the other network namespaces on this host (containers: their traffic through
-    /// FORWARD, PREROUTING and INPUT gets the labels of the sockets at both ends, see docs/POLICY.md). Entering a
+    /// FORWARD, PREROUTING, INPUT and POSTROUTING gets the labels of the sockets at both ends, see docs/POLICY.md). Entering a
     /// namespace needs CAP_SYS_ADMIN, which labelgate then keeps; off by default (those ends are remote).
     #[arg(long)]
     pub other_netns: bool,

@@ -24,9 +24,8 @@ use std::sync::{Mutex, RwLock};
 pub const CLASS: &str = "labelgate_flow";
 
 /// The permission of [`CLASS`] a decision at `hook` is about: `send` for
-/// packets leaving (output and postrouting, which policy rules with
-/// `hook = "output"` decide), `recv` for packets arriving (input and
-/// prerouting), `forward` for forwarded ones.
+/// packets leaving (output and postrouting), `recv` for packets arriving
+/// (input and prerouting), `forward` for forwarded ones.
 pub fn permission(hook: Hook) -> &'static str {
     match hook {
         Hook::Output | Hook::Postrouting => "send",

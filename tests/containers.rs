@@ -7,8 +7,10 @@
 //! uid 1001 through and refuses uid 1002, which only works if labelgate
 //! finds the client's socket inside A (a forwarded packet carries no
 //! NFQA_UID). The JSON audit records name the pid and exe of both ends,
-//! checked against `ss -tanpH` run inside each namespace. Needs root; see
-//! `support::can_run`.
+//! checked against `ss -tanpH` run inside each namespace. The same
+//! connections decided at PREROUTING instead, with the queue rules
+//! `labelgate rules --install` writes in the mangle table, and in flow mode
+//! across PREROUTING and FORWARD. Needs root; see `support::can_run`.
 
 mod support;
 use std::process::{Command, Stdio};
@@ -439,4 +441,183 @@ fn other_namespaces_are_looked_up_only_with_the_flag() {
     wait_held(&d, &[&n.a, &n.b]);
     let (ok, _c, _) = client(&n.a, 1001, &n.b_ip, "5", "0");
     assert!(ok.starts_with("connected "), "with --other-netns uid 1001 gets through: {ok}\n{}", d.stderr_text());
+}
+
+/// `labelgate rules --install` (iptables) for `policy` in the host
+/// namespace, queueing to `queue`, with extra options; the mangle table as
+/// `iptables-save` then shows it.
+fn install_rules(n: &Net, policy: &str, queue: u16, extra: &[&str]) -> String {
+    let pfile = n.h.dir.path().join(format!("rules-{queue}.toml"));
+    std::fs::write(&pfile, policy).expect("write policy");
+    let out = run_ok(
+        n.h.cmd(LABELGATE)
+            .args(["rules", "--policy"])
+            .arg(&pfile)
+            .args(["--queues", &queue.to_string(), "--fail", "closed", "--install"])
+            .args(extra),
+    );
+    assert!(out.status.success());
+    n.h.sh("iptables-save -t mangle")
+}
+
+/// [`net`] with a server in B accepting for 60 seconds.
+fn routed_with_server() -> (Net, Bg) {
+    let n = net();
+    let server = n.b.spawn_probe(&["serve-tcp", &n.b_ip, &PORT.to_string(), "60"]);
+    (n, server)
+}
+
+/// A policy head: default drop, TCP to [`PORT`] in scope.
+fn scoped_drop() -> String {
+    format!("default = \"drop\"\n[[scope]]\nproto = \"tcp\"\ndport = {PORT}")
+}
+
+/// The source port of a client's "connected N" / "failed N" line.
+fn sport(line: &str) -> u16 {
+    line.rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// Every JSON record of the connection from source port `sport`, once
+/// `want` of them are written (bounded wait).
+fn records(d: &Daemon, sport: u16, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<_> = d
+            .audit_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["src"].as_u64() == Some(u64::from(sport)))
+            .collect();
+        if found.len() >= want || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A policy deciding forwarded connections at PREROUTING: `labelgate rules
+/// --install` puts the queue rule in the mangle table's PREROUTING (through
+/// LABELGATE_PRE); uid 1001 in container A reaches B, uid 1002 is refused
+/// there. The `input` rule accepting uid 1002 is not asked at PREROUTING (a
+/// named hook matches its own hook only).
+#[test]
+fn forwarded_connections_are_decided_at_prerouting() {
+    if !can_run_with(TOOLS) {
+        return;
+    }
+    let queue = 81;
+    let (n, _server) = routed_with_server();
+    let policy = format!(
+        r#"{}
+[[rule]]
+name = "uid1001-pre"
+hook = "prerouting"
+uid = 1001
+proto = "tcp"
+dport = {PORT}
+audit = true
+verdict = "accept"
+[[rule]]
+name = "uid1002-input"
+hook = "input"
+uid = 1002
+verdict = "accept"
+"#,
+        scoped_drop()
+    );
+    let mangle = install_rules(&n, &policy, queue, &[]);
+    assert!(mangle.contains("-A PREROUTING -j LABELGATE_PRE"), "{mangle}");
+    assert!(
+        mangle.contains(&format!(
+            "-A LABELGATE_PRE -p tcp -m tcp --dport {PORT} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {queue}"
+        )),
+        "{mangle}"
+    );
+    assert!(!n.h.sh("iptables-save -t security").contains("LABELGATE_FWD"), "no forward rule, no FORWARD queue");
+    let _init_a = Kill(n.a.cmd("sleep").arg("60").spawn().expect("sleep in A"));
+    let d = Daemon::start(&n.h, &policy, queue, &["--audit-format", "json", "--other-netns"]);
+    wait_held(&d, &[&n.a, &n.b]);
+
+    let (ok, _c1, _) = client(&n.a, 1001, &n.b_ip, "5", "1");
+    assert!(ok.starts_with("connected "), "uid 1001 must get through PREROUTING: {ok}\n{}", d.stderr_text());
+    let (bad, _c2, _) = client(&n.a, 1002, &n.b_ip, "2", "1");
+    assert!(bad.starts_with("failed "), "uid 1002 must be refused at PREROUTING: {bad}");
+    for (line, uid, outcome, rule) in [(&ok, 1001u64, "granted", "uid1001-pre"), (&bad, 1002, "denied", "default")] {
+        let r = record(&d, sport(line)).unwrap_or_else(|| panic!("no record for {line}: {:?}", d.audit_lines()));
+        assert_eq!((r["hook"].as_str(), r["outcome"].as_str()), (Some("prerouting"), Some(outcome)), "{r}");
+        assert_eq!(r["perm"], "recv", "{r}");
+        assert_eq!(r["rule"], rule, "{r}");
+        assert_eq!(r["sender_uid"].as_u64(), Some(uid), "the client's socket found in A: {r}");
+        assert_eq!(r["daddr"].as_str(), Some(n.b_ip.as_str()), "{r}");
+    }
+    let err = d.stop();
+    assert!(err.contains("labelgate rule uid1001-pre: hits=1"), "{err}");
+
+    // Removed: the mangle chain and its jump go, the connection is not
+    // queued any more (uid 1002 now reaches B, nothing else filters).
+    run_ok(
+        n.h.cmd(LABELGATE)
+            .args(["rules", "--policy"])
+            .arg(n.h.dir.path().join(format!("rules-{queue}.toml")))
+            .arg("--remove"),
+    );
+    assert!(!n.h.sh("iptables-save").contains("LABELGATE"), "{}", n.h.sh("iptables-save"));
+    let (again, _c3, _) = client(&n.a, 1002, &n.b_ip, "5", "1");
+    assert!(again.starts_with("connected "), "without the rules nothing refuses: {again}");
+}
+
+/// Flow mode across hooks: a connection accepted at PREROUTING is still
+/// decided by the FORWARD rules (each hook remembers its own accept bit in
+/// the connmark). Every connection passes PREROUTING; only uid 1001 is let
+/// through FORWARD.
+#[test]
+fn flow_mode_acceptance_at_prerouting_does_not_skip_forward() {
+    if !can_run_with(&[TOOLS, &["conntrack"]].concat()) {
+        return;
+    }
+    let queue = 82;
+    let (n, _server) = routed_with_server();
+    let policy = format!(
+        r#"{}
+[[rule]]
+name = "pre-all"
+hook = "prerouting"
+audit = true
+verdict = "accept"
+[[rule]]
+name = "fwd-uid1001"
+hook = "forward"
+uid = 1001
+audit = true
+verdict = "accept"
+"#,
+        scoped_drop()
+    );
+    install_rules(&n, &policy, queue, &["--flow"]);
+    let _init_a = Kill(n.a.cmd("sleep").arg("60").spawn().expect("sleep in A"));
+    let d = Daemon::start(&n.h, &policy, queue, &["--audit-format", "json", "--other-netns", "--flow"]);
+    wait_held(&d, &[&n.a, &n.b]);
+
+    let (ok, _c1, _) = client(&n.a, 1001, &n.b_ip, "5", "1");
+    assert!(ok.starts_with("connected "), "uid 1001 must pass both hooks: {ok}\n{}", d.stderr_text());
+    let (bad, _c2, _) = client(&n.a, 1002, &n.b_ip, "2", "1");
+    assert!(bad.starts_with("failed "), "uid 1002 passes PREROUTING but not FORWARD: {bad}");
+    let hooks = |line: &str, want: usize| {
+        let mut v: Vec<(String, String)> = records(&d, sport(line), want)
+            .iter()
+            .map(|r| (r["hook"].as_str().unwrap_or("").to_string(), r["outcome"].as_str().unwrap_or("").to_string()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let pair = |h: &str, o: &str| (h.to_string(), o.to_string());
+    assert_eq!(hooks(&ok, 2), [pair("forward", "granted"), pair("prerouting", "granted")]);
+    // The refused client's SYN (and its retries) pass PREROUTING and are
+    // refused at FORWARD, every time.
+    assert_eq!(hooks(&bad, 2), [pair("forward", "denied"), pair("prerouting", "granted")]);
+    let marks = n.h.sh(&format!("conntrack -L -p tcp --dport {PORT} 2>/dev/null || true"));
+    d.stop();
+    // The accepted connection carries both hooks' bits (0x1000000 | 0x800000).
+    assert!(marks.contains("mark=25165824"), "prerouting and forward bits on the connection: {marks}");
 }

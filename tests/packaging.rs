@@ -47,10 +47,24 @@ fn systemd_unit_verifies_and_shipped_policy_compiles() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("labelgate.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new(sa).arg("verify").arg(&path).output().unwrap();
-    let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let problems: Vec<&str> = msg.lines().filter(|l| l.contains("labelgate.service")).collect();
-    assert!(problems.is_empty(), "systemd-analyze verify: {msg}");
+    let verify = || {
+        let out = Command::new(&sa).arg("verify").arg(&path).output().unwrap();
+        let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let problems = msg.lines().filter(|l| l.contains("labelgate.service")).count();
+        (problems, msg)
+    };
+    let (problems, msg) = verify();
+    assert_eq!(problems, 0, "systemd-analyze verify: {msg}");
+    // With the --other-netns drop-in beside it (read from labelgate.service.d/,
+    // as a key it does not know shows).
+    let drop_in = dir.path().join("labelgate.service.d");
+    std::fs::create_dir(&drop_in).unwrap();
+    std::fs::write(drop_in.join("other-netns.conf"), "[Service]\nRestrictNamespaces=nett\n").unwrap();
+    let (problems, msg) = verify();
+    assert!(problems > 0 && msg.contains("other-netns.conf"), "the drop-in directory is read: {msg}");
+    std::fs::copy(format!("{root}/{OTHER_NETNS_DROP_IN}"), drop_in.join("other-netns.conf")).unwrap();
+    let (problems, msg) = verify();
+    assert_eq!(problems, 0, "systemd-analyze verify with the drop-in: {msg}");
 }
 
 fn which(tool: &str) -> Result<String, ()> {
@@ -106,6 +120,22 @@ fn selinux_policy_module_for_labelgate_t_compiles() {
         assert!(has(prefix, perm), "the module lacks `{prefix} ... {perm}` ({why})");
     }
     assert!(!has("allow labelgate_t self:capability", "setpcap"), "least privilege: no setpcap");
+    // --other-netns: sys_admin (setns) and the namespace inodes only under
+    // the boolean labelgate_other_netns, off by default.
+    assert!(rules.contains(&"bool labelgate_other_netns false;"), "the boolean, off by default");
+    let start = rules.iter().position(|l| *l == "if (labelgate_other_netns) {").expect("the boolean's block");
+    let len = rules[start..].iter().position(|l| l.starts_with("} # end labelgate_other_netns")).expect("block end");
+    let block = start..start + len;
+    let inside: Vec<&str> = rules.iter().enumerate().filter(|(i, _)| block.contains(i)).map(|(_, l)| *l).collect();
+    let outside: Vec<&str> = rules.iter().enumerate().filter(|(i, _)| !block.contains(i)).map(|(_, l)| *l).collect();
+    for (rule, perm) in [("allow labelgate_t self:capability ", "sys_admin"), ("allow labelgate_t nsfs_t:file", "open")]
+    {
+        assert!(inside.iter().any(|l| l.starts_with(rule) && l.contains(perm)), "the boolean grants `{rule}{perm}`");
+        assert!(
+            !outside.iter().any(|l| l.starts_with(rule) && l.contains(perm)),
+            "`{rule}{perm}` only with the boolean"
+        );
+    }
     let fc = std::fs::read_to_string(dir.path().join("labelgate.fc")).unwrap();
     assert!(fc.lines().any(|l| l.starts_with("/var/log/labelgate(/.*)?") && l.contains("labelgate_log_t")), "{fc}");
 }
@@ -153,7 +183,8 @@ fn parse_unit(text: &str) -> Unit {
             "ExecStartPre" => u.start_pre.push(v.to_string()),
             "ExecStart" => u.start = v.to_string(),
             "ExecStopPost" => u.stop_post.push(v.to_string()),
-            "CapabilityBoundingSet" => u.bounding = v.split_whitespace().map(str::to_lowercase).collect(),
+            // Several lines are merged (systemd.exec(5)), as a drop-in's is.
+            "CapabilityBoundingSet" => u.bounding.extend(v.split_whitespace().map(str::to_lowercase)),
             "NoNewPrivileges" => u.no_new_privs = v == "yes",
             "Type" => u.kind = v.to_string(),
             _ => {}
@@ -294,9 +325,19 @@ fn cap_field(pid: u32, name: &str) -> u64 {
 }
 
 /// One start-reload-stop cycle of the unit with LABELGATE_FAIL=`fail`.
-fn unit_cycle(fail: &str) {
+/// The drop-in shipped for `--other-netns`.
+const OTHER_NETNS_DROP_IN: &str = "packaging/systemd/labelgate-other-netns.conf";
+
+/// One start/reload/stop cycle of the unit; with `other_netns`, with the
+/// shipped drop-in appended (as systemd merges it) and `--other-netns` in
+/// LABELGATE_OPTS.
+fn unit_cycle(fail: &str, other_netns: bool) {
     let root = env!("CARGO_MANIFEST_DIR");
-    let unit = parse_unit(&std::fs::read_to_string(format!("{root}/packaging/labelgate.service")).unwrap());
+    let mut text = std::fs::read_to_string(format!("{root}/packaging/labelgate.service")).unwrap();
+    if other_netns {
+        text.push_str(&std::fs::read_to_string(format!("{root}/{OTHER_NETNS_DROP_IN}")).unwrap());
+    }
+    let unit = parse_unit(&text);
     assert_eq!(unit.kind, "notify", "the unit waits for readiness");
     assert!(!unit.bounding.iter().any(|c| c == "cap_setpcap"), "least privilege: no CAP_SETPCAP");
     let ns = support::Netns::new();
@@ -313,6 +354,9 @@ fn unit_cycle(fail: &str) {
     .unwrap();
     env.insert("LABELGATE_POLICY".into(), policy.to_str().unwrap().into());
     env.insert("LABELGATE_FAIL".into(), fail.into());
+    if other_netns {
+        env.insert("LABELGATE_OPTS".into(), "--other-netns".into());
+    }
     let run = UnitRun { ns: &ns, unit, env };
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
     let connects = || ns.probe_as(None, &["connect-tcp", "127.0.0.1", "5432", "2"]);
@@ -347,9 +391,11 @@ fn unit_cycle(fail: &str) {
     assert!(ns.queue_stats(0).is_some(), "READY=1 came after queue 0 was bound");
     // Bounded by the unit (no CAP_SETPCAP to trim it), confined by itself.
     let pid = daemon.pid();
+    // With the drop-in: CAP_SYS_ADMIN (21) in the bounding set, and kept.
+    let admin = if other_netns { 1u64 << 21 } else { 0 };
     let unit_set: u64 = [12u32, 13, 19, 2, 29].iter().map(|b| 1u64 << b).sum();
-    assert_eq!(cap_field(pid, "CapBnd"), unit_set, "bounding set as the unit left it");
-    assert_eq!(cap_field(pid, "CapEff"), (1 << 12) | (1 << 19) | (1 << 2), "effective: what it keeps");
+    assert_eq!(cap_field(pid, "CapBnd"), unit_set | admin, "bounding set as the unit left it");
+    assert_eq!(cap_field(pid, "CapEff"), (1 << 12) | (1 << 19) | (1 << 2) | admin, "effective: what it keeps");
     assert!(connects(), "running: the permissive policy's accept reaches the listener through the queue");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
@@ -359,6 +405,10 @@ fn unit_cycle(fail: &str) {
     wait_message(&sock, "STOPPING=1", Duration::from_secs(20));
     assert!(daemon.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()), "clean exit: {}", log());
     assert!(log().contains("confined: capabilities"), "{}", log());
+    assert!(!log().contains("sockets in other network namespaces will not be looked up"), "{}", log());
+    if other_netns {
+        assert!(log().contains("sys_admin") || log().contains("SYS_ADMIN"), "keeps CAP_SYS_ADMIN: {}", log());
+    }
 
     for line in &run.unit.stop_post {
         run.run_ok(line);
@@ -380,7 +430,19 @@ fn unit_runs_under_its_bounding_set_notifies_and_fails_closed() {
     if !support::can_run() {
         return;
     }
-    unit_cycle("closed");
+    unit_cycle("closed", false);
+}
+
+/// The shipped `--other-netns` drop-in grants what the flag needs: run
+/// under the merged bounding set, labelgate keeps CAP_SYS_ADMIN and does
+/// not warn that other namespaces will not be looked up (which it does
+/// under the unit alone: `other_netns_needs_the_drop_in`).
+#[test]
+fn unit_with_the_other_netns_drop_in_keeps_what_it_needs() {
+    if !support::can_run() {
+        return;
+    }
+    unit_cycle("closed", true);
 }
 
 #[test]
@@ -388,7 +450,7 @@ fn unit_failing_open_removes_its_rules_on_stop() {
     if !support::can_run() {
         return;
     }
-    unit_cycle("open");
+    unit_cycle("open", false);
 }
 
 #[test]
@@ -434,6 +496,7 @@ fn common_files(man_pages: &[String]) -> Vec<String> {
         "/usr/share/labelgate/selinux/labelgate.fc",
         "/usr/share/labelgate/selinux/labelgate.if",
         "/usr/share/labelgate/selinux/labelgate_flow.cil",
+        "/usr/share/labelgate/systemd/labelgate-other-netns.conf",
         "/usr/share/selinux/packages/labelgate.pp",
         "/usr/share/doc/labelgate/README.md",
         "/usr/share/doc/labelgate/DEPLOYMENT.md",

@@ -11,7 +11,7 @@ VM="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$VM")"
 BIN="${1:-$REPO/target/release/labelgate}"
 
-ALL="smoke article postgres permissive permissive-domains secmark cipso peer-oracle audit-tools attribution operator-rules selinux-verdict containers"
+ALL="smoke article postgres permissive permissive-domains secmark cipso peer-oracle audit-tools attribution operator-rules hooks-nft selinux-verdict containers"
 SCENARIOS="${LABELGATE_VM_SCENARIOS:-$ALL}"
 
 "$VM/setup.sh"

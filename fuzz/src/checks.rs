@@ -630,7 +630,9 @@ fn check_entry(e: &Entry) {
     let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"\"'={}".contains(&b));
     if token(&e.perm) && token(&e.rule) {
         let avc = entry_avc(e);
-        assert_eq!(auditlog::parse_line(&avc).as_ref(), Some(e), "USER_AVC line {avc}");
+        // The USER_AVC form does not name the hook.
+        let unhooked = Entry { queued_at: None, ..e.clone() };
+        assert_eq!(auditlog::parse_line(&avc).as_ref(), Some(&unhooked), "USER_AVC line {avc}");
     }
 }
 
@@ -665,6 +667,9 @@ fn entry_json(e: &Entry) -> String {
     if let Some(d) = e.dport {
         s.push_str(&format!(",\"dest\":{d}"));
     }
+    if let Some(h) = e.queued_at {
+        s.push_str(&format!(",\"hook\":\"{h}\""));
+    }
     s.push('}');
     s
 }
@@ -694,8 +699,9 @@ fn entry_avc(e: &Entry) -> String {
     s
 }
 
-/// The hook labelgate records a permission at (the inverse of
-/// `Hook::permission`; `recv` is also PREROUTING).
+/// The hook labelgate records a permission at when the record does not
+/// name its hook (the inverse of `Hook::permission`; `recv` is also
+/// PREROUTING, `send` also POSTROUTING).
 fn hook_of_perm(perm: &str) -> Option<Hook> {
     match perm {
         "send" => Some(Hook::Output),
@@ -729,7 +735,7 @@ fn check_audit2rules(entries: &[Entry]) {
     // Every denial, replayed as a packet with its contexts, protocol and port
     // at the hook it was recorded at, is accepted by a proposed rule.
     for e in denials {
-        let Some(hook) = hook_of_perm(&e.perm) else {
+        let Some(hook) = e.queued_at.or_else(|| hook_of_perm(&e.perm)) else {
             continue;
         };
         let proto = e.proto.unwrap_or(Proto::Other(253));

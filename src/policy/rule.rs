@@ -68,13 +68,18 @@ pub enum Mode {
     Permissive,
 }
 
-/// Which hook a rule applies to.
+/// Which hook a rule (or scope entry) applies to: a named hook matches the
+/// packets queued at that hook only (a packet queued at PREROUTING is not
+/// an `input` packet, even when it is then delivered locally); `any`
+/// matches every hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HookSel {
+    Prerouting,
     Input,
-    Output,
     Forward,
+    Output,
+    Postrouting,
     Any,
 }
 
@@ -82,9 +87,11 @@ impl HookSel {
     pub(super) fn matches(self, h: Hook) -> bool {
         match self {
             HookSel::Any => true,
-            HookSel::Input => matches!(h, Hook::Input | Hook::Prerouting),
-            HookSel::Output => matches!(h, Hook::Output | Hook::Postrouting),
+            HookSel::Prerouting => h == Hook::Prerouting,
+            HookSel::Input => h == Hook::Input,
             HookSel::Forward => h == Hook::Forward,
+            HookSel::Output => h == Hook::Output,
+            HookSel::Postrouting => h == Hook::Postrouting,
         }
     }
 }

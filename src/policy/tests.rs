@@ -577,3 +577,27 @@ fn globs() {
     assert!(!g("*ab*ab").matches("ab") && g("*ab*ab").matches("xabab"));
     assert!(!g("a*b*c").matches("acb"));
 }
+
+/// Each named hook matches the packets queued at that hook only; `any`
+/// matches every hook (a packet queued at PREROUTING is not an `input`
+/// packet, one queued at POSTROUTING not an `output` one).
+#[test]
+fn named_hooks_match_their_own_hook_only() {
+    let hooks = [Hook::Prerouting, Hook::Input, Hook::Forward, Hook::Output, Hook::Postrouting];
+    let l = labels("system_u:system_r:a_t:s0", "system_u:system_r:b_t:s0");
+    for (i, name) in ["prerouting", "input", "forward", "output", "postrouting"].into_iter().enumerate() {
+        let p = Policy::from_toml(
+            &format!(
+                "default = \"drop\"\n[[rule]]\nname = \"r\"\nhook = \"{name}\"\nverdict = \"accept\"\n\
+                 [[rule]]\nname = \"all\"\nhook = \"any\"\nproto = \"tcp\"\ndport = 9\nverdict = \"accept\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        for (j, hook) in hooks.into_iter().enumerate() {
+            let want = if i == j { Verdict::Accept } else { Verdict::Drop };
+            assert_eq!(decide(&p, hook, &tcp_to(5432), &l).verdict, want, "hook = {name:?} at {hook}");
+            assert_eq!(decide(&p, hook, &tcp_to(9), &l).verdict, Verdict::Accept, "any at {hook}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use super::iptables::iptables_restore;
 use super::nft::nft_install;
-use super::spec::{Backend, Family, RuleSpec};
+use super::spec::{Backend, Chain, Family, RuleSpec};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
@@ -50,11 +50,16 @@ fn run(cmd: &str, args: &[&str]) -> Result<bool, RulesError> {
 }
 
 /// Install the rules, replacing labelgate's previous ones. iptables: each
-/// family asked for gets one `iptables-restore --noflush` transaction that
+/// family asked for gets one `iptables-restore --noflush` run that
 /// declares labelgate's chains (which empties a chain that exists) and
-/// fills them, so a family's queue rules are replaced at once and never
-/// absent in between (a reload must not let packets pass unqueued); a
-/// transaction that fails leaves that family's previous rules in place.
+/// fills them, one `COMMIT` per table (`security`, and `mangle` for
+/// PREROUTING and POSTROUTING), so a table's queue rules are replaced at
+/// once and never absent in between (a reload must not let packets pass
+/// unqueued). With iptables-nft the whole run is one transaction: a run
+/// that fails leaves that family's previous rules in place. With
+/// iptables-legacy each table is committed on its own: a failure in
+/// `mangle` leaves the new `security` rules with the previous `mangle`
+/// ones.
 /// Chains the new rules no longer use, and the families not asked for, are
 /// removed afterwards. nft: its `inet` table, both families, atomically.
 pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), RulesError> {
@@ -64,8 +69,8 @@ pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), 
                 [(false, "iptables", "iptables-restore"), (true, "ip6tables", "ip6tables-restore")]
             {
                 if !(family == Family::Both || v6 == (family == Family::Ipv6)) {
-                    for (builtin, chain) in CHAINS {
-                        remove_chain(tool, builtin, chain)?;
+                    for c in Chain::ALL {
+                        remove_chain(tool, c)?;
                     }
                     continue;
                 }
@@ -73,9 +78,13 @@ pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), 
                 let mut input = String::with_capacity(text.len());
                 for line in text.lines() {
                     // A jump that is already there is not added twice.
-                    let present = CHAINS.iter().find(|(b, c)| line == format!("-A {b} -j {c}"));
-                    if let Some((builtin, chain)) = present {
-                        if run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
+                    let present = Chain::ALL.into_iter().find(|c| {
+                        let (builtin, chain, _) = c.names();
+                        line == format!("-A {builtin} -j {chain}")
+                    });
+                    if let Some(c) = present {
+                        let (builtin, chain, _) = c.names();
+                        if run(tool, &["-t", c.table(), "-C", builtin, "-j", chain])? {
                             continue;
                         }
                     }
@@ -83,9 +92,9 @@ pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), 
                     input.push('\n');
                 }
                 pipe(restore, &["--noflush"], &input)?;
-                for (builtin, chain) in CHAINS {
-                    if !text.contains(&format!("\n:{chain} - [0:0]\n")) {
-                        remove_chain(tool, builtin, chain)?;
+                for c in Chain::ALL {
+                    if !text.contains(&format!("\n:{} - [0:0]\n", c.names().1)) {
+                        remove_chain(tool, c)?;
                     }
                 }
             }
@@ -95,21 +104,19 @@ pub fn install(backend: Backend, family: Family, spec: &RuleSpec) -> Result<(), 
     }
 }
 
-/// labelgate's iptables chains and the built-in chains that jump to them.
-const CHAINS: [(&str, &str); 3] =
-    [("INPUT", "LABELGATE_IN"), ("OUTPUT", "LABELGATE_OUT"), ("FORWARD", "LABELGATE_FWD")];
-
 /// Remove one of labelgate's chains and every jump to it (`tool`: iptables
 /// or ip6tables); a chain that is not there is not an error.
-fn remove_chain(tool: &str, builtin: &str, chain: &str) -> Result<(), RulesError> {
-    while run(tool, &["-t", "security", "-C", builtin, "-j", chain])? {
-        run(tool, &["-t", "security", "-D", builtin, "-j", chain])?;
+fn remove_chain(tool: &str, c: Chain) -> Result<(), RulesError> {
+    let (builtin, chain, _) = c.names();
+    let table = c.table();
+    while run(tool, &["-t", table, "-C", builtin, "-j", chain])? {
+        run(tool, &["-t", table, "-D", builtin, "-j", chain])?;
     }
-    if run(tool, &["-t", "security", "-L", chain, "-n"])? {
-        run(tool, &["-t", "security", "-F", chain])?;
-        if !run(tool, &["-t", "security", "-X", chain])? {
+    if run(tool, &["-t", table, "-L", chain, "-n"])? {
+        run(tool, &["-t", table, "-F", chain])?;
+        if !run(tool, &["-t", table, "-X", chain])? {
             return Err(RulesError::Failed {
-                cmd: format!("{tool} -t security -X {chain}"),
+                cmd: format!("{tool} -t {table} -X {chain}"),
                 stderr: "chain still referenced".into(),
             });
         }
@@ -123,8 +130,8 @@ pub fn remove(backend: Backend) -> Result<(), RulesError> {
     match backend {
         Backend::Iptables => {
             for tool in ["iptables", "ip6tables"] {
-                for (builtin, chain) in CHAINS {
-                    remove_chain(tool, builtin, chain)?;
+                for c in Chain::ALL {
+                    remove_chain(tool, c)?;
                 }
             }
             Ok(())

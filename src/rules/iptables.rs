@@ -29,7 +29,9 @@ pub(super) fn ipt_match(m: &Match) -> String {
 }
 
 /// The iptables-restore text for one family (`v6`: for
-/// `ip6tables-restore --noflush`, else `iptables-restore --noflush`).
+/// `ip6tables-restore --noflush`, else `iptables-restore --noflush`): the
+/// `security` table's chains, then, when PREROUTING or POSTROUTING is
+/// queued, the `mangle` table's.
 pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
     let tool = if v6 { "ip6tables-restore" } else { "iptables-restore" };
     let mut s = format!(
@@ -37,44 +39,59 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
          # (security table: after SECMARK labelling in mangle and security)\n",
         if v6 { "IPv6" } else { "IPv4" }
     );
-    s.push_str(&spec.describe());
-    s.push_str("*security\n");
     let chains: Vec<_> = spec
         .chains
         .iter()
-        .map(|(c, m)| (c.names(), m.iter().filter(|m| m.in_family(v6)).collect::<Vec<_>>()))
+        .map(|(c, m)| (*c, m.iter().filter(|m| m.in_family(v6)).collect::<Vec<_>>()))
         .filter(|(_, m)| !m.is_empty())
         .collect();
-    for ((_, chain, _), _) in &chains {
-        let _ = writeln!(s, ":{chain} - [0:0]");
+    if chains.iter().any(|(c, _)| c.table() == "mangle") {
+        s.push_str("# (PREROUTING and POSTROUTING, which security lacks: mangle table, before DNAT and SNAT)\n");
     }
-    for ((builtin, chain, _), _) in &chains {
-        let _ = writeln!(s, "-A {builtin} -j {chain}");
-    }
+    s.push_str(&spec.describe());
     let target = spec.iptables_target();
-    for ((_, chain, _), matches) in &chains {
-        let state = if spec.flow {
-            let (acc, mask) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK);
-            // An accepted connection bypasses the queue.
-            let _ = writeln!(s, "-A {chain} -m connmark --mark {acc:#x}/{mask:#x} -j RETURN");
-            // A packet labelgate accepted comes back (NF_REPEAT) with the
-            // accept bit in its mark: remember it on the connection.
-            let _ = writeln!(
-                s,
-                "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j CONNMARK --save-mark --nfmask {mask:#x} --ctmask {mask:#x}"
-            );
-            let _ = writeln!(s, "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j RETURN");
-            " -m conntrack --ctstate NEW,RELATED"
-        } else if spec.new_only {
-            " -m conntrack --ctstate NEW"
-        } else {
-            ""
-        };
-        for m in matches {
-            let _ = writeln!(s, "-A {chain}{}{state} {target}", ipt_match(m));
+    for table in ["security", "mangle"] {
+        let chains: Vec<_> = chains.iter().filter(|(c, _)| c.table() == table).collect();
+        // The security table is always written (a transaction even when
+        // nothing is queued); mangle only when it has a chain.
+        if chains.is_empty() && table != "security" {
+            continue;
         }
+        let _ = writeln!(s, "*{table}");
+        for (c, _) in &chains {
+            let _ = writeln!(s, ":{} - [0:0]", c.names().1);
+        }
+        for (c, _) in &chains {
+            let (builtin, chain, _) = c.names();
+            let _ = writeln!(s, "-A {builtin} -j {chain}");
+        }
+        for (c, matches) in &chains {
+            let chain = c.names().1;
+            let state = if spec.flow {
+                let (acc, mask, bit) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK, c.flow_bit());
+                // A packet labelgate accepted comes back (NF_REPEAT) with the
+                // accept bit in its mark: remember it on the connection as
+                // this hook's bit, and clear it so that the next hook the
+                // packet crosses decides it afresh.
+                let _ = writeln!(
+                    s,
+                    "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j CONNMARK --set-xmark {bit:#x}/{bit:#x}"
+                );
+                let _ = writeln!(s, "-A {chain} -m mark --mark {acc:#x}/{mask:#x} -j MARK --set-xmark 0x0/{mask:#x}");
+                // A connection accepted at this hook bypasses the queue.
+                let _ = writeln!(s, "-A {chain} -m connmark --mark {bit:#x}/{bit:#x} -j RETURN");
+                " -m conntrack --ctstate NEW,RELATED"
+            } else if spec.new_only {
+                " -m conntrack --ctstate NEW"
+            } else {
+                ""
+            };
+            for m in matches {
+                let _ = writeln!(s, "-A {chain}{}{state} {target}", ipt_match(m));
+            }
+        }
+        s.push_str("COMMIT\n");
     }
-    s.push_str("COMMIT\n");
     s
 }
 

@@ -1,7 +1,7 @@
 //! The nftables rendering: the script that atomically (re)creates
 //! labelgate's `inet labelgate` table.
 
-use super::spec::{Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
+use super::spec::{Chain, Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
 use crate::packet::Proto;
 use std::fmt::Write as _;
 
@@ -32,20 +32,27 @@ pub(super) fn nft_match(m: &Match) -> String {
 /// The nft script that atomically (re)creates labelgate's table (both families).
 pub fn nft_install(spec: &RuleSpec) -> String {
     let mut s = String::from("# labelgate queue rules: own table, priority after the security table (SECMARK)\n");
+    if spec.chains.iter().any(|(c, _)| matches!(c, Chain::Prerouting | Chain::Postrouting)) {
+        s.push_str("# (prerouting and postrouting: after mangle, before DNAT and SNAT)\n");
+    }
     s.push_str(&spec.describe());
     s.push_str("table inet labelgate {}\ndelete table inet labelgate\ntable inet labelgate {\n");
     let queue = spec.nft_queue();
     for (c, matches) in &spec.chains {
         let (_, chain, hook) = c.names();
         let chain = chain.to_lowercase();
-        let _ = writeln!(s, "  chain {chain} {{\n    type filter hook {hook} priority security + 10; policy accept;");
+        let prio = c.nft_priority();
+        let _ = writeln!(s, "  chain {chain} {{\n    type filter hook {hook} priority {prio}; policy accept;");
         let state = if spec.flow {
-            let (acc, mask, keep) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK, !FLOW_MARK_MASK);
-            let _ = writeln!(s, "    ct mark and {mask:#x} == {acc:#x} return");
+            let (acc, mask, keep, bit) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK, !FLOW_MARK_MASK, c.flow_bit());
+            // The accept bit of a packet labelgate accepted becomes this
+            // hook's connection mark bit and is cleared (see the iptables
+            // rules).
             let _ = writeln!(
                 s,
-                "    meta mark and {mask:#x} == {acc:#x} ct mark set ct mark and {keep:#x} or {acc:#x} return"
+                "    meta mark and {mask:#x} == {acc:#x} ct mark set ct mark or {bit:#x} meta mark set meta mark and {keep:#x}"
             );
+            let _ = writeln!(s, "    ct mark and {bit:#x} == {bit:#x} return");
             "ct state new,related "
         } else if spec.new_only {
             "ct state new "

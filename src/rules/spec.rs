@@ -8,12 +8,22 @@ use crate::policy::{HookSel, Policy, RuleVerdict};
 use ipnet::IpNet;
 use std::fmt::Write as _;
 
-/// Packet/connection mark bits reserved for flow mode. Drops are not
+/// Packet mark bits reserved for flow mode: labelgate answers an accepted
+/// packet with `NF_REPEAT` and [`FLOW_MARK_ACCEPT`] set in them. The rules
+/// of the hook it was queued at turn that bit into the hook's own
+/// connection mark bit ([`Chain::flow_bit`]) and clear it, so a packet
+/// accepted at one hook carries nothing to the next. Drops are not
 /// remembered: a dropped first packet never confirms its connection, so a
 /// retry is decided afresh.
 pub const FLOW_MARK_MASK: u32 = 0x0060_0000;
-/// Mark of a flow labelgate accepted.
+/// Mark of a packet labelgate accepted (flow mode).
 pub const FLOW_MARK_ACCEPT: u32 = 0x0020_0000;
+/// Connection mark bits reserved for flow mode: one per hook
+/// ([`Chain::flow_bit`]), set when labelgate accepted the connection at
+/// that hook. A hook's chain lets a connection pass without asking only on
+/// its own bit: a connection accepted at OUTPUT is still decided at INPUT
+/// (loopback), one accepted at PREROUTING still at FORWARD or INPUT.
+pub const FLOW_CONNMARK_MASK: u32 = 0x03E0_0000;
 
 /// Which firewall to generate for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,30 +155,74 @@ pub enum ScopeSource {
     Everything,
 }
 
-/// A chain labelgate queues from.
+/// A chain labelgate queues from, one per netfilter hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Chain {
     Input,
     Output,
     Forward,
+    Prerouting,
+    Postrouting,
 }
 
 impl Chain {
+    /// Every chain, in the order the rules are written.
+    pub const ALL: [Chain; 5] = [Chain::Input, Chain::Output, Chain::Forward, Chain::Prerouting, Chain::Postrouting];
+
     /// (built-in chain, labelgate chain, nft hook)
     pub(super) fn names(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Chain::Input => ("INPUT", "LABELGATE_IN", "input"),
             Chain::Output => ("OUTPUT", "LABELGATE_OUT", "output"),
             Chain::Forward => ("FORWARD", "LABELGATE_FWD", "forward"),
+            Chain::Prerouting => ("PREROUTING", "LABELGATE_PRE", "prerouting"),
+            Chain::Postrouting => ("POSTROUTING", "LABELGATE_POST", "postrouting"),
         }
     }
 
-    pub(super) fn takes(self, h: HookSel) -> bool {
+    /// The iptables table holding the chain: `security` where it has the
+    /// hook (after SECMARK labelling), `mangle` for PREROUTING and
+    /// POSTROUTING, which `security` does not have (priority -150: before
+    /// DNAT and SNAT, as labelgate's nft chains on those hooks).
+    pub(super) fn table(self) -> &'static str {
         match self {
-            Chain::Input => matches!(h, HookSel::Input | HookSel::Any),
-            Chain::Output => matches!(h, HookSel::Output | HookSel::Any),
-            Chain::Forward => matches!(h, HookSel::Forward | HookSel::Any),
+            Chain::Input | Chain::Output | Chain::Forward => "security",
+            Chain::Prerouting | Chain::Postrouting => "mangle",
         }
+    }
+
+    /// The nft chain priority: after the security table (50) where it has
+    /// the hook; on PREROUTING and POSTROUTING just after iptables' mangle
+    /// (-150), before DNAT (-100) and SNAT (100), as the iptables rules.
+    pub(super) fn nft_priority(self) -> &'static str {
+        match self {
+            Chain::Input | Chain::Output | Chain::Forward => "security + 10",
+            Chain::Prerouting | Chain::Postrouting => "mangle + 10",
+        }
+    }
+
+    /// The connection mark bit remembering that labelgate accepted the
+    /// connection at this hook (flow mode); inside [`FLOW_CONNMARK_MASK`].
+    pub fn flow_bit(self) -> u32 {
+        match self {
+            Chain::Output => 0x0020_0000,
+            Chain::Input => 0x0040_0000,
+            Chain::Forward => 0x0080_0000,
+            Chain::Prerouting => 0x0100_0000,
+            Chain::Postrouting => 0x0200_0000,
+        }
+    }
+
+    /// Whether a rule or scope entry on `h` is decided at this chain's hook.
+    pub(super) fn takes(self, h: HookSel) -> bool {
+        h == HookSel::Any
+            || h == match self {
+                Chain::Input => HookSel::Input,
+                Chain::Output => HookSel::Output,
+                Chain::Forward => HookSel::Forward,
+                Chain::Prerouting => HookSel::Prerouting,
+                Chain::Postrouting => HookSel::Postrouting,
+            }
     }
 }
 
@@ -246,17 +300,16 @@ impl RuleSpec {
     /// an empty policy: input and output), queueing what its scope covers
     /// (see [`ScopeSource`]).
     pub fn for_policy(p: &Policy, queues: Vec<u16>, flow: bool, bypass: bool) -> RuleSpec {
-        let (mut input, mut output, mut forward) = (false, false, false);
+        let mut on = [false; Chain::ALL.len()];
         for r in &p.rules {
-            match r.hook {
-                HookSel::Input => input = true,
-                HookSel::Output => output = true,
-                HookSel::Forward => forward = true,
-                HookSel::Any => (input, output) = (true, true),
+            for (c, on) in Chain::ALL.iter().zip(on.iter_mut()) {
+                // `any` queues input and output only.
+                let named = r.hook != HookSel::Any && c.takes(r.hook);
+                *on |= named || (r.hook == HookSel::Any && matches!(c, Chain::Input | Chain::Output));
             }
         }
-        if !(input || output || forward) {
-            (input, output) = (true, true);
+        if !on.iter().any(|o| *o) {
+            on = Chain::ALL.map(|c| matches!(c, Chain::Input | Chain::Output));
         }
         let mut widened = false;
         // What each entry matches is expanded one entry at a time, chain by
@@ -279,7 +332,7 @@ impl RuleSpec {
             None => (ScopeSource::Everything, vec![(HookSel::Any, None, None, None, None)]),
         };
         let mut chains = Vec::new();
-        for (chain, on) in [(Chain::Input, input), (Chain::Output, output), (Chain::Forward, forward)] {
+        for (chain, on) in Chain::ALL.into_iter().zip(on) {
             if !on {
                 continue;
             }

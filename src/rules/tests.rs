@@ -32,8 +32,11 @@ fn iptables_text_follows_the_declared_scope() {
     assert!(t.ends_with("COMMIT\n"));
     assert!(!t.contains("LABELGATE_IN") && !t.contains("FORWARD"), "{t}");
     let t = iptables_restore(&spec(SCOPED, vec![2, 3], true, true), true);
-    assert!(t.contains("-A LABELGATE_OUT -m connmark --mark 0x200000/0x600000 -j RETURN\n"));
-    assert!(t.contains("-A LABELGATE_OUT -m mark --mark 0x200000/0x600000 -j CONNMARK --save-mark --nfmask 0x600000 --ctmask 0x600000\n"));
+    assert!(t.contains(
+        "-A LABELGATE_OUT -m mark --mark 0x200000/0x600000 -j CONNMARK --set-xmark 0x200000/0x200000\n\
+         -A LABELGATE_OUT -m mark --mark 0x200000/0x600000 -j MARK --set-xmark 0x0/0x600000\n\
+         -A LABELGATE_OUT -m connmark --mark 0x200000/0x200000 -j RETURN\n"
+    ));
     assert!(t.contains(
         "-A LABELGATE_OUT -p tcp --dport 5432 -m conntrack --ctstate NEW,RELATED -j NFQUEUE --queue-balance 2:3 --queue-cpu-fanout --queue-bypass\n"
     ));
@@ -202,7 +205,10 @@ fn nft_text() {
     assert!(t.contains("table inet labelgate {}\ndelete table inet labelgate\n"));
     assert!(t.contains("type filter hook output priority security + 10; policy accept;"));
     assert!(t.contains("    tcp dport 5432 ct state new,related queue flags fanout,bypass to 0-1\n"), "{t}");
-    assert!(t.contains("meta mark and 0x600000 == 0x200000 ct mark set ct mark and 0xff9fffff or 0x200000 return\n"));
+    assert!(t.contains(
+        "    meta mark and 0x600000 == 0x200000 ct mark set ct mark or 0x200000 meta mark set meta mark and 0xff9fffff\n\
+         \x20   ct mark and 0x200000 == 0x200000 return\n"
+    ));
     let p = "default = \"drop\"\n[[scope]]\nproto = \"udp\"\ndport = \"6000-6010\"\n\
              daddr = [\"198.18.0.0/15\", \"fd00::/8\"]\n[[scope]]\nproto = \"icmpv6\"\n\
              [[scope]]\nhook = \"output\"\nsaddr = \"::1\"\n";
@@ -227,4 +233,129 @@ fn hooks_follow_the_policy() {
     assert_eq!(s.chains.iter().map(|c| c.0).collect::<Vec<_>>(), [Chain::Forward]);
     let s = RuleSpec::for_policy(&policy(""), vec![0], false, true);
     assert_eq!(s.chains.iter().map(|c| c.0).collect::<Vec<_>>(), [Chain::Input, Chain::Output]);
+}
+
+/// A policy naming every hook: input and output (`any`), forward,
+/// prerouting and postrouting, each with its own scope.
+const EVERY_HOOK: &str = "default = \"drop\"\n\
+    [[scope]]\nhook = \"prerouting\"\nproto = \"tcp\"\ndport = 8080\ndaddr = [\"198.18.10.0/24\", \"fd00:10::/64\"]\n\
+    [[scope]]\nhook = \"postrouting\"\nproto = \"udp\"\ndport = 53\n\
+    [[scope]]\nhook = \"forward\"\nproto = \"tcp\"\n\
+    [[scope]]\nproto = \"tcp\"\ndport = 5432\n\
+    [[rule]]\nname = \"pre\"\nhook = \"prerouting\"\nproto = \"tcp\"\ndport = 8080\nverdict = \"accept\"\n\
+    [[rule]]\nname = \"post\"\nhook = \"postrouting\"\nproto = \"udp\"\nverdict = \"accept\"\n\
+    [[rule]]\nname = \"fwd\"\nhook = \"forward\"\nproto = \"tcp\"\nverdict = \"accept\"\n\
+    [[rule]]\nname = \"db\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"accept\"\n";
+
+#[test]
+fn prerouting_and_postrouting_are_queued_when_rules_name_them() {
+    let sp = spec(EVERY_HOOK, vec![3], false, true);
+    assert_eq!(
+        sp.chains.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [Chain::Input, Chain::Output, Chain::Forward, Chain::Prerouting, Chain::Postrouting]
+    );
+    // A `[[scope]]` entry without a hook (`any`) is queued on every chain
+    // that is on; one naming a hook only on that hook's chain.
+    let v4 = iptables_restore(&sp, false);
+    let (security, mangle) = v4.split_once("*mangle\n").unwrap_or_else(|| panic!("no mangle table:\n{v4}"));
+    assert!(
+        security.contains("*security\n:LABELGATE_IN - [0:0]\n:LABELGATE_OUT - [0:0]\n:LABELGATE_FWD - [0:0]\n"),
+        "{v4}"
+    );
+    assert!(!security.contains("-A PREROUTING") && !security.contains("LABELGATE_POST"), "{v4}");
+    assert!(security.ends_with("COMMIT\n"), "{v4}");
+    assert!(
+        mangle.starts_with(
+            ":LABELGATE_PRE - [0:0]\n:LABELGATE_POST - [0:0]\n\
+             -A PREROUTING -j LABELGATE_PRE\n-A POSTROUTING -j LABELGATE_POST\n"
+        ),
+        "{v4}"
+    );
+    assert!(mangle.ends_with("COMMIT\n") && mangle.matches("COMMIT").count() == 1, "{v4}");
+    assert!(security.contains("\n# (PREROUTING and POSTROUTING, which security lacks: mangle table"), "{v4}");
+    assert_eq!(
+        queue_lines(mangle),
+        [
+            "-A LABELGATE_PRE -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 3 --queue-bypass",
+            "-A LABELGATE_PRE -p tcp -d 198.18.10.0/24 --dport 8080 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 3 --queue-bypass",
+            "-A LABELGATE_POST -p tcp --dport 5432 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 3 --queue-bypass",
+            "-A LABELGATE_POST -p udp --dport 53 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 3 --queue-bypass",
+        ],
+        "{v4}"
+    );
+    assert!(!security.contains("8080") && !security.contains("--dport 53 "), "hook-named scope only on its hook: {v4}");
+    // IPv6: the same chains, the IPv6 address in its own family only.
+    let v6 = iptables_restore(&sp, true);
+    assert!(v6.contains("-A LABELGATE_PRE -p tcp -d fd00:10::/64 --dport 8080 -m conntrack"), "{v6}");
+    assert!(!v6.contains("198.18") && !v4.contains("fd00"), "{v6}");
+    assert!(v6.contains("*mangle\n:LABELGATE_PRE - [0:0]\n:LABELGATE_POST - [0:0]\n"), "{v6}");
+    // nft: one table, chains on those hooks after mangle, before NAT.
+    let nft = nft_install(&sp);
+    for want in [
+        "  chain labelgate_pre {\n    type filter hook prerouting priority mangle + 10; policy accept;\n",
+        "  chain labelgate_post {\n    type filter hook postrouting priority mangle + 10; policy accept;\n",
+        "  chain labelgate_in {\n    type filter hook input priority security + 10; policy accept;\n",
+        "    ip daddr 198.18.10.0/24 tcp dport 8080 ct state new queue flags bypass to 3\n",
+        "    ip6 daddr fd00:10::/64 tcp dport 8080 ct state new queue flags bypass to 3\n",
+        "    udp dport 53 ct state new queue flags bypass to 3\n",
+    ] {
+        assert!(nft.contains(want), "{want:?} in\n{nft}");
+    }
+    // A policy without prerouting or postrouting rules writes no mangle
+    // table and no such nft chain.
+    let plain = spec(SCOPED, vec![0], false, false);
+    assert!(!iptables_restore(&plain, false).contains("mangle table"));
+    assert!(!iptables_restore(&plain, false).contains("*mangle"));
+    assert!(!nft_install(&plain).contains("routing priority"));
+}
+
+#[test]
+fn flow_mode_remembers_each_hook_on_its_own_connmark_bit() {
+    let sp = spec(EVERY_HOOK, vec![3], true, false);
+    let v4 = iptables_restore(&sp, false);
+    let nft = nft_install(&sp);
+    let mut bits = Vec::new();
+    for (c, _) in &sp.chains {
+        let (_, chain, _) = c.names();
+        let bit = c.flow_bit();
+        assert_eq!(bit & FLOW_CONNMARK_MASK, bit, "{chain}");
+        bits.push(bit);
+        // The accept bit becomes this chain's connmark bit and is cleared
+        // before anything else the chain does; only that bit lets a
+        // connection pass unqueued.
+        let want = format!(
+            "-A {chain} -m mark --mark 0x200000/0x600000 -j CONNMARK --set-xmark {bit:#x}/{bit:#x}\n\
+             -A {chain} -m mark --mark 0x200000/0x600000 -j MARK --set-xmark 0x0/0x600000\n\
+             -A {chain} -m connmark --mark {bit:#x}/{bit:#x} -j RETURN\n-A {chain} -p "
+        );
+        assert!(v4.contains(&want), "{want}\nin\n{v4}");
+        let want = format!(
+            "  chain {} {{\n    type filter hook {} priority {}; policy accept;\n    \
+             meta mark and 0x600000 == 0x200000 ct mark set ct mark or {bit:#x} meta mark set meta mark and 0xff9fffff\n    \
+             ct mark and {bit:#x} == {bit:#x} return\n",
+            chain.to_lowercase(),
+            c.names().2,
+            c.nft_priority()
+        );
+        assert!(nft.contains(&want), "{want}\nin\n{nft}");
+    }
+    bits.sort_unstable();
+    bits.dedup();
+    assert_eq!(bits.len(), 5, "one bit per hook");
+    assert_eq!(bits.iter().fold(0, |a, b| a | b), FLOW_CONNMARK_MASK);
+    assert!(!v4.contains("save-mark"), "no chain copies the whole mask: {v4}");
+}
+
+#[test]
+fn any_queues_input_and_output_and_named_hooks_only_their_own() {
+    let chains = |t: &str| spec(t, vec![0], false, true).chains.iter().map(|c| c.0).collect::<Vec<_>>();
+    let r = |hook: &str| format!("[[rule]]\nname = \"{hook}\"\nhook = \"{hook}\"\nverdict = \"drop\"\n");
+    assert_eq!(chains(&r("prerouting")), [Chain::Prerouting]);
+    assert_eq!(chains(&r("postrouting")), [Chain::Postrouting]);
+    assert_eq!(chains(&r("any")), [Chain::Input, Chain::Output]);
+    assert_eq!(chains(&(r("prerouting") + &r("input"))), [Chain::Input, Chain::Prerouting]);
+    // default accept: a drop rule on prerouting queues everything there
+    // and nothing on input.
+    let sp = spec(&format!("default = \"accept\"\n{}", r("prerouting")), vec![0], false, true);
+    assert_eq!(sp.chains, vec![(Chain::Prerouting, vec![Match::ALL])]);
 }

@@ -10,7 +10,7 @@
 #   scripts/install-deps.sh installs them)
 # Env: LABELGATE_REALVM_SCENARIOS  space-separated subset of: article staging
 #                                  auditd check lifecycle selinux-flow
-#                                  (default: all);
+#                                  other-netns (default: all);
 #                                  selinux-module always runs (it loads
 #                                  labelgate's SELinux module, which the others
 #                                  need, and checks its denials at the end)
@@ -26,7 +26,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${LABELGATE_VM_CACHE:-/var/cache/labelgate-vm}"
-ALL="article staging auditd check lifecycle selinux-flow"
+ALL="article staging auditd check lifecycle selinux-flow other-netns"
 SCENARIOS="${LABELGATE_REALVM_SCENARIOS:-$ALL}"
 TIMEOUT="${LABELGATE_REALVM_TIMEOUT:-3600}"
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
