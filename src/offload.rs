@@ -750,7 +750,7 @@ mod tests {
             dport,
             source: SecurityContext::unlabeled(),
             dest: SecurityContext::unlabeled(),
-            process: ProcessInfo { pid: 1, comm: "p".into(), exe: exe.into(), cgroup: None },
+            process: ProcessInfo { pid: 1, comm: "p".into(), exe: exe.into(), cgroup: None, netns: None },
         };
         let py = "/usr/bin/python3.11";
         let p = policy(

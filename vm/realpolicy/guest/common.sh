@@ -168,6 +168,11 @@ journal_poll() {
 journal_wait() {
   journal_poll "${4:-15}" "$3" --after-cursor="$1" "_SYSTEMD_UNIT=$2" + "UNIT=$2" + "SYSLOG_IDENTIFIER=${2%.service}"
 }
+# journal_since MARK UNIT: the unit's journal from MARK on, as it is now
+# (selected as journal_wait does; for checking that a line is absent).
+journal_since() {
+  journalctl --no-pager -o cat --after-cursor="$1" "_SYSTEMD_UNIT=$2" + "UNIT=$2" + "SYSLOG_IDENTIFIER=${2%.service}" 2>/dev/null
+}
 
 # article_policy: the article's table for these scenarios (queue rules come
 # from it: every new connection on input and output is decided).
