@@ -67,12 +67,16 @@ while True:
 const ALLOWED_ONLY_PY: u16 = 7101;
 const ALLOWED_ANY: u16 = 7102;
 
-/// Python 3 under /usr/bin may reach 7101; anything may reach 7102.
+/// Python 3 under /usr/bin may reach 7101; anything may reach 7102. The
+/// rules are output rules, so only OUTPUT is queued: the offload accepts at
+/// OUTPUT only, and with INPUT queued as well (rules for any hook) a
+/// loopback connection is still decided at INPUT (each hook by its own
+/// rules; docs/OFFLOAD.md).
 fn policy(py_port_verdict: &str) -> String {
     format!(
         "default = \"drop\"\n\
-         [[rule]]\nname = \"python\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = {ALLOWED_ONLY_PY}\nverdict = \"{py_port_verdict}\"\n\
-         [[rule]]\nname = \"anyone\"\nproto = \"tcp\"\ndport = {ALLOWED_ANY}\nverdict = \"accept\"\n"
+         [[rule]]\nname = \"python\"\nhook = \"output\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = {ALLOWED_ONLY_PY}\nverdict = \"{py_port_verdict}\"\n\
+         [[rule]]\nname = \"anyone\"\nhook = \"output\"\nproto = \"tcp\"\ndport = {ALLOWED_ANY}\nverdict = \"accept\"\n"
     )
 }
 
