@@ -223,8 +223,8 @@ pub struct RunArgs {
     /// Flow mode: mark each decided connection (use with `labelgate rules --flow`).
     #[arg(long)]
     pub flow: bool,
-    /// Prototype (needs --flow; see docs/OFFLOAD.md): let the kernel accept, without queueing, the new TCP
-    /// connections labelgate already accepted for the same sending cgroup, destination address and port, while
+    /// Prototype (needs --flow; see docs/OFFLOAD.md): let the kernel accept at OUTPUT, without queueing, the new
+    /// TCP connections labelgate already accepted for the same sending cgroup, destination address and port, while
     /// every process in that cgroup runs the same program. Creates the nftables table inet labelgate_offload
     /// (deleted at start and stop). Offloads nothing on hosts where an LSM (SELinux) labels processes; off by
     /// default.
