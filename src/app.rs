@@ -629,6 +629,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(o) = oracle {
         engine = engine.with_oracle(o);
     }
+    if args.flow {
+        engine = engine.with_input_settling();
+    }
     let engine = Arc::new(engine);
     if let Some(o) = &offload {
         o.attach(&engine);

@@ -21,6 +21,30 @@ pub type ResolverFactory = Box<dyn Fn(&Policy) -> Box<dyn Resolver> + Send + Syn
 pub struct Loaded {
     pub policy: Policy,
     pub resolver: Box<dyn Resolver>,
+    /// The policy's decision at INPUT for a packet between two local
+    /// sockets can be known at OUTPUT (see [`input_known_at_output`]).
+    input_known_at_output: bool,
+}
+
+impl Loaded {
+    fn new(policy: Policy, resolver: Box<dyn Resolver>) -> Loaded {
+        let input_known_at_output = input_known_at_output(&policy);
+        Loaded { policy, resolver, input_known_at_output }
+    }
+}
+
+/// Whether a packet's decision at INPUT can be computed at OUTPUT from the
+/// labels found there, for a packet from one local socket to another: the
+/// rules see the same ends, addresses, ports, peer label and sending
+/// socket's uid at both hooks, but no `gid` at INPUT (the kernel gives it
+/// with locally sent packets only), another interface, and possibly a
+/// secmark set by other rules. So: no rule with `gid`, `iif`, `oif` or
+/// `secmark`. (`verdict = "selinux"` rules are asked for `recv`, as at
+/// INPUT.)
+fn input_known_at_output(p: &Policy) -> bool {
+    p.rules.iter().all(|r| {
+        r.rare.as_deref().is_none_or(|c| c.gid.is_none() && c.iif.is_none() && c.oif.is_none() && c.secmark.is_none())
+    })
 }
 
 /// The decision engine.
@@ -36,6 +60,9 @@ pub struct Engine {
     oracle: Option<Arc<dyn AccessOracle>>,
     /// Where accepted first packets are offered for offloading (`--offload`).
     offload: std::sync::OnceLock<Arc<crate::offload::Offload>>,
+    /// Flow mode: tell the queue thread when an OUTPUT acceptance settles
+    /// the INPUT decision too ([`Scratch::take_input_settled`]).
+    settle_input: bool,
 }
 
 /// Per-thread scratch state (interface-name cache).
@@ -45,6 +72,19 @@ pub struct Scratch {
     /// The UDP flow this thread last remembered (see
     /// [`FlowWatch::accepted_again`](crate::flowwatch::FlowWatch::accepted_again)).
     watched: Option<(crate::flowwatch::Flow, u64)>,
+    /// The last packet decided with this scratch was accepted at OUTPUT,
+    /// goes to a local socket, and the policy accepts it at INPUT too
+    /// without a record.
+    input_settled: bool,
+}
+
+impl Scratch {
+    /// Whether the packet just decided with this scratch had its INPUT
+    /// decision settled at OUTPUT (see [`Engine::with_input_settling`]);
+    /// reading clears it.
+    pub fn take_input_settled(&mut self) -> bool {
+        std::mem::take(&mut self.input_settled)
+    }
 }
 
 impl Engine {
@@ -57,7 +97,7 @@ impl Engine {
     ) -> Engine {
         let resolver = factory(&policy);
         Engine {
-            loaded: ArcSwap::from_pointee(Loaded { policy, resolver }),
+            loaded: ArcSwap::from_pointee(Loaded::new(policy, resolver)),
             factory,
             mode_override,
             counters,
@@ -65,7 +105,21 @@ impl Engine {
             flow_watch: std::sync::OnceLock::new(),
             oracle: None,
             offload: std::sync::OnceLock::new(),
+            settle_input: false,
         }
+    }
+
+    /// Flow mode: for a packet accepted at OUTPUT from one local socket to
+    /// another, also decide it as INPUT would (the same labels; only for
+    /// policies where that is exact, see `input_known_at_output`), and when
+    /// that is an acceptance without a record, say so through
+    /// [`Scratch::take_input_settled`]: the queue thread then marks the
+    /// packet so that the OUTPUT chain records the connection as accepted
+    /// at INPUT as well ([`crate::rules::FLOW_MARK_SETTLED`]), and its SYN
+    /// is queued once instead of twice.
+    pub fn with_input_settling(mut self) -> Engine {
+        self.settle_input = true;
+        self
     }
 
     /// Remember every UDP flow accepted from now on in `w` (once; later
@@ -104,7 +158,7 @@ impl Engine {
     /// Swap in a new policy (built off the packet path by the caller).
     pub fn replace(&self, policy: Policy) {
         let resolver = (self.factory)(&policy);
-        self.loaded.store(Arc::new(Loaded { policy, resolver }));
+        self.loaded.store(Arc::new(Loaded::new(policy, resolver)));
     }
 
     /// The effective global mode.
@@ -159,6 +213,7 @@ impl Engine {
     ) -> Verdict {
         let c = &self.counters;
         Counters::bump(&c.packets);
+        scratch.input_settled = false;
         let policy = &loaded.policy;
         let mode = self.mode(policy);
         let ifindex = if meta.outdev != 0 { meta.outdev } else { meta.indev };
@@ -170,6 +225,18 @@ impl Engine {
                 let oif = || names.borrow_mut().name(meta.outdev);
                 let facts = Facts { hook, pkt, labels: &labels, iif: &iif, oif: &oif };
                 let d = policy.decide_with(&facts, mode, self.oracle.as_deref());
+                scratch.input_settled = self.settle_input
+                    && loaded.input_known_at_output
+                    && hook == Hook::Output
+                    && plain_accept(&d)
+                    && between_local_sockets(&labels)
+                    && {
+                        // INPUT's view: the same labels, no gid (policies
+                        // that could tell the rest apart were excluded).
+                        let at_input = Labels { gid: None, ..labels.clone() };
+                        let f = Facts { hook: Hook::Input, pkt, labels: &at_input, iif: &iif, oif: &oif };
+                        plain_accept(&policy.decide_with(&f, mode, self.oracle.as_deref()))
+                    };
                 if let Some(o) = self.offload.get() {
                     o.offer(policy, mode, &d, hook, pkt, &labels);
                 }
@@ -218,6 +285,21 @@ impl Engine {
         }
         c.latency.observe(p.started.elapsed());
         decision.verdict
+    }
+}
+
+/// An acceptance that writes no record: not audited, not a permissive
+/// pass of a denial.
+fn plain_accept(d: &Decision) -> bool {
+    d.verdict == Verdict::Accept && !d.audit && !d.permissive
+}
+
+/// Both ends are sockets held by processes in the same network namespace
+/// (at OUTPUT: labelgate's own), so the packet is delivered to INPUT here.
+fn between_local_sockets(l: &Labels) -> bool {
+    match (&l.source_process, &l.dest_process) {
+        (Some(s), Some(d)) => s.netns.is_some() && s.netns == d.netns,
+        _ => false,
     }
 }
 

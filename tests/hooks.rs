@@ -94,3 +94,43 @@ fn explain_asks_each_hook_its_own_rules() {
     }
     assert!(!explain("bogus").0);
 }
+
+/// Flow mode settles a loopback connection's INPUT decision at OUTPUT when
+/// that is exact: the policy below decides both hooks alike, so uid 1001's
+/// SYN is queued once (at OUTPUT) and its connection carries both hooks'
+/// bits; the same policy with a `gid` condition cannot be judged for INPUT
+/// at OUTPUT (INPUT has no gid), so there the SYN is queued twice. uid
+/// 1002 is refused in both runs (the same client, allowed target above).
+#[test]
+fn flow_mode_settles_input_at_output_only_when_exact() {
+    if !can_run_with(&["ip", "iptables", "python3", "setpriv", "conntrack"]) {
+        return;
+    }
+    let portable = "default = \"drop\"\n[[scope]]\nproto = \"tcp\"\ndport = 5432\n\
+                    [[rule]]\nname = \"uid1001\"\nuid = 1001\nverdict = \"accept\"\n";
+    let with_gid = format!("{portable}[[rule]]\nname = \"gid-never\"\ngid = 4242\nverdict = \"drop\"\n");
+    for (policy, queued_per_conn) in [(portable.to_string(), 1), (with_gid, 2)] {
+        let ns = Netns::new();
+        let pfile = ns.dir.path().join("rules.toml");
+        std::fs::write(&pfile, &policy).expect("write policy");
+        run_ok(ns.cmd(LABELGATE).args(["rules", "--policy"]).arg(&pfile).args([
+            "--queues",
+            "85",
+            "--flow",
+            "--fail",
+            "closed",
+            "--install",
+        ]));
+        let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
+        let d = Daemon::start(&ns, &policy, 85, &["--flow"]);
+        let seq = |ns: &Netns| ns.queue_stats(85).and_then(|v| v.get(7).copied()).expect("queue 85 line");
+        let before = seq(&ns);
+        assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]), "uid 1001 passes: {policy}");
+        let after = seq(&ns);
+        let marks = ns.sh("conntrack -L -p tcp --dport 5432 2>/dev/null || true");
+        assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]), "uid 1002 refused: {policy}");
+        let err = d.stop();
+        assert_eq!(after - before, queued_per_conn, "packets queued for one connection: {policy}\n{err}");
+        assert!(marks.contains("mark=6291456"), "OUTPUT and INPUT bits on the connection: {marks}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The iptables rendering: `iptables-restore` input per family, and the
 //! shell script that feeds both families to their tools.
 
-use super::spec::{Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
+use super::spec::{Chain, Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK, FLOW_MARK_SETTLED};
 use crate::packet::Proto;
 use std::fmt::Write as _;
 
@@ -69,6 +69,17 @@ pub fn iptables_restore(spec: &RuleSpec, v6: bool) -> String {
             let chain = c.names().1;
             let state = if spec.flow {
                 let (acc, mask, bit) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK, c.flow_bit());
+                if *c == Chain::Output {
+                    // Accepted and settled for INPUT as well: both hooks' bits.
+                    let both = FLOW_MARK_ACCEPT | FLOW_MARK_SETTLED;
+                    let bits = bit | Chain::Input.flow_bit();
+                    let _ = writeln!(
+                        s,
+                        "-A {chain} -m mark --mark {both:#x}/{mask:#x} -j CONNMARK --set-xmark {bits:#x}/{bits:#x}"
+                    );
+                    let _ =
+                        writeln!(s, "-A {chain} -m mark --mark {both:#x}/{mask:#x} -j MARK --set-xmark 0x0/{mask:#x}");
+                }
                 // A packet labelgate accepted comes back (NF_REPEAT) with the
                 // accept bit in its mark: remember it on the connection as
                 // this hook's bit, and clear it so that the next hook the

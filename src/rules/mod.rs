@@ -21,7 +21,7 @@ pub use iptables::{iptables_restore, iptables_script};
 pub use nft::nft_install;
 pub use spec::{
     Backend, Chain, Family, Match, RuleSpec, ScopeSource, FLOW_CONNMARK_MASK, FLOW_MARK_ACCEPT, FLOW_MARK_MASK,
-    MAX_MATCHES,
+    FLOW_MARK_SETTLED, MAX_MATCHES,
 };
 
 #[cfg(test)]

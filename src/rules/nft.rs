@@ -1,7 +1,7 @@
 //! The nftables rendering: the script that atomically (re)creates
 //! labelgate's `inet labelgate` table.
 
-use super::spec::{Chain, Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
+use super::spec::{Chain, Match, RuleSpec, FLOW_MARK_ACCEPT, FLOW_MARK_MASK, FLOW_MARK_SETTLED};
 use crate::packet::Proto;
 use std::fmt::Write as _;
 
@@ -45,6 +45,14 @@ pub fn nft_install(spec: &RuleSpec) -> String {
         let _ = writeln!(s, "  chain {chain} {{\n    type filter hook {hook} priority {prio}; policy accept;");
         let state = if spec.flow {
             let (acc, mask, keep, bit) = (FLOW_MARK_ACCEPT, FLOW_MARK_MASK, !FLOW_MARK_MASK, c.flow_bit());
+            if *c == Chain::Output {
+                // Accepted and settled for INPUT as well: both hooks' bits.
+                let (both, bits) = (FLOW_MARK_ACCEPT | FLOW_MARK_SETTLED, bit | Chain::Input.flow_bit());
+                let _ = writeln!(
+                    s,
+                    "    meta mark and {mask:#x} == {both:#x} ct mark set ct mark or {bits:#x} meta mark set meta mark and {keep:#x}"
+                );
+            }
             // The accept bit of a packet labelgate accepted becomes this
             // hook's connection mark bit and is cleared (see the iptables
             // rules).

@@ -18,6 +18,12 @@ use std::fmt::Write as _;
 pub const FLOW_MARK_MASK: u32 = 0x0060_0000;
 /// Mark of a packet labelgate accepted (flow mode).
 pub const FLOW_MARK_ACCEPT: u32 = 0x0020_0000;
+/// With [`FLOW_MARK_ACCEPT`], on a packet accepted at OUTPUT: labelgate
+/// also decided it as INPUT would and accepted it there too (a packet
+/// between two local sockets, see `Engine::with_input_settling`); the
+/// OUTPUT chain then sets the OUTPUT and the INPUT connection mark bits,
+/// so the packet is not queued again at INPUT.
+pub const FLOW_MARK_SETTLED: u32 = 0x0040_0000;
 /// Connection mark bits reserved for flow mode: one per hook
 /// ([`Chain::flow_bit`]), set when labelgate accepted the connection at
 /// that hook. A hook's chain lets a connection pass without asking only on

@@ -322,16 +322,31 @@ fn flow_mode_remembers_each_hook_on_its_own_connmark_bit() {
         bits.push(bit);
         // The accept bit becomes this chain's connmark bit and is cleared
         // before anything else the chain does; only that bit lets a
-        // connection pass unqueued.
+        // connection pass unqueued. At OUTPUT, the accept and settled bits
+        // together become OUTPUT's and INPUT's bits (the daemon settled
+        // INPUT's decision at OUTPUT); no other chain knows the settled bit.
+        let (ipt_settled, nft_settled) = if *c == Chain::Output {
+            (
+                format!(
+                    "-A {chain} -m mark --mark 0x600000/0x600000 -j CONNMARK --set-xmark 0x600000/0x600000\n\
+                     -A {chain} -m mark --mark 0x600000/0x600000 -j MARK --set-xmark 0x0/0x600000\n"
+                ),
+                "meta mark and 0x600000 == 0x600000 ct mark set ct mark or 0x600000 meta mark set meta mark and 0xff9fffff\n    "
+                    .to_string(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let want = format!(
-            "-A {chain} -m mark --mark 0x200000/0x600000 -j CONNMARK --set-xmark {bit:#x}/{bit:#x}\n\
+            "{ipt_settled}-A {chain} -m mark --mark 0x200000/0x600000 -j CONNMARK --set-xmark {bit:#x}/{bit:#x}\n\
              -A {chain} -m mark --mark 0x200000/0x600000 -j MARK --set-xmark 0x0/0x600000\n\
              -A {chain} -m connmark --mark {bit:#x}/{bit:#x} -j RETURN\n-A {chain} -p "
         );
         assert!(v4.contains(&want), "{want}\nin\n{v4}");
+        assert_eq!(v4.matches("--mark 0x600000/0x600000").count(), 2, "the settled bit at OUTPUT only: {v4}");
         let want = format!(
             "  chain {} {{\n    type filter hook {} priority {}; policy accept;\n    \
-             meta mark and 0x600000 == 0x200000 ct mark set ct mark or {bit:#x} meta mark set meta mark and 0xff9fffff\n    \
+             {nft_settled}meta mark and 0x600000 == 0x200000 ct mark set ct mark or {bit:#x} meta mark set meta mark and 0xff9fffff\n    \
              ct mark and {bit:#x} == {bit:#x} return\n",
             chain.to_lowercase(),
             c.names().2,

@@ -23,6 +23,9 @@ pub struct Answer {
     pub verdict: Verdict,
     /// The packet's mark when it was queued.
     pub mark: u32,
+    /// Flow mode: the acceptance settles the packet's INPUT decision too
+    /// ([`Scratch::take_input_settled`](crate::engine::Scratch::take_input_settled)).
+    pub input_settled: bool,
 }
 
 /// A packet's flow for worker assignment: protocol and both ends, in a
@@ -129,7 +132,8 @@ fn worker_loop(engine: &Engine, jobs: &Receiver<Job>, replies: &[Reply]) {
         let verdict = engine.decide(&job.parsed, &job.meta, &mut scratch);
         Counters::bump(&engine.counters.offloaded);
         let Some(r) = replies.get(job.queue) else { continue };
-        let done = Done { answer: Answer { id: job.id, verdict, mark: job.meta.mark }, flow: job.flow };
+        let input_settled = scratch.take_input_settled();
+        let done = Done { answer: Answer { id: job.id, verdict, mark: job.meta.mark, input_settled }, flow: job.flow };
         // A send fails only once that queue thread is gone.
         if r.tx.send(done).is_ok() {
             if let Err(e) = r.wake.notify() {
@@ -405,7 +409,7 @@ mod tests {
         for id in 0..600u32 {
             let port = 2000 + (id % 7) as u16;
             if let Some(verdict) = pool.submit(&e, id, &udp(port), out_meta(), &mut s) {
-                got.push(Answer { id, verdict, mark: 0 });
+                got.push(Answer { id, verdict, mark: 0, input_settled: false });
             }
             if id % 5 == 0 {
                 pool.drain(&mut got);

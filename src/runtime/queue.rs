@@ -52,7 +52,7 @@ fn service(
                 Some(pool) => pool.submit(engine, p.id, p.payload, meta, scratch),
             };
             if let Some(verdict) = verdict {
-                out.push(Answer { id: p.id, verdict, mark: p.mark });
+                out.push(Answer { id: p.id, verdict, mark: p.mark, input_settled: scratch.take_input_settled() });
             }
         },
         |e| {
@@ -113,15 +113,23 @@ fn send_verdicts(sock: &mut QueueSocket, answers: &[Answer], c: &Counters, batch
 
 /// Flow mode (the repeat-mark technique): an accepted packet goes back
 /// through its hook (NF_REPEAT) carrying the accept bit in its mark; the
-/// rules from `labelgate rules --flow` copy that bit to the connection mark
-/// and let the packet pass, so the rest of the connection never reaches the
-/// queue. A dropped packet is simply dropped.
+/// rules from `labelgate rules --flow` turn that bit into the hook's own
+/// connection mark bit and let the packet pass, so the rest of the
+/// connection never reaches the queue at that hook. A packet whose INPUT
+/// decision the engine settled at OUTPUT also carries
+/// [`FLOW_MARK_SETTLED`](crate::rules::FLOW_MARK_SETTLED): the OUTPUT chain
+/// then sets INPUT's bit too. A packet that comes back to the queue with
+/// flow bits still in its mark met rules that do not know the settled bit
+/// (an older rule set): it is answered with the accept bit alone. A
+/// dropped packet is simply dropped.
 fn send_flow_verdicts(sock: &mut QueueSocket, answers: &[Answer], c: &Counters) {
     use crate::rules::{FLOW_MARK_ACCEPT, FLOW_MARK_MASK};
     for a in answers {
         let res = match a.verdict {
             Verdict::Accept => {
-                let mark = (a.mark & !FLOW_MARK_MASK) | FLOW_MARK_ACCEPT;
+                let settled = a.input_settled && a.mark & FLOW_MARK_MASK == 0;
+                let bits = if settled { FLOW_MARK_ACCEPT | crate::rules::FLOW_MARK_SETTLED } else { FLOW_MARK_ACCEPT };
+                let mark = (a.mark & !FLOW_MARK_MASK) | bits;
                 sock.verdict(a.id, nfqueue::Verdict::Repeat, Some(mark), None)
             }
             Verdict::Drop => sock.verdict(a.id, nfqueue::Verdict::Drop, None, None),
