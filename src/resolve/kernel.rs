@@ -91,10 +91,7 @@ impl SysKernel {
             links: FdLinks::new(PROC_LINKS, shards),
             no_attr_current: AtomicBool::new(false),
             netns: None,
-            own_netns: {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::metadata(proc_root.join("self/ns/net")).ok().map(|m| m.ino())
-            },
+            own_netns: std::fs::read_link(proc_root.join("self/ns/net")).ok().and_then(|t| netns_link_inode(&t)),
             proc_root,
         })
     }
@@ -120,6 +117,24 @@ impl SysKernel {
     /// Where procfs is read.
     pub fn proc_root(&self) -> &std::path::Path {
         &self.proc_root
+    }
+}
+
+/// The inode in a `/proc/PID/ns/net` link's target, `net:[4026531840]`.
+/// Reading the link needs no access to the namespace file itself (which
+/// `stat` would ask for: `nsfs_t` under the reference policy, granted only
+/// with `--other-netns`'s boolean).
+fn netns_link_inode(target: &std::path::Path) -> Option<u64> {
+    target.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+#[cfg(test)]
+#[test]
+fn netns_link_targets_parse_strictly() {
+    use std::path::Path;
+    assert_eq!(netns_link_inode(Path::new("net:[4026531840]")), Some(4_026_531_840));
+    for bad in ["net:[]", "mnt:[4026531840]", "net:[12x]", "net:[1", "4026531840", ""] {
+        assert_eq!(netns_link_inode(Path::new(bad)), None, "{bad}");
     }
 }
 
