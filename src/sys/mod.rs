@@ -239,6 +239,31 @@ pub(crate) fn netlink_socket(protocol: libc::c_int) -> io::Result<std::os::fd::O
 /// Most datagrams one [`recv_many`] call reads.
 pub(crate) const MAX_RECV_SLOTS: usize = 32;
 
+/// What a multicast netlink listener has: waits (at most the socket's
+/// receive timeout) for the first datagram, reads the rest waiting into
+/// `buf`'s `slot_len`-byte slots, and hands each datagram to `each`.
+/// `Ok(false)`: the socket's buffer overran (`ENOBUFS`), notifications were
+/// lost. A timeout or an interruption reads nothing and is not an error.
+pub(crate) fn recv_notifications(
+    fd: RawFd,
+    buf: &mut [u8],
+    slot_len: usize,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<bool> {
+    let mut lens = [(0usize, false); MAX_RECV_SLOTS];
+    // MSG_WAITFORONE: return as soon as one datagram is there.
+    let got = match recv_many(fd, buf, slot_len, libc::MSG_WAITFORONE, &mut lens) {
+        Ok(n) => n,
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for (slot, &(len, _)) in buf.chunks_exact(slot_len.max(1)).zip(lens.iter().take(got)) {
+        each(slot.get(..len).unwrap_or_default());
+    }
+    Ok(true)
+}
+
 /// `recvmmsg(2)` into consecutive `slot_len`-byte slots of `buf`, one
 /// datagram per slot, for at most `lens.len()` (and [`MAX_RECV_SLOTS`])
 /// datagrams: how many were read. Each one's length (the bytes kept) and

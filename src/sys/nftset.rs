@@ -187,8 +187,15 @@ fn encode(out: &mut Vec<u8>, c: &Change<'_>, seq: u32) {
     let ack = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
     let ty = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
     match *c {
-        Change::Add { table, set, key, timeout_ms } => {
-            let at = header(out, ty(NFT_MSG_NEWSETELEM), ack | libc::NLM_F_CREATE as u16, seq, NFPROTO_INET, 0);
+        Change::Add { table, set, key, .. } | Change::Delete { table, set, key } => {
+            // One element of one set; an addition also carries its timeout.
+            let (msg, flags, timeout_ms) = match *c {
+                Change::Add { timeout_ms, .. } => {
+                    (NFT_MSG_NEWSETELEM, ack | libc::NLM_F_CREATE as u16, Some(timeout_ms))
+                }
+                _ => (NFT_MSG_DELSETELEM, ack, None),
+            };
+            let at = header(out, ty(msg), flags, seq, NFPROTO_INET, 0);
             attr_str(out, NFTA_SET_ELEM_LIST_TABLE, table);
             attr_str(out, NFTA_SET_ELEM_LIST_SET, set);
             let list = begin_attr(out, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED);
@@ -196,20 +203,9 @@ fn encode(out: &mut Vec<u8>, c: &Change<'_>, seq: u32) {
             let k = begin_attr(out, NFTA_SET_ELEM_KEY | NLA_F_NESTED);
             attr(out, NFTA_DATA_VALUE, key);
             end_attr(out, k);
-            attr(out, NFTA_SET_ELEM_TIMEOUT, &timeout_ms.to_be_bytes());
-            end_attr(out, elem);
-            end_attr(out, list);
-            finish(out, at);
-        }
-        Change::Delete { table, set, key } => {
-            let at = header(out, ty(NFT_MSG_DELSETELEM), ack, seq, NFPROTO_INET, 0);
-            attr_str(out, NFTA_SET_ELEM_LIST_TABLE, table);
-            attr_str(out, NFTA_SET_ELEM_LIST_SET, set);
-            let list = begin_attr(out, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED);
-            let elem = begin_attr(out, NFTA_LIST_ELEM | NLA_F_NESTED);
-            let k = begin_attr(out, NFTA_SET_ELEM_KEY | NLA_F_NESTED);
-            attr(out, NFTA_DATA_VALUE, key);
-            end_attr(out, k);
+            if let Some(t) = timeout_ms {
+                attr(out, NFTA_SET_ELEM_TIMEOUT, &t.to_be_bytes());
+            }
             end_attr(out, elem);
             end_attr(out, list);
             finish(out, at);

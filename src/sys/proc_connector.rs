@@ -67,18 +67,11 @@ impl ProcEvents {
 
     /// Wait (at most the timeout) for events and read what is there.
     pub fn recv(&mut self) -> io::Result<Received> {
-        let mut lens = [(0usize, false); super::MAX_RECV_SLOTS];
-        let got = match super::recv_many(self.fd.as_raw_fd(), &mut self.buf, RX_SLOT, libc::MSG_WAITFORONE, &mut lens) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Received::Overrun),
-            Err(e) => return Err(e),
-        };
         let mut out = Vec::new();
-        for (slot, &(len, _)) in self.buf.chunks_exact(RX_SLOT).zip(lens.iter().take(got)) {
-            out.extend(parse_execs(slot.get(..len).unwrap_or_default()));
-        }
-        Ok(Received::Execs(out))
+        let whole = super::recv_notifications(self.fd.as_raw_fd(), &mut self.buf, RX_SLOT, |d| {
+            out.extend(parse_execs(d));
+        })?;
+        Ok(if whole { Received::Execs(out) } else { Received::Overrun })
     }
 }
 

@@ -84,20 +84,11 @@ impl DestroyListener {
 
     /// Wait (at most the timeout) for notifications and read what is there.
     pub fn recv(&mut self) -> io::Result<Received> {
-        let mut lens = [(0usize, false); super::MAX_RECV_SLOTS];
-        // MSG_WAITFORONE: return as soon as one notification is there (the
-        // receive timeout bounds the wait for the first).
-        let got = match super::recv_many(self.fd.as_raw_fd(), &mut self.buf, RX_SLOT, libc::MSG_WAITFORONE, &mut lens) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Received::Overrun),
-            Err(e) => return Err(e),
-        };
         let mut out = Vec::new();
-        for (slot, &(len, _)) in self.buf.chunks_exact(RX_SLOT).zip(lens.iter().take(got)) {
-            out.extend(parse_destroyed(slot.get(..len).unwrap_or_default()));
-        }
-        Ok(Received::Sockets(out))
+        let whole = super::recv_notifications(self.fd.as_raw_fd(), &mut self.buf, RX_SLOT, |d| {
+            out.extend(parse_destroyed(d));
+        })?;
+        Ok(if whole { Received::Sockets(out) } else { Received::Overrun })
     }
 }
 
