@@ -8,9 +8,9 @@ fresh network namespace, the 1000-rule bench policy) for B0 (no queue), B3
 (labelgate --flow) and B3o (labelgate --flow --offload), interleaved over
 the rounds, and prints the medians, and the medians of the ratios to B0
 within each round.
-The client and server processes run in a cgroup of their own (all of them
-run netprobe, so the cgroup qualifies for offloading); B0 and B3 run in it
-too, so only the flag differs. Needs the C tools that bench/run.sh builds
+The client and server processes run in a cgroup of their own (the bench
+policy's accepting rule names no process, so the decision qualifies for
+offloading); B0 and B3 run in it too, so only the flag differs. Needs the C tools that bench/run.sh builds
 (it builds them here the same way). Bounded: each run lasts S seconds.
 """
 import argparse

@@ -559,8 +559,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let target =
         args.audit.as_deref().map(|t| if t == "-" { audit::Target::Stdout } else { audit::Target::File(t.into()) });
 
-    // Before confinement: the connector socket is opened in the initial
-    // network namespace, and `nft` creates the table.
+    // Before confinement: `nft` creates the table.
     let offload = if args.offload {
         Some(crate::offload::Offload::start(args.offload_timeout_ms).context("--offload")?)
     } else {

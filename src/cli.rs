@@ -224,15 +224,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub flow: bool,
     /// Prototype (needs --flow; see docs/OFFLOAD.md): let the kernel accept at OUTPUT, without queueing, the new
-    /// TCP connections labelgate already accepted for the same sending cgroup, destination address and port, while
-    /// every process in that cgroup runs the same program. Creates the nftables table inet labelgate_offload
-    /// (deleted at start and stop). Offloads nothing on hosts where an LSM (SELinux) labels processes; off by
-    /// default.
+    /// TCP connections from sockets of the same cgroup to the same destination address and port, once labelgate
+    /// accepted one by a rule whose answer depends on the sender only through its cgroup (source_unit,
+    /// source_cgroup, source_container, or nothing about the process; never source_exe or uid). Creates the
+    /// nftables table inet labelgate_offload (deleted at start and stop). Offloads nothing on hosts where an LSM
+    /// (SELinux) labels processes; off by default.
     #[arg(long, requires = "flow")]
     pub offload: bool,
     /// With --offload: how long a kernel-side accept lasts before the next connection is queued and checked
-    /// again (milliseconds, 1 to 3600000); also the longest a process moved into an offloaded cgroup is let
-    /// through.
+    /// again (milliseconds, 1 to 3600000).
     #[arg(long, default_value_t = crate::offload::DEFAULT_TIMEOUT_MS, requires = "offload",
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub offload_timeout_ms: u64,

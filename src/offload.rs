@@ -1,32 +1,34 @@
 //! Stable decisions in the kernel (`labelgate run --flow --offload`, a
 //! prototype; docs/OFFLOAD.md): after labelgate accepted the first packet of
-//! a TCP connection by a rule that depends only on the sending process's
-//! identity (its exe and cgroup, on a host without SELinux) and on the
-//! destination address and port, and every process in the sender's cgroup
-//! has that identity, the key `(cgroup, daddr, dport)` is added, with a
-//! timeout, to an nftables set in the table `inet labelgate_offload`; a rule
-//! there gives the following first packets with that key the flow-mode
-//! accept mark, so the queue rules let them pass without queueing them.
+//! a TCP connection at OUTPUT by a rule whose answer, for that destination
+//! address and port, depends on the sending process only through its cgroup
+//! (on a host where no LSM labels processes), the key `(cgroup,
+//! daddr, dport)` is added, with a timeout, to an nftables set in the table
+//! `inet labelgate_offload`; a rule there gives the following first packets
+//! of sockets created in that very cgroup (not in cgroups below it) with
+//! that key the flow-mode accept mark, so the queue rules let them pass
+//! without queueing them. A decision that depends on the program, the uid,
+//! the source address or anything else the key does not fix is never
+//! offloaded.
 //!
 //! This module owns that table: it creates it (deleting any leftover) at
 //! start, flushes its sets when the policy is replaced (before the new
-//! policy answers), deletes it at stop, adds elements from a worker thread
-//! fed by a bounded channel (a full channel loses the offer, never delays a
-//! verdict), and removes a cgroup's elements when the process events
-//! connector reports an exec in it of another program.
+//! policy answers), deletes it at stop, and adds elements from a worker
+//! thread fed by a bounded channel (a full channel loses the offer, never
+//! delays a verdict).
 
 use crate::context::SecurityContext;
 use crate::engine::Engine;
 use crate::labels::{Hook, Labels, Origin, ProcessInfo};
 use crate::packet::{PacketInfo, Proto};
+use crate::policy::pattern::ProcessCond;
 use crate::policy::{Decision, Mode, Policy, PolicyDigest, Rule, RuleVerdict, Verdict};
 use crate::sys::nftset::{Change, NftLink};
-use crate::sys::proc_connector::{ProcEvents, Received};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -41,13 +43,8 @@ pub const MAX_LEVEL: usize = 8;
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 /// Offers waiting for the worker; more are dropped (and counted).
 const CHANNEL: usize = 256;
-/// Most cgroups with elements at once.
-const MAX_CGROUPS: usize = 4096;
-/// Most cgroup directories and processes one verification reads.
-const MAX_DIRS: usize = 256;
-const MAX_PIDS: usize = 4096;
-/// Exec events remembered for the verifications under way.
-const EXEC_TRACE: usize = 4096;
+/// Most elements labelgate keeps at once (live, not yet timed out).
+const MAX_ELEMENTS: usize = 65_536;
 /// The accept bit of flow mode in the packet mark (see `rules::FLOW_MARK_*`).
 const MARK_MASK: u32 = crate::rules::FLOW_MARK_MASK;
 const MARK_ACCEPT: u32 = crate::rules::FLOW_MARK_ACCEPT;
@@ -61,8 +58,6 @@ pub enum OffloadError {
     Nft(String),
     #[error("nf_tables netlink: {0}")]
     Netlink(#[source] io::Error),
-    #[error("cannot listen to process events (NETLINK_CONNECTOR, in the initial network namespace): {0}")]
-    Connector(#[source] io::Error),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] io::Error),
 }
@@ -78,9 +73,7 @@ pub struct Stats {
     pub added: AtomicU64,
     /// Offers the worker refused (conditions not met).
     pub refused: AtomicU64,
-    /// Cgroups whose elements an exec removed.
-    pub exec_removed: AtomicU64,
-    /// Whole flushes (reload, lost events).
+    /// Whole flushes (reload).
     pub flushes: AtomicU64,
     /// nf_tables errors.
     pub errors: AtomicU64,
@@ -91,12 +84,11 @@ impl Stats {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "offered={} lost={} added={} refused={} exec_removed={} flushes={} errors={}",
+            "offered={} lost={} added={} refused={} flushes={} errors={}",
             g(&self.offered),
             g(&self.lost),
             g(&self.added),
             g(&self.refused),
-            g(&self.exec_removed),
             g(&self.flushes),
             g(&self.errors)
         )
@@ -108,8 +100,8 @@ impl Stats {
 struct Offer {
     digest: PolicyDigest,
     rule: usize,
+    /// The sending process's cgroup v2 path (from `process`).
     cgroup: Arc<str>,
-    exe: Arc<str>,
     dst: IpAddr,
     dport: u16,
     /// The identity the rules saw: the contexts and the sending process.
@@ -122,18 +114,15 @@ struct Offer {
 pub struct Offload {
     tx: SyncSender<Offer>,
     shared: Arc<Shared>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// The worker's channel end and the events socket until [`Offload::spawn`].
-    #[allow(clippy::type_complexity)]
-    pending: Mutex<Option<(Receiver<Offer>, ProcEvents)>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The worker's channel end until [`Offload::spawn`].
+    pending: Mutex<Option<Receiver<Offer>>>,
 }
 
 struct Shared {
     state: Mutex<State>,
     engine: OnceLock<Weak<Engine>>,
     stop: AtomicBool,
-    /// Numbers the exec events as the connector thread takes them.
-    exec_seq: AtomicU64,
     /// The cgroup v2 root, as `/proc/self/fd/N` of [`Shared::_cgroup_dir`].
     mount: PathBuf,
     _cgroup_dir: std::fs::File,
@@ -146,72 +135,45 @@ struct State {
     /// The table is gone (stopped, or an error left it unknown): nothing
     /// more is added.
     off: bool,
-    cgroups: HashMap<Arc<str>, Entry>,
-    /// The last exec events: (number, cgroup path; `None` when unknown).
-    execs: VecDeque<(u64, Option<Arc<str>>)>,
-    /// Verifications that started before this event number are void (the
-    /// trace lost events, or events were lost).
-    void_before: u64,
-}
-
-struct Entry {
-    exe: Arc<str>,
-    /// (set name, key, added at)
-    keys: Vec<(String, Vec<u8>, Instant)>,
+    /// The elements added and when: (set name, key) -> added at. Pruned of
+    /// the timed-out ones when full.
+    live: HashMap<(String, Vec<u8>), Instant>,
 }
 
 impl Offload {
     /// Create the table (any leftover is deleted first, in the same
-    /// transaction) and open the netlink sockets; [`spawn`](Self::spawn)
-    /// starts the threads. Call before privileges are dropped (the
-    /// connector socket is opened in the initial network namespace) and
-    /// before the queues are bound.
+    /// transaction) and open the nf_tables netlink socket;
+    /// [`spawn`](Self::spawn) starts the worker. Call before privileges
+    /// are dropped (`nft` creates the table) and before the queues are
+    /// bound.
     pub fn start(timeout_ms: u64) -> Result<Arc<Offload>, OffloadError> {
         let (cgroup_dir, mount) = cgroup2_root().ok_or(OffloadError::NoCgroup2)?;
         let link = NftLink::open(Duration::from_secs(2)).map_err(OffloadError::Netlink)?;
-        let init = init_netns().map_err(OffloadError::Connector)?;
-        let events = {
-            use std::os::fd::AsFd;
-            crate::sys::netns::in_netns(init.as_fd(), || ProcEvents::open(4 << 20, Duration::from_millis(200)))
-                .map_err(OffloadError::Connector)?
-        };
         // Last: from here on, dropping the result deletes the table.
         create_table()?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                link,
-                off: false,
-                cgroups: HashMap::new(),
-                execs: VecDeque::new(),
-                void_before: 0,
-            }),
+            state: Mutex::new(State { link, off: false, live: HashMap::new() }),
             engine: OnceLock::new(),
             stop: AtomicBool::new(false),
-            exec_seq: AtomicU64::new(0),
             mount,
             _cgroup_dir: cgroup_dir,
             timeout_ms: timeout_ms.max(1),
             stats: Stats::default(),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
-        Ok(Arc::new(Offload { tx, shared, threads: Mutex::new(Vec::new()), pending: Mutex::new(Some((rx, events))) }))
+        Ok(Arc::new(Offload { tx, shared, thread: Mutex::new(None), pending: Mutex::new(Some(rx)) }))
     }
 
-    /// Start the worker and the exec watch (after privileges are dropped:
-    /// threads keep the capabilities they were created with). Once.
+    /// Start the worker (after privileges are dropped: threads keep the
+    /// capabilities they were created with). Once.
     pub fn spawn(&self) -> Result<(), OffloadError> {
-        let Some((rx, events)) = lock(&self.pending).take() else { return Ok(()) };
+        let Some(rx) = lock(&self.pending).take() else { return Ok(()) };
         let s = self.shared.clone();
         let worker = std::thread::Builder::new()
             .name("offload".into())
             .spawn(move || worker(&s, &rx))
             .map_err(OffloadError::Thread)?;
-        let s = self.shared.clone();
-        let execs = std::thread::Builder::new()
-            .name("offload-exec".into())
-            .spawn(move || exec_watch(&s, events))
-            .map_err(OffloadError::Thread)?;
-        lock(&self.threads).extend([worker, execs]);
+        *lock(&self.thread) = Some(worker);
         Ok(())
     }
 
@@ -255,10 +217,9 @@ impl Offload {
             if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
                 log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
             }
-            st.cgroups.clear();
+            st.live.clear();
         }
-        let threads = std::mem::take(&mut *lock(&self.threads));
-        for t in threads {
+        if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
     }
@@ -286,8 +247,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The offer for a decision, if it may be offloaded at all: an enforcing
 /// accept by a rule (not the default), with no audit, no permissive mode,
 /// no SELinux verdict, of a TCP SYN at OUTPUT from a process with a known
-/// cgroup, on a host where no LSM labels processes (the identity is the
-/// exe and the cgroup; see docs/OFFLOAD.md for SELinux hosts).
+/// cgroup, on a host where no LSM labels processes (see docs/OFFLOAD.md for
+/// SELinux hosts).
 fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketInfo, labels: &Labels) -> Option<Offer> {
     let plain_accept = d.verdict == Verdict::Accept
         && d.table_verdict == Verdict::Accept
@@ -307,7 +268,6 @@ fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketI
         digest: policy.digest,
         rule: d.rule?,
         cgroup,
-        exe: p.exe.clone(),
         dst: pkt.dst,
         dport: pkt.dport?,
         source: labels.source.context.clone(),
@@ -317,13 +277,16 @@ fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketI
 }
 
 /// Whether a rule's match depends only on what is the same for every
-/// connection with the same key from processes of the same identity: the
-/// source and destination contexts and levels (offers are only made where
-/// no LSM labels anything: every context is the `unlabeled_t` placeholder
-/// or a static address label, a function of the destination address), the
-/// source process (exe, unit, cgroup, container), the hook, protocol,
-/// destination address and port. Not: uid, gid, source address and port,
-/// interfaces, secmark, peer label, the destination's process.
+/// connection with the same key: the source and destination contexts and
+/// levels (offers are only made where no LSM labels anything: every context
+/// is the `unlabeled_t` placeholder or a static address label, a function
+/// of the destination address), the hook, protocol, destination address
+/// and port, and the sending process's cgroup (`source_cgroup`,
+/// `source_unit` and `source_container` are functions of its path, and the
+/// key holds the socket's own cgroup). Not: the sending program
+/// (`source_exe`: another program may run in the cgroup, or the same
+/// process exec another), uid, gid, source address and port, interfaces,
+/// secmark, peer label, the destination's process.
 fn stable(r: &Rule) -> bool {
     r.uid.is_none()
         && r.saddr.is_none()
@@ -336,28 +299,32 @@ fn stable(r: &Rule) -> bool {
                 && x.iif.is_none()
                 && x.oif.is_none()
                 && x.dest_process.is_none()
+                && x.source_process.as_ref().is_none_or(|c| c.exe.is_none())
         })
 }
 
-/// Whether a rule could match a connection with the offer's key and
-/// identity, whatever its other conditions say: false when a condition
-/// that is the same for all of them (hook, protocol, destination port and
-/// address, contexts, sending process) fails.
+/// Whether a rule could match a connection with the offer's key from a
+/// process in the offer's cgroup, whatever its other conditions say: false
+/// when a condition that is the same for all of them (hook, protocol,
+/// destination port and address, contexts, the sending process's cgroup,
+/// unit and container) fails. The program (`source_exe`) is not: any
+/// program may run in the cgroup.
 fn may_match(r: &Rule, o: &Offer) -> bool {
     use crate::policy::HookSel;
-    !matches!(r.hook, HookSel::Input | HookSel::Forward)
+    let by_cgroup = |c: &Arc<ProcessCond>| ProcessCond { exe: None, ..(**c).clone() }.check(Some(&o.process)).is_ok();
+    !matches!(r.hook, HookSel::Input | HookSel::Forward | HookSel::Prerouting | HookSel::Postrouting)
         && r.proto.is_none_or(|p| p == Proto::Tcp)
         && r.dport.get().is_none_or(|s| s.contains(o.dport))
         && r.daddr.as_ref().is_none_or(|s| s.contains(&o.dst))
         && r.source.as_ref().is_none_or(|p| p.matches(&o.source))
         && r.dest.as_ref().is_none_or(|p| p.matches(&o.dest))
-        && r.rare.as_ref().and_then(|x| x.source_process.as_ref()).is_none_or(|c| c.check(Some(&o.process)).is_ok())
+        && r.rare.as_ref().and_then(|x| x.source_process.as_ref()).is_none_or(by_cgroup)
 }
 
 /// Whether the accept by the offer's rule holds for every connection with
-/// the same key from a process of the same identity: that rule accepts and
-/// is [`stable`], and every rule before it is stable (it did not match, so
-/// it never does) or cannot match the key and identity.
+/// the same key from a socket created in the same cgroup: that rule accepts
+/// and is [`stable`], and every rule before it is stable (it did not
+/// match, so it never does) or cannot match the key and cgroup.
 fn eligible(p: &Policy, o: &Offer) -> bool {
     let Some(rules) = p.rules.get(..=o.rule) else { return false };
     rules.last().is_some_and(|r| r.verdict == RuleVerdict::Accept && stable(r))
@@ -367,11 +334,6 @@ fn eligible(p: &Policy, o: &Offer) -> bool {
 /// The cgroup's level: its number of path components (`/a/b` is 2).
 fn level(path: &str) -> usize {
     path.split('/').filter(|c| !c.is_empty()).count()
-}
-
-/// Whether cgroup `path` is `top` or below it.
-fn within(path: &str, top: &str) -> bool {
-    path == top || path.strip_prefix(top).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn set_name(v6: bool, level: usize) -> String {
@@ -391,8 +353,16 @@ fn key(id: u64, dst: IpAddr, dport: u16) -> Vec<u8> {
     k
 }
 
-/// The nft script that creates the table: one set and one rule per level
-/// and family.
+/// The nft script that creates the table: one set per level and family,
+/// one empty set per level (and one for the level below the deepest), and
+/// the rules, deepest level first. `socket cgroupv2 level N` reads the
+/// socket's level-N ancestor and does not match when the socket's cgroup is
+/// shallower; so the first rules whose level exists are those of the
+/// socket's own cgroup: its element gives the accept mark, and otherwise
+/// `!= @any_lN` (an empty set: true for every socket with a level N)
+/// returns before the rules of its ancestors are reached. An element
+/// therefore covers the sockets of its own cgroup only, not those of the
+/// cgroups below it, and sockets deeper than [`MAX_LEVEL`] none.
 pub fn table_script() -> String {
     let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
     for l in 1..=MAX_LEVEL {
@@ -403,18 +373,24 @@ pub fn table_script() -> String {
             );
         }
     }
+    for l in 1..=MAX_LEVEL + 1 {
+        s += &format!("  set any_l{l} {{ typeof socket cgroupv2 level {l} . tcp dport; }}\n");
+    }
     // Before the queue rules (iptables' security table is at priority 50,
     // `labelgate rules --backend nft` at security + 10).
     s += "  chain out {\n    type filter hook output priority security - 1; policy accept;\n";
     s += "    ct state != new return\n    meta l4proto != tcp return\n";
+    let deeper = MAX_LEVEL + 1;
+    s += &format!("    socket cgroupv2 level {deeper} . tcp dport != @any_l{deeper} return\n");
     let keep = !MARK_MASK;
-    for l in 1..=MAX_LEVEL {
+    for l in (1..=MAX_LEVEL).rev() {
         for (v6, addr) in [(false, "ip daddr"), (true, "ip6 daddr")] {
             s += &format!(
                 "    socket cgroupv2 level {l} . {addr} . tcp dport @{} counter meta mark set meta mark and {keep:#x} or {MARK_ACCEPT:#x} return\n",
                 set_name(v6, l)
             );
         }
+        s += &format!("    socket cgroupv2 level {l} . tcp dport != @any_l{l} return\n");
     }
     s += "  }\n}\n";
     s
@@ -466,36 +442,11 @@ fn cgroup2_root() -> Option<(std::fs::File, PathBuf)> {
     Some((dir, path))
 }
 
-/// The initial network namespace's inode number (the kernel's fixed
-/// `PROC_NET_INIT_INO`).
-const INIT_NET: &str = "net:[4026531833]";
-
-/// The initial network namespace, where the process events connector is:
-/// ours, or that of the first process found in it (`/proc/1` may not be
-/// open to us).
-fn init_netns() -> io::Result<std::fs::File> {
-    let is_init =
-        |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.as_os_str() == INIT_NET);
-    if is_init("self") {
-        return std::fs::File::open("/proc/self/ns/net");
-    }
-    for e in std::fs::read_dir("/proc")?.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        if is_init(pid) {
-            if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) {
-                return Ok(f);
-            }
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::NotFound, "no process in the initial network namespace is open to labelgate"))
-}
-
 /// Remove every element of every set. On failure, delete the table and
 /// stop offloading (nothing is left that could accept).
 fn flush_all(st: &mut State, stats: &Stats) {
     stats.flushes.fetch_add(1, Ordering::Relaxed);
-    st.cgroups.clear();
+    st.live.clear();
     if st.off {
         return;
     }
@@ -507,34 +458,6 @@ fn flush_all(st: &mut State, stats: &Stats) {
         st.off = true;
         if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
             log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
-        }
-    }
-}
-
-/// Remove the elements of the cgroup `path`. An element the kernel already
-/// expired is not an error; any other error flushes everything.
-fn remove(st: &mut State, path: &str, stats: &Stats) {
-    let Some(entry) = st.cgroups.remove(path) else { return };
-    if st.off {
-        return;
-    }
-    let changes: Vec<Change<'_>> =
-        entry.keys.iter().map(|(set, key, _)| Change::Delete { table: TABLE, set, key }).collect();
-    if st.link.apply(&changes).is_ok() {
-        log::debug!("offload: removed the {} elements of {path}", changes.len());
-        return;
-    }
-    // One by one: a batch stops at the first expired element.
-    for c in &changes {
-        match st.link.apply(std::slice::from_ref(c)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                log::error!("offload: cannot remove an element of {path}: {e}; flushing all");
-                flush_all(st, stats);
-                return;
-            }
         }
     }
 }
@@ -557,7 +480,7 @@ fn worker(s: &Shared, rx: &Receiver<Offer>) {
 fn add(s: &Shared, o: &Offer) -> bool {
     let r = add_checked(s, o);
     if !r {
-        log::debug!("offload: refused {} {} {}:{}", o.cgroup, o.exe, o.dst, o.dport);
+        log::debug!("offload: refused {} {}:{}", o.cgroup, o.dst, o.dport);
     }
     r
 }
@@ -567,41 +490,26 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
     if !(1..=MAX_LEVEL).contains(&lvl) {
         return false;
     }
+    // The set key holds the cgroup's id, the inode number of its directory.
     let dir = s.mount.join(o.cgroup.trim_start_matches('/'));
     let Ok(id) = std::fs::metadata(&dir).map(|m| m.ino()) else { return false };
     let Some(engine) = s.engine.get().and_then(Weak::upgrade) else { return false };
     // The policy test first (cheap, and most offers it refuses are refused
     // again and again); its digest is compared again under the lock.
-    let loaded = engine.current();
-    if loaded.policy.digest != o.digest || !eligible(&loaded.policy, o) {
+    if engine.current().policy.digest != o.digest || !eligible(&engine.current().policy, o) {
         return false;
     }
-    let started = s.exec_seq.load(Ordering::SeqCst);
-    let uniform = uniform(&dir, &o.exe);
     let mut st = lock(&s.state);
-    if !uniform {
-        // Not (or no longer) one identity: whatever was added goes.
-        remove(&mut st, &o.cgroup, &s.stats);
-        return false;
-    }
-    if st.off || st.void_before > started {
-        return false;
-    }
-    // An exec in the cgroup since the verification began: its program may
-    // not have been seen.
-    if st.execs.iter().any(|(n, p)| *n > started && p.as_deref().is_none_or(|p| within(p, &o.cgroup))) {
-        return false;
-    }
     // Checked again under the lock that a reload takes to flush: the policy
     // that decided is the one in force, and stays so until the element is in.
-    if engine.current().policy.digest != o.digest {
+    if st.off || engine.current().policy.digest != o.digest {
         return false;
     }
     let now = Instant::now();
     let ttl = Duration::from_millis(s.timeout_ms);
-    if !st.cgroups.contains_key(&o.cgroup) && st.cgroups.len() >= MAX_CGROUPS {
-        st.cgroups.retain(|_, e| e.keys.iter().any(|(_, _, at)| now.duration_since(*at) < ttl));
-        if st.cgroups.len() >= MAX_CGROUPS {
+    if st.live.len() >= MAX_ELEMENTS {
+        st.live.retain(|_, at| now.duration_since(*at) < ttl);
+        if st.live.len() >= MAX_ELEMENTS {
             return false;
         }
     }
@@ -613,176 +521,83 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
         log::warn!("offload: cannot add an element for {}: {e}", o.cgroup);
         return false;
     }
-    let entry = st.cgroups.entry(o.cgroup.clone()).or_insert_with(|| Entry { exe: o.exe.clone(), keys: Vec::new() });
-    entry.keys.retain(|(sn, kk, at)| !(sn == &set && kk == &k) && now.duration_since(*at) < ttl);
-    entry.keys.push((set, k, now));
+    st.live.insert((set, k), now);
     s.stats.added.fetch_add(1, Ordering::Relaxed);
-    log::debug!("offload: added {} {} {}:{}", o.cgroup, o.exe, o.dst, o.dport);
+    log::debug!("offload: added {} {}:{}", o.cgroup, o.dst, o.dport);
     true
-}
-
-/// Whether every process in the cgroup `dir` runs `exe`, no process is in a
-/// cgroup below it, and there are at most [`MAX_DIRS`] directories and
-/// [`MAX_PIDS`] processes.
-fn uniform(dir: &Path, exe: &str) -> bool {
-    let mut dirs = vec![dir.to_path_buf()];
-    let (mut seen_dirs, mut seen_pids) = (0usize, 0usize);
-    while let Some(d) = dirs.pop() {
-        seen_dirs += 1;
-        if seen_dirs > MAX_DIRS {
-            return false;
-        }
-        let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) else { return false };
-        // The element covers the cgroups below too (their level-N ancestor
-        // is this one), whose paths differ: they must hold no process.
-        if d != dir && !procs.trim().is_empty() {
-            return false;
-        }
-        for pid in procs.split_whitespace() {
-            seen_pids += 1;
-            if seen_pids > MAX_PIDS || pid.parse::<u32>().is_err() {
-                return false;
-            }
-            match std::fs::read_link(format!("/proc/{pid}/exe")) {
-                Ok(p) if p.as_os_str() == exe => {}
-                // Gone since the list was read: it runs nothing.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                _ => return false,
-            }
-        }
-        let Ok(rd) = std::fs::read_dir(&d) else { return false };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(e.path());
-            }
-        }
-    }
-    true
-}
-
-/// A process's cgroup v2 path (its `0::` line); `None` once it is gone.
-fn process_cgroup(tgid: u32) -> Option<Arc<str>> {
-    std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(Arc::from)))
-}
-
-fn exec_watch(s: &Shared, mut events: ProcEvents) {
-    while !s.stop.load(Ordering::SeqCst) {
-        match events.recv() {
-            Ok(Received::Execs(tgids)) => {
-                for tgid in tgids {
-                    exec_seen(s, tgid);
-                }
-            }
-            Ok(Received::Overrun) => {
-                log::warn!("offload: process events were lost; removing every element");
-                let n = s.exec_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                let mut st = lock(&s.state);
-                st.void_before = n + 1;
-                flush_all(&mut st, &s.stats);
-            }
-            Err(e) => {
-                // No more events: nothing may stay offloaded.
-                log::error!("offload: process events: {e}; deleting the table, offload stops");
-                let mut st = lock(&s.state);
-                st.off = true;
-                st.cgroups.clear();
-                if let Err(e) = st.link.apply(&[Change::DeleteTable { table: TABLE }]) {
-                    log::error!("offload: cannot delete table inet {TABLE}: {e}; delete it by hand");
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// An exec by `tgid`: remove the elements of each offloaded cgroup it is
-/// in (or under) where a process no longer runs the program the elements
-/// were added for.
-fn exec_seen(s: &Shared, tgid: u32) {
-    let n = s.exec_seq.fetch_add(1, Ordering::SeqCst) + 1;
-    let cg = process_cgroup(tgid);
-    let mut st = lock(&s.state);
-    if st.execs.len() >= EXEC_TRACE {
-        if let Some((old, _)) = st.execs.pop_front() {
-            st.void_before = st.void_before.max(old + 1);
-        }
-    }
-    st.execs.push_back((n, cg.clone()));
-    // The offloaded cgroups it is in (or under); all of them when it is
-    // gone before its cgroup was read: what it ran lives on only in
-    // children it forked after the exec, which have no exec event of
-    // their own but are in the cgroups now.
-    let hit: Vec<(Arc<str>, Arc<str>)> = st
-        .cgroups
-        .iter()
-        .filter(|(top, _)| cg.as_deref().is_none_or(|cg| within(cg, top)))
-        .map(|(top, e)| (top.clone(), e.exe.clone()))
-        .collect();
-    // Every process there is checked, not only this one: it may have
-    // forked and run yet another program since.
-    for (top, exe) in hit {
-        log::debug!("offload: exec by {tgid} in {cg:?}: checking {top}");
-        if !uniform(&s.mount.join(top.trim_start_matches('/')), &exe) {
-            s.stats.exec_removed.fetch_add(1, Ordering::Relaxed);
-            remove(&mut st, &top, &s.stats);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::cgroup::CgroupInfo;
 
     fn policy(text: &str) -> Policy {
         Policy::from_toml(text, "t").unwrap()
     }
 
-    #[test]
-    fn only_stable_rules_before_the_accept_may_be_offloaded() {
-        let offer = |rule: usize, dport: u16, exe: &str| Offer {
+    fn offer(rule: usize, dport: u16, cgroup: &str) -> Offer {
+        let info = CgroupInfo::from_path(cgroup);
+        Offer {
             digest: PolicyDigest::of(b""),
             rule,
-            cgroup: "/a/b".into(),
-            exe: exe.into(),
+            cgroup: cgroup.into(),
             dst: "127.0.0.1".parse().unwrap(),
             dport,
             source: SecurityContext::unlabeled(),
             dest: SecurityContext::unlabeled(),
-            process: ProcessInfo { pid: 1, comm: "p".into(), exe: exe.into(), cgroup: None, netns: None },
-        };
-        let py = "/usr/bin/python3.11";
+            process: ProcessInfo {
+                pid: 1,
+                comm: "p".into(),
+                exe: "/usr/bin/python3.11".into(),
+                cgroup: Some(Arc::new(info)),
+                netns: None,
+            },
+        }
+    }
+
+    #[test]
+    fn only_decisions_fixed_by_the_cgroup_may_be_offloaded() {
+        let web = "/system.slice/web.service";
         let p = policy(
             "default = \"drop\"\n\
              [[rule]]\nname = \"uid-other-port\"\nuid = 1000\nproto = \"tcp\"\ndport = 9\nverdict = \"drop\"\n\
-             [[rule]]\nname = \"py\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = 7001\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"web\"\nsource_unit = \"web.service\"\nproto = \"tcp\"\ndport = 7001\nverdict = \"accept\"\n\
              [[rule]]\nname = \"uid-here\"\nuid = 1000\nproto = \"tcp\"\ndport = 7002\nverdict = \"drop\"\n\
              [[rule]]\nname = \"any\"\nproto = \"tcp\"\ndport = 7002\nverdict = \"accept\"\n\
              [[rule]]\nname = \"by-uid\"\nuid = 0\nproto = \"tcp\"\ndport = 7003\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"by-program\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = 7004\nverdict = \"accept\"\n\
              [[rule]]\nname = \"uid-of-a-domain\"\nuid = 1000\nsource = \"*:*:httpd_t\"\nproto = \"tcp\"\nverdict = \"drop\"\n\
-             [[rule]]\nname = \"uid-of-sbin\"\nuid = 1000\nsource_exe = \"/usr/sbin/*\"\nproto = \"tcp\"\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"uid-of-db\"\nuid = 1000\nsource_cgroup = \"/system.slice/db.service\"\nproto = \"tcp\"\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"sbin-here\"\nsource_exe = \"/usr/sbin/*\"\nproto = \"tcp\"\ndport = 7010\nverdict = \"drop\"\n\
              [[rule]]\nname = \"all\"\nproto = \"tcp\"\nverdict = \"accept\"\n",
         );
-        // A uid rule on another port cannot match: the exe rule is stable.
-        assert!(eligible(&p, &offer(1, 7001, py)));
+        // A uid rule on another port cannot match: the unit rule is stable.
+        assert!(eligible(&p, &offer(1, 7001, web)));
         // A uid rule that may match the key comes first: not stable.
-        assert!(!eligible(&p, &offer(3, 7002, py)));
-        // An accept by uid is not.
-        assert!(!eligible(&p, &offer(4, 7003, py)));
+        assert!(!eligible(&p, &offer(3, 7002, web)));
+        // An accept by uid is not, nor one by program: another program may
+        // run in the cgroup, or the same process exec another.
+        assert!(!eligible(&p, &offer(4, 7003, web)));
+        assert!(!eligible(&p, &offer(5, 7004, web)));
         // A drop is never offloaded, nor a rule that does not exist.
-        assert!(!eligible(&p, &offer(0, 9, py)));
-        assert!(!eligible(&p, &offer(99, 7001, py)));
-        // uid rules for another source context or another program cannot
-        // match this identity; for this program they can.
-        assert!(eligible(&p, &offer(7, 7009, py)));
-        assert!(!eligible(&p, &offer(7, 7009, "/usr/sbin/x")));
+        assert!(!eligible(&p, &offer(0, 9, web)));
+        assert!(!eligible(&p, &offer(99, 7001, web)));
+        // Rules before it for another source context, another cgroup or
+        // another port cannot match; for this cgroup, or a program rule on
+        // this port (any program may run here), they can.
+        assert!(eligible(&p, &offer(9, 7009, web)));
+        assert!(!eligible(&p, &offer(9, 7009, "/system.slice/db.service")));
+        assert!(!eligible(&p, &offer(9, 7010, web)));
         let p = policy(
             "default = \"drop\"\n[[rule]]\nname = \"d\"\ndest_exe = \"/usr/sbin/*\"\nproto = \"tcp\"\ndport = 1\nverdict = \"accept\"\n\
-             [[rule]]\nname = \"c\"\ndest = \"*:*:postgresql_t\"\nproto = \"tcp\"\ndport = 2\nverdict = \"accept\"\n",
+             [[rule]]\nname = \"c\"\ndest = \"*:*:postgresql_t\"\nproto = \"tcp\"\ndport = 2\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"in\"\nhook = \"input\"\nuid = 5\nproto = \"tcp\"\ndport = 3\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"c3\"\nproto = \"tcp\"\ndport = 3\nverdict = \"accept\"\n",
         );
-        assert!(!eligible(&p, &offer(0, 1, py)), "the destination's process is not in the key");
-        assert!(eligible(&p, &offer(1, 2, py)), "without an LSM, a destination context is a function of the address");
+        assert!(!eligible(&p, &offer(0, 1, web)), "the destination's process is not in the key");
+        assert!(eligible(&p, &offer(1, 2, web)), "without an LSM, a destination context is a function of the address");
+        assert!(eligible(&p, &offer(3, 3, web)), "an input rule never matches at output");
     }
 
     #[test]
@@ -794,13 +609,19 @@ mod tests {
         assert_eq!(key(1, "::1".parse().unwrap(), 1).len(), 28);
         assert_eq!(level("/a/b"), 2);
         assert_eq!(level("/"), 0);
-        assert!(within("/a/b/c", "/a/b") && within("/a/b", "/a/b"));
-        assert!(!within("/a/bc", "/a/b") && !within("/a", "/a/b"));
         let s = table_script();
         assert!(s.starts_with("table inet labelgate_offload {}\ndelete table inet labelgate_offload\n"), "{s}");
         assert!(s.contains("set v6_l8 { typeof socket cgroupv2 level 8 . ip6 daddr . tcp dport; flags timeout; }"));
-        assert!(s.contains(
-            "socket cgroupv2 level 3 . ip daddr . tcp dport @v4_l3 counter meta mark set meta mark and 0xff9fffff or 0x200000 return"
-        ));
+        assert!(s.contains("set any_l9 { typeof socket cgroupv2 level 9 . tcp dport; }"));
+        let pos = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("no {needle} in {s}"));
+        let l3 = pos(
+            "socket cgroupv2 level 3 . ip daddr . tcp dport @v4_l3 counter meta mark set meta mark and 0xff9fffff or 0x200000 return",
+        );
+        // Deepest first; each level's own cgroup ends the walk before its
+        // ancestors' elements are looked at.
+        let deeper = pos("socket cgroupv2 level 9 . tcp dport != @any_l9 return");
+        let end3 = pos("socket cgroupv2 level 3 . tcp dport != @any_l3 return");
+        let l2 = pos("socket cgroupv2 level 2 . ip daddr . tcp dport @v4_l2 ");
+        assert!(deeper < pos("@v4_l8") && pos("@v6_l8") < l3 && l3 < end3 && end3 < l2, "{s}");
     }
 }

@@ -17,7 +17,6 @@ pub mod ctnetlink;
 pub mod netns;
 pub mod nfqueue;
 pub mod nftset;
-pub mod proc_connector;
 pub mod selinux_status;
 pub mod sockdestroy;
 pub mod sockdiag;
