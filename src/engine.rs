@@ -238,7 +238,8 @@ impl Engine {
                         plain_accept(&policy.decide_with(&f, mode, self.oracle.as_deref()))
                     };
                 if let Some(o) = self.offload.get() {
-                    o.offer(policy, mode, &d, hook, pkt, &labels);
+                    let at_output = (hook == Hook::Output).then_some(scratch.input_settled);
+                    o.offer(policy, mode, &d, at_output, pkt, &labels);
                 }
                 let rec = (d.audit && self.audit.enabled()).then(|| {
                     let mut r = base_record(hook, ifindex, labels, &d, policy);

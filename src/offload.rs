@@ -48,6 +48,9 @@ const MAX_ELEMENTS: usize = 65_536;
 /// The accept bit of flow mode in the packet mark (see `rules::FLOW_MARK_*`).
 const MARK_MASK: u32 = crate::rules::FLOW_MARK_MASK;
 const MARK_ACCEPT: u32 = crate::rules::FLOW_MARK_ACCEPT;
+/// With the accept bit: INPUT's decision is settled too (the OUTPUT queue
+/// chain then sets both hooks' connection mark bits).
+const MARK_SETTLED: u32 = crate::rules::FLOW_MARK_SETTLED;
 
 /// Why offloading could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,8 @@ pub struct Stats {
     pub lost: AtomicU64,
     /// Elements added.
     pub added: AtomicU64,
+    /// Of those, elements that settle INPUT's decision too.
+    pub settled: AtomicU64,
     /// Offers the worker refused (conditions not met).
     pub refused: AtomicU64,
     /// Whole flushes (reload).
@@ -84,10 +89,11 @@ impl Stats {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "offered={} lost={} added={} refused={} flushes={} errors={}",
+            "offered={} lost={} added={} settled={} refused={} flushes={} errors={}",
             g(&self.offered),
             g(&self.lost),
             g(&self.added),
+            g(&self.settled),
             g(&self.refused),
             g(&self.flushes),
             g(&self.errors)
@@ -108,6 +114,10 @@ struct Offer {
     source: SecurityContext,
     dest: SecurityContext,
     process: ProcessInfo,
+    /// The engine settled INPUT's decision at OUTPUT for this packet (a
+    /// connection between two local sockets, accepted at INPUT without a
+    /// record; see `Engine::with_input_settling`).
+    settle: bool,
 }
 
 /// The running offload.
@@ -188,9 +198,19 @@ impl Offload {
     }
 
     /// On the verdict path, after a decision: offer its key to the worker
-    /// if the decision may be offloaded. Never blocks.
-    pub fn offer(&self, policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketInfo, labels: &Labels) {
-        let Some(o) = offer_of(policy, mode, d, hook, pkt, labels) else { return };
+    /// if the decision may be offloaded. `at_output`: `None` for a packet
+    /// at another hook than OUTPUT; at OUTPUT, whether the engine settled
+    /// INPUT's decision for it too. Never blocks.
+    pub fn offer(
+        &self,
+        policy: &Policy,
+        mode: Mode,
+        d: &Decision,
+        at_output: Option<bool>,
+        pkt: &PacketInfo,
+        labels: &Labels,
+    ) {
+        let Some(o) = offer_of(policy, mode, d, at_output, pkt, labels) else { return };
         self.shared.stats.offered.fetch_add(1, Ordering::Relaxed);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(o) {
             self.shared.stats.lost.fetch_add(1, Ordering::Relaxed);
@@ -249,14 +269,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// no SELinux verdict, of a TCP SYN at OUTPUT from a process with a known
 /// cgroup, on a host where no LSM labels processes (see docs/OFFLOAD.md for
 /// SELinux hosts).
-fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketInfo, labels: &Labels) -> Option<Offer> {
+fn offer_of(
+    policy: &Policy,
+    mode: Mode,
+    d: &Decision,
+    at_output: Option<bool>,
+    pkt: &PacketInfo,
+    labels: &Labels,
+) -> Option<Offer> {
     let plain_accept = d.verdict == Verdict::Accept
         && d.table_verdict == Verdict::Accept
         && !d.permissive
         && !d.audit
         && d.selinux.is_none()
         && mode == Mode::Enforcing;
-    if !plain_accept || hook != Hook::Output || pkt.proto != Proto::Tcp || !pkt.tcp_syn {
+    let settle = at_output?;
+    if !plain_accept || pkt.proto != Proto::Tcp || !pkt.tcp_syn {
         return None;
     }
     if !matches!(labels.source.origin, Origin::Unlabeled("selinux_disabled")) {
@@ -273,6 +301,7 @@ fn offer_of(policy: &Policy, mode: Mode, d: &Decision, hook: Hook, pkt: &PacketI
         source: labels.source.context.clone(),
         dest: labels.dest.context.clone(),
         process: p.clone(),
+        settle,
     })
 }
 
@@ -303,17 +332,22 @@ fn stable(r: &Rule) -> bool {
         })
 }
 
-/// Whether a rule could match a connection with the offer's key from a
-/// process in the offer's cgroup, whatever its other conditions say: false
-/// when a condition that is the same for all of them (hook, protocol,
-/// destination port and address, contexts, the sending process's cgroup,
-/// unit and container) fails. The program (`source_exe`) is not: any
-/// program may run in the cgroup.
-fn may_match(r: &Rule, o: &Offer) -> bool {
+/// Whether a rule could match, at hook `at`, a connection with the offer's
+/// key from a process in the offer's cgroup, whatever its other conditions
+/// say: false when a condition that is the same for all of them (hook,
+/// protocol, destination port and address, contexts, the sending process's
+/// cgroup, unit and container) fails. The program (`source_exe`) is not:
+/// any program may run in the cgroup.
+fn may_match(r: &Rule, o: &Offer, at: Hook) -> bool {
     use crate::policy::HookSel;
     let by_cgroup = |c: &Arc<ProcessCond>| ProcessCond { exe: None, ..(**c).clone() }.check(Some(&o.process)).is_ok();
-    !matches!(r.hook, HookSel::Input | HookSel::Forward | HookSel::Prerouting | HookSel::Postrouting)
-        && r.proto.is_none_or(|p| p == Proto::Tcp)
+    let hook = match r.hook {
+        HookSel::Any => true,
+        HookSel::Output => at == Hook::Output,
+        HookSel::Input => at == Hook::Input,
+        HookSel::Forward | HookSel::Prerouting | HookSel::Postrouting => false,
+    };
+    hook && r.proto.is_none_or(|p| p == Proto::Tcp)
         && r.dport.get().is_none_or(|s| s.contains(o.dport))
         && r.daddr.as_ref().is_none_or(|s| s.contains(&o.dst))
         && r.source.as_ref().is_none_or(|p| p.matches(&o.source))
@@ -328,7 +362,17 @@ fn may_match(r: &Rule, o: &Offer) -> bool {
 fn eligible(p: &Policy, o: &Offer) -> bool {
     let Some(rules) = p.rules.get(..=o.rule) else { return false };
     rules.last().is_some_and(|r| r.verdict == RuleVerdict::Accept && stable(r))
-        && rules.iter().all(|r| stable(r) || !may_match(r, o))
+        && rules.iter().all(|r| stable(r) || !may_match(r, o, Hook::Output))
+}
+
+/// Whether INPUT's decision, which the engine settled at OUTPUT for the
+/// offered packet, is the same for every connection with the key from a
+/// socket of the cgroup: every rule that could match there is stable, so
+/// the first that matches (or the default) is the same rule each time.
+/// (The engine settles only for policies without gid, interface or secmark
+/// conditions, and only plain acceptances; a reload flushes.)
+fn settles_input(p: &Policy, o: &Offer) -> bool {
+    o.settle && p.rules.iter().all(|r| stable(r) || !may_match(r, o, Hook::Input))
 }
 
 /// The cgroup's level: its number of path components (`/a/b` is 2).
@@ -336,9 +380,14 @@ fn level(path: &str) -> usize {
     path.split('/').filter(|c| !c.is_empty()).count()
 }
 
-fn set_name(v6: bool, level: usize) -> String {
-    format!("{}_l{level}", if v6 { "v6" } else { "v4" })
+/// The set of a level and family; `input`: its elements settle INPUT too.
+fn set_name(v6: bool, input: bool, level: usize) -> String {
+    format!("{}{}_l{level}", if v6 { "v6" } else { "v4" }, if input { "i" } else { "" })
 }
+
+/// Every element set: (IPv6, settles INPUT, name of the address).
+const SETS: [(bool, bool, &str); 4] =
+    [(false, true, "ip daddr"), (false, false, "ip daddr"), (true, true, "ip6 daddr"), (true, false, "ip6 daddr")];
 
 /// The set key: cgroup id (8 bytes, host order), address, port (network
 /// order, padded to 4 bytes), as nftables lays out a concatenation.
@@ -366,10 +415,10 @@ fn key(id: u64, dst: IpAddr, dport: u16) -> Vec<u8> {
 pub fn table_script() -> String {
     let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
     for l in 1..=MAX_LEVEL {
-        for (v6, addr) in [(false, "ip daddr"), (true, "ip6 daddr")] {
+        for (v6, input, addr) in SETS {
             s += &format!(
                 "  set {} {{ typeof socket cgroupv2 level {l} . {addr} . tcp dport; flags timeout; }}\n",
-                set_name(v6, l)
+                set_name(v6, input, l)
             );
         }
     }
@@ -384,10 +433,11 @@ pub fn table_script() -> String {
     s += &format!("    socket cgroupv2 level {deeper} . tcp dport != @any_l{deeper} return\n");
     let keep = !MARK_MASK;
     for l in (1..=MAX_LEVEL).rev() {
-        for (v6, addr) in [(false, "ip daddr"), (true, "ip6 daddr")] {
+        for (v6, input, addr) in SETS {
+            let mark = if input { MARK_ACCEPT | MARK_SETTLED } else { MARK_ACCEPT };
             s += &format!(
-                "    socket cgroupv2 level {l} . {addr} . tcp dport @{} counter meta mark set meta mark and {keep:#x} or {MARK_ACCEPT:#x} return\n",
-                set_name(v6, l)
+                "    socket cgroupv2 level {l} . {addr} . tcp dport @{} counter meta mark set meta mark and {keep:#x} or {mark:#x} return\n",
+                set_name(v6, input, l)
             );
         }
         s += &format!("    socket cgroupv2 level {l} . tcp dport != @any_l{l} return\n");
@@ -450,7 +500,7 @@ fn flush_all(st: &mut State, stats: &Stats) {
     if st.off {
         return;
     }
-    let names: Vec<String> = (1..=MAX_LEVEL).flat_map(|l| [set_name(false, l), set_name(true, l)]).collect();
+    let names: Vec<String> = (1..=MAX_LEVEL).flat_map(|l| SETS.map(|(v6, input, _)| set_name(v6, input, l))).collect();
     let changes: Vec<Change<'_>> = names.iter().map(|s| Change::Flush { table: TABLE, set: s }).collect();
     if let Err(e) = st.link.apply(&changes) {
         stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -513,7 +563,8 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
             return false;
         }
     }
-    let set = set_name(o.dst.is_ipv6(), lvl);
+    let input = settles_input(&engine.current().policy, o);
+    let set = set_name(o.dst.is_ipv6(), input, lvl);
     let k = key(id, o.dst, o.dport);
     let change = Change::Add { table: TABLE, set: &set, key: &k, timeout_ms: s.timeout_ms };
     if let Err(e) = st.link.apply(&[change]) {
@@ -523,6 +574,9 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
     }
     st.live.insert((set, k), now);
     s.stats.added.fetch_add(1, Ordering::Relaxed);
+    if input {
+        s.stats.settled.fetch_add(1, Ordering::Relaxed);
+    }
     log::debug!("offload: added {} {}:{}", o.cgroup, o.dst, o.dport);
     true
 }
@@ -553,7 +607,29 @@ mod tests {
                 cgroup: Some(Arc::new(info)),
                 netns: None,
             },
+            settle: true,
         }
+    }
+
+    #[test]
+    fn input_is_settled_only_when_every_rule_that_may_match_there_is_stable() {
+        let web = "/system.slice/web.service";
+        let p = policy(
+            "default = \"drop\"\n\
+             [[rule]]\nname = \"out-uid\"\nhook = \"output\"\nuid = 7\nproto = \"tcp\"\ndport = 7001\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"in-uid-elsewhere\"\nhook = \"input\"\nuid = 7\nproto = \"tcp\"\ndport = 9\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"in-db\"\nhook = \"input\"\nsource_unit = \"db.service\"\nsource_exe = \"/x\"\nverdict = \"drop\"\n\
+             [[rule]]\nname = \"web\"\nsource_unit = \"web.service\"\nproto = \"tcp\"\nverdict = \"accept\"\n\
+             [[rule]]\nname = \"in-uid-after\"\nhook = \"input\"\nuid = 7\nproto = \"tcp\"\ndport = 7002\nverdict = \"drop\"\n",
+        );
+        // An output uid rule, input rules for another port or another
+        // cgroup cannot match at INPUT.
+        assert!(settles_input(&p, &offer(3, 7001, web)));
+        // A uid rule at INPUT for the port may, even after the accepting
+        // rule (INPUT's first match is not known to be `web`).
+        assert!(!settles_input(&p, &offer(3, 7002, web)));
+        // Not when the engine did not settle the packet.
+        assert!(!settles_input(&p, &Offer { settle: false, ..offer(3, 7001, web) }));
     }
 
     #[test]
@@ -612,6 +688,7 @@ mod tests {
         let s = table_script();
         assert!(s.starts_with("table inet labelgate_offload {}\ndelete table inet labelgate_offload\n"), "{s}");
         assert!(s.contains("set v6_l8 { typeof socket cgroupv2 level 8 . ip6 daddr . tcp dport; flags timeout; }"));
+        assert!(s.contains("set v6i_l8 { typeof socket cgroupv2 level 8 . ip6 daddr . tcp dport; flags timeout; }"));
         assert!(s.contains("set any_l9 { typeof socket cgroupv2 level 9 . tcp dport; }"));
         let pos = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("no {needle} in {s}"));
         let l3 = pos(
@@ -619,6 +696,10 @@ mod tests {
         );
         // Deepest first; each level's own cgroup ends the walk before its
         // ancestors' elements are looked at.
+        let l3i = pos(
+            "socket cgroupv2 level 3 . ip daddr . tcp dport @v4i_l3 counter meta mark set meta mark and 0xff9fffff or 0x600000 return",
+        );
+        assert!(l3i < l3, "the settling set first: {s}");
         let deeper = pos("socket cgroupv2 level 9 . tcp dport != @any_l9 return");
         let end3 = pos("socket cgroupv2 level 3 . tcp dport != @any_l3 return");
         let l2 = pos("socket cgroupv2 level 2 . ip daddr . tcp dport @v4_l2 ");

@@ -72,16 +72,20 @@ const ALLOWED_ANY: u16 = 7102;
 /// Open to Python 3 under /usr/bin (a rule naming the program).
 const ONLY_PY: u16 = 7103;
 
-/// The rules are output rules, so only OUTPUT is queued: the offload
-/// accepts at OUTPUT only, and with INPUT queued as well (rules for any
-/// hook) a loopback connection is still decided at INPUT (each hook by its
-/// own rules; docs/OFFLOAD.md). `a`: the cgroup path of leaf `a` as
-/// /proc/PID/cgroup names it.
-fn policy(a: &str, a_verdict: &str) -> String {
+/// By default the rules are output rules, so only OUTPUT is queued. With
+/// `input`, the cgroup and `anyone` rules are for any hook (INPUT is queued too, and
+/// labelgate settles INPUT's decision at OUTPUT) and `input` is written
+/// before it. `a`: the cgroup path of leaf `a` as /proc/PID/cgroup names
+/// it.
+fn policy(a: &str, a_verdict: &str, input: Option<&str>) -> String {
+    let (before, hook) = match input {
+        Some(rules) => (rules, ""),
+        None => ("", "hook = \"output\"\n"),
+    };
     format!(
-        "default = \"drop\"\n\
-         [[rule]]\nname = \"cgroup-a\"\nhook = \"output\"\nsource_cgroup = \"{a}\"\nproto = \"tcp\"\ndport = {CGROUP_A}\nverdict = \"{a_verdict}\"\n\
-         [[rule]]\nname = \"anyone\"\nhook = \"output\"\nproto = \"tcp\"\ndport = {ALLOWED_ANY}\nverdict = \"accept\"\n\
+        "default = \"drop\"\n{before}\
+         [[rule]]\nname = \"cgroup-a\"\n{hook}source_cgroup = \"{a}\"\nproto = \"tcp\"\ndport = {CGROUP_A}\nverdict = \"{a_verdict}\"\n\
+         [[rule]]\nname = \"anyone\"\n{hook}proto = \"tcp\"\ndport = {ALLOWED_ANY}\nverdict = \"accept\"\n\
          [[rule]]\nname = \"python\"\nhook = \"output\"\nsource_exe = \"/usr/bin/python3*\"\nproto = \"tcp\"\ndport = {ONLY_PY}\nverdict = \"accept\"\n"
     )
 }
@@ -106,6 +110,8 @@ struct Setup {
     cg: PathBuf,
     /// The cgroup path of leaf `a`, as the rules name it.
     a: String,
+    /// The policy's INPUT variant (see [`policy`]).
+    input: Option<&'static str>,
     other_py: PathBuf,
     queue: u16,
 }
@@ -114,6 +120,10 @@ const LEAVES: [&str; 3] = ["a", "a/sub", "b"];
 
 impl Setup {
     fn new(name: &str, queue: u16, timeout_ms: u64) -> Option<Setup> {
+        Setup::with_input(name, queue, timeout_ms, None)
+    }
+
+    fn with_input(name: &str, queue: u16, timeout_ms: u64, input: Option<&'static str>) -> Option<Setup> {
         if !can_run_with(&["ip", "iptables", "nft", "python3"]) {
             return None;
         }
@@ -126,7 +136,7 @@ impl Setup {
         let a = format!("/{top}/a");
         let ns = Netns::new();
         let pfile = ns.dir.path().join("rules-policy.toml");
-        std::fs::write(&pfile, policy(&a, "accept")).unwrap();
+        std::fs::write(&pfile, policy(&a, "accept", input)).unwrap();
         let q = queue.to_string();
         run_ok(ns.cmd(LABELGATE).args(["rules", "--policy"]).arg(&pfile).args(["--flow", "--queues", &q, "--install"]));
         let servers = [CGROUP_A, ALLOWED_ANY, ONLY_PY]
@@ -144,11 +154,11 @@ impl Setup {
         let t = timeout_ms.to_string();
         let daemon = Daemon::start(
             &ns,
-            &policy(&a, "accept"),
+            &policy(&a, "accept", input),
             queue,
             &["--flow", "--offload", "--offload-timeout-ms", &t, "--log-level", "debug"],
         );
-        Some(Setup { ns, daemon: Some(daemon), _servers: servers, cg, a, other_py, queue })
+        Some(Setup { ns, daemon: Some(daemon), _servers: servers, cg, a, input, other_py, queue })
     }
 
     /// A client running `exe` in cgroup `leaf`.
@@ -174,7 +184,7 @@ impl Setup {
         self.client(leaf, Path::new("/usr/bin/python3"))
     }
 
-    /// Wait (bounded) until the level-2 IPv4 set (cgroup `a`'s level)
+    /// Wait (bounded) until a level-2 IPv4 set (cgroup `a`'s level)
     /// holds an element for `port`.
     fn wait_element(&self, port: u16) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -187,8 +197,15 @@ impl Setup {
         false
     }
 
+    /// The level-2 IPv4 sets: `v4_l2` (OUTPUT only), then `v4i_l2` (INPUT
+    /// settled too).
     fn elements(&self) -> String {
-        self.ns.sh("nft list set inet labelgate_offload v4_l2 2>&1 || true")
+        self.ns.sh("nft list set inet labelgate_offload v4_l2 2>&1 || true; echo '-- settled'; \
+             nft list set inet labelgate_offload v4i_l2 2>&1 || true")
+    }
+
+    fn settled_elements(&self) -> String {
+        self.ns.sh("nft list set inet labelgate_offload v4i_l2 2>&1 || true")
     }
 
     fn daemon(&self) -> &Daemon {
@@ -308,7 +325,7 @@ fn a_second_connection_is_accepted_in_the_kernel_and_the_table_is_removed_at_sto
     s.ns.sh(
         "nft add table inet labelgate_offload && nft add set inet labelgate_offload leftover '{ type ipv4_addr; }'",
     );
-    let d = Daemon::start(&s.ns, &policy(&s.a, "accept"), s.queue, &["--flow", "--offload"]);
+    let d = Daemon::start(&s.ns, &policy(&s.a, "accept", None), s.queue, &["--flow", "--offload"]);
     let table = s.ns.sh("nft list table inet labelgate_offload");
     let err = d.stop();
     assert!(table.contains("set v4_l1") && !table.contains("leftover"), "{table}\n{err}");
@@ -359,7 +376,7 @@ fn a_reload_that_refuses_the_flow_lets_none_through_after_it() {
     looper.send(&format!("loop {CGROUP_A} {}", flag.display()));
     std::thread::sleep(Duration::from_millis(300));
     let pfile = s.ns.dir.path().join(format!("policy-{}.toml", s.queue));
-    std::fs::write(&pfile, policy(&s.a, "drop")).unwrap();
+    std::fs::write(&pfile, policy(&s.a, "drop", s.input)).unwrap();
     s.daemon().signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(15);
     while !s.daemon().stderr_text().contains("reloaded") {
@@ -427,5 +444,42 @@ fn a_process_moved_in_gets_the_cgroups_answer_and_no_more() {
     let (ok, queued) = other.connect(CGROUP_A);
     assert!(ok && queued >= 1, "after the timeout, queued, and the table accepts it too ({ok}, {queued})");
     drop((c, other));
+    s.stop();
+}
+
+#[test]
+fn with_input_queued_too_a_settled_element_skips_both_hooks_only_when_input_is_fixed() {
+    // INPUT's decision for the key is fixed: the element settles it, and
+    // the next connection is not queued at either hook.
+    let Some(mut s) = Setup::with_input("settle", 86, 5000, Some("")) else { return };
+    let mut c = s.py("a");
+    offloaded(&s, &mut c, CGROUP_A);
+    assert!(s.settled_elements().contains(&format!(". {CGROUP_A} ")), "{}", s.elements());
+    drop(c);
+    let err = s.stop();
+    assert!(offload_counter(&err, "settled") >= 1, "{err}");
+    drop(s);
+    // A uid rule at INPUT for the same port may match another process of
+    // the cgroup there: OUTPUT is offloaded, INPUT still queued (and
+    // decided: the uid is not ours, so it accepts).
+    let uid_rule = "[[rule]]\nname = \"uid-at-input\"\nhook = \"input\"\nuid = 4242\nproto = \"tcp\"\ndport = 7101\nverdict = \"drop\"\n";
+    let Some(mut s) = Setup::with_input("nosettle", 87, 5000, Some(uid_rule)) else { return };
+    let mut c = s.py("a");
+    let (ok, queued) = c.connect(CGROUP_A);
+    assert!(ok && queued >= 1, "first connection queued and accepted ({ok}, {queued})");
+    assert!(s.wait_element(CGROUP_A), "no element: {}\n{}", s.elements(), s.daemon().stderr_text());
+    assert!(!s.settled_elements().contains(&format!(". {CGROUP_A} ")), "{}", s.elements());
+    let (ok, queued) = c.connect(CGROUP_A);
+    assert!(ok && queued == 1, "OUTPUT offloaded, INPUT queued once ({ok}, {queued})");
+    // The port the uid rule does not name is settled, in the same run.
+    let (ok, _) = c.connect(ALLOWED_ANY);
+    assert!(ok);
+    assert!(s.wait_element(ALLOWED_ANY), "{}", s.elements());
+    let settled = s.settled_elements();
+    assert!(
+        settled.contains(&format!(". {ALLOWED_ANY} ")) && !settled.contains(&format!(". {CGROUP_A} ")),
+        "{settled}"
+    );
+    drop(c);
     s.stop();
 }
