@@ -367,12 +367,15 @@ fn eligible(p: &Policy, o: &Offer) -> bool {
 
 /// Whether INPUT's decision, which the engine settled at OUTPUT for the
 /// offered packet, is the same for every connection with the key from a
-/// socket of the cgroup: every rule that could match there is stable, so
-/// the first that matches (or the default) is the same rule each time.
+/// socket of the cgroup: every rule that could match there is stable (and
+/// does not ask the kernel's policy, `verdict = "selinux"`), so the first
+/// that matches (or the default) is the same rule with the same answer
+/// each time.
 /// (The engine settles only for policies without gid, interface or secmark
 /// conditions, and only plain acceptances; a reload flushes.)
 fn settles_input(p: &Policy, o: &Offer) -> bool {
-    o.settle && p.rules.iter().all(|r| stable(r) || !may_match(r, o, Hook::Input))
+    o.settle
+        && p.rules.iter().all(|r| (stable(r) && r.verdict != RuleVerdict::Selinux) || !may_match(r, o, Hook::Input))
 }
 
 /// The cgroup's level: its number of path components (`/a/b` is 2).
@@ -628,6 +631,14 @@ mod tests {
         // A uid rule at INPUT for the port may, even after the accepting
         // rule (INPUT's first match is not known to be `web`).
         assert!(!settles_input(&p, &offer(3, 7002, web)));
+        // Nor with a rule there that asks the kernel's policy.
+        let q = policy(
+            "default = \"drop\"\n\
+             [[rule]]\nname = \"ask\"\nhook = \"input\"\nproto = \"tcp\"\ndport = 7001\nverdict = \"selinux\"\n\
+             [[rule]]\nname = \"web\"\nsource_unit = \"web.service\"\nproto = \"tcp\"\nverdict = \"accept\"\n",
+        );
+        assert!(!settles_input(&q, &offer(1, 7001, web)));
+        assert!(settles_input(&q, &offer(1, 7002, web)));
         // Not when the engine did not settle the packet.
         assert!(!settles_input(&p, &Offer { settle: false, ..offer(3, 7001, web) }));
     }
