@@ -11,13 +11,12 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::nlmsg::{messages, u32_ne as u32_at, HDRLEN as NLMSG_HDRLEN};
+
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_EXEC: u32 = 0x0000_0002;
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
-const NLMSG_HDRLEN: usize = 16;
 /// `struct cn_msg`: id (idx, val), seq, ack, len (u16), flags (u16).
 const CN_MSG_LEN: usize = 20;
 const RX_SLOT: usize = 1024;
@@ -43,22 +42,7 @@ impl ProcEvents {
     /// wait to `timeout`.
     pub fn open(rcvbuf: usize, timeout: std::time::Duration) -> io::Result<ProcEvents> {
         let fd = super::netlink_socket(libc::NETLINK_CONNECTOR)?;
-        let group = CN_IDX_PROC;
-        // SAFETY: `group` is a valid u32 for the duration of the call and
-        // its size is passed; the kernel checks the group number and the
-        // caller's CAP_NET_ADMIN (cn_bind).
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                SOL_NETLINK,
-                NETLINK_ADD_MEMBERSHIP,
-                (&group as *const u32).cast(),
-                std::mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::join_netlink_group(fd.as_raw_fd(), CN_IDX_PROC)?;
         let _ = super::set_rcvbuf(fd.as_raw_fd(), rcvbuf);
         super::set_recv_timeout(fd.as_raw_fd(), timeout)?;
         super::send_to_kernel(fd.as_raw_fd(), &listen_request())?;
@@ -94,35 +78,20 @@ fn listen_request() -> Vec<u8> {
     m
 }
 
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
-}
-
 /// The thread group ids of the `exec` events in one datagram. Bytes that do
 /// not parse give nothing (never a panic).
 pub fn parse_execs(buf: &[u8]) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while let Some(rest) = buf.get(off..) {
-        let Some(len) = u32_at(rest, 0).map(|l| l as usize) else { break };
-        if len < NLMSG_HDRLEN {
-            break;
-        }
-        let msg = rest.get(..len.min(rest.len())).unwrap_or_default();
-        // proc_event: what (u32), cpu (u32), timestamp (u64), then for
-        // exec: process_pid, process_tgid.
-        let ev = NLMSG_HDRLEN + CN_MSG_LEN;
-        if u32_at(msg, NLMSG_HDRLEN) == Some(CN_IDX_PROC) && u32_at(msg, ev) == Some(PROC_EVENT_EXEC) {
-            if let Some(tgid) = u32_at(msg, ev + 16 + 4) {
-                out.push(tgid);
-            }
-        }
-        match off.checked_add((len + 3) & !3) {
-            Some(o) => off = o,
-            None => break,
-        }
+    messages(buf).filter_map(|m| exec_tgid(m.body())).collect()
+}
+
+/// The thread group id of one message body (cn_msg, then proc_event:
+/// what (u32), cpu (u32), timestamp (u64), then for exec: process_pid,
+/// process_tgid), if it is an `exec` event.
+fn exec_tgid(body: &[u8]) -> Option<u32> {
+    if u32_at(body, 0)? != CN_IDX_PROC || u32_at(body, CN_MSG_LEN)? != PROC_EVENT_EXEC {
+        return None;
     }
-    out
+    u32_at(body, CN_MSG_LEN + 16 + 4)
 }
 
 #[cfg(test)]
