@@ -8,7 +8,7 @@ mod support;
 
 use labelgate::audit::{Config, Format, Outcome, Record, Target, Writer};
 use labelgate::counters::Counters;
-use labelgate::labels::{Hook, Label, Origin, ProcessInfo};
+use labelgate::labels::{Hook, Label, Labels, Origin, ProcessInfo};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -46,20 +46,22 @@ fn record(i: usize) -> Record {
         dport: Some(5432),
         proto: Some(6),
         ifindex: 0,
-        source: Label { context: "system_u:system_r:httpd_t:s0".parse().unwrap(), origin: Origin::Socket },
-        dest: Label { context: "system_u:system_r:postgresql_t:s0".parse().unwrap(), origin: Origin::Socket },
-        secmark: None,
-        peer: None,
-        uid: Some(33),
-        gid: Some(33),
-        process: Some(ProcessInfo {
-            pid: 1234,
-            comm: "psql".into(),
-            exe: "/usr/bin/psql".into(),
-            cgroup: None,
-            netns: None,
-        }),
-        dest_process: None,
+        labels: Labels {
+            source: Label { context: "system_u:system_r:httpd_t:s0".parse().unwrap(), origin: Origin::Socket },
+            dest: Label { context: "system_u:system_r:postgresql_t:s0".parse().unwrap(), origin: Origin::Socket },
+            secmark: None,
+            peer: None,
+            uid: Some(33),
+            gid: Some(33),
+            source_process: Some(ProcessInfo {
+                pid: 1234,
+                comm: "psql".into(),
+                exe: "/usr/bin/psql".into(),
+                cgroup: None,
+                netns: None,
+            }),
+            dest_process: None,
+        },
         rule: format!("rec-{i:05}"),
         permissive: true,
         malformed: None,

@@ -9,7 +9,7 @@
 
 use labelgate::audit::{Config, Format, Outcome, Record, Target, Writer};
 use labelgate::counters::Counters;
-use labelgate::labels::{Hook, Label, Origin};
+use labelgate::labels::{Hook, Label, Labels, Origin};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -69,14 +69,13 @@ fn record(outcome: Outcome, hook: Hook, source: &str, dest: &str, rule: &str) ->
         dport: Some(5432),
         proto: Some(6),
         ifindex: 0,
-        source: ctx(source),
-        dest: ctx(dest),
-        secmark: None,
-        peer: None,
-        uid: Some(33),
-        gid: Some(33),
-        process: None,
-        dest_process: None,
+        labels: Labels {
+            source: ctx(source),
+            dest: ctx(dest),
+            uid: Some(33),
+            gid: Some(33),
+            ..Labels::unresolved("test")
+        },
         rule: rule.into(),
         permissive: true,
         malformed: None,
