@@ -362,18 +362,22 @@ fn explain(a: cli::ExplainArgs) -> anyhow::Result<()> {
     };
     let q = crate::explain::Question {
         hook,
-        source: label_arg(&a.source, End::Socket).context("--source")?,
-        dest: label_arg(&a.dest, End::Socket).context("--dest")?,
-        secmark: a
-            .secmark
-            .as_deref()
-            .map(|s| label_arg(s, End::Secmark))
-            .transpose()
-            .context("--secmark")?
-            .map(|l| l.context),
-        peer: a.peer.as_deref().map(|s| label_arg(s, End::Peer)).transpose().context("--peer")?,
-        uid: id(&a.uid, false, "--uid")?,
-        gid: id(&a.gid, true, "--gid")?,
+        labels: crate::labels::Labels {
+            source: label_arg(&a.source, End::Socket).context("--source")?,
+            dest: label_arg(&a.dest, End::Socket).context("--dest")?,
+            secmark: a
+                .secmark
+                .as_deref()
+                .map(|s| label_arg(s, End::Secmark))
+                .transpose()
+                .context("--secmark")?
+                .map(|l| l.context),
+            peer: a.peer.as_deref().map(|s| label_arg(s, End::Peer)).transpose().context("--peer")?,
+            uid: id(&a.uid, false, "--uid")?,
+            gid: id(&a.gid, true, "--gid")?,
+            source_process: None,
+            dest_process: None,
+        },
         proto,
         sport: a.sport,
         dport: a.dport,

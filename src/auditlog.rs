@@ -464,15 +464,15 @@ mod tests {
                 let mut r = crate::audit::tests::record();
                 r.outcome = outcome;
                 r.hook = hook;
-                r.source = Label { context: "u:r:a_t:s1:c5,c7".parse().unwrap(), origin: Origin::Socket };
-                r.dest = Label { context: "u:r:b_t:s1:c5".parse().unwrap(), origin: Origin::Socket };
+                r.labels.source = Label { context: "u:r:a_t:s1:c5,c7".parse().unwrap(), origin: Origin::Socket };
+                r.labels.dest = Label { context: "u:r:b_t:s1:c5".parse().unwrap(), origin: Origin::Socket };
                 for (line, expect) in [(format_avc(&r, &id, 1, Some("lo")), avc), (format_json(&r, &id, 1, None), json)]
                 {
                     let e = parse_line(&line).unwrap_or_else(|| panic!("{line}"));
                     assert_eq!(e.denied, outcome == Outcome::Denied, "{line}");
                     assert_eq!((e.hook(), e.dport, e.proto), (expect, Some(5432), Some(Proto::Tcp)), "{line}");
-                    assert_eq!(e.scontext, r.source.context);
-                    assert_eq!(e.tcontext, r.dest.context);
+                    assert_eq!(e.scontext, r.labels.source.context);
+                    assert_eq!(e.tcontext, r.labels.dest.context);
                 }
             }
         }

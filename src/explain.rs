@@ -75,12 +75,9 @@ pub fn label_arg(arg: &str, end: End) -> Result<Label, ExplainError> {
 #[derive(Clone, Debug)]
 pub struct Question {
     pub hook: Hook,
-    pub source: Label,
-    pub dest: Label,
-    pub secmark: Option<SecurityContext>,
-    pub peer: Option<Label>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+    /// The labels as the daemon's resolver would give them (`labelgate
+    /// explain` sets no process, so rules keyed on one never match).
+    pub labels: Labels,
     pub proto: Proto,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -110,19 +107,10 @@ pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn Ac
         tcp_syn: q.proto == Proto::Tcp,
         label_option: None,
     };
-    let labels = Labels {
-        source: q.source.clone(),
-        dest: q.dest.clone(),
-        secmark: q.secmark.clone(),
-        peer: q.peer.clone(),
-        uid: q.uid,
-        gid: q.gid,
-        source_process: None,
-        dest_process: None,
-    };
+    let labels = &q.labels;
     let iif = || q.iif.clone();
     let oif = || q.oif.clone();
-    let facts = Facts { hook: q.hook, pkt: &pkt, labels: &labels, iif: &iif, oif: &oif };
+    let facts = Facts { hook: q.hook, pkt: &pkt, labels, iif: &iif, oif: &oif };
 
     let mut s = String::new();
     let _ = writeln!(
@@ -134,15 +122,15 @@ pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn Ac
         q.sport.map(|p| format!(":{p}")).unwrap_or_default(),
         q.daddr,
         q.dport.map(|p| format!(":{p}")).unwrap_or_default(),
-        q.source.context,
-        q.dest.context,
-        q.uid.map(|u| format!(" uid={u}")).unwrap_or_default(),
-        q.secmark.as_ref().map(|m| format!(" secmark={m}")).unwrap_or_default(),
+        labels.source.context,
+        labels.dest.context,
+        labels.uid.map(|u| format!(" uid={u}")).unwrap_or_default(),
+        labels.secmark.as_ref().map(|m| format!(" secmark={m}")).unwrap_or_default(),
     );
-    if let Some(gid) = q.gid {
+    if let Some(gid) = labels.gid {
         let _ = writeln!(s, "        gid={gid}");
     }
-    if let Some(peer) = &q.peer {
+    if let Some(peer) = &labels.peer {
         let _ = writeln!(s, "        peer={}", peer.context);
     }
     if !p.in_scope(q.hook, &pkt) {
@@ -179,14 +167,14 @@ pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn Ac
         RuleVerdict::Selinux => {
             let perm = crate::sepolicy::permission(q.hook);
             let asker = format!("{} asks the loaded SELinux policy", p.rule_name(decided));
-            match oracle.map(|o| o.ask(&q.source.context, &q.dest.context, perm)) {
+            match oracle.map(|o| o.ask(&labels.source.context, &labels.dest.context, perm)) {
                 Some(Ok(a)) => {
                     let _ = writeln!(
                         s,
                         "selinux: {asker}: {} {{ {perm} }} for scontext={} tcontext={} tclass={}{}",
                         if a.allowed { "allowed" } else { "denied" },
-                        q.source.context,
-                        q.dest.context,
+                        labels.source.context,
+                        labels.dest.context,
                         crate::sepolicy::CLASS,
                         if a.permissive { " (the policy runs this domain permissive)" } else { "" }
                     );
@@ -212,7 +200,7 @@ pub fn explain_with(p: &Policy, q: &Question, mode: Mode, oracle: Option<&dyn Ac
         }
     };
     let rule_permissive = decided.and_then(|i| p.rules.get(i)).is_some_and(|r| r.permissive);
-    let domain_permissive = p.domain_permissive(q.source.context.type_());
+    let domain_permissive = p.domain_permissive(labels.source.context.type_());
     let verdict = if table == Verdict::Drop
         && (mode == Mode::Permissive || rule_permissive || domain_permissive || policy_permissive)
     {
@@ -247,12 +235,11 @@ mod tests {
     fn q(src: &str, dport: u16) -> Question {
         Question {
             hook: Hook::Output,
-            source: label_arg(src, End::Socket).unwrap(),
-            dest: label_arg("system_u:system_r:postgresql_t:s0", End::Socket).unwrap(),
-            secmark: None,
-            peer: None,
-            uid: None,
-            gid: None,
+            labels: Labels {
+                source: label_arg(src, End::Socket).unwrap(),
+                dest: label_arg("system_u:system_r:postgresql_t:s0", End::Socket).unwrap(),
+                ..Labels::unresolved("explain")
+            },
             proto: Proto::Tcp,
             sport: None,
             dport: Some(dport),

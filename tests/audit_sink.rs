@@ -6,13 +6,13 @@
 
 mod support;
 
-use labelgate::audit::{Config, Format, Outcome, Record, Target, Writer};
+use labelgate::audit::{Outcome, Record};
 use labelgate::counters::Counters;
-use labelgate::labels::{Hook, Label, Origin, ProcessInfo};
+use labelgate::labels::{Hook, ProcessInfo};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Every log message, to count the write-failure warnings.
 struct Capture(Mutex<Vec<String>>);
@@ -35,36 +35,13 @@ fn messages(containing: &str) -> Vec<String> {
     LOG.0.lock().unwrap().iter().filter(|m| m.contains(containing)).cloned().collect()
 }
 
+/// A denial from a `psql` process, its rule named after `i`.
 fn record(i: usize) -> Record {
-    Record {
-        time: SystemTime::now(),
-        outcome: Outcome::Denied,
-        hook: Hook::Output,
-        src: Some("127.0.0.1".parse().unwrap()),
-        dst: Some("127.0.0.1".parse().unwrap()),
-        sport: Some(40000),
-        dport: Some(5432),
-        proto: Some(6),
-        ifindex: 0,
-        source: Label { context: "system_u:system_r:httpd_t:s0".parse().unwrap(), origin: Origin::Socket },
-        dest: Label { context: "system_u:system_r:postgresql_t:s0".parse().unwrap(), origin: Origin::Socket },
-        secmark: None,
-        peer: None,
-        uid: Some(33),
-        gid: Some(33),
-        process: Some(ProcessInfo {
-            pid: 1234,
-            comm: "psql".into(),
-            exe: "/usr/bin/psql".into(),
-            cgroup: None,
-            netns: None,
-        }),
-        dest_process: None,
-        rule: format!("rec-{i:05}"),
-        permissive: true,
-        malformed: None,
-        policy: Default::default(),
-    }
+    let mut r =
+        support::audit::record(Outcome::Denied, Hook::Output, "httpd_t", "postgresql_t", &format!("rec-{i:05}"));
+    r.labels.source_process =
+        Some(ProcessInfo { pid: 1234, comm: "psql".into(), exe: "/usr/bin/psql".into(), cgroup: None, netns: None });
+    r
 }
 
 /// A tmpfs mounted on a temporary directory, unmounted on drop.
@@ -158,15 +135,7 @@ fn full_disk_loses_whole_records_only_and_recovers() {
     // One page free: a few records fit, the next one only in part.
     fill(&filler, 4096);
 
-    let c = Arc::new(Counters::default());
-    let cfg = Config {
-        target: Some(Target::File(audit.clone())),
-        kernel: false,
-        format: Format::Avc,
-        rate: 0,
-        capacity: 100_000,
-    };
-    let (sink, writer) = Writer::start(cfg, c.clone()).unwrap();
+    let (sink, writer, c) = support::audit::file_writer(&audit, 100_000);
     let fate = || (Counters::get(&c.audit_written), Counters::get(&c.audit_lost));
 
     // Phase 1: records one by one (each flushed on its own) while the disk

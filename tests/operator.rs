@@ -21,6 +21,30 @@ fn labelgate(ns: &Netns, args: &[&str]) -> std::process::Output {
     ns.cmd(LABELGATE).args(args).output().expect("run labelgate")
 }
 
+/// A fresh network namespace running, for 60 s, one probe.py server
+/// (`serve-tcp` or `udp-echo`) at each `(kind, host, port)`; `None` when
+/// root-only tests cannot run here (see `can_run`).
+fn ns_serving(servers: &[(&str, &str, &str)]) -> Option<(Netns, Vec<Bg>)> {
+    if !can_run() {
+        return None;
+    }
+    let ns = Netns::new();
+    let bg = servers.iter().map(|&(kind, host, port)| ns.spawn_probe(&[kind, host, port, "60"])).collect();
+    Some((ns, bg))
+}
+
+/// `uid` cannot connect to `host` port 5432, and in the same run reaches
+/// port 8080 there: the refusal is the queue's, not a broken harness.
+fn refused_at_5432_but_reaches_8080(ns: &Netns, uid: u32, host: &str, why: &str) {
+    assert!(!ns.probe_as(Some(uid), &["connect-tcp", host, "5432", "2"]), "{why}");
+    assert!(ns.probe_as(Some(uid), &["connect-tcp", host, "8080", "3"]), "{why}: uid {uid} reaches {host}:8080");
+}
+
+/// [`labelgate`], which must succeed.
+fn labelgate_ok(ns: &Netns, args: &[&str]) -> std::process::Output {
+    run_ok(ns.cmd(LABELGATE).args(args))
+}
+
 fn write_policy(ns: &Netns, text: &str) -> String {
     let p = ns.dir.path().join("policy.toml");
     std::fs::write(&p, text).unwrap();
@@ -38,8 +62,7 @@ fn rules_install_and_remove_leave_other_rules_alone() {
     ns.sh("ip6tables -t security -A OUTPUT -p udp --dport 7 -j ACCEPT");
     let before4 = ns.sh("iptables-save | grep -v '^#' | grep -v LABELGATE");
 
-    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "20", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &policy, "--queues", "20", "--install"]);
     let saved = ns.sh("iptables-save -t security");
     assert!(saved.contains(":LABELGATE_OUT - "), "{saved}");
     assert!(saved.contains("-A OUTPUT -j LABELGATE_OUT"), "{saved}");
@@ -63,8 +86,7 @@ fn rules_install_and_remove_leave_other_rules_alone() {
     assert_eq!(ns.sh("iptables-save -t security").matches("-A OUTPUT -j LABELGATE_OUT").count(), 1);
 
     for _ in 0..2 {
-        let out = labelgate(&ns, &["rules", "--policy", &policy, "--remove"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        labelgate_ok(&ns, &["rules", "--policy", &policy, "--remove"]);
     }
     let after4 = ns.sh("iptables-save | grep -v '^#'");
     assert!(!after4.contains("LABELGATE"), "{after4}");
@@ -80,8 +102,7 @@ fn flow_mode_queues_only_the_first_packet_of_a_connection() {
     }
     let ns = Netns::new();
     let policy = write_policy(&ns, UID_POLICY);
-    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "21", "--flow", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &policy, "--queues", "21", "--flow", "--install"]);
     let _server = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "30"]);
     let d = Daemon::start(&ns, UID_POLICY, 21, &["--flow"]);
     for _ in 0..5 {
@@ -289,8 +310,7 @@ fn two_queues_with_cpu_fanout_each_get_a_pinned_thread() {
         &ns,
         "default = \"accept\"\n[[scope]]\nhook = \"output\"\n[[rule]]\nname = \"out\"\nhook = \"output\"\nverdict = \"accept\"\n",
     );
-    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "50-51", "--all-packets", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &policy, "--queues", "50-51", "--all-packets", "--install"]);
     let saved = ns.sh("iptables-save -t security");
     assert!(saved.contains("--queue-balance 50:51") && saved.contains("--queue-cpu-fanout"), "{saved}");
     let d = Daemon::start(&ns, "default = \"accept\"\n", 50, &["--queues", "50-51"]);
@@ -345,16 +365,15 @@ fn ping(ns: &Netns, addr: &str) -> bool {
 
 #[test]
 fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
-    if !can_run() {
+    let Some((ns, _servers)) = ns_serving(&[
+        ("serve-tcp", "127.0.0.1", "5432"),
+        ("serve-tcp", "127.0.0.1", "8080"),
+        ("udp-echo", "127.0.0.1", "5353"),
+    ]) else {
         return;
-    }
-    let ns = Netns::new();
-    let _db = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
-    let _web = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "8080", "60"]);
-    let _dns = ns.spawn_probe(&["udp-echo", "127.0.0.1", "5353", "60"]);
+    };
     let policy = write_policy(&ns, SCOPED_UID_POLICY);
-    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "30", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &policy, "--queues", "30", "--install"]);
     let saved = ns.sh("iptables-save -t security");
     assert!(
         saved.contains(
@@ -367,8 +386,7 @@ fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
     // Enforcing fails closed: with no labelgate reading the queue the
     // governed port is refused even to the allowed uid, which still reaches
     // everything else.
-    assert!(!ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "2"]), "fail closed");
-    assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "8080", "3"]));
+    refused_at_5432_but_reaches_8080(&ns, 1001, "127.0.0.1", "fail closed");
     assert!(ping(&ns, "127.0.0.1"));
 
     let d = Daemon::start(&ns, SCOPED_UID_POLICY, 30, &[]);
@@ -387,8 +405,7 @@ fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
     // Negative control in the same run: without [[scope]] the same policy
     // queues everything, and the same probes then see ping and DNS cut off.
     let unscoped = write_policy(&ns, UID_POLICY);
-    let out = labelgate(&ns, &["rules", "--policy", &unscoped, "--queues", "30", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = labelgate_ok(&ns, &["rules", "--policy", &unscoped, "--queues", "30", "--install"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [[scope]]"), "rules warns");
     let d = Daemon::start(&ns, UID_POLICY, 30, &[]);
     assert!(ns.probe_as(Some(1001), &["connect-tcp", "127.0.0.1", "5432", "3"]));
@@ -399,16 +416,13 @@ fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
     // A permissive policy fails open: --queue-bypass, so with no labelgate
     // the governed port is reached.
     let permissive = write_policy(&ns, &format!("mode = \"permissive\"\n{SCOPED_UID_POLICY}"));
-    let out = labelgate(&ns, &["rules", "--policy", &permissive, "--queues", "30", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &permissive, "--queues", "30", "--install"]);
     assert!(ns.sh("iptables-save -t security").contains("--queue-num 30 --queue-bypass"));
     assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "3"]), "fail open");
     // --fail closed overrides the mode.
-    let out = labelgate(&ns, &["rules", "--policy", &permissive, "--queues", "30", "--fail", "closed", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &permissive, "--queues", "30", "--fail", "closed", "--install"]);
     assert!(!ns.sh("iptables-save -t security").contains("--queue-bypass"));
-    assert!(!ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "5432", "2"]), "fail closed");
-    assert!(ns.probe_as(Some(1002), &["connect-tcp", "127.0.0.1", "8080", "3"]));
+    refused_at_5432_but_reaches_8080(&ns, 1002, "127.0.0.1", "fail closed");
 }
 
 /// A reinstall (the unit's ExecReload) replaces each family's queue rules in
@@ -417,15 +431,11 @@ fn scoped_default_drop_policy_leaves_unrelated_traffic_alone() {
 /// fail-closed host never passes the governed port unqueued.
 #[test]
 fn reinstalling_rules_never_leaves_a_family_without_them() {
-    if !can_run() {
+    let Some((ns, _servers)) = ns_serving(&[("serve-tcp", "::1", "5432"), ("serve-tcp", "::1", "8080")]) else {
         return;
-    }
-    let ns = Netns::new();
-    let _v6 = ns.spawn_probe(&["serve-tcp", "::1", "5432", "60"]);
-    let _v6_other = ns.spawn_probe(&["serve-tcp", "::1", "8080", "60"]);
+    };
     let policy = write_policy(&ns, SCOPED_UID_POLICY);
-    let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "30", "--install"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    labelgate_ok(&ns, &["rules", "--policy", &policy, "--queues", "30", "--install"]);
 
     // Shims first on PATH: iptables-restore saves the IPv4 rules it finds
     // before applying; ip6tables-restore fails, as a broken tool would.
@@ -464,22 +474,17 @@ fn reinstalling_rules_never_leaves_a_family_without_them() {
     assert!(v6.contains("--dport 5432") && v6.contains("NFQUEUE"), "IPv6 keeps its rules: {v6}");
     // No labelgate reads queue 30: the governed IPv6 port stays closed,
     // while the same client reaches another port.
-    assert!(!ns.probe_as(Some(1001), &["connect-tcp", "::1", "5432", "2"]), "fail closed kept");
-    assert!(ns.probe_as(Some(1001), &["connect-tcp", "::1", "8080", "3"]));
+    refused_at_5432_but_reaches_8080(&ns, 1001, "::1", "fail closed kept");
 }
 
 #[test]
 fn printed_rules_queue_ipv6_as_well_as_ipv4() {
-    if !can_run() {
+    let Some((ns, _servers)) = ns_serving(&[("serve-tcp", "::1", "5432"), ("serve-tcp", "127.0.0.1", "5432")]) else {
         return;
-    }
-    let ns = Netns::new();
-    let _v6 = ns.spawn_probe(&["serve-tcp", "::1", "5432", "60"]);
-    let _v4 = ns.spawn_probe(&["serve-tcp", "127.0.0.1", "5432", "60"]);
+    };
     let policy = write_policy(&ns, SCOPED_UID_POLICY);
     let print = |family: &str| {
-        let out = labelgate(&ns, &["rules", "--policy", &policy, "--queues", "31", "--family", family]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = labelgate_ok(&ns, &["rules", "--policy", &policy, "--queues", "31", "--family", family]);
         let f = ns.dir.path().join(format!("rules-{family}"));
         std::fs::write(&f, &out.stdout).unwrap();
         f.to_str().unwrap().to_string()

@@ -7,13 +7,14 @@
 //! (policycoreutils-python-utils): outside CI a missing tool skips with a
 //! line saying so; under CI it fails.
 
-use labelgate::audit::{Config, Format, Outcome, Record, Target, Writer};
+mod support;
+
+use labelgate::audit::Outcome;
 use labelgate::counters::Counters;
-use labelgate::labels::{Hook, Label, Origin};
+use labelgate::labels::Hook;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::SystemTime;
+use support::audit::{file_writer, record};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -57,33 +58,6 @@ fn test_policy_declares_the_class_as_the_module_does() {
     assert_eq!(class_lines(&test), module_lines);
 }
 
-fn record(outcome: Outcome, hook: Hook, source: &str, dest: &str, rule: &str) -> Record {
-    let ctx = |t: &str| Label { context: format!("system_u:system_r:{t}:s0").parse().unwrap(), origin: Origin::Socket };
-    Record {
-        time: SystemTime::now(),
-        outcome,
-        hook,
-        src: Some("127.0.0.1".parse().unwrap()),
-        dst: Some("127.0.0.1".parse().unwrap()),
-        sport: Some(40000),
-        dport: Some(5432),
-        proto: Some(6),
-        ifindex: 0,
-        source: ctx(source),
-        dest: ctx(dest),
-        secmark: None,
-        peer: None,
-        uid: Some(33),
-        gid: Some(33),
-        process: None,
-        dest_process: None,
-        rule: rule.into(),
-        permissive: true,
-        malformed: None,
-        policy: Default::default(),
-    }
-}
-
 #[test]
 fn audit2allow_proposes_flow_rules_for_denials_and_nothing_for_grants() {
     let Some((secilc, semodule, audit2allow)) = tools() else { return };
@@ -122,15 +96,7 @@ fn audit2allow_proposes_flow_rules_for_denials_and_nothing_for_grants() {
 
     // Records as the writer writes them: two denials, two grants.
     let audit = d.join("audit.log");
-    let c = Arc::new(Counters::default());
-    let cfg = Config {
-        target: Some(Target::File(audit.clone())),
-        kernel: false,
-        format: Format::Avc,
-        rate: 0,
-        capacity: 100,
-    };
-    let (sink, writer) = Writer::start(cfg, c.clone()).unwrap();
+    let (sink, writer, c) = file_writer(&audit, 100);
     sink.submit(record(Outcome::Denied, Hook::Output, "httpd_t", "postgresql_t", "db-port-others"));
     sink.submit(record(Outcome::Denied, Hook::Forward, "intruder_t", "httpd_t", "no-forward"));
     sink.submit(record(Outcome::Granted, Hook::Input, "postgresql_t", "unconfined_t", "audited-grant"));

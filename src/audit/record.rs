@@ -2,8 +2,7 @@
 //! USER_AVC and JSON renderings (the fields ausearch, audit2allow and
 //! labelgate's own readers parse).
 
-use crate::context::SecurityContext;
-use crate::labels::{Hook, Label, ProcessInfo};
+use crate::labels::{Hook, Labels, ProcessInfo};
 use crate::packet::PacketInfo;
 use crate::policy::PolicyDigest;
 use crate::sepolicy::{permission, CLASS};
@@ -51,17 +50,9 @@ pub struct Record {
     pub proto: Option<u8>,
     /// Interface index (input interface on input/forward, output interface otherwise).
     pub ifindex: u32,
-    pub source: Label,
-    pub dest: Label,
-    pub secmark: Option<SecurityContext>,
-    pub peer: Option<Label>,
-    /// Owner (uid and gid) of the sending socket, as the kernel gave them.
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// The process owning the source socket.
-    pub process: Option<ProcessInfo>,
-    /// The process owning the destination socket.
-    pub dest_process: Option<ProcessInfo>,
+    /// What the decision was made on: both ends' labels and processes,
+    /// the secmark, the peer label and the sending socket's owner.
+    pub labels: Labels,
     pub rule: String,
     pub permissive: bool,
     /// Why a packet could not be parsed, for malformed packets.
@@ -165,13 +156,14 @@ pub fn format_avc(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -
 /// the kernel's audit subsystem wraps itself when sent AUDIT_USER_AVC);
 /// a grant reads `labelgate:  granted  { send } for ...`.
 pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
+    let l = &r.labels;
     let mut s = String::with_capacity(512);
     let _ = write!(s, "{}  {{ {} }} for ", message_tag(r.outcome), permission(r.hook));
-    if let Some(p) = &r.process {
+    if let Some(p) = &l.source_process {
         let _ = write!(s, " pid={} comm=\"{}\" path=\"{}\"", p.pid, quote_safe(&p.comm), quote_safe(&p.exe));
         write_cgroup(&mut s, "", p);
     }
-    if let Some(p) = &r.dest_process {
+    if let Some(p) = &l.dest_process {
         let _ = write!(s, " tpid={} tcomm=\"{}\"", p.pid, quote_safe(&p.comm));
         write_cgroup(&mut s, "t", p);
     }
@@ -195,16 +187,16 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     if let Some(p) = r.proto {
         let _ = write!(s, " proto={p}");
     }
-    if let Some(u) = r.uid {
+    if let Some(u) = l.uid {
         let _ = write!(s, " ouid={u}");
     }
-    if let Some(g) = r.gid {
+    if let Some(g) = l.gid {
         let _ = write!(s, " ogid={g}");
     }
-    if let Some(m) = &r.secmark {
+    if let Some(m) = &l.secmark {
         let _ = write!(s, " secmark={m}");
     }
-    if let Some(p) = &r.peer {
+    if let Some(p) = &l.peer {
         let _ = write!(s, " peer={} peer_label={}", p.context, p.origin.token());
     }
     if let Some(m) = r.malformed {
@@ -213,10 +205,10 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
     let _ = write!(
         s,
         " slabel={} tlabel={} scontext={} tcontext={} tclass={CLASS} permissive={} rule={} policy={} exe=\"{}\" sauid=0 hostname=? addr=? terminal=?",
-        r.source.origin.token(),
-        r.dest.origin.token(),
-        r.source.context,
-        r.dest.context,
+        l.source.origin.token(),
+        l.dest.origin.token(),
+        l.source.context,
+        l.dest.context,
         u8::from(r.permissive),
         quote_safe(&r.rule),
         r.policy,
@@ -229,6 +221,7 @@ pub fn avc_message(r: &Record, id: &Identity, netif: Option<&str>) -> String {
 /// about labelgate itself are `labelgate_*`, those about the sending
 /// socket's owner `sender_*`, so neither is taken for the other.
 pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) -> String {
+    let l = &r.labels;
     let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let v = serde_json::json!({
         "time": format!("{}.{:03}", t.as_secs(), t.subsec_millis()),
@@ -241,24 +234,24 @@ pub fn format_json(r: &Record, id: &Identity, serial: u64, netif: Option<&str>) 
         "tclass": CLASS,
         "perm": permission(r.hook),
         "hook": r.hook.to_string(),
-        "process": r.process.as_ref().map(process_json),
-        "dest_process": r.dest_process.as_ref().map(process_json),
+        "process": l.source_process.as_ref().map(process_json),
+        "dest_process": l.dest_process.as_ref().map(process_json),
         "saddr": r.src.map(|a| a.to_string()),
         "src": r.sport,
         "daddr": r.dst.map(|a| a.to_string()),
         "dest": r.dport,
         "netif": netif,
         "proto": r.proto.map(proto_name),
-        "sender_uid": r.uid,
-        "sender_gid": r.gid,
-        "secmark": r.secmark.as_ref().map(|c| c.to_string()),
-        "peer": r.peer.as_ref().map(|p| p.context.to_string()),
-        "peer_label": r.peer.as_ref().map(|p| p.origin.token()),
+        "sender_uid": l.uid,
+        "sender_gid": l.gid,
+        "secmark": l.secmark.as_ref().map(|c| c.to_string()),
+        "peer": l.peer.as_ref().map(|p| p.context.to_string()),
+        "peer_label": l.peer.as_ref().map(|p| p.origin.token()),
         "malformed": r.malformed,
-        "slabel": r.source.origin.token(),
-        "tlabel": r.dest.origin.token(),
-        "scontext": r.source.context.to_string(),
-        "tcontext": r.dest.context.to_string(),
+        "slabel": l.source.origin.token(),
+        "tlabel": l.dest.origin.token(),
+        "scontext": l.source.context.to_string(),
+        "tcontext": l.dest.context.to_string(),
         "permissive": u8::from(r.permissive),
         "rule": r.rule,
     });

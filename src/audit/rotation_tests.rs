@@ -37,7 +37,7 @@ fn rotated_file_is_reopened_and_disk_errors_are_counted() {
 }
 
 fn tests_record() -> Record {
-    use crate::labels::Label;
+    use crate::labels::Labels;
     Record {
         time: SystemTime::now(),
         outcome: Outcome::Denied,
@@ -48,14 +48,7 @@ fn tests_record() -> Record {
         dport: None,
         proto: None,
         ifindex: 0,
-        source: Label::unlabeled("test"),
-        dest: Label::unlabeled("test"),
-        secmark: None,
-        peer: None,
-        uid: None,
-        gid: None,
-        process: None,
-        dest_process: None,
+        labels: Labels::unresolved("test"),
         rule: "r".into(),
         permissive: false,
         malformed: None,

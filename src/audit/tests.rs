@@ -1,7 +1,7 @@
 use super::sink::{whole_records, Batch, Failures, Output};
 use super::*;
 use crate::counters::Counters;
-use crate::labels::{Hook, Label, Origin, ProcessInfo};
+use crate::labels::{Hook, Label, Labels, Origin, ProcessInfo};
 use crate::policy::PolicyDigest;
 use crate::sepolicy::permission;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,20 +20,22 @@ pub(crate) fn record() -> Record {
         dport: Some(5432),
         proto: Some(6),
         ifindex: 0,
-        source: Label { context: "system_u:system_r:httpd_t:s0".parse().unwrap(), origin: Origin::Socket },
-        dest: Label { context: "system_u:system_r:postgresql_t:s0".parse().unwrap(), origin: Origin::Socket },
-        secmark: None,
-        peer: None,
-        uid: Some(48),
-        gid: None,
-        process: Some(ProcessInfo {
-            pid: 1234,
-            comm: "psql".into(),
-            exe: "/usr/bin/psql".into(),
-            cgroup: None,
-            netns: None,
-        }),
-        dest_process: None,
+        labels: Labels {
+            source: Label { context: "system_u:system_r:httpd_t:s0".parse().unwrap(), origin: Origin::Socket },
+            dest: Label { context: "system_u:system_r:postgresql_t:s0".parse().unwrap(), origin: Origin::Socket },
+            secmark: None,
+            peer: None,
+            uid: Some(48),
+            gid: None,
+            source_process: Some(ProcessInfo {
+                pid: 1234,
+                comm: "psql".into(),
+                exe: "/usr/bin/psql".into(),
+                cgroup: None,
+                netns: None,
+            }),
+            dest_process: None,
+        },
         rule: "db-port-others".into(),
         permissive: true,
         malformed: None,
@@ -64,7 +66,7 @@ fn grants_are_not_avc_messages_and_carry_the_gid() {
     let mut r = record();
     r.outcome = Outcome::Granted;
     r.hook = Hook::Forward;
-    r.gid = Some(70);
+    r.labels.gid = Some(70);
     let line = format_avc(&r, &id(), 43, None);
     assert!(line.contains(" msg='labelgate:  granted  { forward } for "), "{line}");
     assert!(!line.contains("avc:"), "{line}");
@@ -78,7 +80,8 @@ fn grants_are_not_avc_messages_and_carry_the_gid() {
 #[test]
 fn hostile_strings_cannot_break_the_record() {
     let mut r = record();
-    r.process = Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into(), cgroup: None, netns: None });
+    r.labels.source_process =
+        Some(ProcessInfo { pid: 1, comm: "a' b\"\n".into(), exe: "/x'y".into(), cgroup: None, netns: None });
     let line = format_avc(&r, &id(), 1, Some("e'th0"));
     assert_eq!(line.matches('\'').count(), 2, "{line}");
     assert!(!line.contains('\n'));
@@ -104,7 +107,7 @@ fn json_carries_the_same_fields() {
     assert!(v.get("pid").is_none() && v.get("uid").is_none(), "{v}");
     assert!(v["sender_gid"].is_null());
     let mut r = record();
-    r.gid = Some(70);
+    r.labels.gid = Some(70);
     let v: serde_json::Value = serde_json::from_str(&format_json(&r, &id(), 8, None)).unwrap();
     assert_eq!(v["sender_gid"], 70);
     // Every field docs/AUDIT.md lists, and no other.
@@ -220,8 +223,10 @@ fn each_end_carries_its_unit_cgroup_and_container() {
     let cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let cg = |p: &str| Some(Arc::new(crate::labels::CgroupInfo::from_path(p)));
     let mut r = record();
-    r.process = Some(ProcessInfo { cgroup: cg("/system.slice/my web.service"), ..r.process.clone().unwrap() });
-    r.dest_process = Some(ProcessInfo {
+    let p = &mut r.labels;
+    p.source_process =
+        Some(ProcessInfo { cgroup: cg("/system.slice/my web.service"), ..p.source_process.clone().unwrap() });
+    p.dest_process = Some(ProcessInfo {
         pid: 5,
         comm: "db".into(),
         exe: "/db".into(),

@@ -6,8 +6,8 @@
 //!
 //! Its parts import one way: `pattern` (matchers) and `rule` (verdicts,
 //! modes, the compiled rule) use nothing of the others; `scope`, `index`
-//! and `digest` build on them; `parse` compiles a file into them; this
-//! module assembles the [`Policy`] and decides.
+//! and `digest` build on them; `parse` compiles a file into a [`Policy`]
+//! (its rules indexed); this module takes its digest and decides.
 
 mod digest;
 mod index;
@@ -52,12 +52,19 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct Policy {
     pub mode: Mode,
+    /// The verdict when no rule matches.
     pub default: RuleVerdict,
+    /// The verdict for a packet that cannot be parsed.
     pub malformed: Verdict,
+    /// Source types whose denials are let through and recorded.
     pub permissive_domains: Vec<String>,
+    /// The rules, in file order.
     pub rules: Vec<Rule>,
+    /// Static labels of remote addresses, longest prefix first.
     pub address_labels: Vec<AddressLabel>,
+    /// How each CIPSO/CALIPSO DOI maps to MLS levels.
     pub dois: HashMap<u32, DoiMap>,
+    /// The type sets as written (name without `@` to member types).
     pub sets: HashMap<String, Vec<String>>,
     /// The `[[scope]]` entries; `None` when the policy declares none (it
     /// then governs every packet queued to it).
@@ -110,7 +117,7 @@ impl Policy {
         for _ in 0..3 {
             let file = parse::open_policy(path)?;
             let before = file.metadata().map_err(|e| PolicyError::io(path, e))?;
-            let mut p = Policy::assemble(parse::load_from(path, &file)?);
+            let mut p = parse::load_from(path, &file)?;
             let digest = PolicyDigest::of_file(&file).map_err(|e| PolicyError::io(path, e))?;
             let after = file.metadata().map_err(|e| PolicyError::io(path, e))?;
             if file_version(&before) == file_version(&after) {
@@ -125,30 +132,9 @@ impl Policy {
     /// Compile policy text; `origin` names it in error messages. The
     /// digest is of `text`.
     pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let mut p = Policy::assemble(parse::compile(text, origin)?);
+        let mut p = parse::compile(text, origin)?;
         p.digest = PolicyDigest::of(text.as_bytes());
         Ok(p)
-    }
-
-    /// The table for a compiled policy: its rules indexed, its digest not
-    /// yet taken.
-    fn assemble(parts: parse::Compiled) -> Policy {
-        let parse::Compiled { mode, default, malformed, permissive_domains, rules, address_labels, dois, sets, scope } =
-            parts;
-        let index = Index::build(&rules);
-        Policy {
-            mode,
-            default,
-            malformed,
-            permissive_domains,
-            rules,
-            address_labels,
-            dois,
-            sets,
-            scope,
-            digest: PolicyDigest::default(),
-            index,
-        }
     }
 
     /// Indices of the rules that could match, in rule order.

@@ -12,8 +12,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE`.
@@ -212,31 +210,15 @@ impl Writer<'_> {
     }
 }
 
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-
 /// The answer to request `seq` in one received datagram: `None` when it
 /// holds none (an answer to another request, or bytes that do not parse).
 fn parse_ack(buf: &[u8], seq: u32) -> Option<io::Result<bool>> {
-    let mut off = 0usize;
-    while let Some(rest) = buf.get(off..) {
-        let len = u32_at(rest, 0)? as usize;
-        if len < NLMSG_HDRLEN {
-            return None;
-        }
-        let ty = u16::from_ne_bytes(rest.get(4..6)?.try_into().ok()?);
-        if ty == NLMSG_ERROR && u32_at(rest, 8)? == seq {
-            let code = (u32_at(rest, NLMSG_HDRLEN)? as i32).saturating_neg();
-            return Some(match code {
-                0 => Ok(true),
-                libc::ENOENT => Ok(false),
-                c => Err(io::Error::from_raw_os_error(c)),
-            });
-        }
-        off = off.checked_add((len + 3) & !3)?;
-    }
-    None
+    let m = super::nlmsg::messages(buf).find(|m| m.ty == super::nlmsg::ERROR && m.seq == seq)?;
+    Some(match m.errno()? {
+        0 => Ok(true),
+        libc::ENOENT => Ok(false),
+        c => Err(io::Error::from_raw_os_error(c)),
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! labelgate needs, and the raw netlink protocols: NFQUEUE ([`nfqueue`]),
 //! sock_diag exact lookups ([`sockdiag`]), sockets in other network
 //! namespaces ([`netns`]) and socket-destroy notifications
-//! ([`sockdestroy`]), and conntrack entry deletion ([`ctnetlink`]).
+//! ([`sockdestroy`]), and conntrack entry deletion ([`ctnetlink`]), all
+//! walking received datagrams with one bounds-checked loop (`nlmsg`).
 //!
 //! Each call is wrapped once, with a SAFETY comment; callers get safe
 //! functions returning `io::Result`.
@@ -17,6 +18,7 @@ pub mod ctnetlink;
 pub mod netns;
 pub mod nfqueue;
 pub mod nftset;
+pub(crate) mod nlmsg;
 pub mod selinux_status;
 pub mod sockdestroy;
 pub mod sockdiag;
@@ -233,6 +235,30 @@ pub(crate) fn netlink_socket(protocol: libc::c_int) -> io::Result<std::os::fd::O
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// Join multicast group `group` of a netlink socket
+/// (`NETLINK_ADD_MEMBERSHIP`); the kernel checks the group number and the
+/// caller's rights (CAP_NET_ADMIN for the groups labelgate uses).
+pub(crate) fn join_netlink_group(fd: RawFd, group: u32) -> io::Result<()> {
+    /// `SOL_NETLINK` / `NETLINK_ADD_MEMBERSHIP`.
+    const SOL_NETLINK: libc::c_int = 270;
+    const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+    // SAFETY: `group` is a valid u32 for the duration of the call and its
+    // size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            SOL_NETLINK,
+            NETLINK_ADD_MEMBERSHIP,
+            (&group as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Most datagrams one [`recv_many`] call reads.

@@ -22,6 +22,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
+use super::nlmsg::{self, HDRLEN as NLMSG_HDRLEN};
+
 const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
@@ -62,7 +64,6 @@ const CTA_MARK_MASK: u16 = 21;
 const NLA_F_NESTED: u16 = 1 << 15;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
-const NLMSG_HDRLEN: usize = 16;
 const NFGEN_HDRLEN: usize = 4;
 
 /// A verdict the kernel understands.
@@ -115,9 +116,6 @@ pub enum MsgError {
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 fn be16_at(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(off..off + 2)?.try_into().ok()?))
@@ -381,17 +379,15 @@ impl QueueSocket {
                 Err(e) => return Err(e),
             };
             let mut answer = None;
-            let mut off = 0;
-            while let Some((ty, msg_seq, msg)) = next_msg(self.rx.get(..n).unwrap_or(&[]), &mut off) {
-                if ty == libc::NLMSG_ERROR as u16 && msg_seq == seq {
-                    let errno = u32_at(msg, NLMSG_HDRLEN).map_or(0, |e| e as i32);
-                    answer = Some(errno);
-                } else if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-                    self.pending.push_back(msg.to_vec());
+            for m in whole_msgs(self.rx.get(..n).unwrap_or(&[])) {
+                if m.ty == nlmsg::ERROR && m.seq == seq {
+                    answer = Some(m.errno().unwrap_or(0));
+                } else if m.ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
+                    self.pending.push_back(m.bytes.to_vec());
                 }
             }
             if let Some(errno) = answer {
-                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
+                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) };
             }
         }
     }
@@ -528,23 +524,13 @@ impl QueueSocket {
 
 /// The packet messages (header included) of one datagram, in order.
 fn packet_msgs(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut off = 0;
-    std::iter::from_fn(move || next_msg(buf, &mut off))
-        .filter(|(ty, _, _)| *ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)
-        .map(|(_, _, msg)| msg)
+    whole_msgs(buf).filter(|m| m.ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET).map(|m| m.bytes)
 }
 
-/// Next netlink message in `buf` at `*off`: (type, seq, whole message).
-fn next_msg<'a>(buf: &'a [u8], off: &mut usize) -> Option<(u16, u32, &'a [u8])> {
-    let rest = buf.get(*off..)?;
-    let len = u32_at(rest, 0)? as usize;
-    if len < NLMSG_HDRLEN || len > rest.len() {
-        return None;
-    }
-    let ty = u16_at(rest, 4)?;
-    let seq = u32_at(rest, 8)?;
-    *off += align4(len);
-    Some((ty, seq, rest.get(..len)?))
+/// The messages of one datagram up to the first one its length says is
+/// longer than the datagram (which is left out).
+fn whole_msgs(buf: &[u8]) -> impl Iterator<Item = nlmsg::Nlmsg<'_>> {
+    nlmsg::messages(buf).take_while(|m| !m.cut)
 }
 
 /// One queue's line of `/proc/net/netfilter/nfnetlink_queue`.
@@ -619,10 +605,9 @@ mod tests {
             (NFQA_SECCTX, b"system_u:object_r:postgresql_packet_t:s0\0".to_vec()),
             (NFQA_PAYLOAD, vec![0x45, 0, 0, 20]),
         ]);
-        let mut off = 0;
-        let (ty, _, whole) = next_msg(&msg, &mut off).unwrap();
-        assert_eq!(ty, (3 << 8) | NFQNL_MSG_PACKET);
-        let p = parse_packet(&whole[NLMSG_HDRLEN..]).unwrap();
+        let m = whole_msgs(&msg).next().unwrap();
+        assert_eq!(m.ty, (3 << 8) | NFQNL_MSG_PACKET);
+        let p = parse_packet(m.body()).unwrap();
         assert_eq!((p.queue, p.id, p.hook, p.outdev), (7, 0x0102_0304, 3, 1));
         assert_eq!((p.uid, p.gid), (Some(48), Some(49)));
         assert_eq!(p.secctx, Some("system_u:object_r:postgresql_packet_t:s0"));
@@ -636,11 +621,11 @@ mod tests {
         let at = NLMSG_HDRLEN + NFGEN_HDRLEN;
         msg[at..at + 2].copy_from_slice(&200u16.to_ne_bytes());
         assert_eq!(parse_packet(&msg[NLMSG_HDRLEN..]), Err(MsgError::Truncated));
-        let mut off = 0;
-        assert_eq!(next_msg(&[1, 2, 3], &mut off), None);
+        assert_eq!(whole_msgs(&[1, 2, 3]).next(), None);
         let mut huge = msg.clone();
         huge[0..4].copy_from_slice(&9999u32.to_ne_bytes());
-        assert_eq!(next_msg(&huge, &mut off), None);
+        assert_eq!(whole_msgs(&huge).next(), None);
+        assert_eq!(packet_msgs(&[msg.clone(), huge].concat()).collect::<Vec<_>>(), vec![&msg[..]]);
     }
 
     #[test]
@@ -662,8 +647,7 @@ mod tests {
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let _ = parse_packet(&bytes);
-            let mut off = 0;
-            while next_msg(&bytes, &mut off).is_some() {}
+            let _ = packet_msgs(&bytes).count();
         }
     }
 }

@@ -27,8 +27,6 @@ const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_DATA_VALUE: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFPROTO_INET: u8 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
 const RX_SLOT: usize = 8192;
 
 /// One change, applied in a batch with others.
@@ -104,27 +102,7 @@ impl NftLink {
 
 /// The (seq, errno) of every `NLMSG_ERROR` in one datagram.
 fn acks(buf: &[u8]) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while let Some(rest) = buf.get(off..) {
-        let Some(len) = u32_at(rest, 0).map(|l| l as usize) else { break };
-        if len < NLMSG_HDRLEN {
-            break;
-        }
-        let ty = rest.get(4..6).and_then(|b| b.try_into().ok()).map(u16::from_ne_bytes);
-        if let (Some(NLMSG_ERROR), Some(seq), Some(code)) = (ty, u32_at(rest, 8), u32_at(rest, NLMSG_HDRLEN)) {
-            out.push((seq, (code as i32).saturating_neg()));
-        }
-        match off.checked_add((len + 3) & !3) {
-            Some(o) => off = o,
-            None => break,
-        }
-    }
-    out
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    super::nlmsg::messages(buf).filter_map(|m| Some((m.seq, m.errno()?))).collect()
 }
 
 /// Append a netlink header (its length patched by [`finish`]) and a
@@ -227,6 +205,7 @@ fn encode(out: &mut Vec<u8>, c: &Change<'_>, seq: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::nlmsg::u32_ne as u32_at;
 
     #[test]
     fn an_add_is_framed_as_a_batch_of_nested_attributes() {

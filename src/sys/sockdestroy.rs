@@ -7,23 +7,22 @@
 //! The kernel sends them from a work queue (`sock_diag_broadcast_destroy`
 //! defers the free of the socket to `broadcast_wq`), so a notification
 //! comes a little after the socket's port was released by `close()`; see
-//! `flowwatch` for what that leaves open. Parsing is safe code over bytes;
-//! the only `unsafe` is joining the groups.
+//! `flowwatch` for what that leaves open. Parsing is safe code over bytes
+//! (the messages walked by `nlmsg`); the socket calls are the `sys`
+//! wrappers.
 
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::nlmsg::{messages, u32_ne};
+
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_msg` (the fixed part of a notification).
 const MSG_LEN: usize = 72;
 /// `enum sknetlink_groups` in `linux/sock_diag.h`.
 const SKNLGRP_INET_UDP_DESTROY: u32 = 2;
 const SKNLGRP_INET6_UDP_DESTROY: u32 = 4;
-/// `SOL_NETLINK` / `NETLINK_ADD_MEMBERSHIP`.
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// Bytes kept of one notification (the fixed part and its attributes).
 const RX_SLOT: usize = 1024;
 
@@ -59,21 +58,7 @@ impl DestroyListener {
     pub fn open(rcvbuf: usize, timeout: std::time::Duration) -> io::Result<DestroyListener> {
         let fd = super::netlink_socket(libc::NETLINK_SOCK_DIAG)?;
         for group in [SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_UDP_DESTROY] {
-            // SAFETY: `group` is a valid u32 for the duration of the call
-            // and its size is passed; the kernel checks the group number
-            // and the caller's CAP_NET_ADMIN (sock_diag_bind).
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    SOL_NETLINK,
-                    NETLINK_ADD_MEMBERSHIP,
-                    (&group as *const u32).cast(),
-                    std::mem::size_of::<u32>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            super::join_netlink_group(fd.as_raw_fd(), group)?;
         }
         // A smaller buffer than asked only makes an overrun likelier, which
         // is handled; not an error.
@@ -92,16 +77,8 @@ impl DestroyListener {
     }
 }
 
-fn u16_ne(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
 fn u16_be(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
-fn u32_ne(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
 fn addr(family: u8, b: &[u8]) -> Option<IpAddr> {
@@ -117,25 +94,7 @@ fn addr(family: u8, b: &[u8]) -> Option<IpAddr> {
 /// The notifications in one datagram; messages of other types and anything
 /// malformed are skipped, never a panic.
 pub fn parse_destroyed(buf: &[u8]) -> Vec<Destroyed> {
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while let Some(rest) = buf.get(off..) {
-        let (Some(len), Some(ty)) = (u32_ne(rest, 0), u16_ne(rest, 4)) else { break };
-        let len = len as usize;
-        if len < NLMSG_HDRLEN {
-            break;
-        }
-        if ty == SOCK_DIAG_BY_FAMILY {
-            if let Some(d) = rest.get(NLMSG_HDRLEN..len.min(rest.len())).and_then(parse_msg) {
-                out.push(d);
-            }
-        }
-        match off.checked_add((len + 3) & !3) {
-            Some(next) => off = next,
-            None => break,
-        }
-    }
-    out
+    messages(buf).filter(|m| m.ty == SOCK_DIAG_BY_FAMILY).filter_map(|m| parse_msg(m.body())).collect()
 }
 
 /// `inet_diag_msg`: family at 0; `inet_diag_sockid` at 4: sport, dport
@@ -160,6 +119,7 @@ fn parse_msg(b: &[u8]) -> Option<Destroyed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::nlmsg::HDRLEN as NLMSG_HDRLEN;
 
     fn note(family: u8, sport: u16, src: &[u8], cookie: u64) -> Vec<u8> {
         let len = NLMSG_HDRLEN + MSG_LEN + 8;

@@ -17,11 +17,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::nlmsg::{u32_ne as u32_at, ERROR as NLMSG_ERROR, HDRLEN as NLMSG_HDRLEN};
+
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
-const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg` (the fixed part of a reply).
@@ -174,43 +174,25 @@ fn addr_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-
 /// The answers in one received datagram, by sequence number. Messages of
 /// other types, and anything malformed, are skipped: never a panic.
 pub fn parse_replies(buf: &[u8]) -> impl Iterator<Item = (u32, Answer)> + '_ {
-    let mut off = 0usize;
-    std::iter::from_fn(move || loop {
-        let rest = buf.get(off..)?;
-        let len = u32_at(rest, 0)? as usize;
-        let ty = u16_at(rest, 4)?;
-        let seq = u32_at(rest, 8)?;
-        if len < NLMSG_HDRLEN {
-            return None;
-        }
-        // A reply cut at RX_SLOT still has its fixed part.
-        let body = rest.get(NLMSG_HDRLEN..len.min(rest.len()))?;
-        off = off.saturating_add((len + 3) & !3);
-        let answer = match ty {
-            SOCK_DIAG_BY_FAMILY => match parse_msg(body) {
+    // A reply cut at RX_SLOT still has its fixed part.
+    super::nlmsg::messages(buf).filter_map(|m| {
+        let answer = match m.ty {
+            SOCK_DIAG_BY_FAMILY => match parse_msg(m.body()) {
                 Some(r) => Ok(Some(r)),
                 None => Err(io::Error::new(io::ErrorKind::InvalidData, "short inet_diag_msg")),
             },
-            NLMSG_ERROR => match u32_at(body, 0).map(|c| (c as i32).saturating_neg()) {
+            NLMSG_ERROR => match m.errno() {
                 Some(0) | Some(libc::ENOENT) => Ok(None),
                 Some(code) => Err(io::Error::from_raw_os_error(code)),
                 None => Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink error message")),
             },
             NLMSG_DONE => Ok(None),
-            _ => continue,
+            _ => return None,
         };
-        return Some((seq, answer));
+        Some((m.seq, answer))
     })
 }
 
@@ -227,6 +209,10 @@ fn parse_msg(b: &[u8]) -> Option<InetReply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
+    }
 
     fn reply(seq: u32, state: u8, uid: u32, inode: u32, cookie: u64, extra: usize) -> Vec<u8> {
         let len = NLMSG_HDRLEN + MSG_LEN + extra;

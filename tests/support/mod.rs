@@ -10,6 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod audit;
+
 pub const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/probe.py");
 pub const LABELGATE: &str = env!("CARGO_BIN_EXE_labelgate");
 

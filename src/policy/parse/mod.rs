@@ -1,5 +1,5 @@
-//! The policy file format (TOML) and its compilation into [`Compiled`]
-//! parts, which `policy/mod.rs` assembles into a `Policy`; every refusal
+//! The policy file format (TOML) and its compilation into a [`Policy`]
+//! (rules indexed, digest left to `policy/mod.rs`); every refusal
 //! names the file, line and column. The entry points are here; each part of
 //! the file has its own module, and they import one way (this module uses
 //! them; `rule` and `head` use `raw` and `error`; `file` uses `error`).
@@ -11,8 +11,9 @@ mod raw;
 mod rule;
 mod split;
 
-use super::rule::{AddressLabel, DoiMap, Mode, Rule, RuleVerdict, Verdict};
-use super::scope::ScopeEntry;
+use super::index::Index;
+use super::rule::Rule;
+use super::{Policy, PolicyDigest};
 pub use error::{excerpt, PolicyError};
 use error::{toml_err, Ctx};
 pub(in crate::policy) use file::TextLines;
@@ -24,31 +25,9 @@ use raw::RuleSection;
 use rule::RuleCompiler;
 pub use rule::{resolve_id, IdError, MAX_RULE_NAME};
 use split::{Part, Splitter};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-/// A policy file compiled: what the policy table holds, before its rules
-/// are indexed and its digest taken.
-pub(super) struct Compiled {
-    pub mode: Mode,
-    /// The verdict when no rule matches.
-    pub default: RuleVerdict,
-    /// The verdict for a packet that cannot be parsed.
-    pub malformed: Verdict,
-    /// Source types whose denials are let through and recorded.
-    pub permissive_domains: Vec<String>,
-    /// The rules, in file order.
-    pub rules: Vec<Rule>,
-    /// Static labels of remote addresses, longest prefix first.
-    pub address_labels: Vec<AddressLabel>,
-    /// How each CIPSO/CALIPSO DOI maps to MLS levels.
-    pub dois: HashMap<u32, DoiMap>,
-    /// The type sets as written (name without `@` to member types).
-    pub sets: HashMap<String, Vec<String>>,
-    /// The `[[scope]]` entries; `None` when the policy declares none.
-    pub scope: Option<Vec<ScopeEntry>>,
-}
-
-pub(super) fn compile(text: &str, origin: &str) -> Result<Compiled, PolicyError> {
+pub(super) fn compile(text: &str, origin: &str) -> Result<Policy, PolicyError> {
     compile_sections(&mut TextLines(text), origin).or_else(|_| compile_whole(text, origin))
 }
 
@@ -61,7 +40,7 @@ pub(super) fn compile(text: &str, origin: &str) -> Result<Compiled, PolicyError>
 /// read, so a FIFO (whose open would wait for a writer and whose reads would
 /// wait for data) or a device is refused at once instead of blocking or
 /// reading forever.
-pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<Compiled, PolicyError> {
+pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<Policy, PolicyError> {
     let origin = path.display().to_string();
     compile_sections(&mut FileLines { path, file }, &origin).or_else(|_| {
         let text = read_bounded(path, file)?;
@@ -70,7 +49,7 @@ pub(super) fn load_from(path: &std::path::Path, file: &std::fs::File) -> Result<
 }
 
 /// Compile the policy as one TOML document (the reference path).
-pub(super) fn compile_whole(text: &str, origin: &str) -> Result<Compiled, PolicyError> {
+pub(super) fn compile_whole(text: &str, origin: &str) -> Result<Policy, PolicyError> {
     let cx = Ctx::new(text, origin, 1);
     let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_err(&cx, e))?;
     // Sets, then rules, then address labels and DOIs: the first error found
@@ -97,7 +76,7 @@ pub(super) fn compile_whole(text: &str, origin: &str) -> Result<Compiled, Policy
 /// and layouts it does not split (`[["rule"]]` headers, rules written as an
 /// inline array): the caller then compiles the text as one document, whose
 /// result and error message are authoritative.
-pub(super) fn compile_sections(src: &mut dyn Lines, origin: &str) -> Result<Compiled, PolicyError> {
+pub(super) fn compile_sections(src: &mut dyn Lines, origin: &str) -> Result<Policy, PolicyError> {
     let refuse = |what: &str| PolicyError::Invalid { origin: origin.into(), line: 0, column: 0, message: what.into() };
     let mut rest = String::new();
     let mut sections = 0usize;
@@ -177,8 +156,11 @@ pub(super) fn compile_sections(src: &mut dyn Lines, origin: &str) -> Result<Comp
     Ok(assemble(head, rules))
 }
 
-fn assemble(h: Head, rules: Vec<Rule>) -> Compiled {
-    Compiled {
+/// The policy table: the head's settings and the rules, indexed. Its
+/// digest is left for the caller to take, of the bytes it compiled.
+fn assemble(h: Head, rules: Vec<Rule>) -> Policy {
+    let index = Index::build(&rules);
+    Policy {
         mode: h.mode,
         default: h.default,
         malformed: h.malformed,
@@ -188,6 +170,8 @@ fn assemble(h: Head, rules: Vec<Rule>) -> Compiled {
         dois: h.dois,
         sets: h.set_lists,
         scope: h.scope,
+        digest: PolicyDigest::default(),
+        index,
     }
 }
 
