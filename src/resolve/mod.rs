@@ -22,9 +22,11 @@
 //! 3. reads the socket's label (`security.selinux` of `/proc/PID/fd/N`, one
 //!    `getxattr`), or failing that the process's (`/proc/PID/attr/current`,
 //!    not read again once it answered that no LSM provides it), and the
-//!    holder's comm and exe for audit records (a recent holder's are reused
-//!    for its next sockets for up to a second, then while its exe link is
-//!    unchanged);
+//!    holder's comm, exe and cgroup (its comm reused while its exe link is
+//!    unchanged): at once for [`Resolver::resolve`], else left unread
+//!    ([`Resolver::resolve_deferred`]) until [`Resolver::complete`] or a
+//!    `resolve` of a later packet reads them, checking after the read that
+//!    the holder still holds the socket (`Owners::read_process`);
 //! 4. maps the packet's CIPSO/CALIPSO option (parsed with the packet,
 //!    [`peer`]) through the policy's DOI map and applies static address
 //!    labels from the policy ([`PeerConfig`], [`peer_label`]).
