@@ -216,7 +216,9 @@ impl Engine {
     /// Decide a parsed packet if its labels are known without slow work
     /// ([`Resolver::resolve_cached`]); a malformed packet always is. `None`:
     /// nothing was decided, counted or audited; call [`decide`](Self::decide)
-    /// (on a resolver worker).
+    /// (on a resolver worker). A decision that writes a record reads the
+    /// process facts it left unread on the calling thread (a few reads of
+    /// `/proc`, once per socket: then kept with it).
     pub fn decide_cached(&self, p: &Parsed, meta: &QueueMeta, scratch: &mut Scratch) -> Option<Verdict> {
         let loaded = self.loaded.load();
         let input = match &p.kind {
