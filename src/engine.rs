@@ -4,7 +4,7 @@
 
 use crate::audit::{AuditSink, Outcome, Record};
 use crate::counters::Counters;
-use crate::labels::{Hook, Labels, QueueMeta, Resolver};
+use crate::labels::{Hook, Labels, QueueMeta, Resolver, Unread};
 use crate::packet::{PacketError, PacketInfo, Partial};
 use crate::policy::{Decision, Facts, Mode, Policy, Verdict};
 use crate::sepolicy::AccessOracle;
@@ -24,13 +24,23 @@ pub struct Loaded {
     /// The policy's decision at INPUT for a packet between two local
     /// sockets can be known at OUTPUT (see [`input_known_at_output`]).
     input_known_at_output: bool,
+    /// A rule has a process key (see [`uses_process_keys`]).
+    process_keys: bool,
 }
 
 impl Loaded {
     fn new(policy: Policy, resolver: Box<dyn Resolver>) -> Loaded {
         let input_known_at_output = input_known_at_output(&policy);
-        Loaded { policy, resolver, input_known_at_output }
+        let process_keys = uses_process_keys(&policy);
+        Loaded { policy, resolver, input_known_at_output, process_keys }
     }
+}
+
+/// Whether a rule matches on the process holding a socket (`source_exe`,
+/// `dest_unit`, `*_cgroup`, `*_container`...): then the decision needs the
+/// holder's exe and cgroup, read for the packet's socket before deciding.
+fn uses_process_keys(p: &Policy) -> bool {
+    p.rules.iter().any(|r| r.rare.as_deref().is_some_and(|c| c.source_process.is_some() || c.dest_process.is_some()))
 }
 
 /// Whether a packet's decision at INPUT can be computed at OUTPUT from the
@@ -178,11 +188,26 @@ impl Engine {
         self.decide_cached(&Parsed::new(payload, meta), meta, scratch)
     }
 
+    /// Whether the decision needs each socket holder's exe and cgroup
+    /// before it is made: a rule has a process key, or an offload is
+    /// attached (it keys its sets by the holder's exe and cgroup). Else they
+    /// are read only for a packet whose decision writes a record
+    /// ([`Resolver::resolve_deferred`], [`Resolver::complete`]).
+    fn reads_process_first(&self, loaded: &Loaded) -> bool {
+        loaded.process_keys || self.offload.get().is_some()
+    }
+
     /// Decide a parsed packet, resolving its labels in full.
     pub fn decide(&self, p: &Parsed, meta: &QueueMeta, scratch: &mut Scratch) -> Verdict {
         let loaded = self.loaded.load();
         let input = match &p.kind {
-            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve(pkt, meta))),
+            Kind::Packet(pkt, hook) if self.reads_process_first(&loaded) => {
+                Ok((pkt, *hook, loaded.resolver.resolve(pkt, meta), Unread::default()))
+            }
+            Kind::Packet(pkt, hook) => {
+                let (labels, unread) = loaded.resolver.resolve_deferred(pkt, meta);
+                Ok((pkt, *hook, labels, unread))
+            }
             Kind::Malformed { why, hook, known } => Err((*why, *hook, known)),
         };
         self.finish(&loaded, p, input, meta, scratch)
@@ -191,23 +216,33 @@ impl Engine {
     /// Decide a parsed packet if its labels are known without slow work
     /// ([`Resolver::resolve_cached`]); a malformed packet always is. `None`:
     /// nothing was decided, counted or audited; call [`decide`](Self::decide)
-    /// (on a resolver worker).
+    /// (on a resolver worker). A decision that writes a record reads the
+    /// process facts it left unread on the calling thread (a few reads of
+    /// `/proc`, once per socket: then kept with it).
     pub fn decide_cached(&self, p: &Parsed, meta: &QueueMeta, scratch: &mut Scratch) -> Option<Verdict> {
         let loaded = self.loaded.load();
         let input = match &p.kind {
-            Kind::Packet(pkt, hook) => Ok((pkt, *hook, loaded.resolver.resolve_cached(pkt, meta)?)),
+            Kind::Packet(pkt, hook) if self.reads_process_first(&loaded) => {
+                Ok((pkt, *hook, loaded.resolver.resolve_cached(pkt, meta)?, Unread::default()))
+            }
+            Kind::Packet(pkt, hook) => {
+                let (labels, unread) = loaded.resolver.resolve_cached_deferred(pkt, meta)?;
+                Ok((pkt, *hook, labels, unread))
+            }
             Kind::Malformed { why, hook, known } => Err((*why, *hook, known)),
         };
         Some(self.finish(&loaded, p, input, meta, scratch))
     }
 
-    /// Decide, count and audit one packet, given its labels (or why it is
-    /// malformed). Every packet passes here exactly once.
+    /// Decide, count and audit one packet, given its labels and the
+    /// process facts left unread in them (or why it is malformed). Every
+    /// packet passes here exactly once. Unread process facts are read after
+    /// deciding, before a record is written (the record carries them).
     fn finish(
         &self,
         loaded: &Loaded,
         p: &Parsed,
-        input: Result<(&PacketInfo, Hook, Labels), Unparsed<'_>>,
+        input: Result<(&PacketInfo, Hook, Labels, Unread), Unparsed<'_>>,
         meta: &QueueMeta,
         scratch: &mut Scratch,
     ) -> Verdict {
@@ -217,9 +252,9 @@ impl Engine {
         let policy = &loaded.policy;
         let mode = self.mode(policy);
         let ifindex = if meta.outdev != 0 { meta.outdev } else { meta.indev };
-        let watched = input.as_ref().ok().and_then(|(pkt, hook, _)| crate::flowwatch::Flow::of(pkt, *hook));
+        let watched = input.as_ref().ok().and_then(|(pkt, hook, ..)| crate::flowwatch::Flow::of(pkt, *hook));
         let (decision, record) = match input {
-            Ok((pkt, hook, labels)) => {
+            Ok((pkt, hook, mut labels, unread)) => {
                 let names = std::cell::RefCell::new(&mut scratch.ifnames);
                 let iif = || names.borrow_mut().name(meta.indev);
                 let oif = || names.borrow_mut().name(meta.outdev);
@@ -242,6 +277,9 @@ impl Engine {
                     o.offer(policy, mode, &d, at_output, pkt, &labels);
                 }
                 let rec = (d.audit && self.audit.enabled()).then(|| {
+                    if !unread.is_empty() {
+                        loaded.resolver.complete(&mut labels, unread);
+                    }
                     let mut r = base_record(hook, ifindex, labels, &d, policy);
                     r.set_packet(pkt);
                     r
@@ -382,6 +420,28 @@ fn base_record(hook: Hook, ifindex: u32, labels: Labels, d: &Decision, policy: &
     }
 }
 
+/// An engine deciding with `policy` over the resolvers `factory` makes,
+/// writing JSON records to a file: `run` drives it; the records' lines.
+#[cfg(test)]
+pub(crate) fn audited_with(policy: &str, factory: ResolverFactory, run: impl FnOnce(&Engine)) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.json");
+    let c = Arc::new(Counters::default());
+    let cfg = crate::audit::Config {
+        target: Some(crate::audit::Target::File(path.clone())),
+        kernel: false,
+        format: crate::audit::Format::Json,
+        rate: 0,
+        capacity: 1000,
+    };
+    let (sink, writer) = crate::audit::Writer::start(cfg, c.clone()).unwrap();
+    let e = Engine::new(Policy::from_toml(policy, "t").unwrap(), factory, None, c, sink);
+    run(&e);
+    drop(e);
+    writer.finish();
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,26 +513,12 @@ mod tests {
 
     /// An engine that writes JSON records to a file; returns the records.
     fn audited(policy: &str, packets: &[(&[u8], QueueMeta)]) -> Vec<String> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.json");
-        let c = Arc::new(Counters::default());
-        let cfg = crate::audit::Config {
-            target: Some(crate::audit::Target::File(path.clone())),
-            kernel: false,
-            format: crate::audit::Format::Json,
-            rate: 0,
-            capacity: 1000,
-        };
-        let (sink, writer) = crate::audit::Writer::start(cfg, c.clone()).unwrap();
-        let p = Policy::from_toml(policy, "t").unwrap();
-        let e = Engine::new(p, Box::new(|_| Box::new(KernelMetaResolver)), None, c, sink);
-        let mut s = Scratch::default();
-        for (pkt, meta) in packets {
-            e.handle(pkt, meta, &mut s);
-        }
-        drop(e);
-        writer.finish();
-        std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+        audited_with(policy, Box::new(|_| Box::new(KernelMetaResolver)), |e| {
+            let mut s = Scratch::default();
+            for (pkt, meta) in packets {
+                e.handle(pkt, meta, &mut s);
+            }
+        })
     }
 
     #[test]

@@ -209,6 +209,28 @@ impl Labels {
     }
 }
 
+/// The local ends whose process facts (comm, exe, cgroup) a resolver left
+/// unread ([`Resolver::resolve_deferred`]): each a handle only the resolver
+/// that made it reads, with [`Resolver::complete`]. Empty: nothing left.
+#[derive(Clone, Default)]
+pub struct Unread {
+    pub source: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    pub dest: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Unread {
+    /// Whether every end's process facts were read (or there is none).
+    pub fn is_empty(&self) -> bool {
+        self.source.is_none() && self.dest.is_none()
+    }
+}
+
+impl fmt::Debug for Unread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unread").field("source", &self.source.is_some()).field("dest", &self.dest.is_some()).finish()
+    }
+}
+
 /// Turns a queued packet into [`Labels`]. Implementations must not panic on
 /// any input and must always return labels (unlabeled with a reason when
 /// nothing better is known).
@@ -225,6 +247,29 @@ pub trait Resolver: Send + Sync {
     fn resolve_cached(&self, _pkt: &PacketInfo, _meta: &QueueMeta) -> Option<Labels> {
         None
     }
+
+    /// [`resolve`](Self::resolve), except that the comm, exe and cgroup of
+    /// a local end's process may be left unread: such an end's process in
+    /// the labels has its pid and netns but an empty comm and exe and no
+    /// cgroup, and is named in the [`Unread`]. For a caller that does not
+    /// need them unless the decision writes a record (the engine, when no
+    /// rule has a process key and no offload is attached), which then
+    /// calls [`complete`](Self::complete). The default reads everything.
+    fn resolve_deferred(&self, pkt: &PacketInfo, meta: &QueueMeta) -> (Labels, Unread) {
+        (self.resolve(pkt, meta), Unread::default())
+    }
+
+    /// [`resolve_cached`](Self::resolve_cached) leaving process facts
+    /// unread as [`resolve_deferred`](Self::resolve_deferred) does.
+    fn resolve_cached_deferred(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<(Labels, Unread)> {
+        self.resolve_cached(pkt, meta).map(|l| (l, Unread::default()))
+    }
+
+    /// Read the process facts `unread` names into `labels` (made by this
+    /// resolver's `resolve_deferred`); a process that can no longer be
+    /// shown to hold its socket is left out (`None`). The default has
+    /// nothing to read.
+    fn complete(&self, _labels: &mut Labels, _unread: Unread) {}
 
     /// Counters the resolver keeps (cache hits and the like) as Prometheus
     /// counter families: `(name, help, [(labels, value)])`.

@@ -103,6 +103,20 @@ impl Drop for Cgroups {
     }
 }
 
+/// The cgroup2 mount, when the tools are there and it is mounted (under
+/// CI, both must be: fails loudly then).
+fn can_run_in_cgroups() -> Option<PathBuf> {
+    if !can_run_with(&["ip", "iptables", "python3"]) {
+        return None;
+    }
+    let mount = cgroup2_mount();
+    if mount.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "no cgroup2 mount; CI must provide one");
+        eprintln!("SKIP: no cgroup2 mount");
+    }
+    mount
+}
+
 fn kill(mut c: std::process::Child) {
     let _ = c.kill();
     let _ = c.wait();
@@ -110,14 +124,7 @@ fn kill(mut c: std::process::Child) {
 
 #[test]
 fn rules_by_unit_container_cgroup_and_exe() {
-    if !can_run_with(&["ip", "iptables", "python3"]) {
-        return;
-    }
-    let Some(mount) = cgroup2_mount() else {
-        assert!(std::env::var_os("CI").is_none(), "no cgroup2 mount; CI must provide one");
-        eprintln!("SKIP: no cgroup2 mount");
-        return;
-    };
+    let Some(mount) = can_run_in_cgroups() else { return };
     let web = "system.slice/web.service";
     let other = "system.slice/other.service";
     let ctr_a = format!("machine.slice/libpod-{ID_A}.scope");
@@ -209,4 +216,49 @@ verdict = "accept"
     assert_eq!(g["dest_process"]["pid"], b_pid);
     assert_eq!(g["dest_process"]["container"], ID_B);
     assert!(g["process"]["exe"].as_str().unwrap().starts_with("/usr/bin/python3"), "{g}");
+}
+
+/// Without a rule that names a process key, labelgate reads a holder's
+/// exe and cgroup only for a decision that writes a record: the record of
+/// a refused connection still carries them (and its netns) for both ends,
+/// and the same client reaches an allowed port in the same run.
+#[test]
+fn records_carry_process_facts_without_process_keys() {
+    let Some(mount) = can_run_in_cgroups() else { return };
+    let web = "system.slice/web.service";
+    let ctr = format!("machine.slice/libpod-{ID_B}.scope");
+    let cg = Cgroups::new(&mount, &[web, &ctr]);
+    let ns = Netns::new();
+    ns.sh("iptables -A OUTPUT -o lo -p tcp -m conntrack --ctstate NEW -j NFQUEUE --queue-num 62");
+    let policy = "default = \"drop\"\n[[rule]]\nname = \"db\"\nproto = \"tcp\"\ndport = 5432\nverdict = \"accept\"\n";
+    let open = cg.serve(&ns, &ctr, "5432");
+    let closed = cg.serve(&ns, &ctr, "5433");
+    let closed_pid = closed.id();
+    let d = Daemon::start(&ns, policy, 62, &["--audit-format", "json"]);
+    let (allowed, _) = cg.connect(&ns, web, "5432");
+    let (refused, client_pid) = cg.connect(&ns, web, "5433");
+    let err = d.stop();
+    kill(open);
+    kill(closed);
+    assert!(allowed, "the client must reach the allowed port: {err}");
+    assert!(!refused, "the client must be refused on 5433");
+
+    let audit = std::fs::read_to_string(ns.dir.path().join("audit-62.log")).unwrap_or_default();
+    let recs: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(recs.iter().all(|r| r["rule"] != "db"), "an unaudited grant writes no record:\n{audit}");
+    let r = recs
+        .iter()
+        .find(|r| r["outcome"] == "denied" && r["process"]["pid"] == client_pid)
+        .unwrap_or_else(|| panic!("no denied record for pid {client_pid} in:\n{audit}"));
+    let p = &r["process"];
+    assert!(p["exe"].as_str().unwrap().starts_with("/usr/bin/python3"), "{r}");
+    assert!(!p["comm"].as_str().unwrap().is_empty(), "{r}");
+    assert_eq!(p["cgroup"], format!("{}/{web}", cg.rel), "{r}");
+    assert_eq!(p["unit"], "web.service", "{r}");
+    assert!(p["netns"].as_u64().is_some(), "{r}");
+    let q = &r["dest_process"];
+    assert_eq!(q["pid"], closed_pid, "{r}");
+    assert_eq!(q["container"], ID_B, "{r}");
+    assert!(q["exe"].as_str().unwrap().starts_with("/usr/bin/python3"), "{r}");
+    assert_eq!(q["netns"], p["netns"], "{r}");
 }

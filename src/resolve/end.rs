@@ -3,7 +3,9 @@
 //! remembers when there is no holder to answer with ([`Reason`]). Shared by
 //! the flow table and the owner search.
 
+use super::owner::Owner;
 use crate::labels::{Label, ProcessInfo};
+use std::sync::Arc;
 
 /// Why a local end has no holder to answer with: the reason tokens a flow
 /// entry remembers (see the table in `resolve/mod.rs`).
@@ -50,12 +52,16 @@ impl Reason {
 #[derive(Clone, Debug)]
 pub struct LocalEnd {
     pub label: Label,
+    /// Its holder's process; while `unread` is set, only its pid (and the
+    /// netns, once placed) are filled in.
     pub process: Option<ProcessInfo>,
     pub uid: Option<u32>,
+    /// The holder whose comm, exe and cgroup were not read yet.
+    pub unread: Option<Arc<Owner>>,
 }
 
 impl LocalEnd {
     pub fn unlabeled(reason: &'static str) -> LocalEnd {
-        LocalEnd { label: Label::unlabeled(reason), process: None, uid: None }
+        LocalEnd { label: Label::unlabeled(reason), process: None, uid: None, unread: None }
     }
 }

@@ -34,6 +34,8 @@ struct FakeKernel {
     find_ins: AtomicU64,
     /// Reads of one (pid, fd) through a kept link.
     probes: AtomicU64,
+    /// Reads of a process's comm, exe and cgroup.
+    process_reads: AtomicU64,
 }
 
 impl FakeKernel {
@@ -99,13 +101,16 @@ impl KernelView for FakeKernel {
         Ok(Label { context, origin: Origin::Socket })
     }
 
+    /// Every process is in the cgroup `/system.slice/pPID.service`.
     fn process_info(&self, pid: u32, _: Option<&ProcessInfo>) -> Option<ProcessInfo> {
+        self.process_reads.fetch_add(1, Relaxed);
         let exe = self.world().exes.get(&pid).cloned().unwrap_or_else(|| "/bin/fake".into());
+        let cgroup = crate::labels::CgroupInfo::from_path(&format!("/system.slice/p{pid}.service"));
         self.alive(pid).then(|| ProcessInfo {
             pid,
             comm: Arc::from(format!("p{pid}")),
             exe: Arc::from(exe),
-            cgroup: None,
+            cgroup: Some(Arc::new(cgroup)),
             netns: None,
         })
     }
@@ -408,4 +413,134 @@ fn identical_tuples_of_two_namespaces_never_share_a_cache_entry() {
     // cached for namespace 1 must not answer.
     r.kernel.world().netns_addrs.insert("10.88.0.2".parse().unwrap(), vec![2]);
     assert_eq!(holder(&forwarded(&r, OUTSIDE, CONTAINER).dest), "p202_t");
+}
+
+/// The packet of UDP flow `port` to the server, at INPUT, as queued bytes.
+fn udp_bytes(port: u16) -> Vec<u8> {
+    let (c, srv): (SocketAddr, SocketAddr) = (client(port), SERVER.parse().unwrap());
+    let (IpAddr::V4(a), IpAddr::V4(b)) = (c.ip(), srv.ip()) else { unreachable!() };
+    crate::packet::build::ipv4(a, b, 17, &[], &crate::packet::build::udp(c.port(), srv.port(), b"x"))
+}
+
+/// An engine deciding with `policy` over a fake kernel in which process 100
+/// holds the server's socket (inode 10), and the JSON records it writes
+/// (read after `run`).
+fn engine_over_fake(policy: &str, run: impl FnOnce(&crate::engine::Engine, &FakeKernel)) -> Vec<serde_json::Value> {
+    let r = Arc::new(fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+        w.exes.insert(100, "/usr/sbin/named".into());
+    }));
+    let core = r.clone();
+    let factory: crate::engine::ResolverFactory = Box::new(move |_| Box::new(core.for_policy(PeerConfig::default())));
+    let lines = crate::engine::audited_with(policy, factory, |e| run(e, &r.kernel));
+    lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn handle(e: &crate::engine::Engine, port: u16) -> crate::policy::Verdict {
+    let m = QueueMeta { hook: 1, ..QueueMeta::default() };
+    e.handle(&udp_bytes(port), &m, &mut crate::engine::Scratch::default())
+}
+
+/// With no rule naming a process key and no record to write, a new
+/// socket's holder is found and its label read, but not its comm, exe and
+/// cgroup: nothing needs them.
+#[test]
+fn process_facts_are_not_read_when_nothing_needs_them() {
+    let policy = "default = \"drop\"\n[[rule]]\nname = \"dns\"\ndest = \"p100_t\"\nverdict = \"accept\"\n";
+    let recs = engine_over_fake(policy, |e, k| {
+        for port in 1000..1005 {
+            assert_eq!(handle(e, port), crate::policy::Verdict::Accept, "decided by the socket's label");
+        }
+        assert_eq!(k.process_reads.load(Relaxed), 0, "no comm/exe/cgroup read for an unrecorded acceptance");
+    });
+    assert!(recs.is_empty(), "{recs:?}");
+}
+
+/// A rule with a process key reads the holder's exe for the packet's socket
+/// before deciding, as it is now: a holder that execs another program is
+/// decided as that program for its next socket.
+#[test]
+fn process_facts_are_read_for_a_rule_that_names_them() {
+    let policy = "default = \"drop\"\n[[rule]]\nname = \"dns\"\ndest_exe = \"/usr/sbin/named\"\nverdict = \"accept\"\n";
+    engine_over_fake(policy, |e, k| {
+        assert_eq!(handle(e, 1000), crate::policy::Verdict::Accept);
+        assert_eq!(k.process_reads.load(Relaxed), 1);
+        // It execs another program and opens its next socket at once.
+        {
+            let mut w = k.world();
+            w.exes.insert(100, "/tmp/other".into());
+            w.fds.get_mut(&100).unwrap().insert(4, 11);
+            bind(&mut w, 11);
+        }
+        assert_eq!(handle(e, 1001), crate::policy::Verdict::Drop, "decided as what it runs now");
+        assert_eq!(k.process_reads.load(Relaxed), 2);
+    });
+}
+
+/// A decision that writes a record reads the holder's facts right after
+/// deciding, so the record carries them as before: a refused packet's
+/// record has the process's pid, comm, exe, cgroup, unit and netns; an
+/// unrecorded acceptance in the same run reads nothing.
+#[test]
+fn process_facts_are_read_for_a_record() {
+    let policy =
+        "default = \"accept\"\n[[rule]]\nname = \"no-dns\"\nproto = \"udp\"\nsport = 1001\nverdict = \"drop\"\n";
+    let recs = engine_over_fake(policy, |e, k| {
+        assert_eq!(handle(e, 1000), crate::policy::Verdict::Accept, "the same client reaches the server");
+        assert_eq!(k.process_reads.load(Relaxed), 0);
+        assert_eq!(handle(e, 1001), crate::policy::Verdict::Drop);
+        assert_eq!(k.process_reads.load(Relaxed), 1, "read once, for the record");
+    });
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let p = &recs[0]["dest_process"];
+    assert_eq!(recs[0]["rule"], "no-dns", "{}", recs[0]);
+    assert_eq!(p["pid"], 100, "{}", recs[0]);
+    assert_eq!(p["comm"], "p100", "{}", recs[0]);
+    assert_eq!(p["exe"], "/usr/sbin/named", "{}", recs[0]);
+    assert_eq!(p["cgroup"], "/system.slice/p100.service", "{}", recs[0]);
+    assert_eq!(p["unit"], "p100.service", "{}", recs[0]);
+    assert_eq!(p["netns"], 4_026_531_840u64, "{}", recs[0]);
+}
+
+/// Process facts left unread are read for the socket when first needed, and
+/// only if its holder still holds it then (a pid could since name another
+/// process): then kept for the socket.
+#[test]
+fn unread_process_facts_are_read_late_only_from_the_holder() {
+    let r = fake(|w| {
+        bind(w, 10);
+        w.fds.insert(100, [(3, 10)].into());
+    });
+    let m = QueueMeta { hook: 1, ..QueueMeta::default() };
+    let pkt = flow_packet(Proto::Udp, client(1000), SERVER.parse().unwrap());
+    let (l, unread) = r.resolve_deferred(&pkt, &m);
+    assert_eq!(r.kernel.process_reads.load(Relaxed), 0);
+    assert!(unread.dest.is_some() && unread.source.is_none(), "{unread:?}");
+    let p = l.dest_process.clone().unwrap();
+    assert_eq!((p.pid, &*p.exe, p.netns), (100, "", Some(4_026_531_840)), "pid and netns, nothing read");
+    // The eager answer, from the caches, reads it now.
+    assert_eq!(r.resolve_cached(&pkt, &m), None, "reading is slow work");
+    let mut done = l.clone();
+    r.complete(&mut done, unread);
+    let p = done.dest_process.clone().unwrap();
+    assert_eq!((&*p.exe, &*p.comm, p.netns), ("/bin/fake", "p100", Some(4_026_531_840)));
+    assert_eq!(r.kernel.process_reads.load(Relaxed), 1);
+    // Kept for the socket: the next packets have it without a read.
+    let (l2, unread2) = r.resolve_deferred(&pkt, &m);
+    assert!(unread2.is_empty());
+    assert_eq!(l2.dest_process, done.dest_process);
+    assert_eq!(r.resolve_cached(&pkt, &m).and_then(|l| l.dest_process), done.dest_process);
+    assert_eq!(r.kernel.process_reads.load(Relaxed), 1);
+
+    // A second socket of the same process, its facts unread; the process
+    // then closes it: what a read would find is no longer shown to be its.
+    r.kernel.world().fds.get_mut(&100).unwrap().insert(4, 11);
+    bind(&mut r.kernel.world(), 11);
+    let pkt = flow_packet(Proto::Udp, client(1001), SERVER.parse().unwrap());
+    let (mut l, unread) = r.resolve_deferred(&pkt, &m);
+    assert!(unread.dest.is_some());
+    r.kernel.world().fds.get_mut(&100).unwrap().remove(&4);
+    r.complete(&mut l, unread);
+    assert_eq!(l.dest_process, None, "no process facts that cannot be shown to be the holder's");
 }

@@ -22,9 +22,11 @@
 //! 3. reads the socket's label (`security.selinux` of `/proc/PID/fd/N`, one
 //!    `getxattr`), or failing that the process's (`/proc/PID/attr/current`,
 //!    not read again once it answered that no LSM provides it), and the
-//!    holder's comm and exe for audit records (a recent holder's are reused
-//!    for its next sockets for up to a second, then while its exe link is
-//!    unchanged);
+//!    holder's comm, exe and cgroup (its comm reused while its exe link is
+//!    unchanged): at once for [`Resolver::resolve`], else left unread
+//!    ([`Resolver::resolve_deferred`]) until [`Resolver::complete`] or a
+//!    `resolve` of a later packet reads them, checking after the read that
+//!    the holder still holds the socket (`Owners::read_process`);
 //! 4. maps the packet's CIPSO/CALIPSO option (parsed with the packet,
 //!    [`peer`]) through the policy's DOI map and applies static address
 //!    labels from the policy ([`PeerConfig`], [`peer_label`]).
@@ -145,7 +147,7 @@ pub mod procfs;
 pub mod sockdiag;
 mod stats;
 
-use crate::labels::{secmark_context, Hook, Label, Labels, Origin, QueueMeta, Resolver};
+use crate::labels::{secmark_context, Hook, Label, Labels, Origin, ProcessInfo, QueueMeta, Resolver, Unread};
 use crate::packet::{PacketInfo, Proto};
 use cache::CacheCounters;
 pub use config::ResolverConfig;
@@ -154,7 +156,7 @@ use flow::{FlowEntry, FlowKey, FlowTtl, Flows, Found, CLOSED, VIA_LISTENER};
 pub use kernel::{KernelView, SysKernel};
 use local::LocalAddrs;
 use netns::NsIndex;
-use owner::{OwnerTuning, Owners};
+use owner::{Owner, OwnerTuning, Owners};
 pub use peer_label::{netlabel_peer, peer_label, PeerConfig, PeerOutcome};
 use sockdiag::{DiagProto, DiagSocket, Lookup};
 use stats::bump;
@@ -188,6 +190,9 @@ struct PacketFacts {
     syn: bool,
     /// When the packet was read from the queue ([`QueueMeta::received`]).
     received: Option<Instant>,
+    /// Read a new holder's comm, exe and cgroup as soon as it is found
+    /// (else when first needed, see [`Resolver::resolve_deferred`]).
+    read_process: bool,
 }
 
 /// The resolver: sock_diag + /proc + CIPSO/CALIPSO + static labels, made
@@ -346,7 +351,7 @@ impl<K: KernelView> SocketResolver<K> {
             e.answer(
                 self.flows.ttl(),
                 now_ms,
-                |ds| self.owner_of(&ds, proto, true, pk.received),
+                |ds| self.owner_of(&ds, proto, true, pk),
                 |c| self.flows.closed_holder(c),
             )
         });
@@ -369,7 +374,7 @@ impl<K: KernelView> SocketResolver<K> {
         let (entry, end) = match found {
             Found::Socket(ds) | Found::Listener(ds) => {
                 let end = self
-                    .owner_of(&ds, proto, false, pk.received)
+                    .owner_of(&ds, proto, false, pk)
                     .unwrap_or_else(|| LocalEnd::unlabeled(Reason::KernelSocket.token()));
                 let no_owner = match (&end.process, &end.label.origin) {
                     (None, Origin::Unlabeled(r)) => Reason::of(r),
@@ -464,14 +469,16 @@ impl<K: KernelView> SocketResolver<K> {
     }
 
     /// The holder of socket `ds` (see [`Owners::owner_of`]).
-    fn owner_of(
-        &self,
-        ds: &DiagSocket,
-        proto: DiagProto,
-        cached_only: bool,
-        received: Option<Instant>,
-    ) -> Option<LocalEnd> {
-        self.owners.owner_of(&self.kernel, &self.stats, ds, proto, cached_only, received)
+    fn owner_of(&self, ds: &DiagSocket, proto: DiagProto, cached_only: bool, pk: PacketFacts) -> Option<LocalEnd> {
+        self.owners.owner_of(&self.kernel, &self.stats, ds, proto, cached_only, pk.received, pk.read_process)
+    }
+
+    /// Read the process facts of `end`'s holder if they were left unread
+    /// ([`Owners::read_process`]), keeping the netns it was placed in.
+    fn read_unread(&self, process: &mut Option<ProcessInfo>, unread: Option<&Owner>) {
+        let Some(o) = unread else { return };
+        let netns = process.as_ref().and_then(|p| p.netns);
+        *process = self.owners.read_process(&self.kernel, &self.stats, o).map(|p| ProcessInfo { netns, ..p });
     }
 
     /// [`local_end`](Self::local_end) from the caches alone (see the
@@ -517,6 +524,18 @@ impl<K: KernelView> Resolver for SocketResolver<K> {
         self.resolve_cached_with(&self.peer_config(), pkt, meta)
     }
 
+    fn resolve_deferred(&self, pkt: &PacketInfo, meta: &QueueMeta) -> (Labels, Unread) {
+        self.resolve_deferred_with(&self.peer_config(), pkt, meta)
+    }
+
+    fn resolve_cached_deferred(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<(Labels, Unread)> {
+        self.resolve_cached_deferred_with(&self.peer_config(), pkt, meta)
+    }
+
+    fn complete(&self, labels: &mut Labels, unread: Unread) {
+        self.complete_unread(labels, unread)
+    }
+
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.stats().families()
     }
@@ -551,6 +570,18 @@ impl<K: KernelView> Resolver for PolicyResolver<K> {
         self.core.resolve_cached_with(&self.peer, pkt, meta)
     }
 
+    fn resolve_deferred(&self, pkt: &PacketInfo, meta: &QueueMeta) -> (Labels, Unread) {
+        self.core.resolve_deferred_with(&self.peer, pkt, meta)
+    }
+
+    fn resolve_cached_deferred(&self, pkt: &PacketInfo, meta: &QueueMeta) -> Option<(Labels, Unread)> {
+        self.core.resolve_cached_deferred_with(&self.peer, pkt, meta)
+    }
+
+    fn complete(&self, labels: &mut Labels, unread: Unread) {
+        self.core.complete_unread(labels, unread)
+    }
+
     fn metrics(&self) -> Vec<crate::labels::MetricFamily> {
         self.core.stats().families()
     }
@@ -567,28 +598,75 @@ impl<K: KernelView> SocketResolver<K> {
         PolicyResolver { core: self.clone(), peer }
     }
 
+    /// The labels with every process fact read: a holder found now is
+    /// read at once; one cached unread is read now ([`Owners::read_process`]).
     fn resolve_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta) -> Labels {
-        self.labels_with(peer, pkt, meta, None).unwrap_or_else(|| Labels::unresolved("not_resolved"))
+        match self.labels_with(peer, pkt, meta, None, true) {
+            Some((mut l, [src, dst])) => {
+                self.read_unread(&mut l.source_process, src.as_deref());
+                self.read_unread(&mut l.dest_process, dst.as_deref());
+                l
+            }
+            None => Labels::unresolved("not_resolved"),
+        }
     }
 
+    /// Cache-only labels with every process fact read: `None` when an end's
+    /// holder was not read yet (reading is slow work).
     fn resolve_cached_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta) -> Option<Labels> {
         let hits = Hits::default();
-        let l = self.labels_with(peer, pkt, meta, Some(&hits))?;
-        self.stats.flow.hits.fetch_add(hits.flow.get(), Ordering::Relaxed);
-        self.stats.owner.hits.fetch_add(hits.owner.get(), Ordering::Relaxed);
+        let (l, unread) = self.labels_with(peer, pkt, meta, Some(&hits), true)?;
+        if unread.iter().any(Option::is_some) {
+            return None;
+        }
+        self.count_hits(&hits);
         Some(l)
     }
 
-    /// The packet's labels. With `cached` (cache-only), `None` as soon as a
+    fn resolve_deferred_with(&self, peer: &PeerConfig, pkt: &PacketInfo, meta: &QueueMeta) -> (Labels, Unread) {
+        match self.labels_with(peer, pkt, meta, None, false) {
+            Some((l, ends)) => (l, unread_of(ends)),
+            None => (Labels::unresolved("not_resolved"), Unread::default()),
+        }
+    }
+
+    fn resolve_cached_deferred_with(
+        &self,
+        peer: &PeerConfig,
+        pkt: &PacketInfo,
+        meta: &QueueMeta,
+    ) -> Option<(Labels, Unread)> {
+        let hits = Hits::default();
+        let (l, ends) = self.labels_with(peer, pkt, meta, Some(&hits), false)?;
+        self.count_hits(&hits);
+        Some((l, unread_of(ends)))
+    }
+
+    fn count_hits(&self, hits: &Hits) {
+        self.stats.flow.hits.fetch_add(hits.flow.get(), Ordering::Relaxed);
+        self.stats.owner.hits.fetch_add(hits.owner.get(), Ordering::Relaxed);
+    }
+
+    /// [`Resolver::complete`]: `unread`'s handles are this resolver's owners.
+    fn complete_unread(&self, labels: &mut Labels, unread: Unread) {
+        let owner = |h: Option<Arc<dyn std::any::Any + Send + Sync>>| h.and_then(|h| h.downcast::<Owner>().ok());
+        self.read_unread(&mut labels.source_process, owner(unread.source).as_deref());
+        self.read_unread(&mut labels.dest_process, owner(unread.dest).as_deref());
+    }
+
+    /// The packet's labels, and the holders (source, dest) whose process
+    /// facts are left unread. With `cached` (cache-only), `None` as soon as a
     /// local end or the local-address set needs slow work, before anything
-    /// is counted; without it, always `Some`.
+    /// is counted; without it, always `Some`. `read_process`: a holder
+    /// found now has its process facts read at once.
     fn labels_with(
         &self,
         peer: &PeerConfig,
         pkt: &PacketInfo,
         meta: &QueueMeta,
         cached: Option<&Hits>,
-    ) -> Option<Labels> {
+        read_process: bool,
+    ) -> Option<(Labels, [Option<Arc<Owner>>; 2])> {
         let hook = Hook::from_nf(meta.hook);
         // Only TCP and UDP packets with ports have sockets to look up.
         let diag_proto = match (pkt.proto, pkt.sport, pkt.dport) {
@@ -596,7 +674,7 @@ impl<K: KernelView> SocketResolver<K> {
             (Proto::Udp, Some(_), Some(_)) => Some(DiagProto::Udp),
             _ => None,
         };
-        let pk = PacketFacts { syn: pkt.tcp_syn, received: meta.received };
+        let pk = PacketFacts { syn: pkt.tcp_syn, received: meta.received, read_process };
         let resolve_end =
             |ns: NsIndex, local: SocketAddr, remote: SocketAddr, pre: Option<Lookup>| match (diag_proto, cached) {
                 (None, _) => Some(LocalEnd::unlabeled("unsupported_proto")),
@@ -650,11 +728,13 @@ impl<K: KernelView> SocketResolver<K> {
         l.secmark = secmark_context(meta);
         l.peer = self.peer_label_with(peer, pkt);
         let mut sock_uid = None;
+        let mut unread = [None, None];
         match src_end {
             Some(end) => {
                 l.source = end.label;
                 l.source_process = end.process;
                 sock_uid = end.uid;
+                unread[0] = end.unread;
             }
             None => l.source = l.peer.clone().unwrap_or_else(|| Label::unlabeled("remote")),
         }
@@ -662,6 +742,7 @@ impl<K: KernelView> SocketResolver<K> {
             Some(end) => {
                 l.dest = end.label;
                 l.dest_process = end.process;
+                unread[1] = end.unread;
             }
             None => {
                 l.dest = match peer.static_label(pkt.dst) {
@@ -672,8 +753,14 @@ impl<K: KernelView> SocketResolver<K> {
         }
         l.uid = meta.uid.or(sock_uid);
         l.gid = meta.gid;
-        Some(l)
+        Some((l, unread))
     }
+}
+
+/// The unread holders (source, dest) as the [`Unread`] handed out.
+fn unread_of([src, dst]: [Option<Arc<Owner>>; 2]) -> Unread {
+    let any = |o: Option<Arc<Owner>>| o.map(|o| o as Arc<dyn std::any::Any + Send + Sync>);
+    Unread { source: any(src), dest: any(dst) }
 }
 
 /// The facts of a TCP/UDP packet from `src` to `dst` with no options: for

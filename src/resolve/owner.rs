@@ -13,7 +13,7 @@ use super::stats::{bump, ResolverStats};
 use crate::labels::{Label, ProcessInfo};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long an unused socket owner stays in the owner cache: an owner
@@ -36,8 +36,15 @@ const RECENT_LISTED: usize = 16;
 pub struct Owner {
     pid: u32,
     fd: u32,
+    /// The socket it was found holding at `fd`.
+    inode: u32,
     label: Label,
-    process: ProcessInfo,
+    /// Its comm, exe and cgroup: read when it was found, or later, when
+    /// first needed ([`Owners::read_process`]); then kept for the socket.
+    process: OnceLock<ProcessInfo>,
+    /// What was read for the same pid before (a recent holder's), reused
+    /// by the read while its exe is unchanged.
+    known: Option<ProcessInfo>,
     /// When the holder was last seen holding the socket, as nanoseconds
     /// since the resolver's `epoch`: a time taken before the read that saw
     /// it, never after.
@@ -46,21 +53,34 @@ pub struct Owner {
 
 impl Owner {
     /// The local end this holder makes of socket `ds`.
-    pub fn end(&self, ds: &DiagSocket) -> LocalEnd {
+    pub fn end(self: &Arc<Self>, ds: &DiagSocket) -> LocalEnd {
         self.end_of(Some(*ds))
     }
 
     /// The local end this holder makes of a socket, with its uid if known.
-    pub fn end_of(&self, ds: Option<DiagSocket>) -> LocalEnd {
-        LocalEnd { label: self.label.clone(), process: Some(self.process.clone()), uid: ds.map(|d| d.uid) }
+    /// Before its process facts are read, the end's process has only its
+    /// pid, and the end names this holder as unread.
+    pub fn end_of(self: &Arc<Self>, ds: Option<DiagSocket>) -> LocalEnd {
+        let (process, unread) = match self.process.get() {
+            Some(p) => (p.clone(), None),
+            None => (unread_process(self.pid), Some(self.clone())),
+        };
+        LocalEnd { label: self.label.clone(), process: Some(process), uid: ds.map(|d| d.uid), unread }
     }
+}
+
+/// The process `pid` before its facts are read: empty comm and exe, no
+/// cgroup (see [`Resolver::resolve_deferred`](crate::labels::Resolver::resolve_deferred)).
+fn unread_process(pid: u32) -> ProcessInfo {
+    ProcessInfo { pid, comm: Arc::from(""), exe: Arc::from(""), cgroup: None, netns: None }
 }
 
 /// A process that held one of the sockets found most recently.
 #[derive(Clone)]
 struct Recent {
-    /// Its process (pid, comm, exe and cgroup as read then).
-    process: ProcessInfo,
+    pid: u32,
+    /// Its comm, exe and cgroup as last read, if they were.
+    process: Option<ProcessInfo>,
     /// The fd it held that socket at: looked at first for its next socket
     /// (a closed descriptor's number is the next one `socket()` or
     /// `accept()` returns).
@@ -171,6 +191,8 @@ impl Owners {
     }
 
     /// The holder of a socket. `None` when no process holds it. With
+    /// `read_process`, the holder's comm, exe and cgroup are read as soon as
+    /// it is found (else when first needed, [`read_process`](Self::read_process)). With
     /// `cached_only`, only the owner cache is asked (a TCP socket's holder
     /// is then trusted without re-validation, see
     /// [`ResolverConfig::owner_revalidate_after`](super::ResolverConfig::owner_revalidate_after));
@@ -179,6 +201,7 @@ impl Owners {
     /// had, the holders the last full scan saw, the processes that held the
     /// sockets found last, the processes born since the last full scan, and
     /// only then a new full scan of `/proc`.
+    #[allow(clippy::too_many_arguments)]
     pub fn owner_of(
         &self,
         k: &impl KernelView,
@@ -187,6 +210,7 @@ impl Owners {
         proto: DiagProto,
         cached_only: bool,
         received: Option<Instant>,
+        read_process: bool,
     ) -> Option<LocalEnd> {
         match self.cached(k, stats, ds, proto, cached_only, received, &stats.owner) {
             Ok(end) => return Some(end),
@@ -207,10 +231,11 @@ impl Owners {
         // (one read, through a kept link): a process that opens sockets one after another
         // gets the same fd number back, and this asks no large map.
         let first = self.recent.lock().unwrap_or_else(|e| e.into_inner()).list.front().cloned();
-        let tried = first.as_ref().map(|r| (r.process.pid, r.fd));
+        let tried = first.as_ref().map(|r| (r.pid, r.fd));
         if let Some(r) = &first {
-            if k.holds_kept(r.process.pid, r.fd, ds.inode, &stats.proc_link) {
-                if let Some(end) = self.adopt_one(k, stats, ds, (r.process.pid, r.fd), true, Some(r), t0_ns, &mut gone)
+            if k.holds_kept(r.pid, r.fd, ds.inode, &stats.proc_link) {
+                if let Some(end) =
+                    self.adopt_one(k, stats, ds, (r.pid, r.fd), true, Some(r), t0_ns, read_process, &mut gone)
                 {
                     bump(&stats.owner_found_recent);
                     return Some(end);
@@ -223,11 +248,13 @@ impl Owners {
         }
         let scan = self.scan.read().unwrap_or_else(|e| e.into_inner()).clone();
         let known = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
-        if let Some(end) = self.adopt(k, stats, ds, known, t0_ns, &mut gone) {
+        if let Some(end) = self.adopt(k, stats, ds, known, t0_ns, read_process, &mut gone) {
             return Some(end);
         }
         if let Some(l) = self.search_likely(k, stats, ds.inode, &scan.pids, tried) {
-            if let Some(end) = self.adopt_one(k, stats, ds, (l.pid, l.fd), true, l.recent.as_ref(), t0_ns, &mut gone) {
+            if let Some(end) =
+                self.adopt_one(k, stats, ds, (l.pid, l.fd), true, l.recent.as_ref(), t0_ns, read_process, &mut gone)
+            {
                 bump(if l.new_process { &stats.owner_found_new_process } else { &stats.owner_found_recent });
                 return Some(end);
             }
@@ -236,7 +263,7 @@ impl Owners {
         self.rescan(k, stats, t0);
         let scan = self.scan.read().unwrap_or_else(|e| e.into_inner()).clone();
         let fresh = scan.owners.get(&ds.inode).map(Vec::as_slice).unwrap_or_default();
-        if let Some(end) = self.adopt(k, stats, ds, fresh, t0_ns, &mut gone) {
+        if let Some(end) = self.adopt(k, stats, ds, fresh, t0_ns, read_process, &mut gone) {
             return Some(end);
         }
         if gone {
@@ -250,6 +277,8 @@ impl Owners {
     /// again), with its label and process read, cached as the socket's
     /// owner. Sets `gone` when a holder exited on the way. `checked`: a time
     /// (ns since `epoch`) before every read of `/proc` that found them.
+    /// `read_process`: read the holder's comm, exe and cgroup now.
+    #[allow(clippy::too_many_arguments)]
     fn adopt(
         &self,
         k: &impl KernelView,
@@ -257,19 +286,21 @@ impl Owners {
         ds: &DiagSocket,
         holders: &[(u32, u32)],
         checked: u64,
+        read_process: bool,
         gone: &mut bool,
     ) -> Option<LocalEnd> {
-        holders.iter().find_map(|&h| self.adopt_one(k, stats, ds, h, false, None, checked, gone))
+        holders.iter().find_map(|&h| self.adopt_one(k, stats, ds, h, false, None, checked, read_process, gone))
     }
 
     /// [`adopt`](Self::adopt) for one holder (pid, fd); `just_seen`: the
     /// holder was read from `/proc` a moment ago, so it is not checked
     /// again. `known`: the same process as a recent holder, whose comm is
-    /// kept when its exe link is unchanged; exe and cgroup are read again
-    /// for every socket adopted (a process that execs another program, or
-    /// is moved to another cgroup, and then opens a socket is decided as
-    /// what it is now: rules by `exe`, `unit`, `cgroup` and `container`
-    /// depend on it).
+    /// kept when its exe link is unchanged. With `read_process`, exe and
+    /// cgroup are read now, for every socket adopted (a process that execs
+    /// another program, or is moved to another cgroup, and then opens a
+    /// socket is decided as what it is now: rules by `exe`, `unit`,
+    /// `cgroup` and `container` depend on it); without, they are read for
+    /// this socket when first needed ([`read_process`](Self::read_process)).
     #[allow(clippy::too_many_arguments)]
     fn adopt_one(
         &self,
@@ -280,6 +311,7 @@ impl Owners {
         just_seen: bool,
         known: Option<&Recent>,
         checked: u64,
+        read_process: bool,
         gone: &mut bool,
     ) -> Option<LocalEnd> {
         if !just_seen && !k.holds(pid, fd, ds.inode) {
@@ -295,19 +327,25 @@ impl Owners {
                 return None;
             }
         };
-        let known = known.filter(|r| r.process.pid == pid);
-        let Some(process) = k.process_info(pid, known.map(|r| &r.process)) else {
-            *gone = true;
-            return None;
-        };
-        let o = Arc::new(Owner { pid, fd, label, process: process.clone(), checked: AtomicU64::new(checked) });
+        let known = known.filter(|r| r.pid == pid).and_then(|r| r.process.clone());
+        let process = OnceLock::new();
+        if read_process {
+            let Some(p) = k.process_info(pid, known.as_ref()) else {
+                *gone = true;
+                return None;
+            };
+            let _ = process.set(p);
+        }
+        let read = process.get().cloned();
+        let o = Arc::new(Owner { pid, fd, inode: ds.inode, label, process, known, checked: AtomicU64::new(checked) });
         self.cache.insert_sweeping(ds.inode, o.clone(), &stats.owner, OWNER_MAX_IDLE);
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent.turn += 1;
         let turn = recent.turn;
-        let last = recent.list.iter().position(|r| r.process.pid == pid).and_then(|i| recent.list.remove(i));
-        let every = last.map_or(0, |l| turn.saturating_sub(l.found_at));
-        recent.list.push_front(Recent { process, fd, found_at: turn, every });
+        let last = recent.list.iter().position(|r| r.pid == pid).and_then(|i| recent.list.remove(i));
+        let every = last.as_ref().map_or(0, |l| turn.saturating_sub(l.found_at));
+        let process = read.or_else(|| last.and_then(|l| l.process));
+        recent.list.push_front(Recent { pid, process, fd, found_at: turn, every });
         recent.list.truncate(RECENT_HOLDERS);
         Some(o.end(ds))
     }
@@ -331,24 +369,24 @@ impl Owners {
             let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             (r.list.iter().cloned().collect(), r.turn)
         };
-        let likely = |r: &Recent, fd| Likely { pid: r.process.pid, fd, new_process: false, recent: Some(r.clone()) };
+        let likely = |r: &Recent, fd| Likely { pid: r.pid, fd, new_process: false, recent: Some(r.clone()) };
         // The next turn is this socket's.
         let mut order: Vec<&Recent> = recent.iter().collect();
         order.sort_by_key(|r| r.expected_in(turn + 1));
         for r in order {
-            if tried != Some((r.process.pid, r.fd)) && k.holds_kept(r.process.pid, r.fd, inode, &stats.proc_link) {
+            if tried != Some((r.pid, r.fd)) && k.holds_kept(r.pid, r.fd, inode, &stats.proc_link) {
                 return Some(likely(r, r.fd));
             }
         }
         let listed = recent.get(..RECENT_LISTED).unwrap_or(&recent);
-        if let Some(l) = listed.iter().find_map(|r| k.find_in(r.process.pid, inode).map(|fd| likely(r, fd))) {
+        if let Some(l) = listed.iter().find_map(|r| k.find_in(r.pid, inode).map(|fd| likely(r, fd))) {
             return Some(l);
         }
         let mut born: Vec<u32> = k
             .pids()
             .ok()?
             .into_iter()
-            .filter(|p| !known_pids.contains(p) && !listed.iter().any(|r| r.process.pid == *p))
+            .filter(|p| !known_pids.contains(p) && !listed.iter().any(|r| r.pid == *p))
             .collect();
         born.sort_unstable_by(|a, b| b.cmp(a));
         born.into_iter()
@@ -389,6 +427,29 @@ impl Owners {
             o.checked.store(now, Ordering::Relaxed);
         }
         Ok(o.end(ds))
+    }
+
+    /// The comm, exe and cgroup of holder `o`, read now if they were not
+    /// when it was found (then kept for its socket), and only if it can be
+    /// shown to be the same process: after the read it must still hold its
+    /// socket (one read of `/proc/PID/fd/N` through a kept link, which fails
+    /// once the process has exited even if its pid was reused). `None`:
+    /// it has exited or no longer holds the socket (a socket closed by its
+    /// process since), so what was read cannot be trusted to be its.
+    pub fn read_process(&self, k: &impl KernelView, stats: &ResolverStats, o: &Owner) -> Option<ProcessInfo> {
+        if let Some(p) = o.process.get() {
+            return Some(p.clone());
+        }
+        let p = k.process_info(o.pid, o.known.as_ref())?;
+        if !k.holds_kept(o.pid, o.fd, o.inode, &stats.proc_link) {
+            return None;
+        }
+        let p = o.process.get_or_init(|| p).clone();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = recent.list.iter_mut().find(|r| r.pid == o.pid) {
+            r.process = Some(p.clone());
+        }
+        Some(p)
     }
 
     /// Rebuild the scan unless one started after `t0` (single flight: a

@@ -241,7 +241,8 @@ pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> 
         let same = k.cgroup.as_ref().map(|c| &*c.path) == cgroup.as_ref().map(|c| &*c.path);
         return Some(if same { k.clone() } else { ProcessInfo { cgroup: cgroup.map(Arc::new), ..k.clone() } });
     }
-    let comm = std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm")).ok()?;
+    let comm = read_small(&proc_root.join(pid.to_string()).join("comm"), 64)?;
+    let comm = String::from_utf8(comm).ok()?;
     let cgroup = cgroup_info(proc_root, pid).map(Arc::new);
     Some(ProcessInfo { pid, comm: Arc::from(comm.trim_end_matches('\n')), exe: Arc::from(exe), cgroup, netns: None })
 }
@@ -252,10 +253,24 @@ pub fn process_info(proc_root: &Path, pid: u32, known: Option<&ProcessInfo>) -> 
 pub fn cgroup_info(proc_root: &Path, pid: u32) -> Option<CgroupInfo> {
     use std::io::Read as _;
     let f = std::fs::File::open(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-    let mut buf = Vec::new();
+    // Room for the usual file at once: one read for it, one for the end
+    // (from an empty buffer, `read_to_end` takes five reads).
+    let mut buf = Vec::with_capacity(1024);
     let limit = u64::try_from(crate::labels::cgroup::MAX_CGROUP_FILE).unwrap_or(u64::MAX).saturating_add(1);
     f.take(limit).read_to_end(&mut buf).ok()?;
     CgroupInfo::parse_proc(&buf)
+}
+
+/// A small `/proc` file, read whole to its end into a buffer with room
+/// for `room` bytes (one read for it and one for the end, without the
+/// `statx` and the growing reads of `fs::read`); `None` when unreadable.
+fn read_small(path: &Path, room: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(room);
+    // Through `take`: `File`'s own `read_to_end` first asks `statx` for a
+    // size, which `/proc` files do not have.
+    std::fs::File::open(path).ok()?.take(1 << 16).read_to_end(&mut buf).ok()?;
+    Some(buf)
 }
 
 /// Why a label read found nothing usable.
