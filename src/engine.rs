@@ -190,7 +190,7 @@ impl Engine {
 
     /// Whether the decision needs each socket holder's exe and cgroup
     /// before it is made: a rule has a process key, or an offload is
-    /// attached (it keys its sets by the holder's exe and cgroup). Else they
+    /// attached (it keys its sets by the sending holder's cgroup). Else they
     /// are read only for a packet whose decision writes a record
     /// ([`Resolver::resolve_deferred`], [`Resolver::complete`]).
     fn reads_process_first(&self, loaded: &Loaded) -> bool {
