@@ -1,7 +1,7 @@
 //! Walking the netlink messages of one received datagram: the one
 //! bounds-checked loop every netlink parser in [`super`] uses (NFQUEUE,
 //! nf_tables acks, ctnetlink acks, sock_diag replies and destroy
-//! notifications, process events).
+//! notifications).
 //!
 //! The bytes come from the kernel and are untrusted: a header that does not
 //! fit, or a length smaller than the header, ends the walk; a length past
