@@ -258,7 +258,12 @@ fn remaining_window_is_short() {
     }
     let ns = Netns::new();
     let _server = ns.spawn_probe(&["udp-echo", "127.0.0.1", "5353", "60"]);
-    let p = policy("udp", 5353);
+    // The server may answer but not start a flow: an echo still on its way
+    // when labelgate deletes A's entry would otherwise start a new entry
+    // from the server to port 42001 (the default accepts it), and B's
+    // datagrams would pass as its replies, whatever the destroy watch did.
+    let p = policy("udp", 5353)
+        + "[[rule]]\nname = \"server-starts-no-flow\"\nhook = \"output\"\nproto = \"udp\"\nsport = 5353\nverdict = \"drop\"\n";
     install_printed_rules(&ns, &p, false);
     let d = Daemon::start(&ns, &p, 0, &[]);
     let mut worst = 0.0f64;
