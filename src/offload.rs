@@ -548,10 +548,13 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
     let Ok(id) = std::fs::metadata(&dir).map(|m| m.ino()) else { return false };
     let Some(engine) = s.engine.get().and_then(Weak::upgrade) else { return false };
     // The policy test first (cheap, and most offers it refuses are refused
-    // again and again); its digest is compared again under the lock.
-    if engine.current().policy.digest != o.digest || !eligible(&engine.current().policy, o) {
+    // again and again), on one snapshot of the policy in force; its digest
+    // is compared again under the lock.
+    let policy = &engine.current().policy;
+    if policy.digest != o.digest || !eligible(policy, o) {
         return false;
     }
+    let input = settles_input(policy, o);
     let mut st = lock(&s.state);
     // Checked again under the lock that a reload takes to flush: the policy
     // that decided is the one in force, and stays so until the element is in.
@@ -566,7 +569,6 @@ fn add_checked(s: &Shared, o: &Offer) -> bool {
             return false;
         }
     }
-    let input = settles_input(&engine.current().policy, o);
     let set = set_name(o.dst.is_ipv6(), input, lvl);
     let k = key(id, o.dst, o.dport);
     let change = Change::Add { table: TABLE, set: &set, key: &k, timeout_ms: s.timeout_ms };

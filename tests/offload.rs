@@ -289,6 +289,20 @@ fn offloaded(s: &Setup, c: &mut Client, port: u16) {
     assert_eq!(queued, 0, "the offloaded connection is accepted in the kernel, not queued");
 }
 
+/// `c`'s connection to `port` is queued and refused (labelgate's log in
+/// the message if it passed), and the same client then reaches the port
+/// open to anyone: the refusal is not a broken harness.
+fn refused_but_reaches_any(s: &mut Setup, c: &mut Client, port: u16, who: &str) {
+    let (ok, queued) = c.connect(port);
+    if ok {
+        let err = s.stop();
+        panic!("{who} must be refused on {port} (queued {queued}): {err}");
+    }
+    assert!(queued >= 1, "{who}: refused on {port} after being queued");
+    let (ok, _) = c.connect(ALLOWED_ANY);
+    assert!(ok, "{who}: the same client reaches the port open to anyone");
+}
+
 fn offload_counter(stderr: &str, name: &str) -> u64 {
     let line = stderr.lines().rev().find(|l| l.contains("labelgate offload:")).unwrap_or_else(|| panic!("{stderr}"));
     line.split_whitespace()
@@ -347,18 +361,11 @@ fn a_rule_that_names_the_program_is_never_offloaded_before_or_after_an_exec() {
     let ready = c.exec(&s.other_py);
     assert!(ready.ends_with("pyother"), "the client now runs the copy: {ready}");
     // At once after the exec: the program rule is decided by labelgate.
-    let (ok, queued) = c.connect(ONLY_PY);
-    if ok {
-        let err = s.stop();
-        panic!("another program must be refused on {ONLY_PY}: {err}");
-    }
-    assert!(queued >= 1, "and its connection queued");
+    refused_but_reaches_any(&mut s, &mut c, ONLY_PY, "the copy, just exec'd,");
     // The cgroup's element still answers for the cgroup rule: the table
     // accepts the copy there too (the rule names the cgroup only).
     let (ok, queued) = c.connect(CGROUP_A);
     assert!(ok && queued == 0, "the cgroup rule's element accepts the copy ({ok}, {queued})");
-    let (ok, _) = c.connect(ALLOWED_ANY);
-    assert!(ok, "the same client reaches the port open to any program");
     drop(c);
     let err = s.stop();
     assert!(offload_counter(&err, "refused") >= 3, "{err}");
@@ -389,10 +396,7 @@ fn a_reload_that_refuses_the_flow_lets_none_through_after_it() {
     assert!(before_ok >= 1, "the loop was let through before the reload: {counts:?}");
     assert_eq!(after_ok, 0, "a connection passed after the reload: {counts:?}");
     assert!(after_fail >= 5, "{counts:?}");
-    let (ok, queued) = c.connect(CGROUP_A);
-    assert!(!ok && queued >= 1, "refused by the new table, after being queued");
-    let (ok, _) = c.connect(ALLOWED_ANY);
-    assert!(ok, "the same client still reaches the port the new table allows");
+    refused_but_reaches_any(&mut s, &mut c, CGROUP_A, "after the reload, python");
     drop((c, looper));
     let err = s.stop();
     assert!(offload_counter(&err, "flushes") >= 1, "{err}");
@@ -407,14 +411,7 @@ fn a_cgroup_below_or_beside_the_offloaded_one_is_not_let_through() {
     // `a`) and in the cgroup beside it: the rule names `a` only.
     for leaf in ["a/sub", "b"] {
         let mut other = s.py(leaf);
-        let (ok, queued) = other.connect(CGROUP_A);
-        if ok {
-            let err = s.stop();
-            panic!("a client in {leaf} must be refused on {CGROUP_A} (queued {queued}): {err}");
-        }
-        assert!(queued >= 1, "{leaf}: queued and refused");
-        let (ok, _) = other.connect(ALLOWED_ANY);
-        assert!(ok, "{leaf}: the same client reaches the port open to any process");
+        refused_but_reaches_any(&mut s, &mut other, CGROUP_A, &format!("a client in {leaf}"));
     }
     let (ok, queued) = c.connect(CGROUP_A);
     assert!(ok && queued == 0, "`a` itself is still offloaded ({ok}, {queued})");
